@@ -1,0 +1,33 @@
+# gridvm: the two commands in the README are `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup setup-test demo test unit lint bench clean
+
+setup:
+	bash scripts/setup-host.sh
+
+setup-test:
+	bash scripts/setup-host.sh --with-postgres
+
+## Set everything up, build the demo image, boot it and run the main job end to end.
+demo: setup
+	$(PY) -m client.cli demo
+
+## Set everything up and run the whole test suite (real VMs included).
+test: setup-test
+	$(PY) -m ruff check .
+	GRIDVM_TEST_POSTGRES_URL="$$(cat /var/lib/gridvm/test-postgres-url)" $(PY) -m pytest -p no:cacheprovider
+
+## Fast tests only (no VM boots).
+unit: setup
+	$(PY) -m pytest -p no:cacheprovider -m "not vm"
+
+lint:
+	$(PY) -m ruff check .
+
+bench: setup
+	$(PY) bench/boot.py
+
+clean:
+	rm -rf var build *.egg-info

@@ -1,0 +1,28 @@
+"""Errors the CLI reports in one line, and its documented exit codes."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILED = 1  #: the operation ran and failed (a job FAILED, a VM did not become ready, ...)
+EXIT_USAGE = 2  #: bad command line or bad input file
+EXIT_NOT_FOUND = 3  #: unknown job, image, file, ...
+EXIT_AUTH = 4  #: wrong credentials or not allowed
+EXIT_UNAVAILABLE = 5  #: server, libvirt or another service not reachable
+EXIT_INTERRUPTED = 130
+
+
+class CliError(Exception):
+    """A failure shown to the user as ``gridvm: <message>`` with a given exit code.
+
+    ``reason`` is one of the failure codes of architecture.md when one applies.
+    """
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED, reason: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
+        self.reason = reason
+
+    def one_line(self) -> str:
+        text = " ".join(self.message.split())
+        return f"{self.reason}: {text}" if self.reason else text

@@ -1,0 +1,1 @@
+"""Image repository: metadata, blob store, catalogue, matching, the image builder."""

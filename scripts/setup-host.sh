@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Prepare this machine for gridvm, idempotently: Debian packages, host fixes, daemons, venv.
+#
+#   scripts/setup-host.sh [--with-postgres]
+#
+# Safe to run again and again: every step checks before it acts.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${GRIDVM_VENV:-$ROOT/.venv}"
+PYTHON="${PYTHON:-python3.11}"
+WITH_POSTGRES=0
+for arg in "$@"; do
+    case "$arg" in
+        --with-postgres) WITH_POSTGRES=1 ;;
+        *) echo "setup-host: unknown argument: $arg" >&2; exit 2 ;;
+    esac
+done
+
+log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+# --- Debian packages ---------------------------------------------------------------------
+PACKAGES=(
+    qemu-system-x86 qemu-utils                                # the hypervisor
+    libvirt-daemon-system libvirt-clients libvirt-dev pkg-config  # libvirt + libvirt-python build
+    cpio zstd e2fsprogs                                       # guest image builder
+    iproute2 procps
+)
+if [ "$WITH_POSTGRES" = 1 ]; then PACKAGES+=(postgresql); fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$p")
+    fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null
+else
+    log "Debian packages present"
+fi
+# The guest image builder resolves and downloads Debian packages: it needs package lists.
+if ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 && \
+   ! ls /var/lib/apt/lists/*_Packages.* >/dev/null 2>&1; then
+    log "fetching package lists"
+    $SUDO apt-get update -qq
+fi
+
+# --- host fixes (host-setup.md) ----------------------------------------------------------
+# libvirt must see /dev/kvm the same way as root and as libvirt-qemu, or it re-probes QEMU
+# (~50 s) on every domain start.  gridvm uses software emulation either way.
+if [ -e /dev/kvm ] && getent group kvm >/dev/null; then
+    $SUDO chgrp kvm /dev/kvm && $SUDO chmod 660 /dev/kvm || true
+fi
+
+# --- daemons -----------------------------------------------------------------------------
+$SUDO mkdir -p /var/log/libvirt /var/run/libvirt /var/lib/gridvm
+if ! pgrep -x virtlogd >/dev/null; then
+    log "starting virtlogd"
+    $SUDO virtlogd -d
+fi
+if ! pgrep -x libvirtd >/dev/null; then
+    log "starting libvirtd"
+    $SUDO libvirtd -d
+fi
+for _ in $(seq 1 100); do
+    [ -S /var/run/libvirt/libvirt-sock ] && break
+    sleep 0.1
+done
+[ -S /var/run/libvirt/libvirt-sock ] || { echo "setup-host: libvirtd did not start" >&2; exit 1; }
+log "libvirtd and virtlogd running"
+
+if [ "$WITH_POSTGRES" = 1 ]; then
+    "$ROOT/scripts/start-postgres.sh"
+fi
+
+# --- Python virtualenv -------------------------------------------------------------------
+STAMP="$VENV/.gridvm-installed"
+WANT="$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
+if [ ! -x "$VENV/bin/python" ]; then
+    log "creating virtualenv $VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
+    log "installing gridvm and its Python dependencies"
+    "$VENV/bin/pip" install -q --upgrade pip
+    "$VENV/bin/pip" install -q -e "$ROOT[test]"
+    echo "$WANT" > "$STAMP"
+else
+    log "virtualenv up to date"
+fi
+log "ready"

@@ -1,0 +1,1 @@
+"""One target system per VM instance: lifecycle, health, and jobs run through the TSI."""

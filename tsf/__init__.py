@@ -1,0 +1,1 @@
+"""gridvm site service: the Target System Factory, the UNICORE REST site, configuration."""
