@@ -27,6 +27,7 @@ PACKAGES=(
     qemu-system-x86 qemu-utils                                # the hypervisor
     libvirt-daemon-system libvirt-clients libvirt-dev pkg-config  # libvirt + libvirt-python build
     cpio zstd e2fsprogs                                       # guest image builder
+    socat                                                     # guest -> host TSI callback relay
     iproute2 procps
 )
 if [ "$WITH_POSTGRES" = 1 ]; then PACKAGES+=(postgresql); fi
@@ -59,8 +60,25 @@ if [ -e /dev/kvm ] && getent group kvm >/dev/null; then
     $SUDO chgrp kvm /dev/kvm && $SUDO chmod 660 /dev/kvm || true
 fi
 
+# The TSI callback needs one guest->host connection per channel, which QEMU's user-mode
+# networking gives only through "guestfwd=...-cmd:" (a relay process per connection).
+# libvirt's seccomp sandbox forbids QEMU to spawn it, so libvirt's sandbox is switched off
+# and every gridvm domain passes its own -sandbox with spawning allowed (vmm/domain.py).
+QEMU_CONF=/etc/libvirt/qemu.conf
+RESTART_LIBVIRTD=0
+if ! grep -q '^seccomp_sandbox = 0' "$QEMU_CONF"; then
+    log "qemu.conf: seccomp_sandbox = 0 (gridvm domains bring their own -sandbox)"
+    echo 'seccomp_sandbox = 0' | $SUDO tee -a "$QEMU_CONF" >/dev/null
+    RESTART_LIBVIRTD=1
+fi
+
 # --- daemons -----------------------------------------------------------------------------
 $SUDO mkdir -p /var/log/libvirt /var/run/libvirt /var/lib/gridvm
+if [ "$RESTART_LIBVIRTD" = 1 ] && pgrep -x libvirtd >/dev/null; then
+    log "restarting libvirtd for the new qemu.conf"
+    $SUDO pkill -x libvirtd
+    for _ in $(seq 1 50); do pgrep -x libvirtd >/dev/null || break; sleep 0.1; done
+fi
 if ! pgrep -x virtlogd >/dev/null; then
     log "starting virtlogd"
     $SUDO virtlogd -d

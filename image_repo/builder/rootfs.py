@@ -1,0 +1,167 @@
+"""Assemble a guest root directory from extracted Debian packages.
+
+The result is small on purpose: the guest needs busybox, python3 with its standard library,
+bash for UNICORE job scripts, the kernel modules it loads, and the gridvm TSI agent.
+"""
+
+from __future__ import annotations
+
+import compileall
+import os
+import shutil
+import subprocess
+from importlib import resources
+from pathlib import Path
+
+from image_repo.builder.errors import BuildError
+
+#: Kernel modules the guest loads (their dependencies are added in load order).
+GUEST_MODULES = (
+    "virtio_pci", "virtio_net", "virtio_blk", "virtio-rng", "virtio_console", "isofs",
+)
+#: The subset the disk loader needs to find its root disk.
+LOADER_MODULES = ("virtio_pci", "virtio_blk")
+
+#: Parts of the Python standard library a TSI agent never uses.
+PYTHON_PRUNE = (
+    "test", "idlelib", "tkinter", "turtledemo", "lib2to3", "ensurepip", "pydoc_data",
+    "unittest/test", "distutils/tests", "ctypes/test", "sqlite3/test",
+    "config-3.11-x86_64-linux-gnu",
+)
+PRUNE_DIRS = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale",
+              "usr/share/lintian", "usr/share/bash-completion", "usr/share/menu")
+
+
+def guest_file(name: str) -> bytes:
+    return resources.files("image_repo.builder.guest").joinpath(name).read_bytes()
+
+
+def module_load_order(modules_dir: Path, wanted: tuple[str, ...]) -> list[str]:
+    """Relative module paths in an order ``insmod`` accepts (dependencies first).
+
+    ``modules_dir`` is ``lib/modules/<version>`` with a ``modules.dep`` written by depmod.
+    """
+    deps: dict[str, list[str]] = {}
+    by_name: dict[str, str] = {}
+    for line in (modules_dir / "modules.dep").read_text().splitlines():
+        path, _, rest = line.partition(":")
+        deps[path] = rest.split()
+        by_name[Path(path).name.removesuffix(".ko").replace("-", "_")] = path
+    order: list[str] = []
+
+    def visit(path: str) -> None:
+        if path in order:
+            return
+        for dep in reversed(deps.get(path, [])):
+            visit(dep)
+        order.append(path)
+
+    for name in wanted:
+        path = by_name.get(name.replace("-", "_"))
+        if path is None:
+            raise BuildError(f"kernel module {name} not found in {modules_dir.name}")
+        visit(path)
+    return order
+
+
+def run_depmod(busybox: Path, root: Path, kernel_version: str) -> None:
+    subprocess.run([str(busybox), "depmod", "-b", str(root), kernel_version],
+                   check=True, capture_output=True)
+
+
+def install_busybox(root: Path) -> None:
+    """Links for every busybox applet that no package provides as a real program."""
+    busybox = root / "bin" / "busybox"
+    applets = subprocess.run([str(busybox), "--list-full"], check=True, capture_output=True,
+                             text=True).stdout.split()
+    for applet in applets:
+        link = root / applet
+        if link.exists() or link.is_symlink():
+            continue
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(busybox, link.parent))
+    (root / "bin" / "sh").unlink(missing_ok=True)
+    (root / "bin" / "sh").symlink_to("busybox")
+
+
+def prune(root: Path) -> None:
+    for rel in PRUNE_DIRS:
+        shutil.rmtree(root / rel, ignore_errors=True)
+    stdlib = root / "usr/lib/python3.11"
+    for rel in PYTHON_PRUNE:
+        shutil.rmtree(stdlib / rel, ignore_errors=True)
+    for codec in (stdlib / "lib-dynload").glob("_codecs_*"):  # CJK codecs
+        codec.unlink()
+    for cache in root.rglob("__pycache__"):
+        shutil.rmtree(cache)
+
+
+def install_python(root: Path) -> None:
+    """``python3`` on PATH and the standard library compiled ahead of time.
+
+    Debian ships no bytecode; compiling in the guest would cost seconds of emulated time on
+    every boot.  Any Python 3.11 writes the same bytecode format, and unchecked hash-based
+    pycs never look at source timestamps.
+    """
+    (root / "usr/bin/python3").unlink(missing_ok=True)
+    (root / "usr/bin/python3").symlink_to("python3.11")
+    ok = compileall.compile_dir(
+        root / "usr/lib/python3.11", quiet=2, workers=0, legacy=False,
+        invalidation_mode=compileall.py_compile.PycInvalidationMode.UNCHECKED_HASH,
+    )
+    if not ok:
+        raise BuildError("compiling the guest's Python standard library failed")
+
+
+def install_agent(root: Path, agent_package: Path) -> None:
+    """Copy the TSI agent package (stdlib-only modules) into /opt/gridvm/lib."""
+    target = root / "opt/gridvm/lib" / agent_package.name
+    shutil.copytree(agent_package, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    compileall.compile_dir(
+        target, quiet=2, legacy=False,
+        invalidation_mode=compileall.py_compile.PycInvalidationMode.UNCHECKED_HASH,
+    )
+
+
+def install_system_files(root: Path, kernel_version: str, modules: list[str]) -> None:
+    etc = root / "etc"
+    (etc / "gridvm").mkdir(parents=True, exist_ok=True)
+    (etc / "passwd").write_text(
+        "root:x:0:0:root:/root:/bin/sh\n"
+        "gridvm:x:1000:1000:gridvm jobs:/home/gridvm:/bin/bash\n"
+        "nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
+    )
+    (etc / "group").write_text("root:x:0:\ngridvm:x:1000:\nnogroup:x:65534:\n")
+    (etc / "hostname").write_text("gridvm\n")
+    (etc / "hosts").write_text("127.0.0.1 localhost gridvm\n")
+    (etc / "inittab").write_bytes(guest_file("inittab"))
+    for name in ("rcS", "agent"):
+        path = etc / "gridvm" / name
+        path.write_bytes(guest_file(name))
+        path.chmod(0o755)
+    (etc / "gridvm" / "modules").write_text("".join(f"{m}\n" for m in modules))
+    (etc / "gridvm" / "kernel-version").write_text(kernel_version + "\n")
+    for rel in ("proc", "sys", "dev", "run", "tmp", "root", "home/gridvm/jobs", "var/lib/gridvm"):
+        (root / rel).mkdir(parents=True, exist_ok=True)
+    (root / "tmp").chmod(0o1777)
+    init = root / "init"
+    init.unlink(missing_ok=True)
+    init.symlink_to("bin/busybox")  # busybox init: reads /etc/inittab, reaps orphans
+
+
+def build_loader(busybox: Path, modules_dir: Path, target: Path) -> None:
+    """A tiny initramfs root that mounts the disk whose serial is gridvm-root."""
+    (target / "bin").mkdir(parents=True)
+    shutil.copy2(busybox, target / "bin" / "busybox")
+    for applet in ("sh", "mount", "umount", "insmod", "cat", "mkdir", "usleep", "switch_root",
+                   "poweroff"):
+        (target / "bin" / applet).symlink_to("busybox")
+    for rel in ("proc", "sys", "dev", "newroot", "modules"):
+        (target / rel).mkdir(exist_ok=True)
+    order = module_load_order(modules_dir, LOADER_MODULES)
+    for rel in order:
+        shutil.copy2(modules_dir / rel, target / "modules" / Path(rel).name)
+    (target / "modules" / "order").write_text("".join(f"{Path(r).name}\n" for r in order))
+    init = target / "init"
+    init.write_bytes(guest_file("loader-init"))
+    init.chmod(0o755)

@@ -1,0 +1,372 @@
+"""Boot instances from images and know when their agent answers, or why it never will.
+
+``VirtualMachineManager.boot(spec)`` stages the image (verified base files in the host
+cache, a qcow2 overlay, a contextualization medium), creates the domain with isolated
+user-mode networking and waits until the agent behind the forwarded port answers.  A boot
+that fails ends with a reason code — ``BOOT_TIMEOUT``, ``GUEST_CRASHED`` (with the tail of
+the console log), ``HYPERVISOR_ERROR``, ``IMAGE_UNAVAILABLE`` or
+``IMAGE_CHECKSUM_MISMATCH`` — and leaves nothing behind: no domain, overlay, medium or
+forwarded port.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from twisted.application import service
+from twisted.internet import defer, task, threads
+
+from vmm import context, ports
+from vmm.domain import (
+    DiskConfig,
+    DomainConfig,
+    GridvmMetadata,
+    MemballoonConfig,
+    OSConfig,
+    RngConfig,
+    SerialFileConfig,
+    UserNetConfig,
+)
+from vmm.errors import BootTimeout, GuestCrashed, HypervisorError, ImageUnavailable, VMMError
+from vmm.hypervisor import DomainEvent, DomainState, Hypervisor
+from vmm.readiness import Probe, line_probe
+from vmm.storage import BaseImageCache, create_overlay
+
+log = logging.getLogger(__name__)
+
+DOMAIN_PREFIX = "gridvm-"
+ROOT_DISK_SERIAL = "gridvm-root"
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """A file of an image and the sha512 it must have."""
+
+    path: Path
+    sha512: str
+
+
+@dataclass(frozen=True)
+class BootSpec:
+    """How an image boots: direct kernel boot, optionally with a root disk."""
+
+    kernel: ImageFile
+    cmdline: str
+    initrd: ImageFile | None = None
+    disk: ImageFile | None = None
+    disk_format: str = "qcow2"
+    arch: str = "x86_64"
+
+
+@dataclass
+class InstanceSpec:
+    """One instance to boot: the image, its resources, its contextualization."""
+
+    boot: BootSpec
+    image: str = ""
+    instance_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    vcpus: int = 1
+    memory_mib: int = 256
+    guest_port: int = 4433
+    callback_port: int | None = None  #: the host port the guest's one guestfwd reaches
+    context_files: dict[str, bytes] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    boot_timeout: float = 120.0
+    staging_timeout: float = 600.0
+    probe: Probe | None = None
+
+
+@dataclass
+class Instance:
+    """A running (or adopted) instance as the VM manager knows it."""
+
+    instance_id: str
+    domain: str
+    host_port: int
+    callback_port: int | None
+    directory: Path
+    image: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    created: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+    greeting: str = ""
+
+    @property
+    def console_log(self) -> Path:
+        return self.directory / "console.log"
+
+    def console_tail(self, lines: int = 20) -> str:
+        return console_tail(self.console_log, lines)
+
+
+@dataclass
+class AdoptedDomain:
+    """A domain found at start-up: gridvm's own (``instance`` set) or only name-alike."""
+
+    name: str
+    state: DomainState
+    instance: Instance | None
+
+
+def console_tail(path: Path, lines: int = 20) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.replace("\r", "").splitlines()[-lines:])
+
+
+class VirtualMachineManager(service.Service):
+    """Boots, tracks and removes the instances of one hypervisor connection."""
+
+    name = "vmm"
+
+    def __init__(self, hypervisor: Hypervisor, state_dir: Path, *, reactor=None,
+                 prefix: str = DOMAIN_PREFIX, tb_cache_mib: int | None = 32,
+                 probe_interval: float = 0.25):
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.hypervisor = hypervisor
+        self.state_dir = Path(state_dir)
+        self.cache = BaseImageCache(self.state_dir / "cache")
+        self.reactor = reactor
+        self.prefix = prefix
+        self.tb_cache_mib = tb_cache_mib
+        self.probe_interval = probe_interval
+        self.instances: dict[str, Instance] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> defer.Deferred:
+        """Connect to the hypervisor; fires with the domains adopted from earlier runs."""
+        return defer.Deferred.fromCoroutine(self._start())
+
+    async def _start(self) -> list[AdoptedDomain]:
+        for sub in ("cache", "instances"):
+            (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+        os.chmod(self.state_dir, 0o755)
+        await self.hypervisor.connect()
+        return await self.adopt()
+
+    def stopService(self):
+        super().stopService()
+        return self.hypervisor.close()
+
+    def instance_dir(self, instance_id: str) -> Path:
+        return self.state_dir / "instances" / instance_id
+
+    def domain_name(self, instance_id: str) -> str:
+        return f"{self.prefix}{instance_id}"
+
+    # -- boot ------------------------------------------------------------------------------
+    def boot(self, spec: InstanceSpec) -> defer.Deferred:
+        """Fires with the :class:`Instance` once its agent answers; fails with a VMMError."""
+        return defer.Deferred.fromCoroutine(self._boot(spec))
+
+    async def _boot(self, spec: InstanceSpec) -> Instance:
+        started = time.monotonic()
+        name = self.domain_name(spec.instance_id)
+        directory = self.instance_dir(spec.instance_id)
+        timings: dict[str, float] = {}
+        try:
+            directory.mkdir(parents=True, exist_ok=False)
+        except FileExistsError:
+            raise VMMError(f"instance {spec.instance_id} exists already",
+                           reason="BAD_REQUEST") from None
+        directory.chmod(0o755)
+        created = False
+        try:
+            staging = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+                                                self._stage, spec, directory)
+            staging.addTimeout(spec.staging_timeout, self.reactor)
+            try:
+                disks, kernel, initrd = await staging
+            except defer.TimeoutError:
+                raise ImageUnavailable(
+                    f"staging the image took longer than {spec.staging_timeout:g} s") from None
+            timings["staging"] = time.monotonic() - started
+
+            mark = time.monotonic()
+            _config, host_port = await self._create(spec, name, directory, disks, kernel, initrd)
+            created = True
+            timings["create"] = time.monotonic() - mark
+
+            mark = time.monotonic()
+            instance = Instance(
+                instance_id=spec.instance_id, domain=name, host_port=host_port,
+                callback_port=spec.callback_port, directory=directory, image=spec.image,
+                labels=dict(spec.labels), created=time.time(), timings=timings,
+            )
+            deadline = started + spec.boot_timeout
+            instance.greeting = await self._wait_ready(instance, spec, deadline)
+            timings["ready"] = time.monotonic() - mark
+            timings["total"] = time.monotonic() - started
+        except BaseException as err:
+            await self._discard(name, directory, created)
+            if isinstance(err, VMMError | defer.CancelledError):
+                raise
+            raise VMMError(f"boot of {name} failed: {err}") from err
+        self.instances[spec.instance_id] = instance
+        log.info("instance %s ready in %.2f s (%s)", name, timings["total"],
+                 ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()))
+        return instance
+
+    def _stage(self, spec: InstanceSpec, directory: Path) -> tuple[list[DiskConfig], Path,
+                                                                   Path | None]:
+        """Blocking: cache the base files, create the overlay and the medium."""
+        boot = spec.boot
+        kernel = self.cache.ensure(boot.kernel.path, boot.kernel.sha512)
+        initrd = self.cache.ensure(boot.initrd.path, boot.initrd.sha512) if boot.initrd else None
+        disks: list[DiskConfig] = []
+        targets = iter(("vda", "vdb", "vdc"))
+        if boot.disk is not None:
+            base = self.cache.ensure(boot.disk.path, boot.disk.sha512)
+            overlay = create_overlay(base, directory / "overlay.qcow2", boot.disk_format)
+            disks.append(DiskConfig(source=str(overlay), target=next(targets),
+                                    serial=ROOT_DISK_SERIAL, cache="unsafe"))
+        if spec.context_files:
+            medium = context.build_medium(spec.context_files, directory / "context.iso")
+            disks.append(DiskConfig(source=str(medium), target=next(targets), driver_type="raw",
+                                    serial=context.SERIAL, readonly=True))
+        return disks, kernel, initrd
+
+    def domain_config(self, spec: InstanceSpec, name: str, directory: Path,
+                      disks: list[DiskConfig], kernel: Path, initrd: Path | None,
+                      host_port: int) -> DomainConfig:
+        cmdline = spec.boot.cmdline
+        return DomainConfig(
+            name=name,
+            memory_kib=spec.memory_mib * 1024,
+            vcpus=spec.vcpus,
+            os=OSConfig(arch=spec.boot.arch, kernel=str(kernel),
+                        initrd=str(initrd) if initrd else None, cmdline=cmdline),
+            tb_cache_mib=self.tb_cache_mib,
+            devices=[*disks, SerialFileConfig(path=str(directory / "console.log")),
+                     RngConfig(), MemballoonConfig()],
+            network=UserNetConfig(host_port=host_port, guest_port=spec.guest_port,
+                                  callback_port=spec.callback_port),
+            metadata=GridvmMetadata(instance_id=spec.instance_id, image=spec.image,
+                                    state_dir=str(directory), created=time.time(),
+                                    labels=dict(spec.labels)),
+        )
+
+    async def _create(self, spec, name, directory, disks, kernel, initrd):
+        last_error: Exception | None = None
+        for _attempt in range(3):
+            host_port = ports.free_port()
+            config = self.domain_config(spec, name, directory, disks, kernel, initrd, host_port)
+            try:
+                await self.hypervisor.create(config)
+                return config, host_port
+            except HypervisorError as err:
+                last_error = err
+                if "forwarding rule" not in str(err):  # lost the race for the port: retry
+                    raise
+        raise HypervisorError(f"no free port for the TSI forward: {last_error}")
+
+    async def _wait_ready(self, instance: Instance, spec: InstanceSpec, deadline: float) -> str:
+        probe = spec.probe or line_probe(self.reactor)
+        stopped: list[DomainEvent] = []
+
+        def on_event(event: DomainEvent) -> None:
+            if event.domain == instance.domain and event.event.name in ("STOPPED", "CRASHED"):
+                stopped.append(event)
+
+        self.hypervisor.add_listener(on_event)
+        try:
+            last_failure = "no answer yet"
+            while True:
+                if stopped:
+                    raise self._crashed(instance, "the guest stopped while booting")
+                if time.monotonic() >= deadline:
+                    state = await self.hypervisor.state(instance.domain)
+                    if not state.alive:
+                        raise self._crashed(instance, "the guest stopped while booting")
+                    raise BootTimeout(
+                        f"the agent in {instance.domain} did not answer within "
+                        f"{spec.boot_timeout:g} s ({last_failure}); console: "
+                        f"{_one_line(instance.console_tail(5))}")
+                try:
+                    return await probe("127.0.0.1", instance.host_port)
+                except Exception as err:  # refused, reset, wrong answer: not ready yet
+                    last_failure = str(err) or type(err).__name__
+                state = await self.hypervisor.state(instance.domain)
+                if not state.alive:
+                    raise self._crashed(instance, f"the guest is {state.name.lower()}")
+                await task.deferLater(self.reactor, self.probe_interval, lambda: None)
+        finally:
+            self.hypervisor.remove_listener(on_event)
+
+    def _crashed(self, instance: Instance, what: str) -> GuestCrashed:
+        return GuestCrashed(f"{what}; console: {_one_line(instance.console_tail(8))}")
+
+    async def _discard(self, name: str, directory: Path, created: bool) -> None:
+        if created:
+            try:
+                await self.hypervisor.destroy(name)
+            except HypervisorError:
+                log.exception("could not destroy %s after a failed boot", name)
+        shutil.rmtree(directory, ignore_errors=True)
+
+    # -- the end of an instance ----------------------------------------------------------
+    def destroy(self, instance_id: str) -> defer.Deferred:
+        """Stop the domain at once and remove everything the instance had on this host."""
+        return defer.Deferred.fromCoroutine(self._destroy(instance_id))
+
+    async def _destroy(self, instance_id: str) -> None:
+        await self.hypervisor.destroy(self.domain_name(instance_id))
+        self.instances.pop(instance_id, None)
+        shutil.rmtree(self.instance_dir(instance_id), ignore_errors=True)
+
+    def state(self, instance_id: str) -> defer.Deferred:
+        return self.hypervisor.state(self.domain_name(instance_id))
+
+    # -- adoption ------------------------------------------------------------------------
+    def adopt(self) -> defer.Deferred:
+        """Find the domains gridvm created earlier (name prefix + gridvm metadata)."""
+        return defer.Deferred.fromCoroutine(self._adopt())
+
+    async def _adopt(self) -> list[AdoptedDomain]:
+        found: list[AdoptedDomain] = []
+        for name, config, state in await self.hypervisor.list_domains(self.prefix):
+            meta = config.metadata
+            if meta is None or not meta.instance_id or config.network is None:
+                found.append(AdoptedDomain(name, state, None))
+                continue
+            instance = Instance(
+                instance_id=meta.instance_id, domain=name, host_port=config.network.host_port,
+                callback_port=config.network.callback_port,
+                directory=Path(meta.state_dir) if meta.state_dir
+                else self.instance_dir(meta.instance_id),
+                image=meta.image, labels=dict(meta.labels), created=meta.created,
+            )
+            if state.alive:
+                self.instances[meta.instance_id] = instance
+            found.append(AdoptedDomain(name, state, instance))
+            log.info("adopted %s (%s, TSI on 127.0.0.1:%d)", name, state.name.lower(),
+                     instance.host_port)
+        return found
+
+    def remove_stale_directories(self) -> list[str]:
+        """Remove instance directories that no known instance owns; returns their ids."""
+        removed = []
+        root = self.state_dir / "instances"
+        for entry in root.iterdir() if root.exists() else []:
+            if entry.is_dir() and entry.name not in self.instances:
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry.name)
+        return removed
+
+
+def _one_line(text: str) -> str:
+    return " | ".join(line.strip() for line in text.splitlines() if line.strip())[-600:]
