@@ -20,8 +20,10 @@ GRIDVM_NS = "https://gridvm.dev/xmlns/instance/1"
 GUEST_TSI_ADDRESS = "10.0.2.100"  #: the one guest-side address that reaches the host
 SOCAT = "/usr/bin/socat"
 #: QEMU's seccomp sandbox as libvirt sets it, but allowing QEMU to spawn the callback relay
-#: (libvirt's own sandbox is switched off in qemu.conf by scripts/setup-host.sh).
-QEMU_SANDBOX = "on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny"
+#: (libvirt's own sandbox is switched off in qemu.conf by scripts/setup-host.sh).  The relay
+#: needs setsid(), which "elevateprivileges=deny" (and "=children") forbid; QEMU runs as the
+#: unprivileged libvirt-qemu user under no_new_privs, so set*id could not elevate anyway.
+QEMU_SANDBOX = "on,obsolete=deny,resourcecontrol=deny"
 
 
 def _text(parent: etree._Element, tag: str, value: object) -> etree._Element:
@@ -268,12 +270,14 @@ class GridvmMetadata(ConfigObject):
     image: str = ""
     state_dir: str = ""
     created: float = 0.0
+    host_port: int = 0  #: the TSI port forwarded on 127.0.0.1
+    callback_port: int = 0  #: the host port the guest's callbacks reach (0: none)
     labels: dict[str, str] = field(default_factory=dict)
 
     def format_dom(self) -> etree._Element:
         el = etree.Element(f"{{{GRIDVM_NS}}}instance", nsmap={"gridvm": GRIDVM_NS})
         el.set("id", self.instance_id)
-        for tag in ("image", "state_dir", "created"):
+        for tag in ("image", "state_dir", "created", "host_port", "callback_port"):
             _text(el, f"{{{GRIDVM_NS}}}{tag}", getattr(self, tag))
         for key, value in sorted(self.labels.items()):
             _text(el, f"{{{GRIDVM_NS}}}label", value).set("name", key)
@@ -284,6 +288,8 @@ class GridvmMetadata(ConfigObject):
         self.image = element.findtext(f"{{{GRIDVM_NS}}}image", "")
         self.state_dir = element.findtext(f"{{{GRIDVM_NS}}}state_dir", "")
         self.created = float(element.findtext(f"{{{GRIDVM_NS}}}created", "0") or 0)
+        self.host_port = int(element.findtext(f"{{{GRIDVM_NS}}}host_port", "0") or 0)
+        self.callback_port = int(element.findtext(f"{{{GRIDVM_NS}}}callback_port", "0") or 0)
         self.labels = {el.get("name"): el.text or ""
                        for el in element.findall(f"{{{GRIDVM_NS}}}label")}
 

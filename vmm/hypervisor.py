@@ -96,6 +96,8 @@ def _ensure_event_loop() -> None:
         if _event_loop_started:
             return
         libvirt.virEventRegisterDefaultImpl()
+        # libvirt prints every error to stderr by default; gridvm reports them itself.
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
         def run() -> None:
             while True:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import time
 import uuid
@@ -257,6 +258,7 @@ class VirtualMachineManager(service.Service):
                                   callback_port=spec.callback_port),
             metadata=GridvmMetadata(instance_id=spec.instance_id, image=spec.image,
                                     state_dir=str(directory), created=time.time(),
+                                    host_port=host_port, callback_port=spec.callback_port or 0,
                                     labels=dict(spec.labels)),
         )
 
@@ -308,7 +310,7 @@ class VirtualMachineManager(service.Service):
             self.hypervisor.remove_listener(on_event)
 
     def _crashed(self, instance: Instance, what: str) -> GuestCrashed:
-        return GuestCrashed(f"{what}; console: {_one_line(instance.console_tail(8))}")
+        return GuestCrashed(f"{what}; console: {crash_summary(instance.console_tail(200))}")
 
     async def _discard(self, name: str, directory: Path, created: bool) -> None:
         if created:
@@ -340,12 +342,12 @@ class VirtualMachineManager(service.Service):
         found: list[AdoptedDomain] = []
         for name, config, state in await self.hypervisor.list_domains(self.prefix):
             meta = config.metadata
-            if meta is None or not meta.instance_id or config.network is None:
+            if meta is None or not meta.instance_id:
                 found.append(AdoptedDomain(name, state, None))
                 continue
             instance = Instance(
-                instance_id=meta.instance_id, domain=name, host_port=config.network.host_port,
-                callback_port=config.network.callback_port,
+                instance_id=meta.instance_id, domain=name, host_port=meta.host_port,
+                callback_port=meta.callback_port or None,
                 directory=Path(meta.state_dir) if meta.state_dir
                 else self.instance_dir(meta.instance_id),
                 image=meta.image, labels=dict(meta.labels), created=meta.created,
@@ -366,6 +368,18 @@ class VirtualMachineManager(service.Service):
                 shutil.rmtree(entry, ignore_errors=True)
                 removed.append(entry.name)
         return removed
+
+
+_CRASH_MARKERS = ("Kernel panic", "Oops", "BUG:", "Traceback", "gridvm loader:")
+
+
+def crash_summary(console: str, lines: int = 8) -> str:
+    """One line saying why a guest died: the kernel's panic line if there is one (its
+    stack trace after it says little to a user), else the last lines of the console."""
+    for line in console.splitlines():
+        if any(marker in line for marker in _CRASH_MARKERS):
+            return _one_line(re.sub(r"^\[\s*[\d.]+\]\s*", "", line))
+    return _one_line("\n".join(console.splitlines()[-lines:]))
 
 
 def _one_line(text: str) -> str:
