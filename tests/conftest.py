@@ -1,8 +1,15 @@
-"""Shared test configuration."""
+"""Shared test configuration and the guest images every VM test boots."""
 
 import os
+from pathlib import Path
 
 import pytest
+
+from image_repo.builder import build_image
+
+#: Below /var/tmp so that QEMU, running as libvirt-qemu, can reach the files.
+TEST_ROOT = Path("/var/tmp/gridvm-test")
+STANDIN_AGENT = Path(__file__).parent / "vmm" / "standin_agent" / "tsi_bridge"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -13,3 +20,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "vm" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def built_images() -> dict:
+    """Both image kinds, built once (and cached across runs below TEST_ROOT)."""
+    TEST_ROOT.mkdir(mode=0o755, exist_ok=True)
+    return {kind: build_image(kind, output_root=TEST_ROOT / "images",
+                              agent_package=STANDIN_AGENT)
+            for kind in ("initramfs", "qcow2")}

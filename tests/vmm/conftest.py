@@ -5,26 +5,12 @@ import shutil
 import uuid
 from pathlib import Path
 
-import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from image_repo.builder import build_image
+from tests.conftest import TEST_ROOT
 from vmm.hypervisor import Hypervisor
 from vmm.manager import BootSpec, ImageFile, VirtualMachineManager
-
-#: Below /var/tmp so that QEMU, running as libvirt-qemu, can reach the files.
-TEST_ROOT = Path("/var/tmp/gridvm-test")
-STANDIN_AGENT = Path(__file__).parent / "standin_agent" / "tsi_bridge"
-
-
-@pytest.fixture(scope="session")
-def built_images() -> dict:
-    """Both image kinds, built once (and cached across runs below TEST_ROOT)."""
-    TEST_ROOT.mkdir(mode=0o755, exist_ok=True)
-    return {kind: build_image(kind, output_root=TEST_ROOT / "images",
-                              agent_package=STANDIN_AGENT)
-            for kind in ("initramfs", "qcow2")}
 
 
 def boot_spec(image) -> BootSpec:

@@ -1,0 +1,198 @@
+"""Boot benchmark: gridvm's vmm against bare QEMU, measured in the same run.
+
+    .venv/bin/python bench/boot.py [--runs 5] [--big-gib 10]
+
+1. Time from ``VirtualMachineManager.boot()`` to "the agent answered" for the initramfs
+   image, against the same kernel + initramfs started by bare ``qemu-system-x86_64`` to the
+   same ready signal (median of --runs each, interleaved); the ratio's goal is <= 1.15.
+2. Overlay creation on a 1 GiB and a --big-gib GiB base against a full copy (+ fsync).
+3. QEMU resident memory per guest.
+
+The last line printed is one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from twisted.internet import defer, task
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from image_repo.builder import build_image
+from vmm import ports
+from vmm.hypervisor import Hypervisor
+from vmm.manager import BootSpec, ImageFile, InstanceSpec, VirtualMachineManager
+from vmm.readiness import line_probe
+from vmm.storage import create_overlay
+
+ROOT = Path("/var/tmp/gridvm-bench")
+
+
+def boot_spec(image) -> BootSpec:
+    meta = image.metadata
+    files = {c["role"]: ImageFile(image.directory / c["file"], c["sha512"])
+             for c in meta["origin"]["content"]}
+    return BootSpec(kernel=files["kernel"], initrd=files.get("initrd"), disk=files.get("disk"),
+                    cmdline=meta["origin"]["boot"]["cmdline"])
+
+
+def qemu_pid(domain: str) -> int | None:
+    try:
+        return int(Path(f"/var/run/libvirt/qemu/{domain}.pid").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def wait_probe(reactor, probe, port: int, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        try:
+            await probe("127.0.0.1", port)
+            return
+        except Exception:
+            await task.deferLater(reactor, 0.05, lambda: None)
+    raise TimeoutError("no answer")
+
+
+async def bare_qemu_boot(reactor, spec: BootSpec, workdir: Path) -> tuple[float, float]:
+    """Seconds from starting QEMU to the agent's answer, and QEMU's RSS in MiB."""
+    port = ports.free_port()
+    cmd = [
+        "qemu-system-x86_64", "-machine", "pc", "-accel", "tcg,tb-size=32", "-m", "256",
+        "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none",
+        "-kernel", str(spec.kernel.path), "-initrd", str(spec.initrd.path),
+        "-append", spec.cmdline, "-serial", f"file:{workdir / 'bare-console.log'}",
+        "-device", "virtio-rng-pci",
+        "-netdev", f"user,id=n0,net=10.0.2.0/24,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:4433",
+        "-device", "virtio-net-pci,netdev=n0",
+    ]
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        await wait_probe(reactor, line_probe(reactor, timeout=1.0), port, started + 120)
+        elapsed = time.monotonic() - started
+        return elapsed, rss_mib(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+async def vmm_boot(reactor, manager: VirtualMachineManager, spec: BootSpec) -> tuple[float,
+                                                                                      dict, float]:
+    started = time.monotonic()
+    instance = await manager.boot(InstanceSpec(boot=spec, callback_port=ports.free_port(),
+                                               context_files={"bench.txt": b"x"}))
+    elapsed = time.monotonic() - started
+    pid = qemu_pid(instance.domain)
+    rss = rss_mib(pid) if pid else 0.0
+    await manager.destroy(instance.instance_id)
+    return elapsed, instance.timings, rss
+
+
+def write_base(path: Path, gib: float) -> None:
+    block = os.urandom(1 << 20)
+    with open(path, "wb") as f:
+        for i in range(int(gib * 1024)):
+            f.write(block[i % 7:] + block[: i % 7])
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def overlay_vs_copy(base: Path, workdir: Path) -> dict[str, float]:
+    overlay_times, copy_times = [], []
+    for i in range(3):
+        started = time.monotonic()
+        create_overlay(base, workdir / f"ov{i}.qcow2", backing_format="raw")
+        overlay_times.append(time.monotonic() - started)
+        (workdir / f"ov{i}.qcow2").unlink()
+    started = time.monotonic()
+    shutil.copyfile(base, workdir / "copy.img")
+    with open(workdir / "copy.img", "rb+") as f:
+        os.fsync(f.fileno())
+    copy_times.append(time.monotonic() - started)
+    (workdir / "copy.img").unlink()
+    overlay = statistics.median(overlay_times)
+    copy = statistics.median(copy_times)
+    return {"overlay_s": round(overlay, 4), "copy_s": round(copy, 3),
+            "copy_over_overlay": round(copy / overlay, 1)}
+
+
+async def main(reactor, args) -> None:
+    ROOT.mkdir(mode=0o755, exist_ok=True)
+    image = build_image("initramfs", output_root=ROOT / "images",
+                        agent_package=args.agent and Path(args.agent))
+    spec = boot_spec(image)
+    manager = VirtualMachineManager(Hypervisor(args.uri, reactor), ROOT / "state",
+                                    reactor=reactor, prefix="gridvm-bench-")
+    await manager.start()
+    workdir = Path(tempfile.mkdtemp(dir=ROOT))
+    workdir.chmod(0o755)
+    results: dict = {"runs": args.runs}
+    try:
+        await vmm_boot(reactor, manager, spec)  # warm the cache and libvirt
+        vmm_times, bare_times, vmm_rss, bare_rss, phases = [], [], [], [], []
+        for run in range(args.runs):
+            t, timing, rss = await vmm_boot(reactor, manager, spec)
+            vmm_times.append(t)
+            vmm_rss.append(rss)
+            phases.append(timing)
+            b, brss = await bare_qemu_boot(reactor, spec, workdir)
+            bare_times.append(b)
+            bare_rss.append(brss)
+            print(f"run {run + 1}: vmm {t:.2f} s  bare qemu {b:.2f} s", flush=True)
+        vmm_median, bare_median = statistics.median(vmm_times), statistics.median(bare_times)
+        results["boot"] = {
+            "vmm_median_s": round(vmm_median, 3), "bare_qemu_median_s": round(bare_median, 3),
+            "ratio": round(vmm_median / bare_median, 3),
+            "vmm_phases_median_s": {k: round(statistics.median(p[k] for p in phases), 3)
+                                    for k in phases[0]},
+        }
+        results["qemu_rss_mib"] = {"vmm_domain": round(statistics.median(vmm_rss), 1),
+                                   "bare_qemu": round(statistics.median(bare_rss), 1)}
+        print(f"boot to ready: vmm {vmm_median:.2f} s, bare QEMU {bare_median:.2f} s, "
+              f"ratio {vmm_median / bare_median:.3f} (goal <= 1.15)")
+        print(f"QEMU RSS per guest: vmm domain {results['qemu_rss_mib']['vmm_domain']} MiB, "
+              f"bare {results['qemu_rss_mib']['bare_qemu']} MiB")
+
+        results["overlay"] = {}
+        for gib in (1, args.big_gib):
+            if gib <= 0:
+                continue
+            base = workdir / f"base-{gib}g.img"
+            write_base(base, gib)
+            figures = overlay_vs_copy(base, workdir)
+            base.unlink()
+            results["overlay"][f"{gib}GiB"] = figures
+            print(f"{gib} GiB base: overlay {figures['overlay_s'] * 1000:.1f} ms, full copy "
+                  f"{figures['copy_s']:.2f} s ({figures['copy_over_overlay']}x)")
+    finally:
+        await manager.hypervisor.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(json.dumps({"bench": "boot", **results}))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--big-gib", type=float, default=10)
+    parser.add_argument("--uri", default="qemu:///system")
+    parser.add_argument("--agent", default=None,
+                        help="agent package directory for the guest (default: tsi_bridge)")
+    arguments = parser.parse_args()
+    task.react(lambda reactor: defer.Deferred.fromCoroutine(main(reactor, arguments)))

@@ -1,0 +1,108 @@
+"""The guest image builder: real Debian packages in, bootable cached images out."""
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from image_repo.builder import BuildError, build_image
+from image_repo.builder.metadata import upstream_version
+from image_repo.builder.rootfs import module_load_order
+from tests.conftest import STANDIN_AGENT, TEST_ROOT
+
+
+def test_module_load_order_puts_dependencies_first(tmp_path):
+    (tmp_path / "modules.dep").write_text(
+        "kernel/a/virtio_ring.ko:\n"
+        "kernel/a/virtio.ko: kernel/a/virtio_ring.ko\n"
+        "kernel/b/virtio_net.ko: kernel/a/virtio.ko kernel/a/virtio_ring.ko kernel/c/failover.ko\n"
+        "kernel/c/failover.ko:\n"
+        "kernel/d/virtio-rng.ko: kernel/a/virtio.ko kernel/a/virtio_ring.ko\n"
+    )
+    order = module_load_order(tmp_path, ("virtio_net", "virtio-rng"))
+    assert order == ["kernel/c/failover.ko", "kernel/a/virtio_ring.ko", "kernel/a/virtio.ko",
+                     "kernel/b/virtio_net.ko", "kernel/d/virtio-rng.ko"]
+    with pytest.raises(BuildError, match="nope not found"):
+        module_load_order(tmp_path, ("nope",))
+
+
+@pytest.mark.parametrize(("debian", "upstream"), [
+    ("3.11.2-6+deb12u9", "3.11.2"), ("1:1.35.0-4+deb12u1+b1", "1.35.0"), ("5.2.15-2+b7", "5.2.15"),
+])
+def test_upstream_version(debian, upstream):
+    assert upstream_version(debian) == upstream
+
+
+def test_unknown_kind_is_bad_input(tmp_path):
+    with pytest.raises(BuildError) as err:
+        build_image("floppy", output_root=tmp_path)
+    assert err.value.bad_input
+
+
+def listing(archive) -> list[str]:
+    cpio = subprocess.run(f"zstd -dc {archive} | cpio -t --quiet", shell=True, check=True,
+                          capture_output=True, text=True)
+    return cpio.stdout.split()
+
+
+def test_initramfs_image_contents_and_metadata(built_images):
+    image = built_images["initramfs"]
+    meta = image.metadata
+    for ref in meta["origin"]["content"]:
+        data = (image.directory / ref["file"]).read_bytes()
+        assert hashlib.sha512(data).hexdigest() == ref["sha512"]
+        assert len(data) == ref["size"]
+    assert {r["role"] for r in meta["origin"]["content"]} == {"kernel", "initrd"}
+    assert meta["origin"]["content_type"] == "kernel+initramfs"
+    assert meta["origin"]["boot"]["initrd"] == "initrd.img"
+    assert "console=ttyS0" in meta["origin"]["boot"]["cmdline"]
+    assert meta["semantic"]["os"] == {"distro": "debian", "version": "12"}
+    python = next(a for a in meta["idb"]["applications"] if a["name"] == "python3")
+    assert python["version"].startswith("3.11.")
+    files = set(listing(image.directory / "initrd.img"))
+    assert {"init", "etc/inittab", "etc/gridvm/rcS", "opt/gridvm/lib/tsi_bridge/agent.py",
+            "usr/bin/python3.11", "bin/bash"} <= files
+    assert "usr/lib/python3.11/__pycache__/socket.cpython-311.pyc" in files  # precompiled
+    assert not any(f.startswith(("usr/share/doc", "usr/lib/python3.11/test/")) for f in files)
+    assert any(f.endswith("/virtio_net.ko") for f in files)
+
+
+def test_disk_image_is_qcow2_with_a_loader(built_images):
+    image = built_images["qcow2"]
+    info = json.loads(subprocess.run(
+        ["qemu-img", "info", "--output=json", str(image.directory / "disk.qcow2")],
+        check=True, capture_output=True, text=True).stdout)
+    assert info["format"] == "qcow2" and info["virtual-size"] == 1 << 30
+    loader = set(listing(image.directory / "initrd.img"))
+    assert {"init", "bin/busybox", "modules/order", "modules/virtio_blk.ko"} <= loader
+    assert image.metadata["origin"]["content_type"] == "qcow2"
+
+
+def test_same_inputs_are_not_rebuilt(built_images):
+    started = time.monotonic()
+    again = build_image("initramfs", output_root=TEST_ROOT / "images", agent_package=STANDIN_AGENT)
+    assert again.cached and again.key == built_images["initramfs"].key
+    assert again.directory == built_images["initramfs"].directory
+    assert time.monotonic() - started < 10
+
+
+def test_cli_build_reports_a_cached_image_as_json(built_images, monkeypatch):
+    result = subprocess.run(
+        [sys.executable, "-m", "client.cli", "image", "build", "--kind", "qcow2", "--json",
+         "--output", str(TEST_ROOT / "images")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["kind"] == "qcow2"
+    assert summary["metadata"].endswith("metadata.json")
+
+
+def test_cli_rejects_an_unknown_kind():
+    result = subprocess.run([sys.executable, "-m", "client.cli", "image", "build", "--kind",
+                             "floppy"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "invalid choice" in result.stderr and "Traceback" not in result.stderr
