@@ -186,6 +186,22 @@ class MemballoonConfig(ConfigObject):
         self.model = element.get("model", "none")
 
 
+@dataclass(eq=True)
+class ControllerConfig(ConfigObject):
+    """A controller; gridvm uses it to switch off the USB bus libvirt adds by default."""
+
+    root_name = "controller"
+    type: str = "usb"
+    model: str = "none"
+
+    def format_dom(self) -> etree._Element:
+        return etree.Element("controller", type=self.type, model=self.model)
+
+    def parse_dom(self, element: etree._Element) -> None:
+        self.type = element.get("type", "usb")
+        self.model = element.get("model", "none")
+
+
 class RawDevice(ConfigObject):
     """A device gridvm does not model, kept verbatim."""
 
@@ -370,6 +386,9 @@ class DomainConfig(ConfigObject):
             if not isinstance(device.tag, str):
                 continue  # comments
             cls = DEVICE_CLASSES.get(device.tag)
+            if device.tag == "controller" and device.get("type") == "usb" and \
+                    device.get("model") == "none":
+                cls = ControllerConfig
             if (cls is DiskConfig and device.get("type") != "file") or \
                     (cls is SerialFileConfig and device.get("type") != "file"):
                 cls = None

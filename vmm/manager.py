@@ -25,6 +25,7 @@ from twisted.internet import defer, task, threads
 
 from vmm import context, ports
 from vmm.domain import (
+    ControllerConfig,
     DiskConfig,
     DomainConfig,
     GridvmMetadata,
@@ -133,7 +134,7 @@ class VirtualMachineManager(service.Service):
 
     def __init__(self, hypervisor: Hypervisor, state_dir: Path, *, reactor=None,
                  prefix: str = DOMAIN_PREFIX, tb_cache_mib: int | None = 32,
-                 probe_interval: float = 0.25):
+                 probe_interval: float = 0.1):
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -253,7 +254,7 @@ class VirtualMachineManager(service.Service):
                         initrd=str(initrd) if initrd else None, cmdline=cmdline),
             tb_cache_mib=self.tb_cache_mib,
             devices=[*disks, SerialFileConfig(path=str(directory / "console.log")),
-                     RngConfig(), MemballoonConfig()],
+                     RngConfig(), MemballoonConfig(), ControllerConfig("usb", "none")],
             network=UserNetConfig(host_port=host_port, guest_port=spec.guest_port,
                                   callback_port=spec.callback_port),
             metadata=GridvmMetadata(instance_id=spec.instance_id, image=spec.image,

@@ -6,6 +6,7 @@ from lxml import etree
 from vmm.domain import (
     GRIDVM_NS,
     QEMU_NS,
+    ControllerConfig,
     DiskConfig,
     DomainConfig,
     GridvmMetadata,
@@ -34,6 +35,7 @@ def full_config() -> DomainConfig:
             SerialFileConfig(path="/i/console.log"),
             RngConfig(),
             MemballoonConfig(),
+            ControllerConfig("usb", "none"),
         ],
         network=UserNetConfig(host_port=40001, guest_port=4433, callback_port=40002),
         metadata=GridvmMetadata(instance_id="abc", image="img-1", state_dir="/i",
@@ -63,6 +65,7 @@ def test_emitted_xml_has_what_libvirt_needs():
     assert disks[1].find("readonly") is not None
     assert root.find("devices/serial").get("type") == "file"
     assert root.find("devices/rng/backend").text == "/dev/urandom"
+    assert root.find("devices/controller").get("model") == "none"  # no USB bus
     args = [a.get("value") for a in root.iter(f"{{{QEMU_NS}}}arg")]
     netdev = args[args.index("-netdev") + 1]
     assert "restrict=on" in netdev

@@ -1,0 +1,216 @@
+"""Explicit state machines with a deadline and a timestamp per phase.
+
+``Lifecycle`` knows which transitions are legal, stamps every state it enters, arms the
+deadline of phases that have one and, when a deadline passes, moves to the failure state
+with the phase's timeout reason.  Time comes from the reactor, so tests drive it with
+``twisted.internet.task.Clock``.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+
+class InstanceState(enum.Enum):
+    """The life of a target system (architecture.md)."""
+
+    REQUESTED = "REQUESTED"
+    STAGING = "STAGING"
+    BOOTING = "BOOTING"
+    CONNECTING = "CONNECTING"
+    READY = "READY"
+    BUSY = "BUSY"
+    DRAINING = "DRAINING"
+    TERMINATED = "TERMINATED"
+    FAILED = "FAILED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (InstanceState.TERMINATED, InstanceState.FAILED)
+
+
+_I = InstanceState
+INSTANCE_TRANSITIONS: dict[InstanceState, frozenset[InstanceState]] = {
+    _I.REQUESTED: frozenset({_I.STAGING, _I.TERMINATED}),
+    _I.STAGING: frozenset({_I.BOOTING, _I.TERMINATED}),
+    _I.BOOTING: frozenset({_I.CONNECTING, _I.TERMINATED}),
+    _I.CONNECTING: frozenset({_I.READY, _I.TERMINATED}),
+    _I.READY: frozenset({_I.BUSY, _I.DRAINING}),
+    _I.BUSY: frozenset({_I.READY, _I.DRAINING}),
+    _I.DRAINING: frozenset({_I.TERMINATED}),
+    _I.TERMINATED: frozenset(),
+    _I.FAILED: frozenset(),
+}
+# FAILED is reachable from every state that is not terminal.
+for _state, _targets in list(INSTANCE_TRANSITIONS.items()):
+    if not _state.terminal:
+        INSTANCE_TRANSITIONS[_state] = _targets | {_I.FAILED}
+
+#: Why a phase ends when its deadline passes.
+INSTANCE_TIMEOUT_REASONS = {
+    _I.STAGING: "IMAGE_UNAVAILABLE",
+    _I.BOOTING: "BOOT_TIMEOUT",
+    _I.CONNECTING: "TSI_UNREACHABLE",
+    _I.DRAINING: "HYPERVISOR_ERROR",
+}
+
+
+class JobState(enum.Enum):
+    """UNICORE's job states, as clients see them."""
+
+    UNDEFINED = "UNDEFINED"
+    READY = "READY"
+    STAGINGIN = "STAGINGIN"
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    STAGINGOUT = "STAGINGOUT"
+    SUCCESSFUL = "SUCCESSFUL"
+    FAILED = "FAILED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.SUCCESSFUL, JobState.FAILED)
+
+
+_J = JobState
+JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    _J.UNDEFINED: frozenset({_J.READY, _J.FAILED}),
+    _J.READY: frozenset({_J.STAGINGIN, _J.QUEUED, _J.FAILED}),
+    _J.STAGINGIN: frozenset({_J.QUEUED, _J.FAILED}),
+    _J.QUEUED: frozenset({_J.RUNNING, _J.STAGINGOUT, _J.FAILED}),
+    _J.RUNNING: frozenset({_J.STAGINGOUT, _J.FAILED}),
+    _J.STAGINGOUT: frozenset({_J.SUCCESSFUL, _J.FAILED}),
+    _J.SUCCESSFUL: frozenset(),
+    _J.FAILED: frozenset(),
+}
+JOB_TIMEOUT_REASONS = {
+    _J.STAGINGIN: "STAGING_FAILED",
+    _J.QUEUED: "TSI_UNREACHABLE",
+    _J.RUNNING: "RUNTIME_EXCEEDED",
+    _J.STAGINGOUT: "STAGING_FAILED",
+}
+
+
+class IllegalTransition(Exception):
+    """A transition the state table does not allow (a programming error, not user input)."""
+
+
+@dataclass(frozen=True)
+class Transition:
+    previous: enum.Enum
+    state: enum.Enum
+    at: float
+    reason: str | None = None
+    message: str = ""
+
+
+Listener = Callable[[Transition], None]
+
+
+@dataclass
+class Lifecycle:
+    """One object's state, the time it entered each state, and the running deadline."""
+
+    transitions: dict
+    failed: enum.Enum
+    initial: enum.Enum
+    clock: object  #: an IReactorTime (the reactor, or task.Clock in tests)
+    deadlines: dict = field(default_factory=dict)  #: state -> seconds
+    timeout_reasons: dict = field(default_factory=dict)
+    state: enum.Enum = None  # type: ignore[assignment]
+    entered: dict = field(default_factory=dict)  #: state name -> timestamp (first entry)
+    history: list = field(default_factory=list)  #: [(state name, timestamp)] every entry
+    reason: str | None = None
+    message: str = ""
+    listeners: list[Listener] = field(default_factory=list)
+    _timer: object = None
+
+    def __post_init__(self) -> None:
+        if self.state is None:
+            self.state = self.initial
+        self.entered.setdefault(self.state.name, self.clock.seconds())
+        if not self.history:
+            self.history.append((self.state.name, self.entered[self.state.name]))
+        self._arm()
+
+    @property
+    def terminal(self) -> bool:
+        return not self.transitions[self.state]
+
+    def can(self, target: enum.Enum) -> bool:
+        return target in self.transitions[self.state]
+
+    def advance(self, target: enum.Enum, message: str = "") -> Transition:
+        """Enter ``target``; raises :class:`IllegalTransition` if the table forbids it."""
+        return self._enter(target, None, message)
+
+    def fail(self, reason: str, message: str) -> Transition | None:
+        """Enter the failure state with a reason code; a no-op once terminal."""
+        if self.terminal:
+            return None
+        return self._enter(self.failed, reason, message)
+
+    def phase_seconds(self) -> dict[str, float]:
+        """Time spent in each state, summed over every visit (the current one up to now)."""
+        result: dict[str, float] = {}
+        ends = [at for _name, at in self.history[1:]] + [self.clock.seconds()]
+        for (name, start), end in zip(self.history, ends, strict=True):
+            if self.terminal and name == self.state.name and end == ends[-1]:
+                continue
+            result[name] = result.get(name, 0.0) + (end - start)
+        return result
+
+    def _enter(self, target: enum.Enum, reason: str | None, message: str) -> Transition:
+        if target not in self.transitions[self.state]:
+            raise IllegalTransition(f"{self.state.name} -> {target.name}")
+        previous = self.state
+        self.state = target
+        now = self.clock.seconds()
+        self.entered.setdefault(target.name, now)
+        self.history.append((target.name, now))
+        if reason is not None:
+            self.reason, self.message = reason, message
+        elif message:
+            self.message = message
+        self._arm()
+        transition = Transition(previous, target, now, reason, message)
+        for listener in list(self.listeners):
+            listener(transition)
+        return transition
+
+    def _arm(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        seconds = self.deadlines.get(self.state)
+        if seconds is not None and not self.terminal:
+            state = self.state
+            self._timer = self.clock.callLater(seconds, self._expired, state, seconds)
+
+    def _expired(self, state: enum.Enum, seconds: float) -> None:
+        self._timer = None
+        if self.state is state:
+            reason = self.timeout_reasons.get(state, "HYPERVISOR_ERROR")
+            log.info("deadline of %s passed after %g s: %s", state.name, seconds, reason)
+            self.fail(reason, f"{state.name.lower()} took longer than {seconds:g} s")
+
+    def cancel(self) -> None:
+        """Disarm the deadline (when the owner goes away)."""
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+
+def instance_lifecycle(clock, deadlines: dict[InstanceState, float] | None = None) -> Lifecycle:
+    return Lifecycle(INSTANCE_TRANSITIONS, InstanceState.FAILED, InstanceState.REQUESTED, clock,
+                     deadlines=dict(deadlines or {}), timeout_reasons=INSTANCE_TIMEOUT_REASONS)
+
+
+def job_lifecycle(clock, deadlines: dict[JobState, float] | None = None) -> Lifecycle:
+    return Lifecycle(JOB_TRANSITIONS, JobState.FAILED, JobState.READY, clock,
+                     deadlines=dict(deadlines or {}), timeout_reasons=JOB_TIMEOUT_REASONS)
