@@ -1,0 +1,354 @@
+"""UNICORE job descriptions: parsed strictly, with errors that name the offending key.
+
+Values are accepted the lenient UNICORE way (booleans as ``"true"``/``"false"``, numbers as
+strings, ``Runtime`` and ``Memory`` with units, ``Environment`` as a list or an object);
+keys are not: an unknown key is an error naming it, so a typo never silently drops a
+requirement.  The result separates what picks the image (:attr:`JobDescription.requirements`)
+from what runs in it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class JobDescriptionError(ValueError):
+    """A job description that cannot be run; ``path`` names the key."""
+
+    reason = "BAD_REQUEST"
+
+    def __init__(self, path: str, message: str):
+        super().__init__(f"{path}: {message}" if path else message)
+        self.path = path
+
+
+#: Keys gridvm runs; the value says where the key's meaning lives in this module.
+TOP_LEVEL_KEYS = {
+    "Name", "Executable", "Arguments", "Environment", "Parameters", "ApplicationName",
+    "ApplicationVersion", "Stdout", "Stderr", "Stdin", "IgnoreNonZeroExitCode", "Resources",
+    "Project", "Imports", "Exports", "haveClientStageIn", "Job type", "Tags", "Umask",
+    "User precommand", "User postcommand", "RunUserPrecommandOnLoginNode",
+    "RunUserPostcommandOnLoginNode", "UserPrecommandIgnoreNonZeroExitCode",
+    "UserPostcommandIgnoreNonZeroExitCode", "UserPrecommandIgnoreNonZeroExitcode",
+    "UserPostcommandIgnoreNonZeroExitcode", "Notification", "User email", "Login node",
+}
+#: Accepted but with no effect in a VM site; listed so that clients that send them work.
+IGNORED_KEYS = {"Project", "Notification", "User email", "Login node", "Umask",
+                "RunUserPrecommandOnLoginNode", "RunUserPostcommandOnLoginNode"}
+RESOURCE_KEYS = {
+    "Runtime", "Queue", "Nodes", "CPUsPerNode", "TotalCPUs", "CPUs", "GPUsPerNode", "Memory",
+    "MemoryPerNode", "Reservation", "NodeConstraints", "QoS", "Exclusive", "ArraySize",
+    "ArrayLimit", "Project",
+    # gridvm's image requirements
+    "Image", "OperatingSystem", "OperatingSystemVersion", "CPUArchitecture", "Disk", "VO",
+}
+IMPORT_KEYS = {"From", "To", "Data", "FailOnError", "Permissions", "Mode", "ReadOnly",
+               "Credentials", "ExtraParameters"}
+JOB_TYPES = {"batch": "BATCH", "normal": "BATCH", "on_login_node": "ON_LOGIN_NODE",
+             "interactive": "ON_LOGIN_NODE"}
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_UNITS_TIME = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_UNITS_MEM = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def _bool(path: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise JobDescriptionError(path, f"expected true or false, got {value!r}")
+
+
+def _str(path: str, value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise JobDescriptionError(path, f"expected a string, got {type(value).__name__}")
+
+
+def _int(path: str, value: Any, minimum: int = 0) -> int:
+    try:
+        number = int(float(value)) if isinstance(value, str) else value
+    except ValueError:
+        number = None
+    if not isinstance(number, int) or isinstance(number, bool) or number < minimum:
+        raise JobDescriptionError(path, f"expected a whole number >= {minimum}, got {value!r}")
+    return number
+
+
+def parse_runtime(path: str, value: Any) -> int:
+    """Seconds from ``3600``, ``"3600"``, ``"10min"``, ``"2h"``, ``"1d"`` (unit by prefix)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
+        unit = match.group(2).lower() if match else "?"
+        factor = 1 if unit == "" else next(
+            (f for prefix, f in _UNITS_TIME.items() if unit.startswith(prefix)), None)
+        if match is None or factor is None:
+            raise JobDescriptionError(path, f"expected seconds or a time like 10min, 2h: "
+                                            f"{value!r}")
+        seconds = float(match.group(1)) * factor
+    if seconds <= 0:
+        raise JobDescriptionError(path, "must be positive")
+    return int(seconds)
+
+
+def parse_memory(path: str, value: Any) -> int:
+    """Bytes from ``1073741824``, ``"512M"``, ``"1G"``, ``"2GiB"`` (powers of 1024)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtTbB]?)(?:i?[bB])?\s*", str(value))
+        if not match:
+            raise JobDescriptionError(path, f"expected bytes or a size like 512M, 1G: {value!r}")
+        size = int(float(match.group(1)) * _UNITS_MEM[match.group(2).lower()])
+    if size <= 0:
+        raise JobDescriptionError(path, "must be positive")
+    return size
+
+
+@dataclass
+class InputFile:
+    """An inline import: ``Data`` written to ``To`` before the job starts."""
+
+    to: str
+    data: bytes
+    mode: int | None = None
+
+
+@dataclass
+class JobDescription:
+    """What a UNICORE client asked for, split into image requirements and the run."""
+
+    name: str = "N/A"
+    job_type: str = "BATCH"
+    executable: str | None = None
+    arguments: list[str] = field(default_factory=list)
+    environment: dict[str, str] = field(default_factory=dict)
+    parameters: dict[str, str] = field(default_factory=dict)
+    application: str | None = None
+    application_version: str | None = None
+    stdout: str = "stdout"
+    stderr: str = "stderr"
+    stdin: str | None = None
+    ignore_nonzero_exit: bool = False
+    runtime: int | None = None  #: seconds
+    cpus: int | None = None
+    memory: int | None = None  #: bytes
+    disk: int | None = None  #: bytes
+    nodes: int | None = None
+    image: str | None = None
+    image_url: str | None = None
+    os_distro: str | None = None
+    os_version: str | None = None
+    architecture: str | None = None
+    vo: str | None = None
+    imports: list[InputFile] = field(default_factory=list)
+    client_stage_in: bool = False
+    tags: list[str] = field(default_factory=list)
+    precommand: str | None = None
+    postcommand: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def requirements(self) -> dict[str, Any]:
+        """The image requirements, in image_repo's requirement document form."""
+        req: dict[str, Any] = {}
+        if self.image:
+            req["image"] = self.image
+        if self.image_url:
+            req["image_url"] = self.image_url
+        if self.os_distro:
+            req["os"] = {"distro": self.os_distro}
+            if self.os_version:
+                req["os"]["version"] = self.os_version
+        elif self.os_version:
+            req["os"] = {"version": self.os_version}
+        if self.architecture:
+            req["architecture"] = self.architecture
+        if self.application and self.application != "CONTAINER":
+            app: dict[str, str] = {"name": self.application}
+            if self.application_version:
+                app["version"] = self.application_version
+            req["applications"] = [app]
+        if self.cpus:
+            req["cpus"] = self.cpus
+        if self.memory:
+            req["memory_mib"] = -(-self.memory // (1 << 20))
+        if self.disk:
+            req["disk_gib"] = round(self.disk / (1 << 30), 3)
+        if self.vo:
+            req["vo"] = self.vo
+        return req
+
+
+def _check_keys(path: str, value: dict, allowed: set[str]) -> None:
+    for key in value:
+        if key not in allowed:
+            near = [k for k in allowed if k.lower() == str(key).lower()]
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise JobDescriptionError(f"{path}{key}", f"unknown key{hint}")
+
+
+def parse_job(doc: Any) -> JobDescription:
+    """A :class:`JobDescription` from a decoded JSON document; raises JobDescriptionError."""
+    if not isinstance(doc, dict):
+        raise JobDescriptionError("", "a job description is a JSON object")
+    _check_keys("", doc, TOP_LEVEL_KEYS)
+    job = JobDescription(raw=doc)
+    if "Name" in doc:
+        job.name = _str("Name", doc["Name"])
+    if "Job type" in doc:
+        kind = _str("Job type", doc["Job type"]).lower()
+        if kind not in JOB_TYPES:
+            raise JobDescriptionError("Job type", f"unsupported job type {doc['Job type']!r}")
+        job.job_type = JOB_TYPES[kind]
+    if "Executable" in doc:
+        job.executable = _str("Executable", doc["Executable"])
+        if not job.executable.strip():
+            raise JobDescriptionError("Executable", "must not be empty")
+    if "Arguments" in doc:
+        args = doc["Arguments"]
+        if not isinstance(args, list):
+            raise JobDescriptionError("Arguments", "expected a list of strings")
+        job.arguments = [_str(f"Arguments[{i}]", a) for i, a in enumerate(args)]
+    job.environment = _environment(doc.get("Environment", {}))
+    if "Parameters" in doc:
+        params = doc["Parameters"]
+        if not isinstance(params, dict):
+            raise JobDescriptionError("Parameters", "expected an object")
+        job.parameters = {_env_name(f"Parameters.{k}", k): _str(f"Parameters.{k}", v)
+                          for k, v in params.items()}
+    if "ApplicationName" in doc:
+        job.application = _str("ApplicationName", doc["ApplicationName"])
+    if "ApplicationVersion" in doc:
+        job.application_version = _str("ApplicationVersion", doc["ApplicationVersion"])
+    if job.application == "CONTAINER":
+        job.image_url = job.parameters.get("IMAGE_URL")
+        if not job.image_url:
+            raise JobDescriptionError("Parameters.IMAGE_URL",
+                                      "a CONTAINER application needs IMAGE_URL")
+    for key, attr in (("Stdout", "stdout"), ("Stderr", "stderr"), ("Stdin", "stdin")):
+        if key in doc:
+            setattr(job, attr, _relative_path(key, _str(key, doc[key])))
+    if "IgnoreNonZeroExitCode" in doc:
+        job.ignore_nonzero_exit = _bool("IgnoreNonZeroExitCode", doc["IgnoreNonZeroExitCode"])
+    if "haveClientStageIn" in doc:
+        job.client_stage_in = _bool("haveClientStageIn", doc["haveClientStageIn"])
+    if "Tags" in doc:
+        if not isinstance(doc["Tags"], list):
+            raise JobDescriptionError("Tags", "expected a list of strings")
+        job.tags = [_str(f"Tags[{i}]", t) for i, t in enumerate(doc["Tags"])]
+    if "User precommand" in doc:
+        job.precommand = _str("User precommand", doc["User precommand"])
+    if "User postcommand" in doc:
+        job.postcommand = _str("User postcommand", doc["User postcommand"])
+    _resources(job, doc.get("Resources", {}))
+    _imports(job, doc.get("Imports", []))
+    if doc.get("Exports"):
+        raise JobDescriptionError("Exports", "stage-out to URLs is not supported by this site; "
+                                             "fetch results from the job's working directory")
+    if not job.executable and not job.application:
+        raise JobDescriptionError("Executable", "give an Executable or an ApplicationName")
+    return job
+
+
+def _env_name(path: str, name: Any) -> str:
+    if not isinstance(name, str) or not _ENV_NAME.match(name):
+        raise JobDescriptionError(path, f"not a valid environment variable name: {name!r}")
+    return name
+
+
+def _environment(value: Any) -> dict[str, str]:
+    env: dict[str, str] = {}
+    if isinstance(value, dict):
+        for key, val in value.items():
+            env[_env_name(f"Environment.{key}", key)] = _str(f"Environment.{key}", val)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            text = _str(f"Environment[{i}]", item)
+            name, sep, val = text.partition("=")
+            if not sep:
+                raise JobDescriptionError(f"Environment[{i}]", f"expected NAME=value: {text!r}")
+            env[_env_name(f"Environment[{i}]", name)] = val
+    else:
+        raise JobDescriptionError("Environment", "expected a list of NAME=value or an object")
+    return env
+
+
+def _relative_path(path: str, name: str) -> str:
+    """A file name inside the job directory: no absolute paths, no ``..``."""
+    parts = name.split("/")
+    if not name or name.startswith("/") or ".." in parts or "\0" in name or "\n" in name:
+        raise JobDescriptionError(path, f"must be a relative path inside the job directory: "
+                                        f"{name!r}")
+    return name
+
+
+def _resources(job: JobDescription, res: Any) -> None:
+    if not isinstance(res, dict):
+        raise JobDescriptionError("Resources", "expected an object")
+    _check_keys("Resources.", res, RESOURCE_KEYS)
+    if "Runtime" in res:
+        job.runtime = parse_runtime("Resources.Runtime", res["Runtime"])
+    cpus = [k for k in ("CPUs", "TotalCPUs") if k in res]
+    if len(cpus) == 2 and str(res["CPUs"]) != str(res["TotalCPUs"]):
+        raise JobDescriptionError("Resources.CPUs", "CPUs and TotalCPUs disagree")
+    if cpus:
+        job.cpus = _int(f"Resources.{cpus[0]}", res[cpus[0]], minimum=1)
+    elif "CPUsPerNode" in res:
+        job.cpus = _int("Resources.CPUsPerNode", res["CPUsPerNode"], minimum=1)
+    if "Nodes" in res:
+        job.nodes = _int("Resources.Nodes", res["Nodes"], minimum=1)
+        if job.nodes > 1:
+            raise JobDescriptionError("Resources.Nodes", "a VM target system has one node")
+    for key in ("Memory", "MemoryPerNode"):
+        if key in res:
+            job.memory = parse_memory(f"Resources.{key}", res[key])
+    if "Disk" in res:
+        job.disk = parse_memory("Resources.Disk", res["Disk"])
+    for key, attr in (("Image", "image"), ("OperatingSystem", "os_distro"),
+                      ("OperatingSystemVersion", "os_version"),
+                      ("CPUArchitecture", "architecture"), ("VO", "vo")):
+        if key in res:
+            setattr(job, attr, _str(f"Resources.{key}", res[key]))
+
+
+def _imports(job: JobDescription, imports: Any) -> None:
+    if not isinstance(imports, list):
+        raise JobDescriptionError("Imports", "expected a list")
+    for i, item in enumerate(imports):
+        path = f"Imports[{i}]"
+        if not isinstance(item, dict):
+            raise JobDescriptionError(path, "expected an object")
+        _check_keys(f"{path}.", item, IMPORT_KEYS)
+        to = _relative_path(f"{path}.To", _str(f"{path}.To", item.get("To", "")))
+        source = item.get("From")
+        if "Data" in item and source in (None, "", "inline://dummy", "inline://"):
+            data = item["Data"]
+            content = data.encode() if isinstance(data, str) else None
+            if content is None:
+                raise JobDescriptionError(f"{path}.Data", "expected a string")
+            mode = None
+            if "Permissions" in item:
+                mode = _permissions(f"{path}.Permissions", item["Permissions"])
+            job.imports.append(InputFile(to=to, data=content, mode=mode))
+        else:
+            raise JobDescriptionError(
+                f"{path}.From", "only inline imports (Data) are staged by the server; "
+                                "upload other files into the working directory")
+
+
+def _permissions(path: str, value: Any) -> int:
+    text = _str(path, value)
+    if re.fullmatch(r"[0-7]{3,4}", text):
+        return int(text, 8)
+    if re.fullmatch(r"[r-][w-][x-]", text):
+        bits = (4 if text[0] == "r" else 0) | (2 if text[1] == "w" else 0) | (
+            1 if text[2] == "x" else 0)
+        return bits << 6
+    raise JobDescriptionError(path, f"expected an octal mode like 755 or rwx: {value!r}")

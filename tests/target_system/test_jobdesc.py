@@ -1,0 +1,94 @@
+"""UNICORE job descriptions: lenient values, strict keys, errors that name the key."""
+
+import pytest
+
+from target_system.jobdesc import JobDescriptionError, parse_job, parse_memory, parse_runtime
+
+
+def test_pyunicore_helper_style_description():
+    job = parse_job({
+        "Executable": "/bin/echo", "Arguments": ["hello", 42], "Job type": "normal",
+        "Environment": {"A": "1"}, "Stdout": "stdout", "Stderr": "stderr",
+        "IgnoreNonZeroExitCode": "true", "haveClientStageIn": "true",
+        "Resources": {"Runtime": "10min", "Nodes": 1, "CPUs": 2, "Memory": "1G",
+                      "Image": "gridvm-debian12-initramfs"},
+        "Imports": [{"From": "inline://dummy", "To": "in.txt", "Data": "abc"}],
+        "Tags": ["t1"],
+    })
+    assert job.executable == "/bin/echo" and job.arguments == ["hello", "42"]
+    assert job.job_type == "BATCH" and job.ignore_nonzero_exit and job.client_stage_in
+    assert job.runtime == 600 and job.cpus == 2 and job.memory == 1 << 30
+    assert job.imports[0].to == "in.txt" and job.imports[0].data == b"abc"
+    assert job.requirements == {"image": "gridvm-debian12-initramfs", "cpus": 2,
+                                "memory_mib": 1024}
+
+
+def test_environment_list_form_and_application_requirements():
+    job = parse_job({"ApplicationName": "python3", "ApplicationVersion": "3.11",
+                     "Environment": ["A=1", "B=x=y"],
+                     "Resources": {"OperatingSystem": "debian", "OperatingSystemVersion": "12",
+                                   "CPUArchitecture": "x86_64", "TotalCPUs": "1"}})
+    assert job.environment == {"A": "1", "B": "x=y"}
+    assert job.requirements == {
+        "os": {"distro": "debian", "version": "12"}, "architecture": "x86_64",
+        "applications": [{"name": "python3", "version": "3.11"}], "cpus": 1}
+
+
+def test_container_application_selects_by_image_url():
+    job = parse_job({"ApplicationName": "CONTAINER", "Parameters": {
+        "IMAGE_URL": "gridvm-debian12-qcow2", "COMMAND": "python3 -V"}})
+    assert job.requirements == {"image_url": "gridvm-debian12-qcow2"}
+    with pytest.raises(JobDescriptionError, match="IMAGE_URL"):
+        parse_job({"ApplicationName": "CONTAINER"})
+
+
+@pytest.mark.parametrize(("doc", "path"), [
+    ({"Executable": "x", "Argumnets": []}, "Argumnets"),
+    ({"Executable": "x", "resources": {}}, "resources"),
+    ({"Executable": "x", "Resources": {"Runtim": 5}}, "Resources.Runtim"),
+    ({"Executable": "x", "Resources": {"Runtime": "soon"}}, "Resources.Runtime"),
+    ({"Executable": "x", "Resources": {"Memory": "lots"}}, "Resources.Memory"),
+    ({"Executable": "x", "Resources": {"CPUs": 0}}, "Resources.CPUs"),
+    ({"Executable": "x", "Resources": {"Nodes": 2}}, "Resources.Nodes"),
+    ({"Executable": "x", "Arguments": "a b"}, "Arguments"),
+    ({"Executable": "x", "Environment": ["NOEQUALS"]}, "Environment[0]"),
+    ({"Executable": "x", "Environment": {"1BAD": "v"}}, "Environment.1BAD"),
+    ({"Executable": "x", "Stdout": "../../etc/passwd"}, "Stdout"),
+    ({"Executable": "x", "Imports": [{"To": "/abs", "Data": "x"}]}, "Imports[0].To"),
+    ({"Executable": "x", "Imports": [{"From": "https://e.org/f", "To": "f"}]}, "Imports[0].From"),
+    ({"Executable": "x", "IgnoreNonZeroExitCode": "maybe"}, "IgnoreNonZeroExitCode"),
+    ({"Executable": "x", "Job type": "quantum"}, "Job type"),
+    ({"Executable": "x", "Exports": [{"From": "a", "To": "https://e.org"}]}, "Exports"),
+    ({"Arguments": []}, "Executable"),
+])
+def test_bad_descriptions_name_the_key(doc, path):
+    with pytest.raises(JobDescriptionError) as err:
+        parse_job(doc)
+    assert err.value.path == path
+    assert str(err.value).startswith(path)
+    assert err.value.reason == "BAD_REQUEST"
+
+
+def test_a_near_miss_key_gets_a_hint():
+    with pytest.raises(JobDescriptionError, match="did you mean 'Executable'"):
+        parse_job({"executable": "x"})
+
+
+def test_not_an_object():
+    with pytest.raises(JobDescriptionError, match="JSON object"):
+        parse_job(["Executable"])
+
+
+@pytest.mark.parametrize(("value", "seconds"), [
+    (3600, 3600), ("3600", 3600), ("10min", 600), ("10m", 600), ("2h", 7200), ("1d", 86400),
+    ("1.5h", 5400), ("30s", 30),
+])
+def test_runtime_units(value, seconds):
+    assert parse_runtime("R", value) == seconds
+
+
+@pytest.mark.parametrize(("value", "size"), [
+    (1024, 1024), ("512M", 512 << 20), ("1G", 1 << 30), ("2GiB", 2 << 30), ("100k", 102400),
+])
+def test_memory_units(value, size):
+    assert parse_memory("M", value) == size
