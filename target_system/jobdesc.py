@@ -161,7 +161,7 @@ class JobDescription:
         if self.image:
             req["image"] = self.image
         if self.image_url:
-            req["image_url"] = self.image_url
+            req["container_image_url"] = self.image_url
         if self.os_distro:
             req["os"] = {"distro": self.os_distro}
             if self.os_version:
@@ -180,7 +180,9 @@ class JobDescription:
         if self.memory:
             req["memory_mib"] = -(-self.memory // (1 << 20))
         if self.disk:
-            req["disk_gib"] = round(self.disk / (1 << 30), 3)
+            req["disk_gib"] = -(-self.disk // (1 << 30))
+        if self.runtime:
+            req["runtime_s"] = self.runtime
         if self.vo:
             req["vo"] = self.vo
         return req

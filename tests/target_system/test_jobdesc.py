@@ -20,7 +20,7 @@ def test_pyunicore_helper_style_description():
     assert job.runtime == 600 and job.cpus == 2 and job.memory == 1 << 30
     assert job.imports[0].to == "in.txt" and job.imports[0].data == b"abc"
     assert job.requirements == {"image": "gridvm-debian12-initramfs", "cpus": 2,
-                                "memory_mib": 1024}
+                                "memory_mib": 1024, "runtime_s": 600}
 
 
 def test_environment_list_form_and_application_requirements():
@@ -37,7 +37,7 @@ def test_environment_list_form_and_application_requirements():
 def test_container_application_selects_by_image_url():
     job = parse_job({"ApplicationName": "CONTAINER", "Parameters": {
         "IMAGE_URL": "gridvm-debian12-qcow2", "COMMAND": "python3 -V"}})
-    assert job.requirements == {"image_url": "gridvm-debian12-qcow2"}
+    assert job.requirements == {"container_image_url": "gridvm-debian12-qcow2"}
     with pytest.raises(JobDescriptionError, match="IMAGE_URL"):
         parse_job({"ApplicationName": "CONTAINER"})
 
