@@ -1,0 +1,31 @@
+"""Fixtures for the tsi_bridge tests: agents as real subprocesses on 127.0.0.1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tsi_agent_process import AgentProcess
+
+
+@pytest.fixture
+def start_agent(tmp_path):
+    """``start_agent(*flags, name=..., config=...)`` starts an agent; all are stopped after."""
+    agents: list[AgentProcess] = []
+
+    def start(*flags: str, name: str = "agent", config: Path | None = None) -> AgentProcess:
+        agent = AgentProcess(tmp_path / name, *flags, config=config).start()
+        agents.append(agent)
+        return agent
+
+    yield start
+    for agent in agents:
+        agent.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_agent(tmp_path_factory):
+    """One plain agent shared by a module's tests."""
+    agent = AgentProcess(tmp_path_factory.mktemp("shared")).start()
+    yield agent
+    agent.stop()
