@@ -29,3 +29,20 @@ def shared_agent(tmp_path_factory):
     agent = AgentProcess(tmp_path_factory.mktemp("shared")).start()
     yield agent
     agent.stop()
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    from tsi_certs import TestPKI
+
+    return TestPKI(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module", params=["plain", "tls"])
+def endpoint(request, tmp_path_factory, pki):
+    """A running agent and the TLSConfig to reach it (None for plain), plain and TLS."""
+    flags = pki.agent_flags() if request.param == "tls" else []
+    agent = AgentProcess(tmp_path_factory.mktemp(request.param), *flags).start()
+    tls = pki.client_tls() if request.param == "tls" else None
+    yield agent, tls
+    agent.stop()
