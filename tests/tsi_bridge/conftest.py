@@ -13,8 +13,10 @@ def start_agent(tmp_path):
     """``start_agent(*flags, name=..., config=...)`` starts an agent; all are stopped after."""
     agents: list[AgentProcess] = []
 
-    def start(*flags: str, name: str = "agent", config: Path | None = None) -> AgentProcess:
-        agent = AgentProcess(tmp_path / name, *flags, config=config).start()
+    def start(*flags: str, name: str = "agent", config: Path | None = None,
+              privileged: bool = False) -> AgentProcess:
+        agent = AgentProcess(tmp_path / name, *flags, config=config,
+                             privileged=privileged).start()
         agents.append(agent)
         return agent
 

@@ -19,7 +19,8 @@ REPO = Path(__file__).resolve().parents[2]
 class AgentProcess:
     """One agent subprocess; ``port`` is its shepherd port."""
 
-    def __init__(self, base: Path, *args: str, config: Path | None = None) -> None:
+    def __init__(self, base: Path, *args: str, config: Path | None = None,
+                 privileged: bool = False) -> None:
         self.base = base
         self.workdir = base / "work"
         self.state_dir = base / "state"
@@ -27,6 +28,7 @@ class AgentProcess:
         self.port_file = base / "agent.port"
         self.args = list(args)
         self.config = config
+        self.privileged = privileged or "--job-user" in args
         self.process: subprocess.Popen | None = None
         self.port = 0
 
@@ -37,7 +39,7 @@ class AgentProcess:
         argv += ["--listen-address", "127.0.0.1", "--port", str(self.port or 0),
                  "--port-file", str(self.port_file), "--state-dir", str(self.state_dir),
                  "--workdir-root", str(self.workdir), "--log-level", "debug", *self.args]
-        if "--job-user" not in self.args:
+        if not self.privileged:
             argv.append("--no-switch-uid")
         return argv
 
