@@ -1,0 +1,86 @@
+"""``python3 -m tsi_bridge.agent --config FILE [flags]``: run the gridvm TSI agent.
+
+Flags override the config file (handy for development and tests); see docs/tsi-bridge.md.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+FLAGS = {
+    "--listen-address": "listen_address", "--port": "listen_port",
+    "--callback-host": "callback_host", "--callback-port": "callback_port",
+    "--workdir-root": "workdir_root", "--state-dir": "state_dir", "--job-user": "job_user",
+    "--job-group": "job_group", "--port-file": "port_file", "--log-level": "log_level",
+    "--shell": "shell",
+    "--tls-cert": "tls.cert", "--tls-key": "tls.key", "--tls-ca": "tls.ca",
+    "--tls-peer-cert": "tls.peer_cert",
+    "--handshake-timeout": "timeouts.handshake", "--idle-timeout": "timeouts.idle",
+    "--request-timeout": "timeouts.request", "--transfer-timeout": "timeouts.transfer",
+    "--script-timeout": "timeouts.script", "--abort-grace": "timeouts.abort_grace",
+}
+SWITCHES = {"--no-switch-uid": ("switch_uid", False), "--confine-paths": ("confine_paths", True)}
+USAGE = ("usage: python3 -m tsi_bridge.agent [--config FILE] "
+         + " ".join(f"[{flag} V]" for flag in FLAGS) + " " + " ".join(f"[{s}]" for s in SWITCHES))
+
+
+def parse(argv: list[str]) -> tuple[str | None, dict[str, object]]:
+    config_file, overrides = None, {}
+    args = list(argv)
+    while args:
+        flag = args.pop(0)
+        if flag in ("-h", "--help"):
+            print(USAGE)
+            sys.exit(0)
+        if flag in SWITCHES:
+            key, value = SWITCHES[flag]
+            overrides[key] = value
+            continue
+        if "=" in flag:
+            flag, value = flag.split("=", 1)
+            args.insert(0, value)
+        if flag not in FLAGS and flag != "--config":
+            raise SystemExit(f"gridvm-tsi: unknown argument {flag}\n{USAGE}")
+        if not args:
+            raise SystemExit(f"gridvm-tsi: {flag} needs a value")
+        value = args.pop(0)
+        if flag == "--config":
+            config_file = value
+        else:
+            overrides[FLAGS[flag]] = value
+    return config_file, overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tsi_bridge.agent import log
+    from tsi_bridge.agent.config import Config, ConfigError
+
+    config_file, overrides = parse(sys.argv[1:] if argv is None else argv)
+    try:
+        config = Config.load(config_file, overrides)
+    except ConfigError as err:
+        print(f"gridvm-tsi: configuration error: {err}", file=sys.stderr)
+        return 2
+    log.set_level(config.log_level)
+    from tsi_bridge.agent.server import Agent
+
+    try:
+        agent = Agent(config)
+        agent.bind()
+    except OSError as err:
+        print(f"gridvm-tsi: cannot start: {err}", file=sys.stderr)
+        return 1
+
+    def stop(signum, frame):
+        log.info(f"signal {signum}: stopping (running jobs keep running)")
+        agent.stop.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    agent.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

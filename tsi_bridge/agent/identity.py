@@ -1,0 +1,229 @@
+"""Who a request runs as, and doing things as that user.
+
+* Unprivileged (the agent is not root, or ``switch_uid`` is false): everything runs as the
+  agent's own user; the identity is ignored.
+* Privileged with ``job_user``: every request runs as that one user (a single-tenant guest).
+* Privileged without ``job_user``: the ``#TSI_IDENTITY`` user, like the official TSI; unknown
+  users and root are refused, and (unlike the official TSI) only groups the user is a member
+  of are granted.
+
+The agent is multi-threaded, so it never changes its own uid: processes get the user through
+``subprocess.Popen(user=..., group=..., extra_groups=...)``; file operations run in a short
+forked child that switches uid and either returns its result or passes back an open file
+descriptor.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import pwd
+import socket
+
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
+
+
+class RequestFailed(Exception):
+    """A request that gets ``TSI_FAILED: <message>``; the worker keeps serving."""
+
+
+class RunAs:
+    """A user to run as: uid, gid, supplementary groups, home and whether to switch."""
+
+    __slots__ = ("gid", "groups", "home", "switch", "uid", "user")
+
+    def __init__(self, user: str, uid: int, gid: int, groups: list[int], home: str,
+                 switch: bool) -> None:
+        self.user, self.uid, self.gid, self.groups = user, uid, gid, groups
+        self.home, self.switch = home, switch
+
+    def to_record(self) -> dict[str, object]:
+        return {"user": self.user, "uid": self.uid, "gid": self.gid, "groups": self.groups,
+                "home": self.home, "switch": self.switch}
+
+    @classmethod
+    def from_record(cls, record: dict) -> RunAs:
+        return cls(record["user"], record["uid"], record["gid"], list(record["groups"]),
+                   record["home"], record["switch"])
+
+    def environment(self, extra: dict[str, str]) -> dict[str, str]:
+        env = {"HOME": self.home, "USER": self.user, "LOGNAME": self.user,
+               "PATH": DEFAULT_PATH, "LANG": "C.UTF-8", "SHELL": "/bin/sh"}
+        env.update({str(k): str(v) for k, v in extra.items()})
+        return env
+
+    def popen_arguments(self) -> dict[str, object]:
+        if not self.switch:
+            return {}
+        return {"user": self.uid, "group": self.gid, "extra_groups": self.groups}
+
+    def substitute(self, text: str) -> str:
+        """``$HOME``, ``$LOGNAME`` and ``$USER`` replaced textually (the official rule)."""
+        return (text.replace("$HOME", self.home).replace("$LOGNAME", self.user)
+                .replace("$USER", self.user))
+
+
+class IdentityResolver:
+    """Maps a request's ``#TSI_IDENTITY`` to a RunAs according to the agent's mode."""
+
+    def __init__(self, switch_uid: bool, job_user: str | None, job_group: str | None) -> None:
+        self.privileged = switch_uid and os.geteuid() == 0
+        self.job_user = job_user if self.privileged else None
+        self.job_group = job_group
+        self._self = self._own_user()
+
+    @property
+    def mode(self) -> str:
+        if not self.privileged:
+            return f"unprivileged (as {self._self.user})"
+        return f"privileged (as {self.job_user})" if self.job_user else "privileged (identity)"
+
+    def resolve(self, identity: tuple[str, str] | None) -> RunAs:
+        if not self.privileged:
+            return self._self
+        if self.job_user:
+            return self._user(self.job_user, self.job_group)
+        if identity is None:
+            raise RequestFailed("No user/group info given")
+        user, groups = identity
+        return self._user(user, None, groups)
+
+    def check(self) -> str | None:
+        """A problem with the configured job user, or None."""
+        if self.job_user:
+            try:
+                self._user(self.job_user, self.job_group)
+            except RequestFailed as err:
+                return str(err)
+        return None
+
+    @staticmethod
+    def _own_user() -> RunAs:
+        uid = os.getuid()
+        try:
+            entry = pwd.getpwuid(uid)
+            name, home = entry.pw_name, entry.pw_dir
+        except KeyError:
+            name, home = str(uid), "/"
+        name = os.environ.get("USER", name)
+        home = os.environ.get("HOME", home)
+        return RunAs(name, uid, os.getgid(), os.getgroups(), home, False)
+
+    @staticmethod
+    def _user(user: str, group: str | None, groups: str = "NONE") -> RunAs:
+        try:
+            entry = pwd.getpwnam(user)
+        except KeyError:
+            raise RequestFailed(f"Attempted to run a task for an unknown user {user}") from None
+        if entry.pw_uid == 0:
+            raise RequestFailed(f"Attempted to run a command as root {user}")
+        member_of = os.getgrouplist(user, entry.pw_gid)
+        primary = entry.pw_gid
+        if group:
+            primary = _gid(group)
+        supplementary = list(member_of)
+        if groups not in ("NONE", "DEFAULT_GID"):
+            names = groups.split(":")
+            wanted = [_gid(name) for name in names if name != "DEFAULT_GID"]
+            for gid in wanted:
+                if gid not in member_of:
+                    raise RequestFailed(f"User {user} is not a member of group {gid}")
+            if wanted:
+                primary = wanted[0]
+            supplementary = wanted + (member_of if "DEFAULT_GID" in names else [])
+        unique = sorted(set(supplementary) | {primary})
+        return RunAs(user, entry.pw_uid, primary, unique, entry.pw_dir, True)
+
+
+def _gid(group: str) -> int:
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        if group.isdigit():
+            return int(group)
+        raise RequestFailed(f"Unknown group {group}") from None
+
+
+def _become(runas: RunAs) -> None:
+    os.setgroups(runas.groups)
+    os.setgid(runas.gid)
+    os.setuid(runas.uid)
+
+
+def call_as(runas: RunAs, function, *args):
+    """``function(*args)`` with ``runas``'s permissions; its result must be JSON-able.
+    OSErrors come back as OSErrors."""
+    if not runas.switch:
+        return function(*args)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            os.close(read_end)
+            try:
+                _become(runas)
+                outcome = {"ok": function(*args)}
+            except OSError as err:
+                outcome = {"errno": err.errno, "strerror": err.strerror,
+                           "filename": err.filename}
+            except Exception as err:
+                outcome = {"error": f"{type(err).__name__}: {err}"}
+            data = json.dumps(outcome).encode()
+            while data:
+                data = data[os.write(write_end, data):]
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    chunks = []
+    try:
+        while True:
+            chunk = os.read(read_end, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)
+    try:
+        outcome = json.loads(b"".join(chunks))
+    except ValueError:
+        raise RequestFailed("internal error: the helper process died") from None
+    if "ok" in outcome:
+        return outcome["ok"]
+    if "errno" in outcome:
+        raise OSError(outcome["errno"], outcome["strerror"], outcome["filename"])
+    raise RequestFailed(outcome["error"])
+
+
+def open_as(runas: RunAs, path: str, flags: int, mode: int = 0o644) -> int:
+    """``os.open`` with ``runas``'s permissions: a child switches uid, opens the file and
+    passes the descriptor back over a socket pair."""
+    if not runas.switch:
+        return os.open(path, flags, mode)
+    parent, child = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            parent.close()
+            try:
+                _become(runas)
+                fd = os.open(path, flags, mode)
+                socket.send_fds(child, [b"0"], [fd])
+            except OSError as err:
+                child.sendall(json.dumps([err.errno, err.strerror]).encode())
+        finally:
+            os._exit(0)
+    child.close()
+    try:
+        message, fds, _flags, _address = socket.recv_fds(parent, 4096, 1)
+    finally:
+        parent.close()
+        os.waitpid(pid, 0)
+    if fds:
+        return fds[0]
+    try:
+        errno, strerror = json.loads(message)
+    except ValueError:
+        raise RequestFailed("internal error: the helper process died") from None
+    raise OSError(errno, strerror, path)

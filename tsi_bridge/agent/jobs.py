@@ -1,0 +1,310 @@
+"""Batch jobs in fork ("nobatch") mode, tracked by the agent itself.
+
+Each job runs in its own session (``os.setsid``), so its process-group id is its pid; abort,
+hold and the runtime limit signal the whole group.  Every job has a record under
+``<state_dir>/jobs/<bssid>.json`` so it keeps being reported after a connection drops and
+after the agent restarts (then it is "adopted": recognised by pid and /proc start time).
+
+Status follows the official nobatch TSI: a job is listed (RUNNING, or SUSPENDED when held)
+until it ends, then it vanishes.  Exit codes are reported the UNICORE way, through
+``<OUTCOME_DIR>/UNICORE_SCRIPT_EXIT_CODE``: the job script normally writes it; if it did not
+(killed, or a script without that line), the agent writes the exit status it reaped
+(128 + signal for a signal).  GETJOBDETAILS returns the record as JSON, with the reason
+(JOB_ABORTED, RUNTIME_EXCEEDED) when the agent ended the job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+
+from tsi_bridge import protocol
+from tsi_bridge.agent import log
+from tsi_bridge.agent.identity import RequestFailed, RunAs, call_as, open_as
+
+RUNNING, SUSPENDED, COMPLETED = "RUNNING", "SUSPENDED", "COMPLETED"
+
+
+def _proc_start_time(pid: int) -> str | None:
+    """The start time of ``pid`` from /proc (None if it is gone or a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return fields[19].decode()
+
+
+def _alive(pid: int, start_time: str | None) -> bool:
+    if os.path.isdir("/proc/self"):
+        current = _proc_start_time(pid)
+        return current is not None and (start_time is None or current == start_time)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _exit_status(returncode: int) -> int:
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def _write_new_file(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+class JobTable:
+    """The jobs this agent started (and adopted), persisted under ``state_dir``."""
+
+    def __init__(self, state_dir: str, *, shell: str, nice: int, abort_grace: float,
+                 record_ttl: float, environment: dict[str, str]) -> None:
+        self.directory = os.path.join(state_dir, "jobs")
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        self.shell, self.nice, self.abort_grace = shell, nice, abort_grace
+        self.record_ttl, self.environment = record_ttl, environment
+        self._lock = threading.RLock()
+        self._jobs: dict[str, dict] = {}
+        self._processes: dict[str, subprocess.Popen] = {}
+        self._background: list[subprocess.Popen] = []
+        self._last_id = 0
+        self._last_purge = 0.0
+        self._load()
+
+    # ---------------------------------------------------------------- persistence
+
+    def _load(self) -> None:
+        adopted = 0
+        for name in os.listdir(self.directory):
+            if not name.endswith(".json"):
+                continue
+            try:
+                with open(os.path.join(self.directory, name), encoding="utf-8") as handle:
+                    record = json.load(handle)
+                self._jobs[record["bssid"]] = record
+            except (OSError, ValueError, KeyError) as err:
+                log.warning(f"ignoring unreadable job record {name}: {err}")
+                continue
+            if record["state"] != COMPLETED:
+                adopted += 1
+        if self._jobs:
+            self._last_id = max(int(b) for b in self._jobs)
+        if adopted:
+            log.info(f"adopted {adopted} job(s) from {self.directory}")
+        self.refresh()
+
+    def _save(self, record: dict) -> None:
+        path = os.path.join(self.directory, f"{record['bssid']}.json")
+        temporary = path + ".tmp"
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(record, handle)
+        os.replace(temporary, path)
+
+    def _new_bssid(self) -> str:
+        candidate = max(int(time.time() * 1000), self._last_id + 1)
+        self._last_id = candidate
+        return str(candidate)
+
+    # ---------------------------------------------------------------- submit
+
+    def submit(self, runas: RunAs, message: str, uspace: str, outcome: str, stdout: str,
+               stderr: str, time_limit: int, memory_mb: int, name: str) -> str:
+        """Start the job; the message itself becomes ``<uspace>/UNICORE_Job_<bssid>``."""
+        call_as(runas, _make_dirs, [uspace, outcome])
+        with self._lock:
+            bssid = self._new_bssid()
+        job_file = os.path.join(uspace, f"UNICORE_Job_{bssid}")
+        fd = open_as(runas, job_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o755)
+        try:
+            os.write(fd, message.encode())
+            os.fchmod(fd, 0o755)
+        finally:
+            os.close(fd)
+        out_path = os.path.join(outcome, stdout)
+        err_path = os.path.join(outcome, stderr)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        out_fd = open_as(runas, out_path, flags)
+        err_fd = out_fd if err_path == out_path else open_as(runas, err_path, flags)
+        argv = [job_file] if message.startswith("#!") else ["/bin/sh", job_file]
+        if memory_mb > 0:
+            argv = ["/bin/sh", "-c", f'ulimit -v {memory_mb * 1024} && exec "$@"', "sh", *argv]
+        try:
+            process = subprocess.Popen(
+                argv, cwd=uspace, stdin=subprocess.DEVNULL, stdout=out_fd, stderr=err_fd,
+                start_new_session=True, env=runas.environment(self.environment),
+                **runas.popen_arguments())
+        finally:
+            os.close(out_fd)
+            if err_fd != out_fd:
+                os.close(err_fd)
+        if self.nice:
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, process.pid, self.nice)
+        now = time.time()
+        record = {
+            "bssid": bssid, "name": name, "pid": process.pid,
+            "start_time": _proc_start_time(process.pid), "uspace": uspace,
+            "outcome": outcome, "stdout": out_path, "stderr": err_path, "submitted": now,
+            "deadline": now + time_limit if time_limit > 0 else None, "kill_at": None,
+            "state": RUNNING, "exit_code": None, "reason": None, "finished": None,
+            "runas": runas.to_record(),
+        }
+        with self._lock:
+            self._jobs[bssid] = record
+            self._processes[bssid] = process
+            self._save(record)
+        log.info(f"job {bssid} started: pid {process.pid} in {uspace} as {runas.user}")
+        return bssid
+
+    def add_background(self, process: subprocess.Popen) -> None:
+        """A process started for EXECUTESCRIPT with DISCARD_OUTPUT: reaped here."""
+        with self._lock:
+            self._background.append(process)
+
+    # ---------------------------------------------------------------- queries
+
+    def listing(self) -> list[tuple[str, str, str, str]]:
+        self.refresh()
+        with self._lock:
+            return [(b, r["state"], "NOBATCH", "T" if r["state"] == SUSPENDED else "R")
+                    for b, r in sorted(self._jobs.items()) if r["state"] != COMPLETED]
+
+    def details(self, bssid: str) -> str:
+        self.refresh()
+        with self._lock:
+            record = self._jobs.get(bssid)
+            if record is None:
+                raise RequestFailed(f"No such job: {bssid}")
+            shown = {k: v for k, v in record.items() if k not in ("runas", "kill_at")}
+            shown["user"] = record["runas"]["user"]
+            return json.dumps(shown, sort_keys=True)
+
+    # ---------------------------------------------------------------- control
+
+    def _running(self, bssid: str) -> dict:
+        record = self._jobs.get(bssid)
+        if record is None:
+            raise RequestFailed(f"No such job: {bssid}")
+        if record["state"] == COMPLETED:
+            raise RequestFailed(f"Job {bssid} is not running any more (it has finished)")
+        return record
+
+    def _signal(self, record: dict, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(record["pid"], signum)
+
+    def abort(self, bssid: str) -> None:
+        self.refresh()
+        with self._lock:
+            record = self._running(bssid)
+            self._terminate(record, "JOB_ABORTED", self.abort_grace)
+        log.info(f"job {bssid} aborted")
+
+    def _terminate(self, record: dict, reason: str, grace: float) -> None:
+        self._signal(record, signal.SIGTERM)
+        self._signal(record, signal.SIGCONT)
+        record["reason"] = record["reason"] or reason
+        record["kill_at"] = time.time() + grace
+        self._save(record)
+
+    def hold(self, bssid: str) -> None:
+        self.refresh()
+        with self._lock:
+            record = self._running(bssid)
+            self._signal(record, signal.SIGSTOP)
+            record["state"] = SUSPENDED
+            self._save(record)
+
+    def resume(self, bssid: str) -> None:
+        self.refresh()
+        with self._lock:
+            record = self._running(bssid)
+            self._signal(record, signal.SIGCONT)
+            record["state"] = RUNNING
+            self._save(record)
+
+    # ---------------------------------------------------------------- supervision
+
+    def refresh(self) -> None:
+        """Reap finished jobs, enforce runtime limits and abort deadlines."""
+        now = time.time()
+        with self._lock:
+            for bssid, record in list(self._jobs.items()):
+                if record["state"] == COMPLETED:
+                    continue
+                process = self._processes.get(bssid)
+                if process is not None:
+                    returncode = process.poll()
+                    if returncode is not None:
+                        self._finish(record, _exit_status(returncode))
+                        continue
+                elif not _alive(record["pid"], record["start_time"]):
+                    self._finish(record, None)
+                    continue
+                if record["deadline"] and now >= record["deadline"] and not record["reason"]:
+                    grace = max(1.0, min(30.0, (record["deadline"] - record["submitted"]) / 100))
+                    log.info(f"job {bssid} exceeded its runtime limit")
+                    self._terminate(record, "RUNTIME_EXCEEDED", grace)
+                elif record["kill_at"] and now >= record["kill_at"]:
+                    self._signal(record, signal.SIGKILL)
+                    record["kill_at"] = None
+                    self._save(record)
+            self._background = [p for p in self._background if p.poll() is None]
+            if now - self._last_purge > 60:
+                self._last_purge = now
+                self._purge(now)
+
+    def _finish(self, record: dict, exit_code: int | None) -> None:
+        record["state"] = COMPLETED
+        record["finished"] = time.time()
+        record["exit_code"] = exit_code
+        record["kill_at"] = None
+        self._processes.pop(record["bssid"], None)
+        if record["reason"] is not None:
+            # the agent ended it: kill stragglers left in its process group
+            self._signal(record, signal.SIGKILL)
+        if exit_code is not None:
+            path = os.path.join(record["outcome"], protocol.EXIT_CODE_FILE)
+            try:
+                call_as(RunAs.from_record(record["runas"]), _write_new_file, path,
+                        f"{exit_code}\n")
+            except FileExistsError:
+                pass
+            except (OSError, RequestFailed) as err:
+                log.warning(f"job {record['bssid']}: cannot write {path}: {err}")
+        self._save(record)
+        log.info(f"job {record['bssid']} finished: exit code {exit_code}"
+                 + (f" ({record['reason']})" if record["reason"] else ""))
+
+    def _purge(self, now: float) -> None:
+        for bssid, record in list(self._jobs.items()):
+            if record["state"] == COMPLETED and now - record["finished"] > self.record_ttl:
+                del self._jobs[bssid]
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self.directory, f"{bssid}.json"))
+
+    def supervise(self, stop: threading.Event, interval: float = 0.25) -> None:
+        """The supervisor thread's loop."""
+        while not stop.wait(interval):
+            try:
+                self.refresh()
+            except Exception as err:  # keep supervising whatever happens
+                log.error(f"job supervision failed: {type(err).__name__}: {err}")
+
+
+def _make_dirs(paths: list[str]) -> None:
+    for path in paths:
+        os.makedirs(path, exist_ok=True)

@@ -1,0 +1,343 @@
+"""One worker: a command socket and a data socket, serving one request at a time.
+
+Every wait has a deadline: an idle worker is closed after ``timeouts.idle``, a started
+message must be complete within ``timeouts.request``, and a data-channel stall longer than
+``timeouts.transfer`` (or an early EOF) during a file chunk ends the worker instead of
+spinning.  A failing request gets ``TSI_FAILED`` and the worker keeps serving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+
+from tsi_bridge import protocol
+from tsi_bridge.agent import files, log
+from tsi_bridge.agent.identity import RequestFailed, RunAs, open_as
+
+PIECE = 1024 * 1024
+
+
+class ChannelBroken(Exception):
+    """The connection is unusable (EOF, timeout, desynchronised): end the worker."""
+
+
+class Worker:
+    def __init__(self, agent, command: socket.socket, data: socket.socket, name: str) -> None:
+        self.agent, self.config = agent, agent.config
+        self.command, self.data, self.name = command, data, name
+        self.splitter = protocol.MessageSplitter(max_size=16 * 1024 * 1024)
+        self.queued: list[bytes] = []
+
+    # ---------------------------------------------------------------- channel I/O
+
+    def _read_message(self) -> bytes | None:
+        timeouts = self.config.timeouts
+        deadline = None
+        while not self.queued:
+            if self.splitter.pending:
+                deadline = deadline or time.monotonic() + timeouts["request"]
+                wait = deadline - time.monotonic()
+                if wait <= 0:
+                    raise ChannelBroken(f"request incomplete after {timeouts['request']:g} s")
+            else:
+                wait = timeouts["idle"]
+            self.command.settimeout(wait)
+            try:
+                data = self.command.recv(65536)
+            except TimeoutError:
+                if self.splitter.pending:
+                    continue
+                raise ChannelBroken(f"idle for {timeouts['idle']:g} s") from None
+            except OSError as err:
+                raise ChannelBroken(f"command channel: {err}") from err
+            if not data:
+                if self.splitter.pending:
+                    raise ChannelBroken(f"peer closed in the middle of a message "
+                                        f"({self.splitter.pending} bytes)")
+                return None
+            try:
+                self.queued += self.splitter.feed(data)
+            except protocol.ProtocolError as err:
+                raise ChannelBroken(str(err)) from err
+        return self.queued.pop(0)
+
+    def _send(self, sock: socket.socket, data: bytes) -> None:
+        sock.settimeout(self.config.timeouts["transfer"])
+        try:
+            sock.sendall(data)
+        except OSError as err:
+            raise ChannelBroken(f"send failed: {err}") from err
+
+    def reply(self, data: bytes) -> None:
+        self._send(self.command, data)
+
+    # ---------------------------------------------------------------- main loop
+
+    def run(self) -> None:
+        log.info(f"{self.name} started")
+        try:
+            while True:
+                raw = self._read_message()
+                if raw is None:
+                    log.info(f"{self.name}: peer shut down, stopping worker")
+                    break
+                self.handle(raw.decode("utf-8", "replace"))
+        except ChannelBroken as err:
+            log.warning(f"{self.name} ended: {err}")
+        finally:
+            for sock in (self.command, self.data):
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+    def handle(self, message: str) -> None:
+        command = protocol.find_command(message)
+        handler = HANDLERS.get(command) if command else None
+        if command is None:
+            self.reply(protocol.failed_reply("Unknown #TSI_* command"))
+            return
+        if handler is None:
+            self.reply(protocol.failed_reply(
+                f"#TSI_{command} is not supported by the gridvm TSI agent"))
+            return
+        log.debug(f"{self.name}: {command}")
+        try:
+            handler(self, message)
+        except ChannelBroken:
+            raise
+        except (RequestFailed, OSError, ValueError) as err:
+            self.reply(protocol.failed_reply(str(err)))
+        except Exception as err:
+            log.error(f"{self.name}: {command} failed: {type(err).__name__}: {err}")
+            self.reply(protocol.failed_reply(f"internal error: {type(err).__name__}: {err}"))
+
+    # ---------------------------------------------------------------- helpers
+
+    def _runas(self, message: str, required: bool = False) -> RunAs:
+        identity = protocol.get_identity(message)
+        if required and identity is None:
+            raise RequestFailed("No user/group info given")
+        return self.agent.identities.resolve(identity)
+
+    def _path(self, runas: RunAs, raw: str | None, what: str = "TSI_FILE") -> str:
+        if not raw:
+            raise RequestFailed(f"No #{what} given")
+        path = os.path.join(self.config.workdir_root, runas.substitute(raw))
+        if self.config.confine_paths:
+            root = os.path.realpath(self.config.workdir_root)
+            real = os.path.realpath(path)
+            if real != root and not real.startswith(root + os.sep):
+                raise RequestFailed(f"{raw} is outside the working directory root {root}")
+        return path
+
+    def _job_id(self, message: str) -> str:
+        bssid = protocol.get_param(message, "BSSID")
+        if not bssid:
+            raise RequestFailed("No #TSI_BSSID given")
+        return bssid.strip()
+
+    # ---------------------------------------------------------------- handlers
+
+    def ping(self, message: str) -> None:
+        self.reply(protocol.ok_reply(protocol.TSI_COMPAT_VERSION))
+
+    def ping_uid(self, message: str) -> None:
+        self.reply(protocol.ok_reply(
+            f"{protocol.TSI_COMPAT_VERSION}\n running as UID [{os.getuid()}]"))
+
+    def get_user_info(self, message: str) -> None:
+        runas = self._runas(message, required=True)
+        self.reply(protocol.ok_reply(files.user_info_payload(runas)))
+
+    def execute_script(self, message: str) -> None:
+        runas = self._runas(message)
+        config = self.config
+        options = dict(cwd=config.workdir_root, stdin=subprocess.DEVNULL,
+                       start_new_session=True, env=runas.environment(config.environment),
+                       **runas.popen_arguments())
+        argv = [config.shell, "-c", message]
+        if protocol.get_param(message, "DISCARD_OUTPUT") == "true":
+            process = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL, **options)
+            self.agent.jobs.add_background(process)
+            self.reply(protocol.ok_reply())
+            return
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   **options)
+        try:
+            output, _ = process.communicate(timeout=config.timeouts["script"])
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise RequestFailed(f"Command '{message}' did not finish within "
+                                f"{config.timeouts['script']:g} s and was killed") from None
+        text = output.decode("utf-8", "replace")
+        if process.returncode != 0:
+            raise RequestFailed(f"Command '{message}' failed with code "
+                                f"{process.returncode}: {text}")
+        self.reply(protocol.ok_reply(text))
+
+    def get_file_chunk(self, message: str) -> None:
+        runas = self._runas(message)
+        path = self._path(runas, protocol.get_param(message, "FILE"))
+        start = protocol.get_number(message, "START", 0)
+        length = protocol.get_number(message, "LENGTH", -1)
+        if start < 0 or length < 0:
+            raise RequestFailed("#TSI_START and #TSI_LENGTH must be non-negative numbers")
+        if length > self.config.max_chunk:
+            raise RequestFailed(f"#TSI_LENGTH {length} exceeds the agent's maximum chunk "
+                                f"size {self.config.max_chunk}")
+        fd = open_as(runas, path, os.O_RDONLY)
+        try:
+            if os.path.isdir(path):
+                raise RequestFailed(f"[Errno 21] Is a directory: '{path}'")
+            pieces, remaining = [], length
+            while remaining > 0:
+                piece = os.pread(fd, min(remaining, PIECE), start + length - remaining)
+                if not piece:
+                    break
+                pieces.append(piece)
+                remaining -= len(piece)
+        finally:
+            os.close(fd)
+        data = b"".join(pieces)
+        self.reply(protocol.ok_reply(f"TSI_LENGTH {len(data)}"))
+        self._send(self.data, data)
+        self.reply(protocol.END_LINE)
+
+    def put_file_chunk(self, message: str) -> None:
+        runas = self._runas(message)
+        path_and_mode = protocol.get_param(message, "FILE") or ""
+        mode = None
+        raw_path = path_and_mode
+        if " " in path_and_mode:
+            raw_path, mode_text = path_and_mode.rsplit(" ", 1)
+            try:
+                mode = int(mode_text, 8)
+            except ValueError:
+                raw_path, mode = path_and_mode, None
+        path = self._path(runas, raw_path)
+        length = protocol.get_number(message, "LENGTH", -1)
+        if length < 0:
+            raise RequestFailed("#TSI_LENGTH must be a non-negative number")
+        append = protocol.get_param(message, "FILESACTION") == "3"
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+        fd = open_as(runas, path, flags, 0o644 if mode is None else mode)
+        write_error = None
+        try:
+            self.reply(protocol.ok_reply())
+            remaining = length
+            self.data.settimeout(self.config.timeouts["transfer"])
+            buffer = bytearray(min(max(length, 1), PIECE))
+            view = memoryview(buffer)
+            while remaining > 0:
+                try:
+                    received = self.data.recv_into(view, min(remaining, len(buffer)))
+                except TimeoutError:
+                    raise ChannelBroken(f"PUTFILECHUNK {path}: no data for "
+                                        f"{self.config.timeouts['transfer']:g} s, "
+                                        f"{remaining} of {length} bytes missing") from None
+                except OSError as err:
+                    raise ChannelBroken(f"PUTFILECHUNK {path}: data channel: {err}") from err
+                if received == 0:
+                    raise ChannelBroken(f"PUTFILECHUNK {path}: data channel closed, "
+                                        f"{remaining} of {length} bytes missing")
+                remaining -= received
+                if write_error is None:
+                    try:
+                        written = 0
+                        while written < received:
+                            written += os.write(fd, view[written:received])
+                    except OSError as err:
+                        write_error = err  # keep reading: the stream must stay in sync
+            if mode is not None and write_error is None:
+                with contextlib.suppress(OSError):
+                    os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+        if write_error is not None:
+            self.reply(protocol.failed_reply(str(write_error)))
+        else:
+            self.reply(protocol.END_LINE)
+
+    def ls(self, message: str) -> None:
+        runas = self._runas(message)
+        path = self._path(runas, protocol.get_param(message, "FILE"))
+        mode = protocol.get_param(message, "LS_MODE")
+        if mode not in ("A", "N", "R"):
+            raise RequestFailed(f"Unknown TSI_LS mode: '{mode}', must be one of "
+                                "'R', 'A' or 'N'.")
+        self.reply(protocol.ok_reply(files.ls_payload(runas, path, mode)))
+
+    def df(self, message: str) -> None:
+        runas = self._runas(message)
+        path = self._path(runas, protocol.get_param(message, "FILE"))
+        self.reply(protocol.ok_reply(files.df_payload(runas, path)))
+
+    def submit(self, message: str) -> None:
+        runas = self._runas(message)
+        message = runas.substitute(message)
+        uspace = self._path(runas, protocol.get_param(message, "USPACE_DIR")
+                            or self.config.workdir_root, "TSI_USPACE_DIR")
+        outcome = self._path(runas, protocol.get_param(message, "OUTCOME_DIR") or uspace,
+                             "TSI_OUTCOME_DIR")
+        stdout = protocol.get_param(message, "STDOUT") or "stdout"
+        stderr = protocol.get_param(message, "STDERR") or "stderr"
+        for name in (stdout, stderr):
+            self._path(runas, os.path.join(outcome, name))
+        bssid = self.agent.jobs.submit(
+            runas, message, uspace, outcome, stdout, stderr,
+            time_limit=protocol.get_number(message, "TIME", 0),
+            memory_mb=protocol.get_number(message, "MEMORY", 0),
+            name=protocol.get_param(message, "JOBNAME") or "UNICORE_Job")
+        self.reply(protocol.ok_reply(bssid))
+
+    def status_listing(self, message: str) -> None:
+        listing = protocol.format_status_listing(self.agent.jobs.listing())
+        self.reply(protocol.ok_reply(listing))
+
+    def abort_job(self, message: str) -> None:
+        self.agent.jobs.abort(self._job_id(message))
+        self.reply(protocol.ok_reply(""))
+
+    def hold_job(self, message: str) -> None:
+        self.agent.jobs.hold(self._job_id(message))
+        self.reply(protocol.ok_reply(""))
+
+    def resume_job(self, message: str) -> None:
+        self.agent.jobs.resume(self._job_id(message))
+        self.reply(protocol.ok_reply(""))
+
+    def job_details(self, message: str) -> None:
+        self.reply(protocol.ok_reply(self.agent.jobs.details(self._job_id(message))))
+
+    def partitions(self, message: str) -> None:
+        self.reply(protocol.ok_reply("{}"))
+
+    def compute_budget(self, message: str) -> None:
+        self.reply(protocol.ok_reply("USER -1\n"))
+
+
+HANDLERS = {
+    "PING": Worker.ping,
+    "PING_UID": Worker.ping_uid,
+    "GET_USER_INFO": Worker.get_user_info,
+    "EXECUTESCRIPT": Worker.execute_script,
+    "GETFILECHUNK": Worker.get_file_chunk,
+    "PUTFILECHUNK": Worker.put_file_chunk,
+    "LS": Worker.ls,
+    "DF": Worker.df,
+    "SUBMIT": Worker.submit,
+    "GETSTATUSLISTING": Worker.status_listing,
+    "GETJOBDETAILS": Worker.job_details,
+    "GET_PARTITIONS": Worker.partitions,
+    "ABORTJOB": Worker.abort_job,
+    "HOLDJOB": Worker.hold_job,
+    "RESUMEJOB": Worker.resume_job,
+    "GET_COMPUTE_BUDGET": Worker.compute_budget,
+}

@@ -1,0 +1,58 @@
+"""One line to a shepherd port and one line back: ``newtsiprocess`` and the readiness probe."""
+
+from __future__ import annotations
+
+from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.protocol import Protocol
+
+from tsi_bridge.channels import set_nodelay
+from tsi_bridge.errors import TSIUnreachable
+
+
+class _LineRequest(Protocol):
+    def __init__(self, line: bytes) -> None:
+        self.line = line
+        self.buffer = b""
+        self.result: defer.Deferred = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        set_nodelay(self.transport)
+        self.transport.write(self.line)  # one write: the official shepherd reads once
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        if b"\n" in self.buffer and not self.result.called:
+            self.result.callback(self.buffer.split(b"\n", 1)[0].decode("utf-8", "replace"))
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason=None) -> None:
+        if not self.result.called:
+            if self.buffer:
+                self.result.callback(self.buffer.decode("utf-8", "replace"))
+            else:
+                why = reason.getErrorMessage() if reason else "closed"
+                self.result.errback(TSIUnreachable(
+                    f"the TSI closed the connection without a reply ({why}); with TLS this "
+                    "usually means it refused our certificate"))
+
+
+async def exchange_line(reactor, host: str, port: int, line: bytes, tls=None,
+                        timeout: float = 10.0) -> str:
+    """Connect (TLS if ``tls``, an IOpenSSLClientConnectionCreator), send ``line`` in one
+    write, return the first line of the answer.  Errors are TSIUnreachable."""
+    endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+    if tls is not None:
+        endpoint = wrapClientTLS(tls, endpoint)
+    request = _LineRequest(line)
+    try:
+        await connectProtocol(endpoint, request)
+    except Exception as err:
+        raise TSIUnreachable(f"cannot connect to {host}:{port}: {err}") from err
+    result = request.result.addTimeout(timeout, reactor)
+    try:
+        return await result
+    except defer.TimeoutError:
+        if request.transport is not None:
+            request.transport.abortConnection()
+        raise TSIUnreachable(f"no answer from {host}:{port} within {timeout:g} s") from None

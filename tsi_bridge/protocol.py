@@ -1,0 +1,402 @@
+"""The UNICORE TSI wire protocol, shared by the Twisted client and the guest agent.
+
+Standard library only (the agent runs in guests that have nothing but python3), and cheap to
+import: no dataclasses, typing or logging here.
+
+* Framing: a message is any number of UTF-8 lines ended by the exact line ``ENDOFMESSAGE``.
+* Requests: a body with ``#TSI_<COMMAND>`` and ``#TSI_<PARAM> <value>`` lines, then
+  ``#TSI_IDENTITY <user> <groups>``.  The command is the first known tag (in the official
+  TSI's order) that is immediately followed by a newline; the first parameter line wins.
+* Replies: ``TSI_OK\\n[<payload>\\n]ENDOFMESSAGE\\n`` or ``TSI_FAILED: <msg>\\nENDOFMESSAGE\\n``.
+* Data channel: GETFILECHUNK and PUTFILECHUNK move raw bytes on the second socket; a
+  successful chunk transfer ends with a *second* ``ENDOFMESSAGE`` on the command channel.
+
+See docs/tsi-bridge.md and the team's tsi-protocol.md for the byte-level details.
+"""
+
+from __future__ import annotations
+
+import re
+
+#: Our agent's own version (answered by the readiness probe).
+AGENT_VERSION = "0.1.0"
+#: The TSI protocol level our agent implements; answered to ``#TSI_PING``.  UNICORE/X compares
+#: this numerically (and treats anything unparsable as "too old"), so it is a TSI version.
+TSI_COMPAT_VERSION = "11.2.1"
+
+ENDOFMESSAGE = "ENDOFMESSAGE"
+END_LINE = b"ENDOFMESSAGE\n"
+TSI_OK = "TSI_OK"
+TSI_FAILED = "TSI_FAILED"
+EXIT_CODE_FILE = "UNICORE_SCRIPT_EXIT_CODE"
+
+#: Readiness probe (our agent only): one line on the shepherd port, answered and closed.
+READINESS_REQUEST = b"ping gridvm\n"
+READINESS_REPLY_PREFIX = "OK gridvm-tsi "
+
+#: Every command tag of TSI 11.2.1, in the order the official TSI looks for them.
+COMMANDS = (
+    "PING", "PING_UID", "GET_USER_INFO", "EXECUTESCRIPT", "GETFILECHUNK", "PUTFILECHUNK",
+    "LS", "DF", "UFTP", "SUBMIT", "RUN_ON_LOGIN_NODE", "GETSTATUSLISTING",
+    "GETPROCESSLISTING", "GETJOBDETAILS", "GET_PARTITIONS", "ABORTJOB", "HOLDJOB",
+    "RESUMEJOB", "GET_COMPUTE_BUDGET", "MAKE_RESERVATION", "QUERY_RESERVATION",
+    "CANCEL_RESERVATION", "FILE_ACL",
+)
+
+#: Job states of a status listing.
+JOB_STATES = ("QUEUED", "RUNNING", "SUSPENDED", "COMPLETED", "UNKNOWN")
+
+FILESACTION_OVERWRITE = 0
+FILESACTION_APPEND = 3
+
+_IDENTITY_RE = re.compile(r"^#TSI_IDENTITY (\S+) (\S+)$", re.M)
+_TOKEN_RE = re.compile(r"^\S+$")
+
+
+class ProtocolError(ValueError):
+    """Bytes that break the protocol (an anomaly: the connection must be discarded)."""
+
+
+# --------------------------------------------------------------------------------------------
+# framing
+
+
+class MessageSplitter:
+    """Splits a byte stream into messages, each ended by the line ``ENDOFMESSAGE``.
+
+    ``feed()`` returns the complete messages (without their terminator line, but with the
+    newline before it); incomplete bytes stay buffered.  ``max_size`` bounds the buffer.
+    """
+
+    def __init__(self, max_size: int = 64 * 1024 * 1024) -> None:
+        self._buffer = bytearray()
+        self._scan = 0
+        self.max_size = max_size
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an unfinished message."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buffer += data
+        messages = []
+        while True:
+            index = self._buffer.find(END_LINE, self._scan)
+            if index < 0:
+                self._scan = max(0, len(self._buffer) - len(END_LINE) + 1)
+                break
+            if index == 0 or self._buffer[index - 1] == 0x0A:
+                messages.append(bytes(self._buffer[:index]))
+                del self._buffer[: index + len(END_LINE)]
+                self._scan = 0
+            else:
+                self._scan = index + 1
+        if len(self._buffer) > self.max_size:
+            raise ProtocolError(f"message longer than {self.max_size} bytes")
+        return messages
+
+
+# --------------------------------------------------------------------------------------------
+# requests: building (client side)
+
+
+def build_request(body: str, user: str, groups: str = "NONE") -> bytes:
+    """The bytes UNICORE/X sends for ``body`` on behalf of ``user``/``groups``."""
+    check_token("user", user)
+    check_token("groups", groups)
+    if "#TSI_IDENTITY" in body:
+        raise ValueError("a request body must not contain #TSI_IDENTITY")
+    if ENDOFMESSAGE in body.split("\n"):
+        raise ValueError("a request body must not contain an ENDOFMESSAGE line")
+    if not body.endswith("\n"):
+        body += "\n"
+    return f"{body}\n#TSI_IDENTITY {user} {groups}\n\n{ENDOFMESSAGE}\n".encode()
+
+
+def check_token(what: str, value: str) -> str:
+    if not _TOKEN_RE.match(value or ""):
+        raise ValueError(f"{what} must be one non-empty word without whitespace: {value!r}")
+    return value
+
+
+def _param(name: str, value: object) -> str:
+    text = str(value)
+    if "\n" in text or "\r" in text:
+        raise ValueError(f"#TSI_{name} value must not contain a line break: {text!r}")
+    return f"#TSI_{name} {text}\n"
+
+
+def ping_body() -> str:
+    return "#TSI_PING\n"
+
+
+def execute_script_body(script: str, discard_output: bool = False) -> str:
+    discard = "#TSI_DISCARD_OUTPUT true\n" if discard_output else ""
+    return f"#!/bin/bash\n#TSI_EXECUTESCRIPT\n{discard}#TSI_SCRIPT\n{script}"
+
+
+def submit_body(script: str, params: dict[str, object], shebang: str = "#!/bin/bash") -> str:
+    """A ``#TSI_SUBMIT`` message as UNICORE/X builds it: ``params`` maps parameter names
+    (``OUTCOME_DIR``, ``USPACE_DIR``, ``STDOUT``, ``TIME``, ...) to values."""
+    lines = [f"{shebang}\n#TSI_SUBMIT\n\n"]
+    lines += [_param(name, value) for name, value in params.items()]
+    lines.append("#TSI_SCRIPT\n")
+    lines.append(script)
+    return "".join(lines)
+
+
+def job_command_body(command: str, bssid: str) -> str:
+    """ABORTJOB, HOLDJOB, RESUMEJOB and GETJOBDETAILS."""
+    check_token("BSSID", bssid)
+    return f"#TSI_{command}\n" + _param("BSSID", bssid)
+
+
+def status_listing_body() -> str:
+    return "#TSI_GETSTATUSLISTING\n"
+
+
+def ls_body(path: str, mode: str = "A") -> str:
+    if mode not in ("A", "N", "R"):
+        raise ValueError(f"LS mode must be A, N or R, not {mode!r}")
+    return "#TSI_LS\n" + _param("LS_MODE", mode) + _param("FILE", path)
+
+
+def df_body(path: str) -> str:
+    return "#TSI_DF\n" + _param("FILE", path)
+
+
+def get_chunk_body(path: str, offset: int, length: int) -> str:
+    return ("#TSI_GETFILECHUNK\n" + _param("FILE", path) + _param("START", int(offset))
+            + _param("LENGTH", int(length)))
+
+
+def put_chunk_body(path: str, length: int, mode: int = 0o644, append: bool = False) -> str:
+    action = FILESACTION_APPEND if append else FILESACTION_OVERWRITE
+    return ("#TSI_PUTFILECHUNK\n" + _param("FILESACTION", action)
+            + _param("FILE", f"{path} {mode:o}") + _param("LENGTH", int(length)))
+
+
+def user_info_body() -> str:
+    return "#TSI_GET_USER_INFO\n"
+
+
+# --------------------------------------------------------------------------------------------
+# requests: parsing (agent side)
+
+
+def find_command(message: str) -> str | None:
+    """The command of a request: the first known ``#TSI_<NAME>`` directly followed by a
+    newline, in the official TSI's order; None if there is none."""
+    for name in COMMANDS:
+        if f"#TSI_{name}\n" in message:
+            return name
+    return None
+
+
+def get_param(message: str, name: str) -> str | None:
+    """The value of the first ``#TSI_<name> <value>`` line; None if absent or empty."""
+    prefix = f"#TSI_{name} "
+    for line in message.split("\n"):
+        if line.startswith(prefix):
+            return line[len(prefix):] or None
+    return None
+
+
+def get_number(message: str, name: str, default: int = -1) -> int:
+    """A numeric parameter: parsed as float and truncated; absent gives ``default``,
+    anything unparsable gives -1 (the official TSI's rule)."""
+    value = get_param(message, name)
+    if value is None:
+        return default
+    try:
+        return int(float(value))
+    except ValueError:
+        return -1
+
+
+def get_identity(message: str) -> tuple[str, str] | None:
+    """``(user, groups)`` from the ``#TSI_IDENTITY`` line, or None."""
+    match = _IDENTITY_RE.search(message)
+    return (match.group(1), match.group(2)) if match else None
+
+
+# --------------------------------------------------------------------------------------------
+# replies
+
+
+def ok_reply(payload: str | None = None) -> bytes:
+    """``TSI_OK`` with an optional payload, framed; one buffer so it leaves in one write."""
+    if payload is None:
+        return f"{TSI_OK}\n{ENDOFMESSAGE}\n".encode()
+    return f"{TSI_OK}\n{payload}\n{ENDOFMESSAGE}\n".encode("utf-8", "replace")
+
+
+def failed_reply(message: str) -> bytes:
+    text = str(message).replace("\r", "").replace("\n", ":")
+    return f"{TSI_FAILED}: {text}\n{ENDOFMESSAGE}\n".encode("utf-8", "replace")
+
+
+class Reply:
+    """A parsed reply: ``ok``, the ``payload`` after ``TSI_OK`` and the ``error`` text."""
+
+    __slots__ = ("error", "ok", "payload")
+
+    def __init__(self, ok: bool, payload: str, error: str | None) -> None:
+        self.ok = ok
+        self.payload = payload
+        self.error = error
+
+    @property
+    def lines(self) -> list[str]:
+        return self.payload.split("\n") if self.payload else []
+
+    def __repr__(self) -> str:
+        return f"Reply(ok={self.ok!r}, payload={self.payload!r}, error={self.error!r})"
+
+
+def parse_reply(message: bytes) -> Reply:
+    """Parse one reply (without its ``ENDOFMESSAGE`` line).
+
+    Success means: the first line is ``TSI_OK`` and no line starts with ``TSI_FAILED`` (a
+    handler that fails after ``TSI_OK`` appends such a line).  Anything else is a
+    ProtocolError.
+    """
+    text = message.decode("utf-8", "replace")
+    lines = text.split("\n")
+    for line in lines:
+        if line.startswith(TSI_FAILED):
+            error = line[len(TSI_FAILED):].lstrip(":").strip()
+            return Reply(False, "", error or "TSI_FAILED without a message")
+    if lines[0] != TSI_OK:
+        raise ProtocolError(f"reply starts with neither TSI_OK nor TSI_FAILED: {text[:200]!r}")
+    payload = text[len(TSI_OK) + 1:]
+    if payload.endswith("\n"):
+        payload = payload[:-1]
+    return Reply(True, payload, None)
+
+
+def chunk_length(reply: Reply) -> int:
+    """``m`` from a GETFILECHUNK header reply ``TSI_OK\\nTSI_LENGTH m``."""
+    for line in reply.lines:
+        if line.startswith("TSI_LENGTH "):
+            try:
+                length = int(line[len("TSI_LENGTH "):])
+            except ValueError:
+                break
+            if length >= 0:
+                return length
+    raise ProtocolError(f"GETFILECHUNK reply without a valid TSI_LENGTH: {reply.payload!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# listings
+
+
+def format_status_listing(jobs: list[tuple[str, str, str, str]]) -> str:
+    """The GETSTATUSLISTING payload for ``(bssid, state, queue, raw)`` tuples, byte for byte
+    like the official TSI (leading blanks, a blank line at the end)."""
+    return "QSTAT\n" + "".join(f" {b} {s} {q} {r}\n" for b, s, q, r in jobs)
+
+
+def parse_status_listing(payload: str) -> dict[str, tuple[str, str, str]]:
+    """``{bssid: (state, queue, raw_state)}`` from a GETSTATUSLISTING payload."""
+    lines = payload.split("\n")
+    if not lines or lines[0].strip() != "QSTAT":
+        raise ProtocolError(f"status listing does not start with QSTAT: {payload[:200]!r}")
+    jobs = {}
+    for line in lines[1:]:
+        fields = line.split()
+        if len(fields) >= 2:
+            state = fields[1] if fields[1] in JOB_STATES else "UNKNOWN"
+            queue = fields[2] if len(fields) > 2 else ""
+            raw = fields[3] if len(fields) > 3 else ""
+            jobs[fields[0]] = (state, queue, raw)
+    return jobs
+
+
+class FileInfo:
+    """One LS entry."""
+
+    __slots__ = ("executable", "group", "is_dir", "mtime", "owned", "owner", "path",
+                 "permissions", "readable", "size", "writable")
+
+    def __init__(self, path: str, is_dir: bool, readable: bool, writable: bool,
+                 executable: bool, owned: bool, size: int, mtime: int,
+                 permissions: str = "", owner: str = "", group: str = "") -> None:
+        self.path, self.is_dir, self.size, self.mtime = path, is_dir, size, mtime
+        self.readable, self.writable, self.executable, self.owned = (
+            readable, writable, executable, owned)
+        self.permissions, self.owner, self.group = permissions, owner, group
+
+    def __repr__(self) -> str:
+        kind = "dir" if self.is_dir else "file"
+        return f"FileInfo({self.path!r}, {kind}, size={self.size}, {self.permissions})"
+
+
+def format_ls_entry(info: FileInfo) -> str:
+    flags = "".join((
+        "D" if info.is_dir else " ", "R" if info.readable else " ",
+        "W" if info.writable else " ", "X" if info.executable else " ",
+        "O" if info.owned else " "))
+    path = info.path.replace("\n", "?").replace("\r", "?")
+    return (f" {flags} {info.size} {info.mtime} {path}\n"
+            f"-{info.permissions} {info.owner} {info.group}")
+
+
+def parse_ls(payload: str) -> list[FileInfo]:
+    """The entries of an LS payload (``START_LISTING`` ... ``END_LISTING``)."""
+    lines = payload.split("\n")
+    if "START_LISTING" not in lines or "END_LISTING" not in lines:
+        raise ProtocolError(f"LS reply without START_LISTING/END_LISTING: {payload[:200]!r}")
+    entries: list[FileInfo] = []
+    for line in lines[lines.index("START_LISTING") + 1: lines.index("END_LISTING")]:
+        if line.startswith("--") and entries:
+            fields = line[1:].split(" ")
+            entries[-1].permissions = fields[0]
+            entries[-1].owner = fields[1] if len(fields) > 1 else ""
+            entries[-1].group = fields[2] if len(fields) > 2 else ""
+        elif line.startswith(" ") and len(line) > 7:
+            flags, rest = line[1:6], line[7:]
+            size, mtime, path = rest.split(" ", 2)
+            entries.append(FileInfo(path, flags[0] == "D", flags[1] == "R", flags[2] == "W",
+                                    flags[3] == "X", flags[4] == "O", int(size), int(mtime)))
+    return entries
+
+
+def format_df(total: int, free: int, user: int = -1) -> str:
+    return f"START_DF\nTOTAL {total}\nFREE {free}\nUSER {user}\nEND_DF"
+
+
+def parse_df(payload: str) -> dict[str, int]:
+    """``{"TOTAL": bytes, "FREE": bytes, "USER": quota or -1}``."""
+    values = {}
+    for line in payload.split("\n"):
+        fields = line.split()
+        if len(fields) == 2 and fields[0] in ("TOTAL", "FREE", "USER"):
+            try:
+                values[fields[0]] = int(fields[1])
+            except ValueError as err:
+                raise ProtocolError(f"bad DF line {line!r}") from err
+    if "TOTAL" not in values or "FREE" not in values:
+        raise ProtocolError(f"DF reply without TOTAL/FREE: {payload[:200]!r}")
+    values.setdefault("USER", -1)
+    return values
+
+
+def parse_user_info(payload: str) -> dict[str, object]:
+    """``{"home": str, "keys": [str], "attributes": {k: v}, "status": str}``."""
+    info: dict[str, object] = {"home": "", "keys": [], "attributes": {}, "status": ""}
+    keys: list[str] = info["keys"]  # type: ignore[assignment]
+    attributes: dict[str, str] = info["attributes"]  # type: ignore[assignment]
+    for line in payload.split("\n"):
+        if line.startswith("home: "):
+            info["home"] = line[len("home: "):]
+        elif line.startswith("Accepted key ") and ": " in line:
+            keys.append(line.split(": ", 1)[1])
+        elif line.startswith("Attribute: ") and "=" in line:
+            key, value = line[len("Attribute: "):].split("=", 1)
+            attributes[key] = value
+        elif line.startswith("status: "):
+            info["status"] = line[len("status: "):].strip()
+    return info
