@@ -32,6 +32,8 @@ from image_repo.errors import (
     ImageUnavailable,
     NotAuthorized,
 )
+from image_repo.index import CatalogueIndex
+from image_repo.matching import Matcher, MatchResult
 from image_repo.models import (
     ImageApplicationRow,
     ImageFileRow,
@@ -40,6 +42,7 @@ from image_repo.models import (
     ImageRow,
     SequenceRow,
 )
+from image_repo.requirements import Requirements
 from image_repo.schema import (
     Counters,
     ImageMetadata,
@@ -135,7 +138,8 @@ class ImageRepository:
         self._clock = clock
         if upgrade:
             migrate(self.engine)
-        self._index = None
+        self._index = CatalogueIndex()
+        self._matcher = Matcher()
         self.recover()
 
     def close(self) -> None:
@@ -508,6 +512,20 @@ class ImageRepository:
                 raise ImageUnavailable(f"{record.ref}: {content.file} is missing from the store")
             paths[content.file] = path
         return paths
+
+    # -- matching ----------------------------------------------------------------------------
+
+    def match(self, requirements: Requirements | Mapping[str, Any], caller: Caller, *,
+              limit: int | None = None) -> MatchResult:
+        """Ranked candidates for ``requirements`` and, per visible rejected image, why.
+
+        ``requirements`` is a :class:`Requirements` or its JSON form (read strictly).
+        """
+        if not isinstance(requirements, Requirements):
+            requirements = Requirements.from_dict(requirements)
+        with session_scope(self._sessions) as session:
+            self._index.refresh(session)
+        return self._matcher.match(self._index, requirements, caller, limit=limit)
 
     # -- maintenance -------------------------------------------------------------------------
 
