@@ -27,6 +27,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     build.add_argument("--json", action="store_true", help="print the result as JSON")
     build.set_defaults(func=_build)
 
+    from client.catalogue_cli import add_commands
+
+    add_commands(image_commands)
+
 
 def _build(args: argparse.Namespace) -> int:
     from image_repo.builder import BuildError, build_image

@@ -1,0 +1,425 @@
+"""Requirement matching: ranked candidates, and for every rejected visible image, why.
+
+Matching runs in three steps:
+
+1. **Visibility** — only images the caller may read (``image_repo.access``) take part;
+   invisible images are never mentioned.  Deleted images take part only when the
+   requirement names an image explicitly (so the answer can say it was deleted).
+2. **Filters** — one small class per requirement (Nova style).  ``reasons()`` returns why an
+   image fails (nothing when it passes); a property the image does not state is no
+   constraint.  ``narrow()`` gives the ids that can pass, from the index's posting sets, so
+   most images are never looked at one by one.
+3. **Ranking** — see :func:`rank_key`.
+
+Each :class:`Reason` carries a machine code, the metadata path, the required and offered
+values and a sentence fit to show a grid user, e.g. ``os.version 11 < required 12``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from image_repo import access
+from image_repo.access import Caller
+from image_repo.errors import NoMatchingImage
+from image_repo.index import UNSTATED, CatalogueIndex, ImageProfile
+from image_repo.requirements import Requirements
+from image_repo.versions import OPERATORS
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why one image does not fit one requirement."""
+
+    code: str          #: e.g. OS_VERSION, APPLICATION_MISSING
+    path: str          #: metadata path of the image property, e.g. semantic.os.version
+    required: Any      #: what the requirement asked for
+    offered: Any       #: what the image states
+    message: str       #: a sentence for the user, e.g. "os.version 11 < required 12"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "path": self.path, "required": self.required,
+                "offered": self.offered, "message": self.message}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An image that fits; ``stated`` lists the requirements it fits by stating the property."""
+
+    id: str
+    name: str
+    version: int
+    status: str
+    stated: tuple[str, ...]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "ref": self.ref, "status": self.status,
+                "stated": list(self.stated)}
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A visible image that does not fit, with every reason."""
+
+    id: str
+    name: str
+    version: int
+    reasons: tuple[Reason, ...]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "ref": self.ref,
+                "reasons": [r.to_dict() for r in self.reasons]}
+
+
+# --------------------------------------------------------------------------- filters ---------
+
+class ImageFilter:
+    """One requirement.  Subclasses set ``requirement`` and implement ``reasons``."""
+
+    requirement = ""
+
+    def applies(self, req: Requirements) -> bool:
+        return getattr(req, self.requirement) not in (None, [], "")
+
+    def reasons(self, image: ImageProfile, req: Requirements) -> list[Reason]:
+        raise NotImplementedError
+
+    def stated(self, image: ImageProfile, req: Requirements) -> bool:
+        """Whether the image states the property (it then ranks above one that is silent)."""
+        return True
+
+    def narrow(self, index: CatalogueIndex, req: Requirements) -> set[str] | None:
+        """Ids that may pass, or None when this filter cannot narrow."""
+        return None
+
+
+class ImageNameFilter(ImageFilter):
+    requirement = "image"
+
+    def reasons(self, image, req):
+        wanted = req.image
+        if wanted in (image.id, image.name, image.ref):
+            if image.status == "deleted":
+                return [Reason("IMAGE_DELETED", "general.status", "active", "deleted",
+                               f"{image.ref} is deleted")]
+            return []
+        return [Reason("IMAGE_NAME", "general.name", wanted, image.ref,
+                       f"image {image.ref} is not the requested {wanted}")]
+
+    def narrow(self, index, req):
+        wanted = req.image
+        if wanted in index.profiles:
+            return {wanted}
+        name = wanted.split(":", 1)[0]
+        return index.ids("name", name)
+
+
+class ArchitectureFilter(ImageFilter):
+    requirement = "architecture"
+
+    def reasons(self, image, req):
+        if image.architecture in (None, req.architecture):
+            return []
+        return [Reason("ARCHITECTURE", "origin.architecture", req.architecture,
+                       image.architecture, f"architecture is {image.architecture}, required "
+                       f"{req.architecture}")]
+
+    def stated(self, image, req):
+        return image.architecture is not None
+
+    def narrow(self, index, req):
+        return index.ids("architecture", req.architecture) | index.ids("architecture", UNSTATED)
+
+
+class OperatingSystemFilter(ImageFilter):
+    requirement = "os"
+
+    def reasons(self, image, req):
+        wanted, found = req.os, []
+        if wanted.distro and image.os_distro and image.os_distro != wanted.distro.lower():
+            found.append(Reason("OS_DISTRO", "semantic.os.distro", wanted.distro,
+                                image.os_distro, f"os.distro is {image.os_distro}, required "
+                                f"{wanted.distro}"))
+        if wanted.constraint and image.os_version is not None:
+            term = wanted.constraint.failing(image.os_version)
+            if term is not None:
+                found.append(Reason("OS_VERSION", "semantic.os.version", wanted.version,
+                                    str(image.os_version),
+                                    term.operator.explain("os.version", image.os_version,
+                                                          term.version)))
+        return found
+
+    def stated(self, image, req):
+        return (not req.os.distro or image.os_distro is not None) and (
+            not req.os.version or image.os_version is not None)
+
+    def narrow(self, index, req):
+        if not req.os.distro:
+            return None
+        return index.ids("os_distro", req.os.distro.lower()) | index.ids("os_distro", UNSTATED)
+
+
+class ApplicationFilter(ImageFilter):
+    """Each wanted application must be in the IDB (an image without an IDB is silent)."""
+
+    requirement = "applications"
+
+    def reasons(self, image, req):
+        if not image.apps:
+            return []
+        found = []
+        for i, wanted in enumerate(req.applications):
+            entries = image.apps.get(wanted.name.lower())
+            if entries is None:
+                provided = ", ".join(sorted(e.name for v in image.apps.values() for e in v))
+                found.append(Reason("APPLICATION_MISSING", "idb.applications", wanted.name,
+                                    provided, f"application {wanted.name} is not provided "
+                                    f"(provides {provided})"))
+                continue
+            if wanted.constraint is None:
+                continue
+            versions = [e.parsed for e in entries]
+            if any(v is None or wanted.constraint.holds(v) for v in versions):
+                continue
+            offered = ", ".join(str(v) for v in versions)
+            if len(versions) == 1:
+                term = wanted.constraint.failing(versions[0])
+                message = term.operator.explain(f"{wanted.name} version", versions[0],
+                                                term.version)
+            else:
+                message = f"{wanted.name} versions {offered} do not satisfy {wanted.version}"
+            found.append(Reason("APPLICATION_VERSION", f"idb.applications[{i}].version",
+                                wanted.version, offered, message))
+        return found
+
+    def stated(self, image, req):
+        for wanted in req.applications:
+            entries = image.apps.get(wanted.name.lower())
+            if not entries or (wanted.constraint and all(e.parsed is None for e in entries)):
+                return False
+        return True
+
+    def narrow(self, index, req):
+        narrowed: set[str] | None = None
+        silent = index.ids("app", UNSTATED)
+        for wanted in req.applications:
+            ids = index.ids("app", wanted.name.lower()) | silent
+            narrowed = ids if narrowed is None else narrowed & ids
+        return narrowed
+
+
+@dataclass
+class LimitFilter(ImageFilter):
+    """A resource the job needs must be within the image's resource limit, when it has one."""
+
+    requirement: str = ""
+    limit: str = ""
+    label: str = ""
+
+    def reasons(self, image, req):
+        needed, limit = getattr(req, self.requirement), getattr(image, self.limit)
+        if limit is None or needed <= limit:
+            return []
+        message = OPERATORS["<="].explain(self.label, needed, limit)
+        return [Reason(f"{self.requirement.split('_')[0].upper()}_LIMIT",
+                       f"idb.resource_limits.{self.limit.removeprefix('limit_')}", needed,
+                       limit, message)]
+
+    def stated(self, image, req):
+        return getattr(image, self.limit) is not None
+
+
+class LabelFilter(ImageFilter):
+    """The job's VO or community must be one of the image's, when it lists any."""
+
+    def __init__(self, requirement: str, attribute: str, path: str, code: str, word: str):
+        self.requirement, self.attribute, self.path = requirement, attribute, path
+        self.code, self.word = code, word
+
+    def reasons(self, image, req):
+        labels, wanted = getattr(image, self.attribute), getattr(req, self.requirement)
+        if not labels or wanted in labels:
+            return []
+        offered = sorted(labels)
+        return [Reason(self.code, self.path, wanted, offered,
+                       f"image is for {self.word} {', '.join(offered)}, not {wanted}")]
+
+    def stated(self, image, req):
+        return bool(getattr(image, self.attribute))
+
+    def narrow(self, index, req):
+        posting = self.attribute[:-1] if self.attribute == "vos" else "community"
+        wanted = getattr(req, self.requirement)
+        return index.ids(posting, wanted) | index.ids(posting, UNSTATED)
+
+
+class ContainerFilter(ImageFilter):
+    """A CONTAINER job's IMAGE_URL: the image is that container, or runs containers."""
+
+    requirement = "container_image_url"
+
+    def reasons(self, image, req):
+        url = req.container_image_url
+        if image.source_url == url or "container" in image.apps:
+            return []
+        if image.source_url is None and not image.apps:
+            return []
+        offered = image.source_url or "no CONTAINER application"
+        return [Reason("CONTAINER_IMAGE", "origin.source_url", url, offered,
+                       f"image is not {url} and does not provide the CONTAINER application")]
+
+    def stated(self, image, req):
+        return image.source_url == req.container_image_url or "container" in image.apps
+
+
+FILTERS: tuple[ImageFilter, ...] = (
+    ImageNameFilter(),
+    ArchitectureFilter(),
+    OperatingSystemFilter(),
+    ApplicationFilter(),
+    LimitFilter("cpus", "limit_cpus", "cpus"),
+    LimitFilter("memory_mib", "limit_memory_mib", "memory_mib"),
+    LimitFilter("disk_gib", "limit_disk_gib", "disk_gib"),
+    LimitFilter("runtime_s", "limit_runtime_s", "runtime_s"),
+    LabelFilter("vo", "vos", "semantic.vos", "VO", "VOs"),
+    LabelFilter("community", "communities", "general.communities", "COMMUNITY", "communities"),
+    ContainerFilter(),
+)
+
+
+def rank_key(image: ImageProfile, stated: int) -> tuple:
+    """Best first: active before deprecated; more requirements met by stated properties
+    before fewer; newer registrations before older; then name and version for stability."""
+    return (image.status != "active", -stated, -image.created, image.name, -image.version)
+
+
+# --------------------------------------------------------------------------- result ----------
+
+class MatchResult:
+    """Ranked ``candidates`` and, per visible rejected image, ``rejected`` with reasons.
+
+    ``rejected`` is worked out on first use (from the same snapshot), so a caller that only
+    wants the best candidate does not pay for explaining every other image.
+    """
+
+    def __init__(self, requirements: Requirements, candidates: list[Candidate],
+                 explain: Callable[[], list[Rejection]]):
+        self.requirements = requirements
+        self.candidates = candidates
+        self._explain = explain
+
+    @cached_property
+    def rejected(self) -> list[Rejection]:
+        return self._explain()
+
+    @property
+    def best(self) -> Candidate | None:
+        return self.candidates[0] if self.candidates else None
+
+    def require(self) -> Candidate:
+        """The best candidate, or :class:`NoMatchingImage` saying why each image failed."""
+        if self.best is not None:
+            return self.best
+        raise NoMatchingImage(self.summary(), self)
+
+    def summary(self, limit: int = 5) -> str:
+        """One line: why nothing matched (the first ``limit`` images)."""
+        if self.candidates:
+            return f"{len(self.candidates)} images match; best {self.candidates[0].ref}"
+        if not self.rejected:
+            return "no image is visible to you"
+        parts = [f"{r.ref}: {'; '.join(x.message for x in r.reasons)}"
+                 for r in self.rejected[:limit]]
+        more = len(self.rejected) - limit
+        tail = f"; and {more} more images" if more > 0 else ""
+        return "no image matches — " + " | ".join(parts) + tail
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"requirements": self.requirements.to_dict(),
+                "candidates": [c.to_dict() for c in self.candidates],
+                "rejected": [r.to_dict() for r in self.rejected]}
+
+
+# --------------------------------------------------------------------------- matcher ---------
+
+@dataclass
+class Matcher:
+    """Applies ``filters`` to the images of an index."""
+
+    filters: tuple[ImageFilter, ...] = field(default=FILTERS)
+
+    def match(self, index: CatalogueIndex, req: Requirements, caller: Caller,
+              limit: int | None = None) -> MatchResult:
+        active = [f for f in self.filters if f.applies(req)]
+        with index.lock:
+            profiles = dict(index.profiles)  # a snapshot; profiles themselves are immutable
+            pool = self._pool(index, active, req)
+        considered = self._considered(req)
+        candidates: list[tuple[tuple, Candidate]] = []
+        for image_id in (pool if pool is not None else profiles):
+            image = profiles.get(image_id)
+            if image is None or not considered(image) or not _visible(image, caller):
+                continue
+            if any(f.reasons(image, req) for f in active):
+                continue
+            stated = tuple(f.requirement for f in active if f.stated(image, req))
+            candidates.append((rank_key(image, len(stated)),
+                               Candidate(image.id, image.name, image.version, image.status,
+                                         stated)))
+        candidates.sort(key=lambda pair: pair[0])
+        ranked = [c for _, c in candidates[:limit]]
+        chosen = {c.id for _, c in candidates}
+
+        def explain() -> list[Rejection]:
+            rejected = []
+            for image in profiles.values():
+                if image.id in chosen or not considered(image) or not _visible(image, caller):
+                    continue
+                reasons = [r for f in active for r in f.reasons(image, req)]
+                if reasons:
+                    rejected.append(Rejection(image.id, image.name, image.version,
+                                              tuple(reasons)))
+            rejected.sort(key=lambda r: (len(r.reasons), r.name, -r.version))
+            return rejected
+
+        return MatchResult(req, ranked, explain)
+
+    @staticmethod
+    def _pool(index: CatalogueIndex, active: Iterable[ImageFilter],
+              req: Requirements) -> set[str] | None:
+        """The ids every narrowing filter allows (smallest set first), or None for all."""
+        narrowed = [s for f in active if (s := f.narrow(index, req)) is not None]
+        if not narrowed:
+            return None
+        narrowed.sort(key=len)
+        pool = set(narrowed[0])
+        for ids in narrowed[1:]:
+            pool &= ids
+            if not pool:
+                break
+        return pool
+
+    @staticmethod
+    def _considered(req: Requirements) -> Callable[[ImageProfile], bool]:
+        if req.image:
+            return lambda image: True
+        return lambda image: image.status != "deleted"
+
+
+def _visible(image: ImageProfile, caller: Caller) -> bool:
+    return access.can_read(caller, image.owner, image.group, image.mode, image.vos)
+
+
+__all__ = ["FILTERS", "Candidate", "ImageFilter", "MatchResult", "Matcher", "Reason",
+           "Rejection", "rank_key"]

@@ -1,0 +1,115 @@
+"""Catalogue tables of the image repository.
+
+``images`` holds one row per image version: the full metadata document plus the columns
+matching and visibility need (denormalised so they can be indexed).  Child tables list the
+content files (the references that keep blobs alive), the applications, the VOs and
+communities, and ratings.  ``catalogue_sequence`` numbers every change so in-memory indexes
+can catch up incrementally.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from image_repo.db import Base
+
+
+class ImageRow(Base):
+    __tablename__ = "images"
+    __table_args__ = (
+        UniqueConstraint("name", "version"),
+        Index("ix_images_os", "os_distro", "os_version"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    base_id: Mapped[str | None] = mapped_column(ForeignKey("images.id"))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    owner: Mapped[str] = mapped_column(String(255), index=True)
+    group_name: Mapped[str | None] = mapped_column(String(255), index=True)
+    #: permission bits, see image_repo.access (owner r/w, group r/w, others r/w)
+    mode: Mapped[int] = mapped_column(SmallInteger)
+    content_type: Mapped[str] = mapped_column(String(32))
+    content_digest: Mapped[str] = mapped_column(String(128), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    source_url: Mapped[str | None] = mapped_column(Text)
+    architecture: Mapped[str | None] = mapped_column(String(32), index=True)
+    os_distro: Mapped[str | None] = mapped_column(String(64))
+    os_version: Mapped[str | None] = mapped_column(String(64))
+    limit_cpus: Mapped[int | None] = mapped_column(Integer)
+    limit_memory_mib: Mapped[int | None] = mapped_column(BigInteger)
+    limit_disk_gib: Mapped[int | None] = mapped_column(BigInteger)
+    limit_runtime_s: Mapped[int | None] = mapped_column(BigInteger)
+    deployments: Mapped[int] = mapped_column(Integer, default=0)
+    exports: Mapped[int] = mapped_column(Integer, default=0)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    change_seq: Mapped[int] = mapped_column(BigInteger, index=True)
+    #: the validated metadata document as registered (immutable)
+    document: Mapped[dict] = mapped_column(JSON)
+
+
+class ImageFileRow(Base):
+    __tablename__ = "image_files"
+
+    image_id: Mapped[str] = mapped_column(ForeignKey("images.id"), primary_key=True)
+    file: Mapped[str] = mapped_column(String(255), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+    sha512: Mapped[str] = mapped_column(String(128), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+
+
+class ImageApplicationRow(Base):
+    __tablename__ = "image_applications"
+
+    image_id: Mapped[str] = mapped_column(ForeignKey("images.id"), primary_key=True)
+    position: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    name_key: Mapped[str] = mapped_column(String(128), index=True)  # lower case
+    version: Mapped[str | None] = mapped_column(String(64))
+
+
+class ImageLabelRow(Base):
+    """VOs (kind 'vo') and communities (kind 'community') of an image."""
+
+    __tablename__ = "image_labels"
+
+    image_id: Mapped[str] = mapped_column(ForeignKey("images.id"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    value: Mapped[str] = mapped_column(String(255), primary_key=True)
+
+    __table_args__ = (Index("ix_image_labels_kind_value", "kind", "value"),)
+
+
+class ImageRatingRow(Base):
+    __tablename__ = "image_ratings"
+
+    image_id: Mapped[str] = mapped_column(ForeignKey("images.id"), primary_key=True)
+    user: Mapped[str] = mapped_column(String(255), primary_key=True)
+    score: Mapped[int] = mapped_column(SmallInteger)
+    comment: Mapped[str | None] = mapped_column(Text)
+    rated: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SequenceRow(Base):
+    """Named counters; 'catalogue' numbers catalogue changes."""
+
+    __tablename__ = "catalogue_sequence"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)

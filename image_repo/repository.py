@@ -1,0 +1,556 @@
+"""The image repository: registration, versions, status, visibility, lookup and matching.
+
+:class:`ImageRepository` ties the catalogue (SQLAlchemy, ``image_repo.models``) to the blob
+store (``image_repo.store``).  Registration is atomic: files are copied and verified first,
+then blobs are placed and the catalogue committed under the store lock; any failure (a wrong
+checksum, a crash) leaves neither a catalogue record nor a stray blob.
+
+Versions are immutable: only the repository-kept fields (status, updated, counters, ratings)
+change after registration; anything else makes a new version that records its base.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from image_repo import access
+from image_repo.access import Caller
+from image_repo.db import make_engine, migrate, session_factory, session_scope
+from image_repo.errors import (
+    BadRequest,
+    ChecksumMismatch,
+    ImageNotFound,
+    ImageUnavailable,
+    NotAuthorized,
+)
+from image_repo.index import CatalogueIndex
+from image_repo.matching import Matcher, MatchResult
+from image_repo.models import (
+    ImageApplicationRow,
+    ImageFileRow,
+    ImageLabelRow,
+    ImageRatingRow,
+    ImageRow,
+    SequenceRow,
+)
+from image_repo.requirements import Requirements
+from image_repo.schema import (
+    Counters,
+    ImageMetadata,
+    Permissions,
+    Rating,
+    content_digest,
+    merge_patch,
+    validate,
+)
+from image_repo.store import BlobStore, StagedBlob
+
+#: status -> the statuses it may change to
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "active": frozenset({"deprecated", "deleted"}),
+    "deprecated": frozenset({"active", "deleted"}),
+    "deleted": frozenset(),
+}
+#: general fields the repository keeps; a new version does not inherit them
+KEPT_FIELDS = ("version", "status", "created", "updated", "counters", "ratings", "base_image")
+_ID = re.compile(r"[0-9a-f]{32}")
+_CHUNK = 500
+
+FileArg = str | Path
+Files = Iterable[FileArg] | Mapping[str, FileArg]
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One registered image version as the caller may see it."""
+
+    id: str
+    name: str
+    version: int
+    status: str
+    owner: str
+    group: str | None
+    permissions: Permissions
+    base_id: str | None
+    created: datetime
+    updated: datetime
+    metadata: ImageMetadata
+    deployments: int = 0
+    exports: int = 0
+    ratings: list[Rating] = field(default_factory=list)
+
+    @property
+    def ref(self) -> str:
+        """``name:version``"""
+        return f"{self.name}:{self.version}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The full metadata document, with the repository-kept fields filled in."""
+        meta = self.metadata.copy()
+        general = meta.general
+        general.status = self.status  # type: ignore[assignment]
+        general.updated = _iso(self.updated)
+        general.counters = Counters(deployments=self.deployments, exports=self.exports)
+        general.ratings = list(self.ratings)
+        doc = meta.to_dict()
+        return {"id": self.id, **doc}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def _iso(stamp: datetime) -> str:
+    if stamp.tzinfo is None:  # SQLite hands back naive datetimes
+        stamp = stamp.replace(tzinfo=UTC)
+    return stamp.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class _Prepared:
+    """A validated registration waiting for its catalogue rows."""
+
+    meta: ImageMetadata
+    files: dict[str, Path]
+
+
+class ImageRepository:
+    """Catalogue + blob store.  Thread-safe; use one instance per process.
+
+    ``database`` is an engine or a URL; ``store`` a :class:`BlobStore` or its root directory.
+    The schema is upgraded to the newest alembic revision unless ``upgrade=False``.
+    """
+
+    def __init__(self, database: Engine | str, store: BlobStore | str | Path, *,
+                 upgrade: bool = True, clock=_now):
+        self.engine = make_engine(database) if isinstance(database, str) else database
+        self.store = store if isinstance(store, BlobStore) else BlobStore(store)
+        self._sessions = session_factory(self.engine)
+        self._clock = clock
+        if upgrade:
+            migrate(self.engine)
+        self._index = CatalogueIndex()
+        self._matcher = Matcher()
+        self.recover()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- registration ------------------------------------------------------------------------
+
+    def register(self, metadata: ImageMetadata | Mapping[str, Any], files: Files = (),
+                 caller: Caller | None = None) -> ImageRecord:
+        """Register one image; ``files`` are paths whose names match ``origin.content``.
+
+        A content file may be left out when the store already holds its sha512.
+        """
+        if caller is None:
+            raise BadRequest("a caller is needed to register an image")
+        return self.register_many([(metadata, files)], caller)[0]
+
+    def register_many(self, items: Sequence[tuple[ImageMetadata | Mapping[str, Any], Files]],
+                      caller: Caller) -> list[ImageRecord]:
+        """Register several images in one transaction: all of them or none."""
+        prepared = [self._prepare(metadata, files) for metadata, files in items]
+        with self.store.staging() as staging:
+            staged = self._stage(prepared, staging)
+            with self.store.locked(), session_scope(self._sessions) as session:
+                records = self._insert(session, prepared, caller)
+                with self.store.placing(staged):  # new blobs go again if the commit fails
+                    self._before_commit()
+                    session.commit()
+        return records
+
+    def _before_commit(self) -> None:
+        """Hook between placing blobs and committing (tests interrupt registration here)."""
+
+    def _prepare(self, metadata: ImageMetadata | Mapping[str, Any], files: Files) -> _Prepared:
+        doc = metadata.to_dict() if isinstance(metadata, ImageMetadata) else metadata
+        meta = validate(doc)
+        general, origin = meta.general, meta.origin
+        if general.status not in (None, "active"):
+            raise BadRequest("a new image is 'active'; change its status after registration",
+                             "general.status")
+        if general.counters and (general.counters.deployments or general.counters.exports):
+            raise BadRequest("is kept by the repository; leave it out", "general.counters")
+        if general.ratings:
+            raise BadRequest("is kept by the repository; leave it out", "general.ratings")
+        given = _file_map(files)
+        refs = meta.files
+        for name in given:
+            if name not in refs:
+                listed = ", ".join(refs) or "none"
+                raise BadRequest(f"file {name!r} is not listed (listed: {listed})",
+                                 "origin.content")
+        for i, ref in enumerate(origin.content):
+            if ref.file not in given and not self.store.has(ref.sha512):
+                raise BadRequest(f"no file given for {ref.file!r}, and the store does not hold "
+                                 "its sha512", f"origin.content[{i}]")
+        digest = content_digest(origin.content)
+        size = sum(ref.size for ref in origin.content)
+        if origin.os_hash_value is not None and origin.os_hash_value != digest:
+            raise ChecksumMismatch(f"is {origin.os_hash_value[:16]}…, but the content refs give "
+                                   f"{digest[:16]}…", "origin.os_hash_value")
+        if origin.size is not None and origin.size != size:
+            raise BadRequest(f"is {origin.size}, but the content files add up to {size}",
+                             "origin.size")
+        origin.os_hash_algo, origin.os_hash_value, origin.size = "sha512", digest, size
+        return _Prepared(meta, given)
+
+    def _stage(self, prepared: list[_Prepared], staging: Path) -> list[StagedBlob]:
+        staged: dict[str, StagedBlob] = {}
+        for item in prepared:
+            for i, ref in enumerate(item.meta.origin.content):
+                source = item.files.get(ref.file)
+                if source is None or ref.sha512 in staged:
+                    continue
+                staged[ref.sha512] = self.store.stage(source, staging, ref.sha512, ref.size,
+                                                      where=f"origin.content[{i}]")
+        return list(staged.values())
+
+    def _insert(self, session: Session, prepared: list[_Prepared],
+                caller: Caller) -> list[ImageRecord]:
+        now = self._clock()
+        names = sorted({item.meta.general.name for item in prepared})
+        latest = self._latest_rows(session, names)
+        seq = self._advance_sequence(session, len(prepared))
+        images, files, apps, labels, records = [], [], [], [], []
+        for offset, item in enumerate(prepared):
+            meta, general = item.meta, item.meta.general
+            before = latest.get(general.name)
+            version = before["version"] + 1 if before else 1
+            if before and not access.can_write(caller, before["owner"], before["group_name"],
+                                               before["mode"], before["vos"]):
+                raise NotAuthorized(f"the name {general.name!r} is taken by images you may not "
+                                    "change", "general.name")
+            if general.version is not None and general.version != version:
+                raise BadRequest(f"the next version of {general.name} is {version}, not "
+                                 f"{general.version}", "general.version")
+            owner = general.owner or caller.user
+            if owner != caller.user and not caller.admin and not (before and
+                                                                  owner == before["owner"]):
+                raise NotAuthorized("only an administrator may register images for another "
+                                    "user", "general.owner")
+            group = general.group or caller.primary_group
+            if general.group and not caller.admin and general.group not in caller.groups and \
+                    not (before and general.group == before["group_name"]):
+                raise NotAuthorized(f"you are not a member of group {general.group!r}",
+                                    "general.group")
+            if general.base_image is not None:
+                base_id = self._resolve(session, general.base_image, caller).id
+            else:
+                base_id = before["id"] if before else None
+            image_id = uuid.uuid4().hex
+            general.version, general.status, general.owner, general.group = (
+                version, "active", owner, group)
+            general.permissions = general.permissions or access.DEFAULT_PERMISSIONS
+            general.created = general.updated = _iso(now)
+            general.base_image, general.counters, general.ratings = base_id, None, []
+            mode = access.mode_of(general.permissions)
+            limits = meta.idb.resource_limits
+            os_ = meta.semantic.os
+            images.append({
+                "id": image_id, "name": general.name, "version": version, "base_id": base_id,
+                "status": "active", "owner": owner, "group_name": group, "mode": mode,
+                "content_type": meta.origin.content_type,
+                "content_digest": meta.origin.os_hash_value, "size": meta.origin.size,
+                "source_url": meta.origin.source_url,
+                "architecture": meta.origin.architecture,
+                "os_distro": os_.distro if os_ else None,
+                "os_version": os_.version if os_ else None,
+                "limit_cpus": limits.cpus if limits else None,
+                "limit_memory_mib": limits.memory_mib if limits else None,
+                "limit_disk_gib": limits.disk_gib if limits else None,
+                "limit_runtime_s": limits.runtime_s if limits else None,
+                "deployments": 0, "exports": 0, "created": now, "updated": now,
+                "change_seq": seq + offset, "document": meta.to_dict(),
+            })
+            files += [{"image_id": image_id, "file": r.file, "role": r.role, "sha512": r.sha512,
+                       "size": r.size} for r in meta.origin.content]
+            apps += [{"image_id": image_id, "position": i, "name": a.name,
+                      "name_key": a.name.lower(), "version": a.version}
+                     for i, a in enumerate(meta.idb.applications)]
+            labels += [{"image_id": image_id, "kind": "vo", "value": v}
+                       for v in meta.semantic.vos]
+            labels += [{"image_id": image_id, "kind": "community", "value": c}
+                       for c in general.communities]
+            latest[general.name] = {"id": image_id, "version": version, "owner": owner,
+                                    "group_name": group, "mode": mode,
+                                    "vos": frozenset(meta.semantic.vos)}
+            records.append(ImageRecord(
+                id=image_id, name=general.name, version=version, status="active", owner=owner,
+                group=group, permissions=general.permissions, base_id=base_id, created=now,
+                updated=now, metadata=meta))
+        for model, rows in ((ImageRow, images), (ImageFileRow, files),
+                            (ImageApplicationRow, apps), (ImageLabelRow, labels)):
+            if rows:
+                session.execute(insert(model), rows)
+        return records
+
+    def _latest_rows(self, session: Session, names: list[str]) -> dict[str, dict[str, Any]]:
+        latest: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(names), _CHUNK):
+            chunk = names[start:start + _CHUNK]
+            newest = (select(ImageRow.name, func.max(ImageRow.version).label("version"))
+                      .where(ImageRow.name.in_(chunk)).group_by(ImageRow.name).subquery())
+            rows = session.execute(
+                select(ImageRow.id, ImageRow.name, ImageRow.version, ImageRow.owner,
+                       ImageRow.group_name, ImageRow.mode)
+                .join(newest, (ImageRow.name == newest.c.name)
+                      & (ImageRow.version == newest.c.version))).all()
+            vos = self._vos(session, [r.id for r in rows])
+            for row in rows:
+                latest[row.name] = {**row._asdict(), "vos": vos.get(row.id, frozenset())}
+        return latest
+
+    def _advance_sequence(self, session: Session, count: int) -> int:
+        """Reserve ``count`` change numbers; returns the first.  Serialises writers."""
+        value = session.execute(
+            update(SequenceRow).where(SequenceRow.name == "catalogue")
+            .values(value=SequenceRow.value + count).returning(SequenceRow.value)).scalar_one()
+        return value - count + 1
+
+    @staticmethod
+    def _vos(session: Session, ids: Sequence[str]) -> dict[str, frozenset[str]]:
+        found: dict[str, set[str]] = {}
+        for start in range(0, len(ids), _CHUNK):
+            rows = session.execute(
+                select(ImageLabelRow.image_id, ImageLabelRow.value)
+                .where(ImageLabelRow.kind == "vo",
+                       ImageLabelRow.image_id.in_(ids[start:start + _CHUNK])))
+            for image_id, value in rows:
+                found.setdefault(image_id, set()).add(value)
+        return {k: frozenset(v) for k, v in found.items()}
+
+    # -- new versions and status -------------------------------------------------------------
+
+    def new_version(self, ref: str, patch: Mapping[str, Any], caller: Caller,
+                    files: Files = ()) -> ImageRecord:
+        """A new version of ``ref`` with a JSON merge patch applied (RFC 7386).
+
+        Content files that did not change need not be given again.  The new version records
+        ``ref`` as its base.
+        """
+        source = self.get(ref, caller, write=True)
+        doc = source.metadata.to_dict()
+        for key in KEPT_FIELDS:
+            doc["general"].pop(key, None)
+        for key in ("os_hash_value", "size"):  # derived from the content; computed again
+            doc["origin"].pop(key, None)
+        if not isinstance(patch, Mapping):
+            raise BadRequest("a change must be a JSON object (a merge patch)", "patch")
+        changed = merge_patch(doc, patch)
+        if changed.get("general", {}).get("name") != source.name:
+            raise BadRequest("a new version keeps the name; register a new image instead",
+                             "general.name")
+        for key in KEPT_FIELDS:
+            if key in patch.get("general", {}) and key != "base_image":
+                raise BadRequest("is kept by the repository", f"general.{key}")
+        changed["general"]["base_image"] = source.id
+        return self.register(changed, files, caller)
+
+    def set_status(self, ref: str, status: str, caller: Caller) -> ImageRecord:
+        """Move an image along ``TRANSITIONS`` (deleting keeps the record, frees the blobs)."""
+        if status not in TRANSITIONS:
+            raise BadRequest(f"expected one of {', '.join(TRANSITIONS)}, got {status!r}",
+                             "general.status")
+        with self.store.locked(), session_scope(self._sessions) as session:
+            row = self._resolve_row(session, ref, caller, write=True)
+            if status == row.status:
+                raise BadRequest(f"{row.name}:{row.version} is already {status}", "general.status")
+            if status not in TRANSITIONS[row.status]:
+                raise BadRequest(f"{row.name}:{row.version} is {row.status} and cannot become "
+                                 f"{status}", "general.status")
+            row.status = status
+            row.updated = self._clock()
+            row.change_seq = self._advance_sequence(session, 1)
+            orphans: list[str] = []
+            if status == "deleted":
+                session.flush()
+                orphans = self._unreferenced(session, row.id)
+            record = self._record(session, row)
+            session.commit()
+            self.store.remove(orphans)
+        return record
+
+    def deprecate(self, ref: str, caller: Caller) -> ImageRecord:
+        return self.set_status(ref, "deprecated", caller)
+
+    def delete(self, ref: str, caller: Caller) -> ImageRecord:
+        return self.set_status(ref, "deleted", caller)
+
+    def _unreferenced(self, session: Session, image_id: str) -> list[str]:
+        """Digests of ``image_id`` that no image other than deleted ones still uses."""
+        digests = session.scalars(select(ImageFileRow.sha512)
+                                  .where(ImageFileRow.image_id == image_id)).all()
+        return [d for d in set(digests) if not self._referenced(session, d)]
+
+    @staticmethod
+    def _referenced(session: Session, digest: str) -> bool:
+        return session.execute(
+            select(ImageFileRow.image_id).join(ImageRow, ImageRow.id == ImageFileRow.image_id)
+            .where(ImageFileRow.sha512 == digest, ImageRow.status != "deleted").limit(1)
+        ).first() is not None
+
+    def record_deployment(self, image_id: str) -> None:
+        """Count one more instance booted from the image (the factory calls this)."""
+        with session_scope(self._sessions) as session:
+            session.execute(update(ImageRow).where(ImageRow.id == image_id)
+                            .values(deployments=ImageRow.deployments + 1))
+
+    def rate(self, ref: str, score: int, caller: Caller, comment: str | None = None) -> None:
+        """Record (or replace) the caller's rating 1-5 of a visible image."""
+        if not isinstance(score, int) or isinstance(score, bool) or not 1 <= score <= 5:
+            raise BadRequest(f"must be an integer from 1 to 5, got {score!r}", "score")
+        with session_scope(self._sessions) as session:
+            row = self._resolve_row(session, ref, caller)
+            existing = session.get(ImageRatingRow, (row.id, caller.user))
+            if existing is None:
+                session.add(ImageRatingRow(image_id=row.id, user=caller.user, score=score,
+                                           comment=comment, rated=self._clock()))
+            else:
+                existing.score, existing.comment, existing.rated = score, comment, self._clock()
+
+    # -- lookup ------------------------------------------------------------------------------
+
+    def get(self, ref: str, caller: Caller, *, write: bool = False) -> ImageRecord:
+        """An image by id, ``name:version`` or ``name`` (the newest visible, not deleted)."""
+        with session_scope(self._sessions) as session:
+            return self._record(session, self._resolve_row(session, ref, caller, write=write),
+                                with_ratings=True)
+
+    def _resolve(self, session: Session, ref: str, caller: Caller) -> ImageRecord:
+        try:
+            return self._record(session, self._resolve_row(session, ref, caller))
+        except ImageNotFound as err:
+            raise BadRequest(err.message, "general.base_image") from None
+
+    def _resolve_row(self, session: Session, ref: str, caller: Caller, *,
+                     write: bool = False) -> ImageRow:
+        if _ID.fullmatch(ref):
+            candidates = [row] if (row := session.get(ImageRow, ref)) else []
+        elif ":" in ref:
+            name, _, version = ref.rpartition(":")
+            if not version.isdigit():
+                raise BadRequest(f"expected an id, name or name:version, got {ref!r}", "image")
+            candidates = list(session.scalars(select(ImageRow).where(
+                ImageRow.name == name, ImageRow.version == int(version))))
+        else:
+            rows = list(session.scalars(select(ImageRow).where(ImageRow.name == ref)
+                                        .order_by(ImageRow.version.desc())))
+            candidates = ([r for r in rows if r.status != "deleted"]
+                          + [r for r in rows if r.status == "deleted"])
+        vos = self._vos(session, [r.id for r in candidates])
+        for row in candidates:
+            image_vos = vos.get(row.id, frozenset())
+            if access.can_read(caller, row.owner, row.group_name, row.mode, image_vos):
+                if write and not access.can_write(caller, row.owner, row.group_name, row.mode,
+                                                  image_vos):
+                    raise NotAuthorized(f"you may not change {row.name}:{row.version}")
+                return row
+        raise ImageNotFound(f"no image {ref!r} is visible to {caller.user}")
+
+    def _record(self, session: Session, row: ImageRow, with_ratings: bool = False) -> ImageRecord:
+        ratings = []
+        if with_ratings:
+            ratings = [Rating(user=r.user, score=r.score, comment=r.comment) for r in
+                       session.scalars(select(ImageRatingRow)
+                                       .where(ImageRatingRow.image_id == row.id)
+                                       .order_by(ImageRatingRow.user))]
+        return ImageRecord(
+            id=row.id, name=row.name, version=row.version, status=row.status, owner=row.owner,
+            group=row.group_name, permissions=access.permissions_of(row.mode),
+            base_id=row.base_id, created=row.created, updated=row.updated,
+            metadata=validate(row.document), deployments=row.deployments,
+            exports=row.exports, ratings=ratings)
+
+    def list(self, caller: Caller, *, name: str | None = None,
+             include_deleted: bool = False) -> list[ImageRecord]:
+        """Every image the caller may see, by name and version."""
+        query = select(ImageRow).order_by(ImageRow.name, ImageRow.version)
+        if name is not None:
+            query = query.where(ImageRow.name == name)
+        if not include_deleted:
+            query = query.where(ImageRow.status != "deleted")
+        with session_scope(self._sessions) as session:
+            rows = list(session.scalars(query))
+            vos = self._vos(session, [r.id for r in rows])
+            return [self._record(session, row) for row in rows
+                    if access.can_read(caller, row.owner, row.group_name, row.mode,
+                                       vos.get(row.id, frozenset()))]
+
+    def lineage(self, ref: str, caller: Caller) -> list[ImageRecord]:
+        """The image and its bases, newest first, as far as the caller may see them."""
+        chain = [self.get(ref, caller)]
+        seen = {chain[0].id}
+        while chain[-1].base_id and chain[-1].base_id not in seen:
+            try:
+                chain.append(self.get(chain[-1].base_id, caller))
+            except ImageNotFound:
+                break
+            seen.add(chain[-1].id)
+        return chain
+
+    def content_paths(self, ref: str, caller: Caller) -> dict[str, Path]:
+        """The stored files of a usable image, by file name (for booting it)."""
+        record = self.get(ref, caller)
+        if record.status == "deleted":
+            raise ImageUnavailable(f"{record.ref} is deleted")
+        paths = {}
+        for content in record.metadata.origin.content:
+            path = self.store.path(content.sha512)
+            if not path.is_file():
+                raise ImageUnavailable(f"{record.ref}: {content.file} is missing from the store")
+            paths[content.file] = path
+        return paths
+
+    # -- matching ----------------------------------------------------------------------------
+
+    def match(self, requirements: Requirements | Mapping[str, Any], caller: Caller, *,
+              limit: int | None = None) -> MatchResult:
+        """Ranked candidates for ``requirements`` and, per visible rejected image, why.
+
+        ``requirements`` is a :class:`Requirements` or its JSON form (read strictly).
+        """
+        if not isinstance(requirements, Requirements):
+            requirements = Requirements.from_dict(requirements)
+        with session_scope(self._sessions) as session:
+            self._index.refresh(session)
+        return self._matcher.match(self._index, requirements, caller, limit=limit)
+
+    # -- maintenance -------------------------------------------------------------------------
+
+    def recover(self) -> list[str]:
+        """Remove what crashed registrations left in the store; returns removed digests."""
+        def referenced(digest: str) -> bool:
+            with session_scope(self._sessions) as session:
+                return self._referenced(session, digest)
+
+        return self.store.recover(referenced)
+
+    def change_number(self) -> int:
+        """The number of the last catalogue change (grows with every write)."""
+        with session_scope(self._sessions) as session:
+            return session.execute(select(SequenceRow.value)
+                                   .where(SequenceRow.name == "catalogue")).scalar_one()
+
+
+def _file_map(files: Files) -> dict[str, Path]:
+    if isinstance(files, Mapping):
+        return {str(name): Path(path) for name, path in files.items()}
+    given: dict[str, Path] = {}
+    for item in files:
+        path = Path(item)
+        if path.name in given:
+            raise BadRequest(f"two files are named {path.name!r}", "files")
+        given[path.name] = path
+    return given

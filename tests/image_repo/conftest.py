@@ -1,0 +1,54 @@
+"""Fixtures: a catalogue per test on SQLite and on PostgreSQL (a fresh schema each time)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+from sqlalchemy import text
+
+from image_repo.access import Caller
+from image_repo.db import make_engine, sqlite_url
+from image_repo.repository import ImageRepository
+
+ALICE = Caller.of("alice", groups=["physics"], vos=["atlas"])
+BOB = Caller.of("bob", groups=["physics"], vos=["cms"])
+CAROL = Caller.of("carol", groups=["chemistry"])
+ADMIN = Caller.of("root", admin=True)
+
+
+def postgres_base_url() -> str:
+    url = os.environ.get("GRIDVM_TEST_POSTGRES_URL")
+    if not url:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but GRIDVM_TEST_POSTGRES_URL is not set")
+        pytest.skip("GRIDVM_TEST_POSTGRES_URL is not set")
+    return url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request, tmp_path):
+    """A URL of an empty catalogue database, private to this test."""
+    if request.param == "sqlite":
+        yield sqlite_url(tmp_path / "catalogue.sqlite")
+        return
+    base = postgres_base_url()
+    schema = f"gridvm_test_{uuid.uuid4().hex[:12]}"
+    admin = make_engine(base)
+    with admin.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    separator = "&" if "?" in base else "?"
+    try:
+        yield f"{base}{separator}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def repo(database_url, tmp_path):
+    repository = ImageRepository(database_url, tmp_path / "store")
+    yield repository
+    repository.close()
