@@ -29,9 +29,10 @@ from twisted.internet import defer, task
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from image_repo.builder import build_image
+from target_system.images import built_image_boot_spec
 from vmm import ports
 from vmm.hypervisor import Hypervisor
-from vmm.manager import BootSpec, ImageFile, InstanceSpec, VirtualMachineManager
+from vmm.manager import BootSpec, InstanceSpec, VirtualMachineManager
 from vmm.readiness import line_probe
 from vmm.storage import create_overlay
 
@@ -39,11 +40,7 @@ ROOT = Path("/var/tmp/gridvm-bench")
 
 
 def boot_spec(image) -> BootSpec:
-    meta = image.metadata
-    files = {c["role"]: ImageFile(image.directory / c["file"], c["sha512"])
-             for c in meta["origin"]["content"]}
-    return BootSpec(kernel=files["kernel"], initrd=files.get("initrd"), disk=files.get("disk"),
-                    cmdline=meta["origin"]["boot"]["cmdline"])
+    return built_image_boot_spec(image)
 
 
 def qemu_pid(domain: str) -> int | None:

@@ -20,9 +20,10 @@ def say(message: str) -> None:
 
 async def _demo(reactor, kind: str, uri: str) -> None:
     from image_repo.builder import BuildError, build_image
+    from target_system.images import built_image_boot_spec
     from vmm.errors import VMMError
     from vmm.hypervisor import Hypervisor
-    from vmm.manager import BootSpec, ImageFile, InstanceSpec, VirtualMachineManager
+    from vmm.manager import InstanceSpec, VirtualMachineManager
 
     home = gridvm_home()
     say(f"[demo] building the {kind} guest image (cached after the first build) ...")
@@ -33,10 +34,7 @@ async def _demo(reactor, kind: str, uri: str) -> None:
     say(f"[demo] image {image.directory.name}: "
         + ("cached" if image.cached else f"built in {image.seconds:.1f} s"))
     meta = image.metadata
-    files = {c["role"]: ImageFile(image.directory / c["file"], c["sha512"])
-             for c in meta["origin"]["content"]}
-    boot = BootSpec(kernel=files["kernel"], initrd=files.get("initrd"), disk=files.get("disk"),
-                    cmdline=meta["origin"]["boot"]["cmdline"])
+    boot = built_image_boot_spec(image)
 
     manager = VirtualMachineManager(Hypervisor(uri, reactor), home / "vmm", reactor=reactor,
                                     prefix="gridvm-demo-")

@@ -9,7 +9,6 @@ from image_repo.builder import build_image
 
 #: Below /var/tmp so that QEMU, running as libvirt-qemu, can reach the files.
 TEST_ROOT = Path("/var/tmp/gridvm-test")
-STANDIN_AGENT = Path(__file__).parent / "vmm" / "standin_agent" / "tsi_bridge"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -26,6 +25,5 @@ def pytest_collection_modifyitems(config, items):
 def built_images() -> dict:
     """Both image kinds, built once (and cached across runs below TEST_ROOT)."""
     TEST_ROOT.mkdir(mode=0o755, exist_ok=True)
-    return {kind: build_image(kind, output_root=TEST_ROOT / "images",
-                              agent_package=STANDIN_AGENT)
+    return {kind: build_image(kind, output_root=TEST_ROOT / "images")
             for kind in ("initramfs", "qcow2")}

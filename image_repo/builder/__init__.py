@@ -24,7 +24,7 @@ from image_repo.builder.errors import BuildError
 
 __all__ = ["KINDS", "BuildError", "BuiltImage", "build_image"]
 
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 KINDS = ("initramfs", "qcow2")
 GUEST_PACKAGES = [
     "busybox-static", "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib",
@@ -168,6 +168,6 @@ def _assemble(kind: str, work: Path, packages: list[debian.Package], debs: list[
     doc = metadata.builder_metadata(
         name=name, kind=kind, files=files, cmdline=KERNEL_CMDLINE, packages=packages,
         kernel_version=kernel_version, memory_mib=GUEST_MEMORY_MIB,
-        min_memory_mib=MIN_MEMORY_MIB[kind], disk_gib=DISK_MIB / 1024 if kind == "qcow2" else 0,
+        min_memory_mib=MIN_MEMORY_MIB[kind], disk_gib=DISK_MIB // 1024 if kind == "qcow2" else 0,
     )
     (out / "metadata.json").write_text(json.dumps(doc, indent=2) + "\n")

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from image_repo import schema
 from image_repo.builder.debian import Package
 
 
@@ -26,8 +27,12 @@ def upstream_version(debian_version: str) -> str:
 
 def builder_metadata(*, name: str, kind: str, files: dict[str, Path], cmdline: str,
                      packages: list[Package], kernel_version: str, memory_mib: int,
-                     min_memory_mib: int, disk_gib: float) -> dict[str, Any]:
-    """Metadata for a freshly built image; owner, version and dates come at registration."""
+                     min_memory_mib: int, disk_gib: int) -> dict[str, Any]:
+    """Metadata for a freshly built image; owner, version and dates come at registration.
+
+    The document is checked against the repository's schema before it is returned, so a
+    build never writes metadata that ``gridvm image register`` would refuse.
+    """
     by_name = {p.name: p for p in packages}
 
     def pkg(name: str, debian_name: str) -> dict[str, str]:
@@ -38,10 +43,11 @@ def builder_metadata(*, name: str, kind: str, files: dict[str, Path], cmdline: s
          "size": path.stat().st_size}
         for role, path in files.items()
     ]
-    boot: dict[str, Any] = {"kernel": files["kernel"].name, "cmdline": cmdline}
+    boot: dict[str, Any] = {"kernel": files["kernel"].name, "command_line": cmdline}
     if "initrd" in files:
         boot["initrd"] = files["initrd"].name
-    return {
+    doc = {
+        "schema_version": 1,
         "general": {
             "name": name,
             "title": f"Debian 12 micro guest ({kind}) with the gridvm TSI agent",
@@ -59,15 +65,15 @@ def builder_metadata(*, name: str, kind: str, files: dict[str, Path], cmdline: s
             "content": content,
             "architecture": "x86_64",
             "hypervisor_type": "qemu",
-            "virtual_hardware": {"vcpus": 1, "memory_mib": memory_mib, "disk_gib": disk_gib},
-            "minimal_hardware": {"memory_mib": min_memory_mib},
+            "virtual_hardware": {"vcpus": 1, "ram_mib": memory_mib, "disk_gib": disk_gib},
+            "minimal_hardware": {"vcpus": 1, "ram_mib": min_memory_mib},
             "boot": boot,
         },
         "semantic": {
             "execution_type": "job",
-            "user_interaction": "none",
+            "user_interaction": False,
             "user_interface": "none",
-            "os": {"distro": "debian", "version": "12"},
+            "os": {"distro": "debian", "version": "12", "family": "linux"},
             "software": [
                 pkg("python3", "python3.11-minimal"),
                 pkg("bash", "bash"),
@@ -95,3 +101,5 @@ def builder_metadata(*, name: str, kind: str, files: dict[str, Path], cmdline: s
             "workdir_root": "/home/gridvm/jobs",
         },
     }
+    schema.validate(doc)
+    return doc

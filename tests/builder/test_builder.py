@@ -11,7 +11,7 @@ import pytest
 from image_repo.builder import BuildError, build_image
 from image_repo.builder.metadata import upstream_version
 from image_repo.builder.rootfs import module_load_order
-from tests.conftest import STANDIN_AGENT, TEST_ROOT
+from tests.conftest import TEST_ROOT
 
 
 def test_module_load_order_puts_dependencies_first(tmp_path):
@@ -58,12 +58,12 @@ def test_initramfs_image_contents_and_metadata(built_images):
     assert {r["role"] for r in meta["origin"]["content"]} == {"kernel", "initrd"}
     assert meta["origin"]["content_type"] == "kernel+initramfs"
     assert meta["origin"]["boot"]["initrd"] == "initrd.img"
-    assert "console=ttyS0" in meta["origin"]["boot"]["cmdline"]
-    assert meta["semantic"]["os"] == {"distro": "debian", "version": "12"}
+    assert "console=ttyS0" in meta["origin"]["boot"]["command_line"]
+    assert meta["semantic"]["os"] == {"distro": "debian", "version": "12", "family": "linux"}
     python = next(a for a in meta["idb"]["applications"] if a["name"] == "python3")
     assert python["version"].startswith("3.11.")
     files = set(listing(image.directory / "initrd.img"))
-    assert {"init", "etc/inittab", "etc/gridvm/rcS", "opt/gridvm/lib/tsi_bridge/agent.py",
+    assert {"init", "etc/inittab", "etc/gridvm/rcS", "opt/gridvm/lib/tsi_bridge/agent/__main__.py",
             "usr/bin/python3.11", "bin/bash"} <= files
     assert "usr/lib/python3.11/__pycache__/socket.cpython-311.pyc" in files  # precompiled
     assert not any(f.startswith(("usr/share/doc", "usr/lib/python3.11/test/")) for f in files)
@@ -83,7 +83,7 @@ def test_disk_image_is_qcow2_with_a_loader(built_images):
 
 def test_same_inputs_are_not_rebuilt(built_images):
     started = time.monotonic()
-    again = build_image("initramfs", output_root=TEST_ROOT / "images", agent_package=STANDIN_AGENT)
+    again = build_image("initramfs", output_root=TEST_ROOT / "images")
     assert again.cached and again.key == built_images["initramfs"].key
     assert again.directory == built_images["initramfs"].directory
     assert time.monotonic() - started < 10
@@ -106,3 +106,19 @@ def test_cli_rejects_an_unknown_kind():
                              "floppy"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "invalid choice" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["initramfs", "qcow2"])
+def test_built_image_registers_as_it_is(built_images, tmp_path, kind):
+    image = built_images[kind]
+    files = [str(image.directory / ref["file"]) for ref in image.metadata["origin"]["content"]]
+    result = subprocess.run(
+        [sys.executable, "-m", "client.cli", "image", "register", str(image.metadata_path),
+         *files, "--db", f"sqlite:///{tmp_path}/catalogue.sqlite", "--store",
+         str(tmp_path / "store"), "--json"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    registered = json.loads(result.stdout)
+    assert registered["general"]["name"] == f"gridvm-debian12-{kind}"
+    assert registered["general"]["version"] == 1

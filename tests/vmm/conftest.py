@@ -8,17 +8,14 @@ from pathlib import Path
 import pytest_twisted
 from twisted.internet import reactor
 
+from target_system.images import built_image_boot_spec
 from tests.conftest import TEST_ROOT
 from vmm.hypervisor import Hypervisor
-from vmm.manager import BootSpec, ImageFile, VirtualMachineManager
+from vmm.manager import BootSpec, VirtualMachineManager
 
 
 def boot_spec(image) -> BootSpec:
-    meta = image.metadata
-    files = {c["role"]: ImageFile(image.directory / c["file"], c["sha512"])
-             for c in meta["origin"]["content"]}
-    return BootSpec(kernel=files["kernel"], initrd=files.get("initrd"), disk=files.get("disk"),
-                    cmdline=meta["origin"]["boot"]["cmdline"])
+    return built_image_boot_spec(image)
 
 
 @pytest_twisted.async_yield_fixture
