@@ -17,6 +17,7 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,11 +78,13 @@ class InstanceSpec:
     memory_mib: int = 256
     guest_port: int = 4433
     callback_port: int | None = None  #: the host port the guest's one guestfwd reaches
+    host_port: int | None = None  #: the TSI forward on 127.0.0.1 (None: pick a free one)
     context_files: dict[str, bytes] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     boot_timeout: float = 120.0
     staging_timeout: float = 600.0
     probe: Probe | None = None
+    on_phase: Callable[[str], None] | None = None  #: told "booting" once staging is done
 
 
 @dataclass
@@ -197,6 +200,8 @@ class VirtualMachineManager(service.Service):
                 raise ImageUnavailable(
                     f"staging the image took longer than {spec.staging_timeout:g} s") from None
             timings["staging"] = time.monotonic() - started
+            if spec.on_phase is not None:
+                spec.on_phase("booting")
 
             mark = time.monotonic()
             _config, host_port = await self._create(spec, name, directory, disks, kernel, initrd)
@@ -265,8 +270,8 @@ class VirtualMachineManager(service.Service):
 
     async def _create(self, spec, name, directory, disks, kernel, initrd):
         last_error: Exception | None = None
-        for _attempt in range(3):
-            host_port = ports.free_port()
+        for _attempt in range(1 if spec.host_port else 3):
+            host_port = spec.host_port or ports.free_port()
             config = self.domain_config(spec, name, directory, disks, kernel, initrd, host_port)
             try:
                 await self.hypervisor.create(config)
