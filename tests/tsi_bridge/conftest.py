@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tsi_agent_process import AgentProcess
+
+from tsi_bridge.local_agent import AgentProcess
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from tsi_agent_process import REPO
+from tsi_bridge.local_agent import REPO
 
 PROBE = """
 import json, sys

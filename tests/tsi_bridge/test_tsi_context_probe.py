@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from tsi_agent_process import REPO
 from twisted.internet import reactor
 
 from tsi_bridge.client import TSIClient
 from tsi_bridge.context import instance_context_files
 from tsi_bridge.errors import TSICommandFailed
+from tsi_bridge.local_agent import REPO
 from tsi_bridge.readiness import probe_agent
 from tsi_bridge.tls import TLSConfig
 

@@ -313,3 +313,18 @@ async def test_callback_listener_refuses_unexpected_connections():
         assert closed_without_answer(intruder)
     finally:
         await client.close()
+
+
+def test_script_timeout_kills_the_script_and_keeps_the_worker(start_agent):
+    agent = start_agent("--script-timeout", "1")
+    worker = RawWorker(agent.port)
+    try:
+        started = time.monotonic()
+        reply = worker.exchange(request(
+            "#!/bin/bash\n#TSI_EXECUTESCRIPT\n#TSI_SCRIPT\nsleep 30 & sleep 30\n"))
+        assert reply.startswith(b"TSI_FAILED: Command ")
+        assert b"did not finish within 1 s and was killed" in reply
+        assert time.monotonic() - started < 5
+        assert worker.exchange(t.PING[0]) == t.PING[1]
+    finally:
+        worker.close()

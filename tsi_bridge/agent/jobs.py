@@ -138,7 +138,7 @@ class JobTable:
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
         out_fd = open_as(runas, out_path, flags)
         err_fd = out_fd if err_path == out_path else open_as(runas, err_path, flags)
-        argv = [job_file] if message.startswith("#!") else ["/bin/sh", job_file]
+        argv = interpreter_command(message, job_file)
         if memory_mb > 0:
             argv = ["/bin/sh", "-c", f'ulimit -v {memory_mb * 1024} && exec "$@"', "sh", *argv]
         try:
@@ -303,6 +303,21 @@ class JobTable:
                 self.refresh()
             except Exception as err:  # keep supervising whatever happens
                 log.error(f"job supervision failed: {type(err).__name__}: {err}")
+
+
+def interpreter_command(script: str, path: str) -> list[str]:
+    """The command the kernel would run for ``path``'s shebang (``/bin/sh`` without one).
+
+    The job file is never executed itself: another thread's fork may still hold a copy of
+    its write descriptor, and exec would then fail with ETXTBSY ("Text file busy").
+    """
+    if script.startswith("#!"):
+        line = script[2:].split("\n", 1)[0].strip()
+        if line:
+            interpreter, _, argument = line.partition(" ")
+            argument = argument.strip()
+            return [interpreter, argument, path] if argument else [interpreter, path]
+    return ["/bin/sh", path]
 
 
 def _make_dirs(paths: list[str]) -> None:

@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 
 from tsi_bridge import protocol
@@ -168,14 +169,27 @@ class Worker:
             return
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    **options)
-        try:
-            output, _ = process.communicate(timeout=config.timeouts["script"])
-        except subprocess.TimeoutExpired:
+        # Blocking read + wait, with a timer for the deadline: communicate(timeout=...)
+        # polls with sleeps and costs milliseconds per script.
+        expired = threading.Event()
+
+        def kill_group() -> None:
+            expired.set()
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
+
+        timer = threading.Timer(config.timeouts["script"], kill_group)
+        timer.daemon = True
+        timer.start()
+        try:
+            output = process.stdout.read()
+            process.wait()
+        finally:
+            timer.cancel()
+            process.stdout.close()
+        if expired.is_set():
             raise RequestFailed(f"Command '{message}' did not finish within "
-                                f"{config.timeouts['script']:g} s and was killed") from None
+                                f"{config.timeouts['script']:g} s and was killed")
         text = output.decode("utf-8", "replace")
         if process.returncode != 0:
             raise RequestFailed(f"Command '{message}' failed with code "

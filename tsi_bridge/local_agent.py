@@ -1,6 +1,6 @@
-"""Start the gridvm TSI agent as a real subprocess for tests and benchmarks.
+"""Run the gridvm TSI agent as a local subprocess on 127.0.0.1 (tests, benchmarks, dev).
 
-The agent runs with ``python -S`` (no site-packages), so a test run proves it needs nothing
+The agent runs with ``python -S`` (no site-packages), so every run proves it needs nothing
 beyond the standard library.
 """
 
@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]  # the directory holding tsi_bridge/
 
 
 class AgentProcess:
