@@ -1,11 +1,17 @@
 """Shared test configuration and the guest images every VM test boots."""
 
 import os
+import shutil
+import uuid
 from pathlib import Path
 
 import pytest
+import pytest_twisted
+from twisted.internet import reactor
 
 from image_repo.builder import build_image
+from vmm.hypervisor import Hypervisor
+from vmm.manager import VirtualMachineManager
 
 #: Below /var/tmp so that QEMU, running as libvirt-qemu, can reach the files.
 TEST_ROOT = Path("/var/tmp/gridvm-test")
@@ -27,3 +33,19 @@ def built_images() -> dict:
     TEST_ROOT.mkdir(mode=0o755, exist_ok=True)
     return {kind: build_image(kind, output_root=TEST_ROOT / "images")
             for kind in ("initramfs", "qcow2")}
+
+
+@pytest_twisted.async_yield_fixture
+async def vmm():
+    """A VM manager on qemu:///system with its own domain prefix and state directory."""
+    state = TEST_ROOT / f"state-{uuid.uuid4().hex[:8]}"
+    manager = VirtualMachineManager(Hypervisor("qemu:///system", reactor), state,
+                                    reactor=reactor, prefix=f"gridvm-test-{state.name[6:]}-")
+    await manager.start()
+    try:
+        yield manager
+    finally:
+        for name, _config, _state in await manager.hypervisor.list_domains(manager.prefix):
+            await manager.hypervisor.destroy(name)
+        await manager.hypervisor.close()
+        shutil.rmtree(state, ignore_errors=True)

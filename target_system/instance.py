@@ -1,0 +1,367 @@
+"""One target system: a VM instance, the TSI link to its agent, and its health.
+
+``TargetSystem.start()`` walks REQUESTED → STAGING → BOOTING → CONNECTING → READY: it issues
+a fresh certificate for the instance, puts the agent's configuration on the
+contextualization medium, opens the instance's callback port, boots the VM (readiness is a
+mutual-TLS probe of the agent), then creates a TSI worker and pings it.  Every phase has a
+deadline; any failure ends in FAILED with a reason code, and the VM, its files and its ports
+are gone.  While READY or BUSY, a ping every ``health_interval`` seconds with a budget of
+missed pings, plus libvirt's lifecycle events, decide whether it is still alive.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, task
+
+from target_system.images import boot_spec
+from target_system.lifecycle import InstanceState, Lifecycle, Transition, instance_lifecycle
+from tsi_bridge.ca import CertificateAuthority, IssuedCertificate
+from tsi_bridge.client import TSIClient
+from tsi_bridge.context import instance_context_files
+from tsi_bridge.readiness import probe_agent
+from tsi_bridge.tls import TLSConfig
+from vmm import ports
+from vmm.errors import VMMError
+from vmm.hypervisor import DomainEvent
+from vmm.manager import Instance, InstanceSpec, VirtualMachineManager
+
+log = logging.getLogger(__name__)
+
+S = InstanceState
+
+
+@dataclass
+class Deadlines:
+    """Seconds each phase may take (architecture.md: nothing waits forever)."""
+
+    staging: float = 600.0
+    booting: float = 180.0
+    connecting: float = 60.0
+    draining: float = 60.0
+
+    def as_states(self) -> dict[InstanceState, float]:
+        return {S.STAGING: self.staging, S.BOOTING: self.booting,
+                S.CONNECTING: self.connecting, S.DRAINING: self.draining}
+
+
+@dataclass
+class HealthPolicy:
+    interval: float = 15.0  #: seconds between pings while READY/BUSY
+    missed_budget: int = 3  #: consecutive failed pings that fail the instance
+    ping_timeout: float = 10.0
+    idle_timeout: float | None = 600.0  #: READY without jobs this long → terminate
+    lease: float | None = None  #: the instance ends this long after READY, whatever it does
+
+
+@dataclass
+class TsiSettings:
+    """The TSI setup of an image (its metadata's ``tsi`` group), with gridvm's defaults."""
+
+    port: int = 4433
+    tls_required: bool = True
+    user: str = "gridvm"
+    group: str | None = None
+    workdir_root: str = "/home/gridvm/jobs"
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any]) -> TsiSettings:
+        tsi = metadata.get("tsi") or {}
+        settings = cls()
+        for key in ("port", "tls_required", "user", "group", "workdir_root"):
+            if tsi.get(key) is not None:
+                setattr(settings, key, tsi[key])
+        return settings
+
+
+@dataclass
+class SiteCredentials:
+    """The site's CA and the server certificate TSI links present."""
+
+    ca: CertificateAuthority
+    server: IssuedCertificate
+
+    @classmethod
+    def load_or_create(cls, directory: Path) -> SiteCredentials:
+        ca = CertificateAuthority.load_or_create(directory)
+        server_dir = Path(directory) / "server"
+        cert, key = server_dir / "server.pem", server_dir / "server.key"
+        if cert.exists() and key.exists():
+            server = IssuedCertificate(cert.read_bytes(), key.read_bytes())
+        else:
+            server_dir.mkdir(parents=True, exist_ok=True)
+            server = ca.issue_server()
+            server.write(cert, key)
+        return cls(ca, server)
+
+    def client_tls(self, instance_cert_pem: bytes) -> TLSConfig:
+        """Our side of a TSI link, pinned to one instance's certificate."""
+        return TLSConfig(self.server.cert_pem, self.server.key_pem, self.ca.cert_pem,
+                         instance_cert_pem)
+
+
+@dataclass
+class ImageToBoot:
+    """What the factory hands over: an image's metadata and where its files are."""
+
+    image_id: str
+    name: str
+    metadata: Mapping[str, Any]
+    paths: Mapping[str, Path]
+
+
+@dataclass
+class TargetSystem:
+    """One VM instance and the TSI link to its agent."""
+
+    instance_id: str
+    owner: str
+    image: ImageToBoot
+    vmm: VirtualMachineManager
+    credentials: SiteCredentials
+    reactor: Any
+    vcpus: int = 1
+    memory_mib: int = 256
+    deadlines: Deadlines = field(default_factory=Deadlines)
+    health: HealthPolicy = field(default_factory=HealthPolicy)
+    labels: dict[str, str] = field(default_factory=dict)
+    lifecycle: Lifecycle = None  # type: ignore[assignment]
+    tsi: TSIClient | None = None
+    vm: Instance | None = None
+    instance_cert_pem: bytes | None = None
+    settings: TsiSettings = None  # type: ignore[assignment]
+    jobs: set[str] = field(default_factory=set)  #: ids of jobs running here
+    listeners: list[Callable[[TargetSystem, Transition], None]] = field(default_factory=list)
+    _missed: int = 0
+    _health_loop: task.LoopingCall | None = None
+    _idle_timer: Any = None
+    _lease_timer: Any = None
+    _started: defer.Deferred | None = None
+
+    def __post_init__(self) -> None:
+        if self.lifecycle is None:
+            self.lifecycle = instance_lifecycle(self.reactor, self.deadlines.as_states())
+        self.lifecycle.listeners.append(self._on_transition)
+        if self.settings is None:
+            self.settings = TsiSettings.from_metadata(self.image.metadata)
+
+    # -- state -----------------------------------------------------------------------------
+    @property
+    def state(self) -> InstanceState:
+        return self.lifecycle.state
+
+    @property
+    def usable(self) -> bool:
+        return self.state in (S.READY, S.BUSY)
+
+    def describe(self) -> dict[str, Any]:
+        """What an operator or the owner sees: state, reason, health, phase timings."""
+        return {
+            "id": self.instance_id, "owner": self.owner, "image": self.image.name,
+            "imageId": self.image.image_id, "state": self.state.name,
+            "reason": self.lifecycle.reason, "message": self.lifecycle.message,
+            "health": {"missedPings": self._missed, "budget": self.health.missed_budget},
+            "jobs": sorted(self.jobs), "created": self.lifecycle.entered.get("REQUESTED"),
+            "phases": {k: round(v, 3) for k, v in self.lifecycle.phase_seconds().items()},
+            "domain": self.vm.domain if self.vm else None,
+        }
+
+    def _on_transition(self, transition: Transition) -> None:
+        log.info("instance %s: %s -> %s%s", self.instance_id, transition.previous.name,
+                 transition.state.name,
+                 f" ({transition.reason}: {transition.message})" if transition.reason else "")
+        for listener in list(self.listeners):
+            listener(self, transition)
+        if transition.state is S.FAILED:
+            # A deadline or a health check failed the instance: take everything down.
+            self.reactor.callLater(0, lambda: defer.ensureDeferred(self._teardown()))
+        if transition.state is S.READY:
+            self._arm_idle()
+
+    # -- bring-up --------------------------------------------------------------------------
+    def start(self) -> defer.Deferred:
+        """Fires when READY; fails with the instance's reason once it is FAILED."""
+        if self._started is None:
+            self._started = defer.Deferred.fromCoroutine(self._start())
+        return self._started
+
+    async def _start(self) -> TargetSystem:
+        try:
+            await self._bring_up()
+        except Exception as err:
+            reason = getattr(err, "reason", None) or "HYPERVISOR_ERROR"
+            self.lifecycle.fail(reason, str(err))
+        if self.state is not S.READY:
+            await self._teardown()
+            raise InstanceFailed(self.lifecycle.reason or "HYPERVISOR_ERROR",
+                                 self.lifecycle.message or "the instance did not start")
+        return self
+
+    def _still(self, state: InstanceState) -> None:
+        """Stop the bring-up if a deadline (or a crash) moved the instance on."""
+        if self.state is not state:
+            raise InstanceFailed(self.lifecycle.reason or "HYPERVISOR_ERROR",
+                                 self.lifecycle.message)
+
+    async def _bring_up(self) -> None:
+        life = self.lifecycle
+        life.advance(S.STAGING)
+        host_port = ports.free_port()
+        files, issued = instance_context_files(
+            self.credentials.ca, self.credentials.server, self.instance_id,
+            job_user=self.settings.user, job_group=self.settings.group,
+            workdir_root=self.settings.workdir_root, listen_port=self.settings.port)
+        self.instance_cert_pem = issued.cert_pem
+        tls = self.credentials.client_tls(issued.cert_pem)
+        self.tsi = TSIClient(self.reactor, "127.0.0.1", host_port, tls=tls,
+                             user=self.settings.user, groups="NONE",
+                             connect_timeout=10.0, request_timeout=120.0)
+        callback_port = self.tsi.start()
+        spec = InstanceSpec(
+            boot=boot_spec(self.image.metadata, self.image.paths), image=self.image.image_id,
+            instance_id=self.instance_id, vcpus=self.vcpus, memory_mib=self.memory_mib,
+            guest_port=self.settings.port, callback_port=callback_port, host_port=host_port,
+            context_files=files,
+            labels={"owner": self.owner, "image_name": self.image.name, **self.labels},
+            staging_timeout=self.deadlines.staging,
+            boot_timeout=self.deadlines.staging + self.deadlines.booting,
+            probe=lambda host, port: probe_agent(self.reactor, host, port, tls, timeout=5.0),
+            on_phase=lambda phase: self._still(S.STAGING) or life.advance(S.BOOTING),
+        )
+        self.vmm.hypervisor.add_listener(self._on_domain_event)
+        self.vm = await self.vmm.boot(spec)
+        if self.state is not S.BOOTING:  # a deadline passed while the boot finished
+            await self._destroy_vm()
+            self._still(S.BOOTING)
+        life.advance(S.CONNECTING)
+        while True:
+            try:
+                await self.tsi.ping().addTimeout(self.health.ping_timeout, self.reactor)
+                break
+            except Exception as err:
+                self._still(S.CONNECTING)
+                log.debug("instance %s: TSI not reachable yet: %s", self.instance_id, err)
+                await task.deferLater(self.reactor, 0.5, lambda: None)
+        self._still(S.CONNECTING)
+        life.advance(S.READY)
+        self._health_loop = task.LoopingCall(self._check_health)
+        self._health_loop.clock = self.reactor
+        self._health_loop.start(self.health.interval, now=False)
+        if self.health.lease:
+            self._lease_timer = self.reactor.callLater(self.health.lease, self._lease_expired)
+
+    # -- health ----------------------------------------------------------------------------
+    def _on_domain_event(self, event: DomainEvent) -> None:
+        if self.vm is None or event.domain != self.vm.domain:
+            return
+        if event.event.name in ("STOPPED", "CRASHED") and self.state in (
+                S.CONNECTING, S.READY, S.BUSY):
+            tail = self.vm.console_tail(3).replace("\n", " | ")
+            self.lifecycle.fail("GUEST_CRASHED", f"the VM stopped ({event.event.name.lower()})"
+                                                 f"; console: {tail[-300:]}")
+
+    async def _check_health(self) -> None:
+        if not self.usable or self.tsi is None:
+            return
+        try:
+            await self.tsi.ping().addTimeout(self.health.ping_timeout, self.reactor)
+            self._missed = 0
+        except Exception as err:
+            self._missed += 1
+            log.warning("instance %s: ping %d/%d failed: %s", self.instance_id, self._missed,
+                        self.health.missed_budget, err)
+            if self._missed >= self.health.missed_budget and self.usable:
+                self.lifecycle.fail("TSI_LOST", f"{self._missed} pings in a row failed: {err}")
+
+    def _arm_idle(self) -> None:
+        self._cancel(self._idle_timer)
+        self._idle_timer = None
+        if self.health.idle_timeout and not self.jobs:
+            self._idle_timer = self.reactor.callLater(self.health.idle_timeout, self._idle)
+
+    def _idle(self) -> None:
+        if self.state is S.READY and not self.jobs:
+            log.info("instance %s idle for %g s: terminating", self.instance_id,
+                     self.health.idle_timeout)
+            self.terminate()
+
+    def _lease_expired(self) -> None:
+        if self.usable:
+            self.terminate("lease expired")
+
+    # -- jobs ------------------------------------------------------------------------------
+    def claim(self, job_id: str) -> None:
+        """A job starts here: READY → BUSY."""
+        if not self.usable:
+            raise InstanceFailed(self.lifecycle.reason or "TSI_UNREACHABLE",
+                                 f"instance {self.instance_id} is {self.state.name}")
+        self.jobs.add(job_id)
+        self._cancel(self._idle_timer)
+        if self.state is S.READY:
+            self.lifecycle.advance(S.BUSY)
+
+    def release(self, job_id: str) -> None:
+        """A job ended here: BUSY → READY when it was the last."""
+        self.jobs.discard(job_id)
+        if not self.jobs and self.state is S.BUSY:
+            self.lifecycle.advance(S.READY)
+
+    # -- the end ---------------------------------------------------------------------------
+    def terminate(self, why: str = "") -> defer.Deferred:
+        """DRAINING → TERMINATED: close the TSI link and remove the VM and its files."""
+        return defer.Deferred.fromCoroutine(self._terminate(why))
+
+    async def _terminate(self, why: str) -> None:
+        if self.lifecycle.terminal:
+            return
+        if self.state in (S.READY, S.BUSY):
+            self.lifecycle.advance(S.DRAINING, why)
+        elif self.state is not S.DRAINING:
+            self.lifecycle.fail("HYPERVISOR_ERROR", why or "terminated before it was ready")
+            return
+        await self._teardown()
+        if self.state is S.DRAINING:
+            self.lifecycle.advance(S.TERMINATED, why)
+
+    async def _teardown(self) -> None:
+        for loop in (self._health_loop,):
+            if loop is not None and loop.running:
+                loop.stop()
+        self._cancel(self._idle_timer)
+        self._cancel(self._lease_timer)
+        self.vmm.hypervisor.remove_listener(self._on_domain_event)
+        if self.tsi is not None:
+            client, self.tsi = self.tsi, None
+            try:
+                await client.close()
+            except Exception:
+                log.exception("closing the TSI link of %s", self.instance_id)
+        await self._destroy_vm()
+        self.lifecycle.cancel()
+
+    async def _destroy_vm(self) -> None:
+        try:
+            await self.vmm.destroy(self.instance_id)
+        except VMMError:
+            log.exception("destroying instance %s", self.instance_id)
+
+    @staticmethod
+    def _cancel(timer) -> None:
+        if timer is not None and timer.active():
+            timer.cancel()
+
+
+class InstanceFailed(Exception):
+    """An instance is not (or no longer) usable; ``reason`` is the failure code."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.args[0]

@@ -1,0 +1,312 @@
+"""Jobs, the UNICORE way, run through the TSI inside a target system.
+
+READY → STAGINGIN (the job directory in the guest, inline imports, uploaded inputs) → QUEUED
+(TSI SUBMIT) → RUNNING (status listing polled; ``Runtime`` enforced) → STAGINGOUT (exit code,
+stdout, stderr and every file of the job directory copied to site storage, so they outlive
+the VM) → SUCCESSFUL, or FAILED with a reason: ``NONZERO_EXIT``, ``RUNTIME_EXCEEDED``,
+``JOB_ABORTED``, ``STAGING_FAILED``, ``TSI_LOST``, ``GUEST_CRASHED`` …
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+import shlex
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, task
+
+from target_system.instance import InstanceFailed, TargetSystem
+from target_system.jobdesc import JobDescription, JobDescriptionError
+from target_system.lifecycle import JobState, Lifecycle, Transition, job_lifecycle
+from tsi_bridge.errors import TSIConnectionLost, TSIError
+
+log = logging.getLogger(__name__)
+
+J = JobState
+EXIT_CODE_FILE = "UNICORE_SCRIPT_EXIT_CODE"
+#: Seconds the job may run past its Runtime before gridvm aborts it (the agent's own limit
+#: fires first; this is the backstop).
+RUNTIME_GRACE = 30.0
+
+
+@dataclass
+class Job:
+    """One job: its description, state machine, and what it produced."""
+
+    owner: str
+    description: JobDescription
+    reactor: Any
+    storage: Path  #: site storage for the job's files (outlives the VM)
+    job_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    submitted: float = field(default_factory=time.time)
+    lifecycle: Lifecycle = None  # type: ignore[assignment]
+    instance_id: str | None = None
+    image: str | None = None
+    bssid: str | None = None
+    workdir: str | None = None  #: the job directory in the guest
+    exit_code: int | None = None
+    ended_by: str | None = None  #: the agent's reason when it ended the job itself
+    log: list[str] = field(default_factory=list)
+    inputs: dict[str, bytes] = field(default_factory=dict)  #: uploaded before the start
+    rejections: list[dict] = field(default_factory=list)  #: why-not per image (no match)
+    finished: defer.Deferred = field(default_factory=defer.Deferred)
+
+    def __post_init__(self) -> None:
+        if self.lifecycle is None:
+            deadlines = {J.STAGINGIN: 600.0, J.STAGINGOUT: 600.0, J.QUEUED: 120.0}
+            if self.description.runtime:
+                deadlines[J.RUNNING] = self.description.runtime + RUNTIME_GRACE
+            self.lifecycle = job_lifecycle(self.reactor, deadlines)
+        self.lifecycle.listeners.append(self._on_transition)
+
+    @property
+    def state(self) -> JobState:
+        return self.lifecycle.state
+
+    @property
+    def status_message(self) -> str:
+        if self.lifecycle.reason:
+            return f"{self.lifecycle.reason}: {self.lifecycle.message}"
+        return self.lifecycle.message
+
+    def note(self, message: str) -> None:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+        self.log.append(f"{stamp} {message}")
+
+    def fail(self, reason: str, message: str) -> None:
+        self.lifecycle.fail(reason, message)
+
+    def _on_transition(self, transition: Transition) -> None:
+        self.note(f"{transition.state.name}" + (
+            f" ({transition.reason}: {transition.message})" if transition.reason
+            else f": {transition.message}" if transition.message else ""))
+
+    def settle(self) -> None:
+        """Fire :attr:`finished`: the job is terminal and nothing works on it any more
+        (its files are in site storage, its target system released)."""
+        if self.state.terminal and not self.finished.called:
+            self.finished.callback(self)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.job_id, "owner": self.owner, "status": self.state.name,
+            "statusMessage": self.status_message, "reason": self.lifecycle.reason,
+            "exitCode": None if self.exit_code is None else str(self.exit_code),
+            "instance": self.instance_id, "image": self.image, "bssid": self.bssid,
+            "name": self.description.name, "tags": list(self.description.tags),
+            "submitted": self.submitted, "log": list(self.log),
+            "phases": {k: round(v, 3) for k, v in self.lifecycle.phase_seconds().items()},
+        }
+
+
+def resolve_application(job: JobDescription, metadata: Mapping[str, Any]) -> tuple[str, list[str],
+                                                                                  dict[str, str]]:
+    """The command line and environment of a job, with IDB applications resolved."""
+    if job.application == "CONTAINER":
+        command = job.parameters.get("COMMAND") or job.executable
+        if not command:
+            raise JobDescriptionError("Parameters.COMMAND", "a CONTAINER job needs a COMMAND")
+        return command, list(job.arguments), {}
+    if job.application:
+        wanted = job.application.lower()
+        apps = [a for a in (metadata.get("idb") or {}).get("applications", [])
+                if a["name"].lower() == wanted]
+        if job.application_version:
+            exact = [a for a in apps if a.get("version") == job.application_version]
+            apps = exact or [a for a in apps
+                             if str(a.get("version", "")).startswith(job.application_version)]
+        if not apps:
+            raise JobDescriptionError("ApplicationName",
+                                      f"{job.application} is not in the image's IDB")
+        app = apps[0]
+        executable = job.executable or app.get("executable") or app["name"]
+        return executable, [*app.get("arguments", []), *job.arguments], dict(
+            app.get("environment") or {})
+    assert job.executable
+    return job.executable, list(job.arguments), {}
+
+
+def job_script(job: JobDescription, workdir: str, metadata: Mapping[str, Any]) -> str:
+    """The user script UNICORE/X would send: environment, cd, the command, exit code."""
+    executable, arguments, app_env = resolve_application(job, metadata)
+    q = shlex.quote
+    lines = [
+        f"UC_WORKING_DIRECTORY={q(workdir)}; export UC_WORKING_DIRECTORY",
+        f"UC_OUTPUT_DIRECTORY={q(workdir)}; export UC_OUTPUT_DIRECTORY",
+        "cd \"$UC_WORKING_DIRECTORY\" || exit 1",
+        f"rm -f \"$UC_OUTPUT_DIRECTORY/{EXIT_CODE_FILE}\"",
+    ]
+    for name, value in {**app_env, **job.parameters, **job.environment}.items():
+        lines.append(f"{name}={q(value)}; export {name}")
+    if job.precommand:
+        lines.append(job.precommand)
+    command = " ".join([executable, *(q(a) for a in arguments)])
+    if job.stdin:
+        command += f" < {q(job.stdin)}"
+    lines.append(command)
+    lines.append(f"echo $? > \"$UC_OUTPUT_DIRECTORY/{EXIT_CODE_FILE}\"")
+    if job.postcommand:
+        lines.append(job.postcommand)
+    return "\n".join(lines) + "\n"
+
+
+class JobRunner:
+    """Runs jobs on target systems and keeps their outputs in site storage."""
+
+    def __init__(self, reactor, poll_interval: float = 1.0, exit_code_grace: float = 30.0):
+        self.reactor = reactor
+        self.poll_interval = poll_interval
+        self.exit_code_grace = exit_code_grace
+
+    def run(self, job: Job, target: TargetSystem) -> defer.Deferred:
+        """Fires with the job once it is SUCCESSFUL or FAILED (never errbacks)."""
+        return defer.Deferred.fromCoroutine(self._run(job, target))
+
+    async def _run(self, job: Job, target: TargetSystem) -> Job:
+        job.instance_id, job.image = target.instance_id, target.image.name
+
+        def instance_changed(_target: TargetSystem, transition: Transition) -> None:
+            if transition.state.name == "FAILED":
+                job.fail(transition.reason or "TSI_LOST",
+                         f"the target system failed: {transition.message}")
+
+        target.listeners.append(instance_changed)
+        try:
+            target.claim(job.job_id)
+            await self._stage_in(job, target)
+            if not job.state.terminal:
+                await self._execute(job, target)
+        except InstanceFailed as err:
+            job.fail(err.reason, str(err))
+        except TSIConnectionLost as err:
+            job.fail("TSI_LOST", str(err))
+        except TSIError as err:
+            job.fail(err.reason or "TSI_ERROR", str(err))
+        except JobDescriptionError as err:
+            job.fail("BAD_REQUEST", str(err))
+        except Exception as err:  # never leave a job in a live state
+            log.exception("job %s", job.job_id)
+            job.fail("TSI_ERROR", f"{type(err).__name__}: {err}")
+        finally:
+            if target.usable and job.workdir and job.state in (J.STAGINGOUT, J.FAILED):
+                await self._stage_out(job, target)
+            target.listeners.remove(instance_changed)
+            target.release(job.job_id)
+            if job.state is J.STAGINGOUT:
+                self._finish(job)
+            job.settle()
+        return job
+
+    async def _stage_in(self, job: Job, target: TargetSystem) -> None:
+        tsi = target.tsi
+        assert tsi is not None
+        job.lifecycle.advance(J.STAGINGIN)
+        job.workdir = posixpath.join(target.settings.workdir_root, job.job_id)
+        try:
+            await tsi.execute_script(f"mkdir -p {shlex.quote(job.workdir)}")
+            for item in job.description.imports:
+                await tsi.write_file(posixpath.join(job.workdir, item.to), item.data,
+                                     mode=item.mode or 0o644)
+            for name, data in job.inputs.items():
+                await tsi.write_file(posixpath.join(job.workdir, name), data)
+        except TSIError as err:
+            if isinstance(err, TSIConnectionLost):
+                raise
+            job.fail("STAGING_FAILED", f"staging in: {err}")
+            return
+        staged = len(job.description.imports) + len(job.inputs)
+        job.note(f"staged {staged} file(s) into {job.workdir}")
+
+    async def _execute(self, job: Job, target: TargetSystem) -> None:
+        tsi = target.tsi
+        assert tsi is not None and job.workdir
+        desc = job.description
+        script = job_script(desc, job.workdir, target.image.metadata)
+        job.lifecycle.advance(J.QUEUED)
+        job.bssid = await tsi.submit(
+            script, uspace_dir=job.workdir, stdout=desc.stdout, stderr=desc.stderr,
+            job_name=desc.name if desc.name != "N/A" else "UNICORE_Job",
+            runtime=desc.runtime, memory_mb=desc.memory // (1 << 20) if desc.memory else None,
+            total_processors=desc.cpus)
+        job.note(f"submitted as {job.bssid}")
+        if job.state.terminal:  # aborted while submitting
+            await self._abort_in_guest(job, target)
+            return
+        job.lifecycle.advance(J.RUNNING)
+        while not job.state.terminal:
+            listing = await tsi.get_status_listing()
+            if job.bssid not in listing:
+                break
+            await task.deferLater(self.reactor, self.poll_interval, lambda: None)
+        if job.state.terminal:  # runtime exceeded, aborted, or the instance failed
+            await self._abort_in_guest(job, target)
+            return
+        job.lifecycle.advance(J.STAGINGOUT)
+
+    async def _abort_in_guest(self, job: Job, target: TargetSystem) -> None:
+        if target.tsi is None or not job.bssid or not target.usable:
+            return
+        try:
+            await target.tsi.abort_job(job.bssid)
+        except TSIError as err:
+            log.info("abort of %s: %s", job.bssid, err)  # finished meanwhile: fine
+
+    async def _stage_out(self, job: Job, target: TargetSystem) -> None:
+        tsi = target.tsi
+        assert tsi is not None and job.workdir
+        try:
+            if job.state is J.STAGINGOUT:
+                job.exit_code = await tsi.exit_code(job.workdir, grace=self.exit_code_grace)
+                if job.exit_code and job.bssid:
+                    job.ended_by = await self._ended_by(tsi, job.bssid)
+            job.storage.mkdir(parents=True, exist_ok=True)
+            copied = 0
+            for entry in await tsi.ls(job.workdir, "R"):
+                if entry.is_dir or not entry.path.startswith(job.workdir + "/"):
+                    continue
+                relative = entry.path[len(job.workdir) + 1:]
+                local = (job.storage / relative).resolve()
+                if not local.is_relative_to(job.storage.resolve()):
+                    continue
+                local.parent.mkdir(parents=True, exist_ok=True)
+                await tsi.download(entry.path, str(local))
+                copied += 1
+            job.note(f"copied {copied} file(s) to site storage")
+        except TSIError as err:
+            if job.state is J.STAGINGOUT:
+                job.fail("STAGING_FAILED", f"staging out: {err}")
+            else:
+                job.note(f"could not keep the job's files: {err}")
+
+    @staticmethod
+    async def _ended_by(tsi, bssid: str) -> str | None:
+        """Whether the agent ended the job itself (our agent's GETJOBDETAILS says why)."""
+        try:
+            details = json.loads(await tsi.job_details(bssid))
+        except (TSIError, ValueError):
+            return None  # e.g. the official TSI: "No info available"
+        return details.get("reason") if isinstance(details, dict) else None
+
+    def _finish(self, job: Job) -> None:
+        if job.ended_by == "RUNTIME_EXCEEDED":
+            job.fail("RUNTIME_EXCEEDED", f"the job ran longer than its Runtime of "
+                                         f"{job.description.runtime} s and was stopped")
+        elif job.exit_code is None:
+            job.fail("NONZERO_EXIT", "the job left no exit code (killed, or out of memory?)")
+        elif job.exit_code != 0 and not job.description.ignore_nonzero_exit:
+            job.fail("NONZERO_EXIT", f"User application exited with non-zero exit code: "
+                                     f"<{job.exit_code}>.")
+        else:
+            job.lifecycle.advance(J.SUCCESSFUL)
+
+    def abort(self, job: Job) -> None:
+        """Abort a job: it ends FAILED with JOB_ABORTED (its files are still kept)."""
+        if not job.state.terminal:
+            job.fail("JOB_ABORTED", "Job aborted.")

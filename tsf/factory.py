@@ -1,0 +1,238 @@
+"""The Target System Factory: a job's requirements in, a job running in a matching VM out.
+
+For each job: ask the image repository for the best visible image (or fail with
+``NO_MATCHING_IMAGE`` and the repository's reasons per image), find a target system of that
+image for that owner with a free job slot (an instance runs as many jobs at once as it has
+vCPUs), or boot a new one within the per-user and global quotas (``QUOTA_EXCEEDED``), then
+hand the job to the runner.  Blocking repository calls run in threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, threads
+
+from image_repo.access import Caller
+from image_repo.errors import RepositoryError
+from image_repo.repository import ImageRepository
+from target_system.instance import (
+    Deadlines,
+    HealthPolicy,
+    ImageToBoot,
+    InstanceFailed,
+    SiteCredentials,
+    TargetSystem,
+)
+from target_system.jobdesc import JobDescription, JobDescriptionError, parse_job
+from target_system.jobs import Job, JobRunner
+from target_system.lifecycle import InstanceState
+from vmm.manager import VirtualMachineManager
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MEMORY_MIB = 256
+
+
+@dataclass
+class Quotas:
+    per_user: int = 4  #: live instances one user may have
+    total: int = 8  #: live instances on this site
+
+
+class NotFound(KeyError):
+    """No such job or instance — or not the caller's (the two look the same)."""
+
+    reason = "NOT_FOUND"
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class TargetSystemFactory(service.Service):
+    """Matches jobs to images, runs them on target systems, and keeps track of both."""
+
+    name = "factory"
+
+    def __init__(self, repository: ImageRepository, vmm: VirtualMachineManager,
+                 credentials: SiteCredentials, storage_root: Path, reactor, *,
+                 quotas: Quotas | None = None, deadlines: Deadlines | None = None,
+                 health: HealthPolicy | None = None, runner: JobRunner | None = None):
+        self.repository = repository
+        self.vmm = vmm
+        self.credentials = credentials
+        self.storage_root = Path(storage_root)
+        self.reactor = reactor
+        self.quotas = quotas or Quotas()
+        self.deadlines = deadlines or Deadlines()
+        self.health = health or HealthPolicy()
+        self.runner = runner or JobRunner(reactor)
+        self.jobs: dict[str, Job] = {}
+        self.instances: dict[str, TargetSystem] = {}
+        self._callers: dict[str, Caller] = {}
+        self._running: dict[str, defer.Deferred] = {}
+        self._reserved: dict[str, set[str]] = {}  #: instance id -> jobs waiting for it
+
+    # -- jobs ------------------------------------------------------------------------------
+    def submit(self, description: dict[str, Any] | JobDescription, caller: Caller, *,
+               inputs: dict[str, bytes] | None = None, start: bool | None = None) -> Job:
+        """Create a job (raises JobDescriptionError for a bad description) and start it
+        unless the description waits for client stage-in (then call :meth:`start`)."""
+        job_desc = description if isinstance(description, JobDescription) else parse_job(
+            description)
+        job = Job(owner=caller.user, description=job_desc, reactor=self.reactor,
+                  storage=self.storage_root / "jobs", inputs=dict(inputs or {}))
+        job.storage = self.storage_root / "jobs" / job.job_id
+        self.jobs[job.job_id] = job
+        self._callers[job.job_id] = caller
+        job.note("created")
+        if start if start is not None else not job_desc.client_stage_in:
+            self.start(job.job_id, caller)
+        return job
+
+    def start(self, job_id: str, caller: Caller) -> Job:
+        """Start a job that waited for its inputs; a no-op once it has started."""
+        job = self.job(job_id, caller)
+        if job.job_id not in self._running and not job.state.terminal:
+            self._running[job.job_id] = defer.Deferred.fromCoroutine(self._process(job))
+        return job
+
+    def job(self, job_id: str, caller: Caller) -> Job:
+        job = self.jobs.get(job_id)
+        if job is None or not (caller.admin or job.owner == caller.user):
+            raise NotFound(f"no job {job_id}")
+        return job
+
+    def list_jobs(self, caller: Caller) -> list[Job]:
+        return [j for j in self.jobs.values() if caller.admin or j.owner == caller.user]
+
+    def abort(self, job_id: str, caller: Caller) -> Job:
+        job = self.job(job_id, caller)
+        self.runner.abort(job)
+        if job.job_id not in self._running:  # never started: nothing else will settle it
+            job.settle()
+        return job
+
+    def wait(self, job_id: str, caller: Caller) -> defer.Deferred:
+        """Fires with the job once it is SUCCESSFUL or FAILED."""
+        job = self.job(job_id, caller)
+        if job.finished.called:
+            return defer.succeed(job)
+        waiter: defer.Deferred = defer.Deferred()
+        job.finished.addBoth(lambda result: (waiter.callback(job), result)[1])
+        return waiter
+
+    async def _process(self, job: Job) -> Job:
+        caller = self._callers[job.job_id]
+        try:
+            image = await self._match(job, caller)
+            if image is None:
+                return job
+            target = self._target_for(job, caller, image)
+            if target.state is not InstanceState.READY and target.state is not InstanceState.BUSY:
+                job.note(f"waiting for instance {target.instance_id} ({target.state.name})")
+            await target.start()
+            if job.state.terminal:  # aborted while the instance booted
+                return job
+            await self.runner.run(job, target)
+        except InstanceFailed as err:
+            job.fail(err.reason, str(err))
+        except RepositoryError as err:
+            job.fail(getattr(err, "reason", "IMAGE_UNAVAILABLE"), str(err))
+        except JobDescriptionError as err:
+            job.fail("BAD_REQUEST", str(err))
+        except Exception as err:
+            log.exception("job %s", job.job_id)
+            job.fail("HYPERVISOR_ERROR", f"{type(err).__name__}: {err}")
+        finally:
+            self._running.pop(job.job_id, None)
+            job.settle()
+        return job
+
+    async def _match(self, job: Job, caller: Caller) -> ImageToBoot | None:
+        requirements = job.description.requirements
+        result = await threads.deferToThread(self.repository.match, requirements, caller)
+        if result.best is None:
+            rejected = await threads.deferToThread(lambda: result.rejected)
+            job.rejections = [r.to_dict() for r in rejected]
+            reasons = "; ".join(f"{r.ref}: " + ", ".join(x.message for x in r.reasons)
+                                for r in rejected[:10])
+            job.fail("NO_MATCHING_IMAGE", "no image fits the job's requirements"
+                     + (f" ({reasons})" if reasons else " (no image is visible to you)"))
+            return None
+        best = result.best
+
+        def load() -> ImageToBoot:
+            record = self.repository.get(best.id, caller)
+            paths = self.repository.content_paths(best.id, caller)
+            return ImageToBoot(record.id, record.name, record.metadata.to_dict(), paths)
+
+        image = await threads.deferToThread(load)
+        job.note(f"matched image {best.ref}")
+        return image
+
+    # -- instances -------------------------------------------------------------------------
+    def _live(self) -> list[TargetSystem]:
+        return [t for t in self.instances.values() if not t.lifecycle.terminal]
+
+    def _size(self, job: Job, image: ImageToBoot) -> tuple[int, int]:
+        hardware = image.metadata.get("origin", {}).get("virtual_hardware") or {}
+        vcpus = max(job.description.cpus or 1, hardware.get("vcpus") or 1)
+        memory = max(-(-(job.description.memory or 0) // (1 << 20)),
+                      hardware.get("ram_mib") or DEFAULT_MEMORY_MIB)
+        return vcpus, memory
+
+    def _target_for(self, job: Job, caller: Caller, image: ImageToBoot) -> TargetSystem:
+        vcpus, memory = self._size(job, image)
+        for target in self._live():
+            if (target.owner == caller.user and target.image.image_id == image.image_id
+                    and target.state is not InstanceState.DRAINING
+                    and target.vcpus >= vcpus and target.memory_mib >= memory
+                    and len(target.jobs) + self._waiting(target) < target.vcpus):
+                job.note(f"reusing instance {target.instance_id}")
+                self._reserve(target, job)
+                return target
+        mine = [t for t in self._live() if t.owner == caller.user]
+        if len(mine) >= self.quotas.per_user:
+            raise InstanceFailed("QUOTA_EXCEEDED", f"you have {len(mine)} instances, the "
+                                 f"limit per user is {self.quotas.per_user}")
+        if len(self._live()) >= self.quotas.total:
+            raise InstanceFailed("QUOTA_EXCEEDED", f"the site runs {len(self._live())} "
+                                 f"instances, its limit is {self.quotas.total}")
+        target = TargetSystem(
+            instance_id=uuid.uuid4().hex[:12], owner=caller.user, image=image, vmm=self.vmm,
+            credentials=self.credentials, reactor=self.reactor, vcpus=vcpus, memory_mib=memory,
+            deadlines=self.deadlines, health=self.health)
+        self.instances[target.instance_id] = target
+        self._reserve(target, job)
+        job.note(f"booting instance {target.instance_id} ({vcpus} vCPU, {memory} MiB)")
+        return target
+
+    def _reserve(self, target: TargetSystem, job: Job) -> None:
+        """Count a job that will run on ``target`` once it is up."""
+        reserved = self._reserved.setdefault(target.instance_id, set())
+        reserved.add(job.job_id)
+        job.finished.addBoth(lambda result: (reserved.discard(job.job_id), result)[1])
+        job.lifecycle.listeners.append(
+            lambda t: reserved.discard(job.job_id) if t.state.name == "STAGINGIN" else None)
+
+    def _waiting(self, target: TargetSystem) -> int:
+        return len(self._reserved.get(target.instance_id, ()))
+
+    def instance(self, instance_id: str, caller: Caller) -> TargetSystem:
+        target = self.instances.get(instance_id)
+        if target is None or not (caller.admin or target.owner == caller.user):
+            raise NotFound(f"no instance {instance_id}")
+        return target
+
+    def list_instances(self, caller: Caller) -> list[TargetSystem]:
+        return [t for t in self.instances.values() if caller.admin or t.owner == caller.user]
+
+    def stopService(self):
+        super().stopService()
+        return defer.DeferredList([t.terminate("site shutdown") for t in self._live()])
