@@ -61,7 +61,11 @@ class ImageProfile:
 
 
 class CatalogueIndex:
-    """Profiles of every image plus posting sets; refresh it with a session."""
+    """Profiles of every image plus posting sets; refresh it with a session.
+
+    ``profiles`` is replaced, never changed in place, by a refresh (copy on write), so a
+    reader that took it under ``lock`` holds a consistent snapshot without copying it.
+    """
 
     def __init__(self) -> None:
         self.profiles: dict[str, ImageProfile] = {}
@@ -96,13 +100,14 @@ class CatalogueIndex:
                     select(ImageLabelRow.image_id, ImageLabelRow.kind, ImageLabelRow.value)
                     .join(ImageRow, ImageRow.id == ImageLabelRow.image_id).where(changed)):
                 labels[(image_id, kind)].add(value)
+            profiles = dict(self.profiles)
             columns = [ImageRow.id, ImageRow.name, ImageRow.version, ImageRow.status,
                        ImageRow.owner, ImageRow.group_name, ImageRow.mode,
                        ImageRow.architecture, ImageRow.os_distro, ImageRow.os_version,
                        ImageRow.limit_cpus, ImageRow.limit_memory_mib, ImageRow.limit_disk_gib,
                        ImageRow.limit_runtime_s, ImageRow.source_url, ImageRow.created]
             for row in session.execute(select(*columns).where(changed)):
-                self._put(ImageProfile(
+                self._put(profiles, ImageProfile(
                     id=row.id, name=row.name, version=row.version, status=row.status,
                     owner=row.owner, group=row.group_name, mode=row.mode,
                     vos=frozenset(labels.get((row.id, "vo"), ())),
@@ -114,17 +119,18 @@ class CatalogueIndex:
                     limit_memory_mib=row.limit_memory_mib, limit_disk_gib=row.limit_disk_gib,
                     limit_runtime_s=row.limit_runtime_s, source_url=row.source_url,
                     created=_timestamp(row.created)))
+            self.profiles = profiles
             # Writers reserve change numbers under the sequence row's lock and commit them
             # with their rows, so every change up to ``newest`` has been read.  Rows committed
             # after ``newest`` was read may have been read too; reading them again is harmless.
             self.change_number = newest
 
-    def _put(self, profile: ImageProfile) -> None:
-        old = self.profiles.get(profile.id)
+    def _put(self, profiles: dict[str, ImageProfile], profile: ImageProfile) -> None:
+        old = profiles.get(profile.id)
         if old is not None:
             for posting, key in _keys(old):
                 self.postings[posting][key].discard(old.id)
-        self.profiles[profile.id] = profile
+        profiles[profile.id] = profile
         for posting, key in _keys(profile):
             self.postings[posting][key].add(profile.id)
 

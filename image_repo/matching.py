@@ -99,8 +99,8 @@ class ImageFilter:
         """Whether the image states the property (it then ranks above one that is silent)."""
         return True
 
-    def narrow(self, index: CatalogueIndex, req: Requirements) -> set[str] | None:
-        """Ids that may pass, or None when this filter cannot narrow."""
+    def narrow(self, index: CatalogueIndex, req: Requirements) -> list[set[str]] | None:
+        """Posting sets whose union holds every id that may pass; None: cannot narrow."""
         return None
 
 
@@ -120,9 +120,8 @@ class ImageNameFilter(ImageFilter):
     def narrow(self, index, req):
         wanted = req.image
         if wanted in index.profiles:
-            return {wanted}
-        name = wanted.split(":", 1)[0]
-        return index.ids("name", name)
+            return [{wanted}]
+        return [index.ids("name", wanted.split(":", 1)[0])]
 
 
 class ArchitectureFilter(ImageFilter):
@@ -139,7 +138,8 @@ class ArchitectureFilter(ImageFilter):
         return image.architecture is not None
 
     def narrow(self, index, req):
-        return index.ids("architecture", req.architecture) | index.ids("architecture", UNSTATED)
+        return [index.ids("architecture", req.architecture),
+                index.ids("architecture", UNSTATED)]
 
 
 class OperatingSystemFilter(ImageFilter):
@@ -167,7 +167,7 @@ class OperatingSystemFilter(ImageFilter):
     def narrow(self, index, req):
         if not req.os.distro:
             return None
-        return index.ids("os_distro", req.os.distro.lower()) | index.ids("os_distro", UNSTATED)
+        return [index.ids("os_distro", req.os.distro.lower()), index.ids("os_distro", UNSTATED)]
 
 
 class ApplicationFilter(ImageFilter):
@@ -211,12 +211,10 @@ class ApplicationFilter(ImageFilter):
         return True
 
     def narrow(self, index, req):
-        narrowed: set[str] | None = None
-        silent = index.ids("app", UNSTATED)
-        for wanted in req.applications:
-            ids = index.ids("app", wanted.name.lower()) | silent
-            narrowed = ids if narrowed is None else narrowed & ids
-        return narrowed
+        # Narrowing by the first application is enough to shrink the pool; the filter
+        # checks every application of each image in the pool.
+        first = req.applications[0].name.lower()
+        return [index.ids("app", first), index.ids("app", UNSTATED)]
 
 
 @dataclass
@@ -261,7 +259,7 @@ class LabelFilter(ImageFilter):
     def narrow(self, index, req):
         posting = self.attribute[:-1] if self.attribute == "vos" else "community"
         wanted = getattr(req, self.requirement)
-        return index.ids(posting, wanted) | index.ids(posting, UNSTATED)
+        return [index.ids(posting, wanted), index.ids(posting, UNSTATED)]
 
 
 class ContainerFilter(ImageFilter):
@@ -363,7 +361,7 @@ class Matcher:
               limit: int | None = None) -> MatchResult:
         active = [f for f in self.filters if f.applies(req)]
         with index.lock:
-            profiles = dict(index.profiles)  # a snapshot; profiles themselves are immutable
+            profiles = index.profiles  # a snapshot: refreshes replace it (copy on write)
             pool = self._pool(index, active, req)
         considered = self._considered(req)
         candidates: list[tuple[tuple, Candidate]] = []
@@ -398,14 +396,21 @@ class Matcher:
     @staticmethod
     def _pool(index: CatalogueIndex, active: Iterable[ImageFilter],
               req: Requirements) -> set[str] | None:
-        """The ids every narrowing filter allows (smallest set first), or None for all."""
-        narrowed = [s for f in active if (s := f.narrow(index, req)) is not None]
+        """The ids every narrowing filter allows, or None for all.
+
+        The smallest union of posting sets is materialised; the others are only probed for
+        membership, so large sets (all x86_64 images) cost nothing to build.
+        """
+        narrowed = [sets for f in active if (sets := f.narrow(index, req)) is not None]
         if not narrowed:
             return None
-        narrowed.sort(key=len)
-        pool = set(narrowed[0])
-        for ids in narrowed[1:]:
-            pool &= ids
+        narrowed.sort(key=lambda sets: sum(len(s) for s in sets))
+        pool = set().union(*narrowed[0])
+        for sets in narrowed[1:]:
+            if len(sets) == 1:
+                pool &= sets[0]
+            else:
+                pool = {i for i in pool if any(i in s for s in sets)}
             if not pool:
                 break
         return pool

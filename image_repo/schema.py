@@ -164,8 +164,9 @@ class Hardware:
     """Virtual hardware: CPUs, memory and disk."""
 
     vcpus: int | None = spec(None, minimum=1, doc="virtual CPUs")
-    ram_mib: int | None = spec(None, minimum=1, doc="memory in MiB (Glance min_ram)")
-    disk_gib: int | None = spec(None, minimum=0, doc="disk in GiB (Glance min_disk)")
+    memory_mib: int | None = spec(None, minimum=1, doc="memory in MiB (Glance min_ram)")
+    disk_gib: float | None = spec(None, minimum=0, doc="disk in GiB, may be fractional "
+                                  "(Glance min_disk)")
 
 
 @document
@@ -174,7 +175,7 @@ class Boot:
 
     kernel: str | None = spec(None, doc="content file with role kernel (Glance kernel_id)")
     initrd: str | None = spec(None, doc="content file with role initrd (Glance ramdisk_id)")
-    command_line: str | None = spec(None, doc="kernel command line (Glance os_command_line)")
+    cmdline: str | None = spec(None, doc="kernel command line (Glance os_command_line)")
 
 
 @document
@@ -235,7 +236,7 @@ class Origin:
                     raise BadRequest(f"{name!r} has role {files[name].role!r}, not {key!r}",
                                      where)
         if self.virtual_hardware and self.minimal_hardware:
-            for key in ("vcpus", "ram_mib", "disk_gib"):
+            for key in ("vcpus", "memory_mib", "disk_gib"):
                 default = getattr(self.virtual_hardware, key)
                 least = getattr(self.minimal_hardware, key)
                 if default is not None and least is not None and default < least:
@@ -272,7 +273,8 @@ class Semantic:
 
     execution_type: Literal["service", "job", "interactive"] | None = spec(
         None, doc="long-running service, batch job, or interactive session")
-    user_interaction: bool | None = spec(None, doc="whether a user interacts at run time")
+    user_interaction: Literal["none", "optional", "required"] | None = spec(
+        None, doc="whether a user interacts while the image runs")
     user_interface: Literal["none", "cli", "gui", "web"] | None = spec(
         None, doc="how a user interacts")
     os: OperatingSystem | None = spec(None, doc="operating system")

@@ -25,15 +25,16 @@ def write_files(directory: Path, contents: dict[str, bytes]) -> list[Path]:
 
 def builder_document(kernel: bytes = b"kernel-bytes", initrd: bytes = b"initrd-bytes",
                      name: str = "gridvm-debian12-initramfs") -> dict:
-    """What `gridvm image build` writes next to vmlinuz and initrd.img (docs/image-metadata.md)."""
+    """What `gridvm image build` writes next to vmlinuz and initrd.img (the structure of
+    image_repo.builder.metadata.builder_metadata; docs/image-metadata.md shows it)."""
     return {
-        "schema_version": 1,
         "general": {
             "name": name,
-            "title": "gridvm Debian 12 micro image (kernel + initramfs)",
-            "description": "Debian 12 cloud kernel, busybox, python3 and the gridvm TSI agent.",
+            "title": "Debian 12 micro guest (initramfs) with the gridvm TSI agent",
+            "description": "Cloud kernel, busybox, bash and python3 from Debian packages; "
+                           "jobs run as user gridvm through the gridvm TSI agent.",
             "permissions": {"owner": "rw", "group": "r", "others": "r"},
-            "purposes": ["batch jobs"],
+            "purposes": ["testing", "python jobs"],
         },
         "origin": {
             "runtime_technology": "vm",
@@ -42,38 +43,40 @@ def builder_document(kernel: bytes = b"kernel-bytes", initrd: bytes = b"initrd-b
             "image_type": "declarative",
             "content_type": "kernel+initramfs",
             "content": [
-                {"file": "vmlinuz", "role": "kernel", "sha512": sha512(kernel),
+                {"role": "kernel", "file": "vmlinuz", "sha512": sha512(kernel),
                  "size": len(kernel)},
-                {"file": "initrd.img", "role": "initrd", "sha512": sha512(initrd),
+                {"role": "initrd", "file": "initrd.img", "sha512": sha512(initrd),
                  "size": len(initrd)},
             ],
             "architecture": "x86_64",
             "hypervisor_type": "qemu",
-            "virtual_hardware": {"vcpus": 1, "ram_mib": 256},
-            "minimal_hardware": {"ram_mib": 128},
-            "boot": {"kernel": "vmlinuz", "initrd": "initrd.img",
-                     "command_line": KERNEL_CMDLINE},
+            "virtual_hardware": {"vcpus": 1, "memory_mib": 256, "disk_gib": 0},
+            "minimal_hardware": {"memory_mib": 128},
+            "boot": {"kernel": "vmlinuz", "cmdline": KERNEL_CMDLINE, "initrd": "initrd.img"},
         },
         "semantic": {
             "execution_type": "job",
-            "user_interaction": False,
+            "user_interaction": "none",
             "user_interface": "none",
-            "os": {"distro": "debian", "version": "12", "family": "linux"},
+            "os": {"distro": "debian", "version": "12"},
             "software": [
                 {"name": "python3", "version": "3.11.2"},
                 {"name": "bash", "version": "5.2.15"},
                 {"name": "busybox", "version": "1.35.0"},
-                {"name": "linux", "version": "6.1.0-13"},
+                {"name": "linux", "version": "6.1.0-13-cloud-amd64"},
             ],
         },
         "idb": {
             "applications": [
-                {"name": "python3", "version": "3.11.2", "executable": "/usr/bin/python3"},
-                {"name": "bash", "version": "5.2.15", "executable": "/bin/bash"},
-                {"name": "sh", "executable": "/bin/sh", "arguments": ["-e"]},
+                {"name": "python3", "version": "3.11.2", "executable": "/usr/bin/python3",
+                 "description": "Python interpreter"},
+                {"name": "bash", "version": "5.2.15", "executable": "/bin/bash",
+                 "description": "GNU bash"},
+                {"name": "sh", "version": "1.35.0", "executable": "/bin/sh",
+                 "description": "busybox ash"},
             ],
         },
-        "tsi": {"protocol_version": "10.1", "port": 4433, "tls_required": True,
+        "tsi": {"protocol_version": "11.2.1", "port": 4433, "tls_required": True,
                 "user": "gridvm", "group": "gridvm", "workdir_root": "/home/gridvm/jobs"},
     }
 

@@ -275,3 +275,19 @@ def test_operator_table_is_the_single_source():
     assert Version("12") == Version("12.0") and hash(Version("12")) == hash(Version("12.0"))
     with pytest.raises(BadRequest, match="operators: = != < <= > >= ~="):
         parse_constraint("?12", "x")
+
+
+def test_another_repository_on_the_same_catalogue_follows_changes(repo, catalogue,
+                                                                   database_url, tmp_path):
+    from image_repo.repository import ImageRepository
+
+    other = ImageRepository(database_url, tmp_path / "store")
+    try:
+        assert "deb12" in refs(other.match(TYPICAL, ALICE).candidates)
+        repo.delete("deb12", ALICE)
+        newer = repo.register(image("deb13", **{"semantic.os.version": "13"}), [], ALICE)
+        after = other.match(TYPICAL, ALICE)
+        assert "deb12" not in refs(after.candidates) + refs(after.rejected)
+        assert newer.id in {c.id for c in after.candidates}
+    finally:
+        other.close()

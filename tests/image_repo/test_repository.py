@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -120,7 +121,7 @@ def test_a_killed_registration_is_cleaned_up_on_next_open(repo, database_url, tm
         repo.register(builder_document(), {[str(f) for f in files]!r}, Caller.of("alice"))
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=60)
+                            timeout=60, cwd=Path(__file__).resolve().parents[2])
     assert result.returncode == 9, result.stderr
     assert stored_digests(repo) == {sha512(KERNEL), sha512(INITRD)}  # placed, not committed
     reopened = ImageRepository(database_url, tmp_path / "store")

@@ -45,17 +45,38 @@ def test_builder_document_validates_with_every_group():
     assert meta.general.permissions.others == "r"
     assert meta.origin.content[0].role == "kernel"
     assert meta.origin.boot.initrd == "initrd.img"
-    assert meta.origin.virtual_hardware.ram_mib == 256
+    assert meta.origin.virtual_hardware.memory_mib == 256
     assert meta.semantic.os.version == "12"
     assert [p.name for p in meta.semantic.software][:2] == ["python3", "bash"]
     assert meta.idb.applications[0].executable == "/usr/bin/python3"
-    assert meta.idb.applications[2].arguments == ["-e"]
+    assert meta.idb.applications[2].executable == "/bin/sh"
     assert meta.tsi.port == 4433 and meta.tsi.tls_required is True
 
 
 def test_round_trip_keeps_the_document():
     doc = builder_document()
-    assert validate(doc).to_dict() == doc
+    assert validate(doc).to_dict() == {"schema_version": 1, **doc}
+
+
+def test_the_builders_own_metadata_validates(tmp_path):
+    """The contract with `gridvm image build`: its metadata.json registers as it is."""
+    metadata = pytest.importorskip("image_repo.builder.metadata")
+    debian = pytest.importorskip("image_repo.builder.debian")
+    files = {}
+    for role, name in (("kernel", "vmlinuz"), ("initrd", "initrd.img"), ("disk", "disk.qcow2")):
+        files[role] = tmp_path / name
+        files[role].write_bytes(name.encode())
+    packages = [debian.Package(n, v) for n, v in (
+        ("python3.11-minimal", "3.11.2-6+deb12u2"), ("bash", "5.2.15-2+b7"),
+        ("busybox-static", "1:1.35.0-4+b3"))]
+    for kind, roles in (("initramfs", ("kernel", "initrd")), ("qcow2", ("kernel", "initrd",
+                                                                        "disk"))):
+        doc = metadata.builder_metadata(
+            name=f"gridvm-debian12-{kind}", kind=kind, files={r: files[r] for r in roles},
+            cmdline="console=ttyS0", packages=packages, kernel_version="6.1.0-18-cloud-amd64",
+            memory_mib=256, min_memory_mib=128, disk_gib=0.5 if kind == "qcow2" else 0)
+        meta = validate(doc)
+        assert meta.idb.applications[0].version == "3.11.2"
 
 
 def test_general_group_fields():
@@ -80,7 +101,7 @@ def test_origin_group_for_a_disk_image_and_a_container():
                             "size": len(disk)}],
         "origin.boot": None,
         "origin.image_type": "implicit",
-        "origin.virtual_hardware": {"vcpus": 2, "ram_mib": 1024, "disk_gib": 4},
+        "origin.virtual_hardware": {"vcpus": 2, "memory_mib": 1024, "disk_gib": 4},
         "origin.os_hash_algo": "sha512",
     })
     assert validate(doc).origin.virtual_hardware.disk_gib == 4
@@ -161,17 +182,20 @@ def test_content_ref_for_file(tmp_path):
     ({"origin.content": [{"file": "k", "role": "kernel", "sha512": "a" * 128, "size": 1.5}]},
      "origin.content[0].size", "expected an integer"),
     ({"origin.virtual_hardware": {"vcpus": 0}}, "origin.virtual_hardware.vcpus", "at least 1"),
-    ({"origin.virtual_hardware": {"ram_mib": "256M"}}, "origin.virtual_hardware.ram_mib",
+    ({"origin.virtual_hardware": {"memory_mib": "256M"}}, "origin.virtual_hardware.memory_mib",
      "expected an integer"),
-    ({"origin.virtual_hardware": {"ram_mib": 64}}, "origin.virtual_hardware.ram_mib",
-     "below minimal_hardware.ram_mib 128"),
+    ({"origin.virtual_hardware": {"memory_mib": 64}}, "origin.virtual_hardware.memory_mib",
+     "below minimal_hardware.memory_mib 128"),
+    ({"origin.virtual_hardware": {"disk_gib": "1G"}}, "origin.virtual_hardware.disk_gib",
+     "expected a number"),
     ({"origin.boot": {"kernel": "bzImage"}}, "origin.boot.kernel", "not one of the content"),
     ({"origin.boot": {"kernel": "initrd.img"}}, "origin.boot.kernel", "has role 'initrd'"),
-    ({"origin.boot": {"cmdline": "x"}}, "origin.boot.cmdline", "did you mean 'command_line'"),
+    ({"origin.boot": {"command_line": "x"}}, "origin.boot.command_line",
+     "did you mean 'cmdline'"),
     ({"origin.content": []}, "origin.content", "content files or a source_url"),
     ({"origin.content_type": "qcow2"}, "origin.content", "role 'disk'"),
     ({"semantic.execution_type": "batch"}, "semantic.execution_type", "expected one of"),
-    ({"semantic.user_interaction": "no"}, "semantic.user_interaction", "true or false"),
+    ({"semantic.user_interaction": False}, "semantic.user_interaction", "expected one of"),
     ({"semantic.user_interface": "tui"}, "semantic.user_interface", "expected one of"),
     ({"semantic.os": {"distro": "Debian"}}, "semantic.os.distro", "lowercase"),
     ({"semantic.os": {"version": 12}}, "semantic.os.version", "expected a string"),
@@ -242,5 +266,5 @@ def test_docs_examples_validate():
 
 
 def test_boot_without_kernel_is_allowed_for_disk_images():
-    meta = validate(variant(builder_document(), **{"origin.boot": {"command_line": "quiet"}}))
-    assert meta.origin.boot == Boot(command_line="quiet")
+    meta = validate(variant(builder_document(), **{"origin.boot": {"cmdline": "quiet"}}))
+    assert meta.origin.boot == Boot(cmdline="quiet")
