@@ -18,7 +18,7 @@ def boot_spec(metadata: Mapping[str, Any], paths: Mapping[str, Path]) -> BootSpe
     boot = origin.get("boot") or {}
     return BootSpec(
         kernel=files["kernel"], initrd=files.get("initrd"), disk=files.get("disk"),
-        cmdline=boot.get("command_line", ""), arch=origin.get("architecture") or "x86_64",
+        cmdline=boot.get("cmdline", ""), arch=origin.get("architecture") or "x86_64",
         disk_format="qcow2" if origin.get("content_type") == "qcow2" else "raw",
     )
 

@@ -184,7 +184,7 @@ class TargetSystemFactory(service.Service):
         hardware = image.metadata.get("origin", {}).get("virtual_hardware") or {}
         vcpus = max(job.description.cpus or 1, hardware.get("vcpus") or 1)
         memory = max(-(-(job.description.memory or 0) // (1 << 20)),
-                      hardware.get("ram_mib") or DEFAULT_MEMORY_MIB)
+                      hardware.get("memory_mib") or DEFAULT_MEMORY_MIB)
         return vcpus, memory
 
     def _target_for(self, job: Job, caller: Caller, image: ImageToBoot) -> TargetSystem:

@@ -24,7 +24,7 @@ from image_repo.builder.errors import BuildError
 
 __all__ = ["KINDS", "BuildError", "BuiltImage", "build_image"]
 
-BUILDER_VERSION = "2"
+BUILDER_VERSION = "3"
 KINDS = ("initramfs", "qcow2")
 GUEST_PACKAGES = [
     "busybox-static", "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib",

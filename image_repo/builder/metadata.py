@@ -43,7 +43,7 @@ def builder_metadata(*, name: str, kind: str, files: dict[str, Path], cmdline: s
          "size": path.stat().st_size}
         for role, path in files.items()
     ]
-    boot: dict[str, Any] = {"kernel": files["kernel"].name, "command_line": cmdline}
+    boot: dict[str, Any] = {"kernel": files["kernel"].name, "cmdline": cmdline}
     if "initrd" in files:
         boot["initrd"] = files["initrd"].name
     doc = {
@@ -65,13 +65,13 @@ def builder_metadata(*, name: str, kind: str, files: dict[str, Path], cmdline: s
             "content": content,
             "architecture": "x86_64",
             "hypervisor_type": "qemu",
-            "virtual_hardware": {"vcpus": 1, "ram_mib": memory_mib, "disk_gib": disk_gib},
-            "minimal_hardware": {"vcpus": 1, "ram_mib": min_memory_mib},
+            "virtual_hardware": {"vcpus": 1, "memory_mib": memory_mib, "disk_gib": disk_gib},
+            "minimal_hardware": {"vcpus": 1, "memory_mib": min_memory_mib},
             "boot": boot,
         },
         "semantic": {
             "execution_type": "job",
-            "user_interaction": False,
+            "user_interaction": "none",
             "user_interface": "none",
             "os": {"distro": "debian", "version": "12", "family": "linux"},
             "software": [

@@ -58,7 +58,7 @@ def test_initramfs_image_contents_and_metadata(built_images):
     assert {r["role"] for r in meta["origin"]["content"]} == {"kernel", "initrd"}
     assert meta["origin"]["content_type"] == "kernel+initramfs"
     assert meta["origin"]["boot"]["initrd"] == "initrd.img"
-    assert "console=ttyS0" in meta["origin"]["boot"]["command_line"]
+    assert "console=ttyS0" in meta["origin"]["boot"]["cmdline"]
     assert meta["semantic"]["os"] == {"distro": "debian", "version": "12", "family": "linux"}
     python = next(a for a in meta["idb"]["applications"] if a["name"] == "python3")
     assert python["version"].startswith("3.11.")
