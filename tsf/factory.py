@@ -10,6 +10,7 @@ hand the job to the runner.  Blocking repository calls run in threads.
 from __future__ import annotations
 
 import logging
+import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +118,19 @@ class TargetSystemFactory(service.Service):
         if job.job_id not in self._running:  # never started: nothing else will settle it
             job.settle()
         return job
+
+    def delete(self, job_id: str, caller: Caller) -> defer.Deferred:
+        """Abort the job if it runs, then forget it and remove its files from site storage."""
+        job = self.job(job_id, caller)
+        self.abort(job_id, caller)
+
+        def forget(_result=None):
+            self.jobs.pop(job.job_id, None)
+            self._callers.pop(job.job_id, None)
+            shutil.rmtree(job.storage, ignore_errors=True)
+            return job
+
+        return self.wait(job_id, caller).addCallback(forget)
 
     def wait(self, job_id: str, caller: Caller) -> defer.Deferred:
         """Fires with the job once it is SUCCESSFUL or FAILED."""
