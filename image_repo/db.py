@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Engine, MetaData, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 #: modules whose import registers tables on Base (target_system adds its own here)
-MODEL_MODULES: list[str] = ["image_repo.models"]
+MODEL_MODULES: list[str] = ["image_repo.models", "target_system.models"]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 

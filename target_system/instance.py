@@ -142,6 +142,7 @@ class TargetSystem:
     _idle_timer: Any = None
     _lease_timer: Any = None
     _started: defer.Deferred | None = None
+    detached: bool = False  #: let go of (server stopping), the VM keeps running
 
     def __post_init__(self) -> None:
         if self.lifecycle is None:
@@ -177,7 +178,7 @@ class TargetSystem:
                  f" ({transition.reason}: {transition.message})" if transition.reason else "")
         for listener in list(self.listeners):
             listener(self, transition)
-        if transition.state is S.FAILED:
+        if transition.state is S.FAILED and not self.detached:
             # A deadline or a health check failed the instance: take everything down.
             self.reactor.callLater(0, lambda: defer.ensureDeferred(self._teardown()))
         if transition.state is S.READY:
@@ -255,6 +256,72 @@ class TargetSystem:
         if self.health.lease:
             self._lease_timer = self.reactor.callLater(self.health.lease, self._lease_expired)
 
+    # -- after a server restart -------------------------------------------------------------
+    @classmethod
+    def restore(cls, row: Mapping[str, Any], image: ImageToBoot, vm: Instance | None,
+                **kwargs) -> TargetSystem:
+        """A target system as saved by ``target_system.store``, around the VM that vmm
+        adopted (``vm`` None: the domain is gone)."""
+        target = cls(instance_id=row["id"], owner=row["owner"], image=image,
+                     vcpus=row["vcpus"], memory_mib=row["memory_mib"], **kwargs)
+        target.vm = vm
+        target.instance_cert_pem = (row["instance_cert"] or "").encode() or None
+        target.lifecycle.restore(S[row["state"]], row["history"], row["reason"],
+                                 row["message"] or "")
+        return target
+
+    def reconnect(self) -> defer.Deferred:
+        """Take a READY/BUSY instance back: reconnect its TSI link on the same ports.
+
+        Fires with the target system once it answers; otherwise it ends FAILED
+        (``GUEST_CRASHED`` when its domain vanished while the server was down,
+        ``TSI_UNREACHABLE`` when the agent does not answer, ``SERVER_RESTARTED`` when it
+        was still being set up) and its VM is removed.
+        """
+        return defer.Deferred.fromCoroutine(self._reconnect())
+
+    async def _reconnect(self) -> TargetSystem:
+        if self.state not in (S.READY, S.BUSY):
+            self.lifecycle.fail("SERVER_RESTARTED", f"the server restarted while the instance "
+                                                    f"was {self.state.name}")
+        elif self.vm is None:
+            self.lifecycle.fail("GUEST_CRASHED", "the VM vanished while the server was down")
+        elif not self.instance_cert_pem:
+            self.lifecycle.fail("SERVER_RESTARTED", "no certificate saved for the TSI link")
+        if self.lifecycle.terminal:
+            await self._teardown()
+            return self
+        assert self.vm is not None and self.instance_cert_pem is not None
+        tls = self.credentials.client_tls(self.instance_cert_pem)
+        self.tsi = TSIClient(self.reactor, "127.0.0.1", self.vm.host_port, tls=tls,
+                             callback_port=self.vm.callback_port or 0,
+                             user=self.settings.user, groups="NONE", connect_timeout=10.0,
+                             request_timeout=120.0)
+        self.vmm.hypervisor.add_listener(self._on_domain_event)
+        deadline = self.reactor.seconds() + self.deadlines.connecting
+        try:
+            self.tsi.start()
+            while True:
+                try:
+                    await self.tsi.ping().addTimeout(self.health.ping_timeout, self.reactor)
+                    break
+                except Exception as err:
+                    if self.reactor.seconds() >= deadline or self.lifecycle.terminal:
+                        raise InstanceFailed("TSI_UNREACHABLE", f"no answer from the agent "
+                                             f"after the restart: {err}") from err
+                    await task.deferLater(self.reactor, 0.5, lambda: None)
+        except Exception as err:
+            self.lifecycle.fail(getattr(err, "reason", "TSI_UNREACHABLE"), str(err))
+            await self._teardown()
+            return self
+        log.info("instance %s reconnected after the restart", self.instance_id)
+        self._health_loop = task.LoopingCall(self._check_health)
+        self._health_loop.clock = self.reactor
+        self._health_loop.start(self.health.interval, now=False)
+        if self.state is S.READY:
+            self._arm_idle()
+        return self
+
     # -- health ----------------------------------------------------------------------------
     def _on_domain_event(self, event: DomainEvent) -> None:
         if self.vm is None or event.domain != self.vm.domain:
@@ -327,6 +394,19 @@ class TargetSystem:
         await self._teardown()
         if self.state is S.DRAINING:
             self.lifecycle.advance(S.TERMINATED, why)
+
+    def detach(self) -> defer.Deferred:
+        """Let go of the instance without ending it (the server stops; the VM and its jobs
+        keep running and are re-adopted at the next start)."""
+        self.detached = True
+        if self._health_loop is not None and self._health_loop.running:
+            self._health_loop.stop()
+        self._cancel(self._idle_timer)
+        self._cancel(self._lease_timer)
+        self.lifecycle.cancel()
+        self.vmm.hypervisor.remove_listener(self._on_domain_event)
+        client, self.tsi = self.tsi, None
+        return client.close() if client is not None else defer.succeed(None)
 
     async def _teardown(self) -> None:
         for loop in (self._health_loop,):

@@ -88,6 +88,20 @@ class Job:
             f" ({transition.reason}: {transition.message})" if transition.reason
             else f": {transition.message}" if transition.message else ""))
 
+    @classmethod
+    def restore(cls, row: Mapping[str, Any], reactor) -> Job:
+        """A job as saved by ``target_system.store`` (after a server restart)."""
+        from target_system.jobdesc import parse_job
+
+        job = cls(owner=row["owner"], description=parse_job(row["description"]),
+                  reactor=reactor, storage=Path(row["storage"]), job_id=row["id"],
+                  submitted=row["submitted"], instance_id=row["instance_id"],
+                  image=row["image"], bssid=row["bssid"], workdir=row["workdir"],
+                  exit_code=row["exit_code"], ended_by=row["ended_by"], log=list(row["log"]),
+                  rejections=list(row["rejections"]))
+        job.lifecycle.restore(J[row["state"]], row["history"], row["reason"], row["message"])
+        return job
+
     def settle(self) -> None:
         """Fire :attr:`finished`: the job is terminal and nothing works on it any more
         (its files are in site storage, its target system released)."""
@@ -180,34 +194,48 @@ class JobRunner:
         target.listeners.append(instance_changed)
         try:
             target.claim(job.job_id)
-            await self._stage_in(job, target)
-            if not job.state.terminal:
-                await self._execute(job, target)
-        except InstanceFailed as err:
-            job.fail(err.reason, str(err))
-        except TSIConnectionLost as err:
-            job.fail("TSI_LOST", str(err))
-        except TSIError as err:
-            job.fail(err.reason or "TSI_ERROR", str(err))
-        except JobDescriptionError as err:
-            job.fail("BAD_REQUEST", str(err))
-        except Exception as err:  # never leave a job in a live state
-            log.exception("job %s", job.job_id)
-            job.fail("TSI_ERROR", f"{type(err).__name__}: {err}")
+            # Each step starts from wherever the job is: a job resumed after a restart
+            # picks up where it was.
+            if job.state in (J.READY, J.STAGINGIN):
+                await self._stage_in(job, target)
+            if job.state in (J.STAGINGIN, J.QUEUED) and not job.bssid:
+                await self._submit(job, target)
+            if job.state in (J.QUEUED, J.RUNNING) and job.bssid:
+                await self._monitor(job, target)
+        except Exception as err:
+            if target.detached:  # the server is stopping: the job goes on in the VM
+                return job
+            if isinstance(err, InstanceFailed):
+                job.fail(err.reason, str(err))
+            elif isinstance(err, TSIConnectionLost):
+                job.fail("TSI_LOST", str(err))
+            elif isinstance(err, TSIError):
+                job.fail(err.reason or "TSI_ERROR", str(err))
+            elif isinstance(err, JobDescriptionError):
+                job.fail("BAD_REQUEST", str(err))
+            else:  # never leave a job in a live state
+                log.exception("job %s", job.job_id)
+                job.fail("TSI_ERROR", f"{type(err).__name__}: {err}")
         finally:
-            if target.usable and job.workdir and job.state in (J.STAGINGOUT, J.FAILED):
-                await self._stage_out(job, target)
-            target.listeners.remove(instance_changed)
-            target.release(job.job_id)
-            if job.state is J.STAGINGOUT:
-                self._finish(job)
-            job.settle()
+            if not target.detached:
+                await self._wind_up(job, target, instance_changed)
         return job
+
+    async def _wind_up(self, job: Job, target: TargetSystem, listener) -> None:
+        """Keep the job's files, free its slot, settle its final state."""
+        if target.usable and job.workdir and job.state in (J.STAGINGOUT, J.FAILED):
+            await self._stage_out(job, target)
+        target.listeners.remove(listener)
+        target.release(job.job_id)
+        if job.state is J.STAGINGOUT:
+            self._finish(job)
+        job.settle()
 
     async def _stage_in(self, job: Job, target: TargetSystem) -> None:
         tsi = target.tsi
         assert tsi is not None
-        job.lifecycle.advance(J.STAGINGIN)
+        if job.state is J.READY:
+            job.lifecycle.advance(J.STAGINGIN)
         job.workdir = posixpath.join(target.settings.workdir_root, job.job_id)
         try:
             await tsi.execute_script(f"mkdir -p {shlex.quote(job.workdir)}")
@@ -224,12 +252,13 @@ class JobRunner:
         staged = len(job.description.imports) + len(job.inputs)
         job.note(f"staged {staged} file(s) into {job.workdir}")
 
-    async def _execute(self, job: Job, target: TargetSystem) -> None:
+    async def _submit(self, job: Job, target: TargetSystem) -> None:
         tsi = target.tsi
         assert tsi is not None and job.workdir
         desc = job.description
         script = job_script(desc, job.workdir, target.image.metadata)
-        job.lifecycle.advance(J.QUEUED)
+        if job.state is J.STAGINGIN:
+            job.lifecycle.advance(J.QUEUED)
         job.bssid = await tsi.submit(
             script, uspace_dir=job.workdir, stdout=desc.stdout, stderr=desc.stderr,
             job_name=desc.name if desc.name != "N/A" else "UNICORE_Job",
@@ -238,13 +267,20 @@ class JobRunner:
         job.note(f"submitted as {job.bssid}")
         if job.state.terminal:  # aborted while submitting
             await self._abort_in_guest(job, target)
-            return
-        job.lifecycle.advance(J.RUNNING)
-        while not job.state.terminal:
+
+    async def _monitor(self, job: Job, target: TargetSystem) -> None:
+        tsi = target.tsi
+        assert tsi is not None and job.bssid
+        tsi.track(job.bssid)
+        if job.state is J.QUEUED:
+            job.lifecycle.advance(J.RUNNING)
+        while not job.state.terminal and not target.detached:
             listing = await tsi.get_status_listing()
             if job.bssid not in listing:
                 break
             await task.deferLater(self.reactor, self.poll_interval, lambda: None)
+        if target.detached:
+            return
         if job.state.terminal:  # runtime exceeded, aborted, or the instance failed
             await self._abort_in_guest(job, target)
             return

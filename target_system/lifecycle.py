@@ -183,14 +183,29 @@ class Lifecycle:
             listener(transition)
         return transition
 
-    def _arm(self) -> None:
+    def restore(self, state: enum.Enum, history: list, reason: str | None = None,
+                message: str = "") -> None:
+        """Take up a state saved earlier (after a restart); the deadline of that state
+        counts from when it was first entered, not from now."""
+        self.state = state
+        self.history = [(name, float(at)) for name, at in history] or [
+            (state.name, self.clock.seconds())]
+        self.entered = {}
+        for name, at in self.history:
+            self.entered.setdefault(name, at)
+        self.reason, self.message = reason, message
+        self._arm(since=self.history[-1][1])
+
+    def _arm(self, since: float | None = None) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
         seconds = self.deadlines.get(self.state)
         if seconds is not None and not self.terminal:
             state = self.state
-            self._timer = self.clock.callLater(seconds, self._expired, state, seconds)
+            elapsed = 0.0 if since is None else max(0.0, self.clock.seconds() - since)
+            self._timer = self.clock.callLater(max(0.0, seconds - elapsed), self._expired,
+                                               state, seconds)
 
     def _expired(self, state: enum.Enum, seconds: float) -> None:
         self._timer = None

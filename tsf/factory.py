@@ -33,6 +33,7 @@ from target_system.instance import (
 from target_system.jobdesc import JobDescription, JobDescriptionError, parse_job
 from target_system.jobs import Job, JobRunner
 from target_system.lifecycle import InstanceState
+from target_system.store import StateStore
 from vmm.manager import VirtualMachineManager
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,8 @@ class TargetSystemFactory(service.Service):
     def __init__(self, repository: ImageRepository, vmm: VirtualMachineManager,
                  credentials: SiteCredentials, storage_root: Path, reactor, *,
                  quotas: Quotas | None = None, deadlines: Deadlines | None = None,
-                 health: HealthPolicy | None = None, runner: JobRunner | None = None):
+                 health: HealthPolicy | None = None, runner: JobRunner | None = None,
+                 store: StateStore | None = None):
         self.repository = repository
         self.vmm = vmm
         self.credentials = credentials
@@ -73,6 +75,7 @@ class TargetSystemFactory(service.Service):
         self.deadlines = deadlines or Deadlines()
         self.health = health or HealthPolicy()
         self.runner = runner or JobRunner(reactor)
+        self.store = store
         self.jobs: dict[str, Job] = {}
         self.instances: dict[str, TargetSystem] = {}
         self._callers: dict[str, Caller] = {}
@@ -91,6 +94,7 @@ class TargetSystemFactory(service.Service):
         job.storage = self.storage_root / "jobs" / job.job_id
         self.jobs[job.job_id] = job
         self._callers[job.job_id] = caller
+        self._persist_job(job, caller)
         job.note("created")
         if start if start is not None else not job_desc.client_stage_in:
             self.start(job.job_id, caller)
@@ -181,12 +185,7 @@ class TargetSystemFactory(service.Service):
             return None
         best = result.best
 
-        def load() -> ImageToBoot:
-            record = self.repository.get(best.id, caller)
-            paths = self.repository.content_paths(best.id, caller)
-            return ImageToBoot(record.id, record.name, record.metadata.to_dict(), paths)
-
-        image = await threads.deferToThread(load)
+        image = await threads.deferToThread(self._load_image, best.id, caller)
         job.note(f"matched image {best.ref}")
         return image
 
@@ -223,6 +222,7 @@ class TargetSystemFactory(service.Service):
             credentials=self.credentials, reactor=self.reactor, vcpus=vcpus, memory_mib=memory,
             deadlines=self.deadlines, health=self.health)
         self.instances[target.instance_id] = target
+        self._persist_instance(target)
         self._reserve(target, job)
         job.note(f"booting instance {target.instance_id} ({vcpus} vCPU, {memory} MiB)")
         return target
@@ -237,6 +237,102 @@ class TargetSystemFactory(service.Service):
 
     def _waiting(self, target: TargetSystem) -> int:
         return len(self._reserved.get(target.instance_id, ()))
+
+    # -- persistence and restarts ---------------------------------------------------------
+    def _persist_job(self, job: Job, caller: Caller) -> None:
+        if self.store is None:
+            return
+        store = self.store
+        job.lifecycle.listeners.append(lambda _t: store.save_job(job, caller))
+        store.save_job(job, caller)
+
+    def _persist_instance(self, target: TargetSystem) -> None:
+        if self.store is None:
+            return
+        store = self.store
+        target.listeners.append(lambda t, _transition: store.save_instance(t))
+        store.save_instance(target)
+
+    def recover(self, adopted) -> defer.Deferred:
+        """Take back what an earlier run left: instances from the store around the domains
+        vmm adopted (``vmm.start()``'s result), and their jobs, which go on where they were.
+        Domains of this site that no live instance owns are destroyed."""
+        return defer.Deferred.fromCoroutine(self._recover(adopted))
+
+    async def _recover(self, adopted) -> dict[str, int]:
+        assert self.store is not None
+        alive = {a.instance.instance_id: a.instance for a in adopted
+                 if a.instance is not None and a.state.alive}
+        admin = Caller.of("gridvm", admin=True)
+        counts = {"instances": 0, "reconnected": 0, "jobs": 0, "resumed": 0}
+        for row in await self.store.load_instances(live_only=True):
+            try:
+                image = await threads.deferToThread(self._load_image, row["image_id"], admin)
+            except RepositoryError as err:
+                log.warning("instance %s: its image is gone: %s", row["id"], err)
+                image = ImageToBoot(row["image_id"], row["image_name"], {}, {})
+            target = TargetSystem.restore(
+                row, image, alive.pop(row["id"], None), vmm=self.vmm,
+                credentials=self.credentials, reactor=self.reactor, deadlines=self.deadlines,
+                health=self.health)
+            self.instances[target.instance_id] = target
+            self._persist_instance(target)
+            await target.reconnect()
+            counts["instances"] += 1
+            counts["reconnected"] += target.usable
+        for instance in alive.values():  # ours by prefix and metadata, but unknown
+            log.warning("destroying orphaned domain %s", instance.domain)
+            await self.vmm.destroy(instance.instance_id)
+        for row in await self.store.load_jobs(live_only=True):
+            caller = Caller.of(row["caller"]["user"], row["caller"]["groups"],
+                               row["caller"]["vos"], row["caller"]["admin"])
+            job = Job.restore(row, self.reactor)
+            self.jobs[job.job_id] = job
+            self._callers[job.job_id] = caller
+            self._persist_job(job, caller)
+            counts["jobs"] += 1
+            target = self.instances.get(job.instance_id or "")
+            if target is not None and target.usable:
+                job.note("resumed after a server restart")
+                running = self.runner.run(job, target)
+                self._running[job.job_id] = running
+                running.addBoth(lambda result, j=job: (self._running.pop(j.job_id, None),
+                                                       result)[1])
+                counts["resumed"] += 1
+            elif target is not None:
+                job.fail(target.lifecycle.reason or "SERVER_RESTARTED",
+                         f"its target system failed: {target.lifecycle.message}")
+                job.settle()
+            elif job.state.name == "READY" and job.description.client_stage_in:
+                job.note("waiting for the start (inputs uploaded before the restart are lost)")
+            else:
+                job.note("restarted after a server restart")
+                self.start(job.job_id, caller)
+        for target in self.instances.values():
+            if target.state is InstanceState.BUSY and not target.jobs:
+                target.lifecycle.advance(InstanceState.READY)
+        log.info("recovered %(instances)d instances (%(reconnected)d reconnected) and "
+                 "%(jobs)d jobs (%(resumed)d resumed)", counts)
+        return counts
+
+    def _load_image(self, image_id: str, caller: Caller) -> ImageToBoot:
+        record = self.repository.get(image_id, caller)
+        paths = self.repository.content_paths(image_id, caller)
+        return ImageToBoot(record.id, record.name, record.metadata.to_dict(), paths)
+
+    def detach(self) -> defer.Deferred:
+        """Stop tracking everything without ending it: VMs and their jobs keep running and
+        are taken back by :meth:`recover` at the next start."""
+        return defer.Deferred.fromCoroutine(self._detach())
+
+    async def _detach(self) -> None:
+        for target in self._live():
+            await target.detach()
+        for job in self.jobs.values():
+            job.lifecycle.cancel()
+        if self.store is not None:
+            await self.store.flush()
+            self.store.close()
 
     def instance(self, instance_id: str, caller: Caller) -> TargetSystem:
         target = self.instances.get(instance_id)

@@ -90,3 +90,16 @@ def test_job_runtime_deadline_is_runtime_exceeded():
         job.advance(state)
     clock.advance(5)
     assert job.state is JobState.FAILED and job.reason == "RUNTIME_EXCEEDED"
+
+
+def test_restore_keeps_history_and_counts_the_deadline_from_the_first_entry():
+    clock = Clock()
+    clock.advance(1000)
+    job = job_lifecycle(clock, {JobState.RUNNING: 60})
+    job.restore(JobState.RUNNING, [["READY", 900], ["STAGINGIN", 910], ["QUEUED", 950],
+                                   ["RUNNING", 960]])
+    assert job.state is JobState.RUNNING and job.entered["STAGINGIN"] == 910
+    clock.advance(19)
+    assert job.state is JobState.RUNNING
+    clock.advance(1)  # 60 s after 960
+    assert job.state is JobState.FAILED and job.reason == "RUNTIME_EXCEEDED"
