@@ -200,23 +200,37 @@ class TargetSystemFactory(service.Service):
                       hardware.get("memory_mib") or DEFAULT_MEMORY_MIB)
         return vcpus, memory
 
+    def _load(self, target: TargetSystem) -> int:
+        return len(target.jobs) + self._waiting(target)
+
     def _target_for(self, job: Job, caller: Caller, image: ImageToBoot) -> TargetSystem:
+        """An instance for the job: one with a free slot, else a new one within the quotas,
+        else the least loaded suitable one (jobs share it), else QUOTA_EXCEEDED."""
         vcpus, memory = self._size(job, image)
-        for target in self._live():
-            if (target.owner == caller.user and target.image.image_id == image.image_id
-                    and target.state is not InstanceState.DRAINING
-                    and target.vcpus >= vcpus and target.memory_mib >= memory
-                    and len(target.jobs) + self._waiting(target) < target.vcpus):
-                job.note(f"reusing instance {target.instance_id}")
-                self._reserve(target, job)
-                return target
+        suitable = sorted(
+            (t for t in self._live()
+             if t.owner == caller.user and t.image.image_id == image.image_id
+             and t.state is not InstanceState.DRAINING
+             and t.vcpus >= vcpus and t.memory_mib >= memory),
+            key=self._load)
+        if suitable and self._load(suitable[0]) < suitable[0].vcpus:
+            job.note(f"reusing instance {suitable[0].instance_id}")
+            self._reserve(suitable[0], job)
+            return suitable[0]
         mine = [t for t in self._live() if t.owner == caller.user]
+        full = None
         if len(mine) >= self.quotas.per_user:
-            raise InstanceFailed("QUOTA_EXCEEDED", f"you have {len(mine)} instances, the "
-                                 f"limit per user is {self.quotas.per_user}")
-        if len(self._live()) >= self.quotas.total:
-            raise InstanceFailed("QUOTA_EXCEEDED", f"the site runs {len(self._live())} "
-                                 f"instances, its limit is {self.quotas.total}")
+            full = (f"you have {len(mine)} instances, the limit per user is "
+                    f"{self.quotas.per_user}")
+        elif len(self._live()) >= self.quotas.total:
+            full = (f"the site runs {len(self._live())} instances, its limit is "
+                    f"{self.quotas.total}")
+        if full and suitable:
+            job.note(f"sharing instance {suitable[0].instance_id} ({full})")
+            self._reserve(suitable[0], job)
+            return suitable[0]
+        if full:
+            raise InstanceFailed("QUOTA_EXCEEDED", full)
         target = TargetSystem(
             instance_id=uuid.uuid4().hex[:12], owner=caller.user, image=image, vmm=self.vmm,
             credentials=self.credentials, reactor=self.reactor, vcpus=vcpus, memory_mib=memory,

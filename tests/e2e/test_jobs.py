@@ -149,6 +149,13 @@ async def test_quota_exceeded(vmm, site):
         "Image": "gridvm-debian12-qcow2"}}, ALICE)
     await finished(limited, second)
     assert second.state is JobState.FAILED and second.lifecycle.reason == "QUOTA_EXCEEDED"
+    assert "limit per user is 1" in second.status_message
+    # The same image: rather than fail, the job shares the busy instance.
+    shared = limited.submit({"Executable": "echo", "Arguments": ["shared"],
+                             "Resources": INITRAMFS}, ALICE)
+    await finished(limited, shared)
+    assert shared.state is JobState.SUCCESSFUL and shared.instance_id == first.instance_id
+    assert first.state is JobState.RUNNING
     limited.abort(first.job_id, ALICE)
     await finished(limited, first)
     for target in limited.instances.values():

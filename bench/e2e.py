@@ -1,0 +1,157 @@
+"""End-to-end benchmark through the Python API: requirements → job RUNNING → SUCCESSFUL.
+
+    .venv/bin/python bench/e2e.py [--runs 5] [--jobs 20]
+
+- cold: each job needs a new instance (boot included); reused: an idle instance is there;
+  median of --runs each, with the bare QEMU boot of bench/boot.py measured in the same run
+  and the ratio cold-RUNNING / bare boot;
+- sustained small-job throughput on one instance (2 vCPUs, so two job slots);
+- per-phase times (instance and job).
+The last line printed is one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from twisted.internet import defer, task
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from boot import bare_qemu_boot  # the same baseline as bench/boot.py
+
+from image_repo.access import Caller
+from image_repo.builder import build_image
+from image_repo.db import make_engine, sqlite_url
+from image_repo.repository import ImageRepository
+from target_system.images import built_image_boot_spec
+from target_system.instance import HealthPolicy, SiteCredentials
+from tsf.factory import Quotas, TargetSystemFactory
+from vmm.hypervisor import Hypervisor
+from vmm.manager import VirtualMachineManager
+
+ROOT = Path("/var/tmp/gridvm-bench")
+USER = Caller.of("bench", groups=["users"])
+JOB = {"Executable": "true", "Resources": {"OperatingSystem": "debian", "CPUs": 1}}
+
+
+def median(values):
+    return round(statistics.median(values), 3)
+
+
+async def one_job(factory, description) -> tuple[float, float, object]:
+    """Seconds from submit to RUNNING and to SUCCESSFUL."""
+    started = time.monotonic()
+    marks = {}
+    job = factory.submit(description, USER)
+    job.lifecycle.listeners.append(
+        lambda t: marks.setdefault(t.state.name, time.monotonic()))
+    await factory.wait(job.job_id, USER)
+    if job.state.name != "SUCCESSFUL":
+        raise RuntimeError(f"job failed: {job.status_message}")
+    return marks["RUNNING"] - started, marks["SUCCESSFUL"] - started, job
+
+
+async def main(reactor, args) -> None:
+    ROOT.mkdir(mode=0o755, exist_ok=True)
+    built = build_image("initramfs", output_root=ROOT / "images")
+    work = Path(tempfile.mkdtemp(dir=ROOT))
+    work.chmod(0o755)
+    repository = ImageRepository(make_engine(sqlite_url(work / "catalogue.sqlite")),
+                                 work / "store")
+    files = {r["file"]: built.directory / r["file"] for r in built.metadata["origin"]["content"]}
+    repository.register(built.metadata, files, Caller.of("creator", groups=["images"]))
+    vmm = VirtualMachineManager(Hypervisor(args.uri, reactor), work / "vmm", reactor=reactor,
+                                prefix="gridvm-bench-e2e-")
+    await vmm.start()
+    factory = TargetSystemFactory(repository, vmm, SiteCredentials.load_or_create(work / "ca"),
+                                  work / "storage", reactor, quotas=Quotas(4, 8),
+                                  health=HealthPolicy(idle_timeout=None))
+    factory.runner.poll_interval = args.poll
+    results: dict = {"runs": args.runs, "poll_interval_s": args.poll}
+    try:
+        cold_running, cold_done, bare, instance_phases, job_phases = [], [], [], [], []
+        for run in range(args.runs):
+            to_running, to_done, job = await one_job(factory, JOB)
+            cold_running.append(to_running)
+            cold_done.append(to_done)
+            target = factory.instances[job.instance_id]
+            instance_phases.append(target.lifecycle.phase_seconds())
+            job_phases.append(job.lifecycle.phase_seconds())
+            await target.terminate("next run is cold")
+            bare_s, _rss = await bare_qemu_boot(reactor, built_image_boot_spec(built), work)
+            bare.append(bare_s)
+            print(f"cold run {run + 1}: RUNNING after {to_running:.2f} s, SUCCESSFUL after "
+                  f"{to_done:.2f} s; bare QEMU boot {bare_s:.2f} s", flush=True)
+
+        warm_running, warm_done = [], []
+        await one_job(factory, JOB)  # an instance to reuse
+        for run in range(args.runs):
+            to_running, to_done, job = await one_job(factory, JOB)
+            warm_running.append(to_running)
+            warm_done.append(to_done)
+            print(f"reused run {run + 1}: RUNNING after {to_running:.2f} s, SUCCESSFUL after "
+                  f"{to_done:.2f} s", flush=True)
+
+        for target in list(factory.instances.values()):
+            await target.terminate("throughput next")
+        factory.quotas = Quotas(1, 8)  # one instance: jobs beyond its 2 slots share it
+        two_slots = {"Executable": "true", "Resources": {"OperatingSystem": "debian",
+                                                         "CPUs": 2}}
+        await one_job(factory, two_slots)  # boot the 2-vCPU instance first
+        started = time.monotonic()
+        jobs = [factory.submit(two_slots, USER) for _ in range(args.jobs)]
+        await defer.gatherResults([factory.wait(j.job_id, USER) for j in jobs])
+        elapsed = time.monotonic() - started
+        ok = sum(j.state.name == "SUCCESSFUL" for j in jobs)
+        instances = {j.instance_id for j in jobs}
+
+        results["cold"] = {"to_running_median_s": median(cold_running),
+                           "to_successful_median_s": median(cold_done),
+                           "bare_qemu_boot_median_s": median(bare),
+                           "ratio_running_over_bare_boot": round(
+                               statistics.median(cold_running) / statistics.median(bare), 3)}
+        results["reused"] = {"to_running_median_s": median(warm_running),
+                             "to_successful_median_s": median(warm_done)}
+        results["throughput"] = {"jobs": args.jobs, "successful": ok,
+                                 "instances": len(instances), "seconds": round(elapsed, 2),
+                                 "jobs_per_s": round(args.jobs / elapsed, 2)}
+        results["instance_phases_median_s"] = {
+            k: median([p.get(k, 0) for p in instance_phases])
+            for k in ("REQUESTED", "STAGING", "BOOTING", "CONNECTING")}
+        results["job_phases_median_s"] = {
+            k: median([p.get(k, 0) for p in job_phases])
+            for k in ("READY", "STAGINGIN", "QUEUED", "RUNNING", "STAGINGOUT")}
+        print(f"cold: RUNNING {results['cold']['to_running_median_s']} s, SUCCESSFUL "
+              f"{results['cold']['to_successful_median_s']} s; bare boot "
+              f"{results['cold']['bare_qemu_boot_median_s']} s; ratio "
+              f"{results['cold']['ratio_running_over_bare_boot']}")
+        print(f"reused: RUNNING {results['reused']['to_running_median_s']} s, SUCCESSFUL "
+              f"{results['reused']['to_successful_median_s']} s")
+        print(f"throughput: {ok}/{args.jobs} jobs in {elapsed:.1f} s on {len(instances)} "
+              f"instance(s): {args.jobs / elapsed:.2f} jobs/s")
+    finally:
+        for target in list(factory.instances.values()):
+            await target.terminate("bench over")
+        await vmm.hypervisor.close()
+        repository.close()
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps({"bench": "e2e", **results}))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--jobs", type=int, default=20)
+    parser.add_argument("--poll", type=float, default=0.5, help="status poll interval, s")
+    parser.add_argument("--uri", default="qemu:///system")
+    arguments = parser.parse_args()
+    task.react(lambda reactor: defer.Deferred.fromCoroutine(main(reactor, arguments)))
