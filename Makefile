@@ -26,8 +26,12 @@ unit: setup
 lint:
 	$(PY) -m ruff check .
 
+## Benchmarks: each prints ratios against a baseline measured in the same run, then one JSON line.
 bench: setup
 	$(PY) bench/boot.py
+	$(PY) bench/tsi.py
+	$(PY) bench/match.py
+	$(PY) bench/e2e.py
 
 clean:
 	rm -rf var build *.egg-info
