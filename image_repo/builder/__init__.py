@@ -122,9 +122,15 @@ def build_image(kind: str = "initramfs", *, output_root: Path | None = None,
     shutil.rmtree(work, ignore_errors=True)
     try:
         _assemble(kind, work, packages, debs, agent_package, name)
-        if directory.exists():
+        if force and directory.exists():
             shutil.rmtree(directory)
-        (work / "out").rename(directory)  # atomic: a half-built image never has this name
+        try:
+            (work / "out").rename(directory)  # atomic: a half-built image never has this name
+        except OSError:
+            if not (directory / "metadata.json").exists():
+                raise
+            # Another process built the same inputs meanwhile: its result is as good.
+            return BuiltImage(kind, key, directory, cached=True, files=files)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return BuiltImage(kind, key, directory, cached=False, seconds=time.monotonic() - started,
