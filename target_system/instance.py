@@ -130,6 +130,9 @@ class TargetSystem:
     deadlines: Deadlines = field(default_factory=Deadlines)
     health: HealthPolicy = field(default_factory=HealthPolicy)
     labels: dict[str, str] = field(default_factory=dict)
+    #: extra files for the contextualization medium, e.g. site start-up hooks ``init.d/NAME``
+    #: (run as root in the guest before the agent starts)
+    extra_context: dict[str, bytes] = field(default_factory=dict)
     lifecycle: Lifecycle = None  # type: ignore[assignment]
     tsi: TSIClient | None = None
     vm: Instance | None = None
@@ -227,7 +230,7 @@ class TargetSystem:
             boot=boot_spec(self.image.metadata, self.image.paths), image=self.image.image_id,
             instance_id=self.instance_id, vcpus=self.vcpus, memory_mib=self.memory_mib,
             guest_port=self.settings.port, callback_port=callback_port, host_port=host_port,
-            context_files=files,
+            context_files={**self.extra_context, **files},
             labels={"owner": self.owner, "image_name": self.image.name, **self.labels},
             staging_timeout=self.deadlines.staging,
             boot_timeout=self.deadlines.staging + self.deadlines.booting,

@@ -25,7 +25,7 @@ from twisted.internet import defer, task
 from target_system.instance import InstanceFailed, TargetSystem
 from target_system.jobdesc import JobDescription, JobDescriptionError
 from target_system.lifecycle import JobState, Lifecycle, Transition, job_lifecycle
-from tsi_bridge.errors import TSIConnectionLost, TSIError
+from tsi_bridge.errors import TSIConnectionLost, TSIError, TSIUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -171,13 +171,36 @@ def job_script(job: JobDescription, workdir: str, metadata: Mapping[str, Any]) -
     return "\n".join(lines) + "\n"
 
 
+#: TSI failures that may pass (the agent restarting): idempotent calls are retried while the
+#: instance stays usable; its health check decides when the instance is lost.
+TRANSIENT = (TSIConnectionLost, TSIUnreachable)
+
+
 class JobRunner:
     """Runs jobs on target systems and keeps their outputs in site storage."""
 
-    def __init__(self, reactor, poll_interval: float = 1.0, exit_code_grace: float = 30.0):
+    def __init__(self, reactor, poll_interval: float = 1.0, exit_code_grace: float = 30.0,
+                 transient_limit: float = 120.0):
         self.reactor = reactor
         self.poll_interval = poll_interval
         self.exit_code_grace = exit_code_grace
+        self.transient_limit = transient_limit
+
+    async def _retrying(self, job: Job, target: TargetSystem, what: str, call):
+        """``await call()``, retried on transient TSI failures (for idempotent calls)."""
+        started = self.reactor.seconds()
+        noted = False
+        while True:
+            try:
+                return await call()
+            except TRANSIENT as err:
+                if (not target.usable or target.detached
+                        or self.reactor.seconds() - started >= self.transient_limit):
+                    raise
+                if not noted:
+                    job.note(f"{what}: the TSI is not answering ({err}); retrying")
+                    noted = True
+                await task.deferLater(self.reactor, 1.0, lambda: None)
 
     def run(self, job: Job, target: TargetSystem) -> defer.Deferred:
         """Fires with the job once it is SUCCESSFUL or FAILED (never errbacks)."""
@@ -237,13 +260,18 @@ class JobRunner:
         if job.state is J.READY:
             job.lifecycle.advance(J.STAGINGIN)
         job.workdir = posixpath.join(target.settings.workdir_root, job.job_id)
-        try:
-            await tsi.execute_script(f"mkdir -p {shlex.quote(job.workdir)}")
+        workdir = job.workdir
+
+        async def stage() -> None:
+            await tsi.execute_script(f"mkdir -p {shlex.quote(workdir)}")
             for item in job.description.imports:
-                await tsi.write_file(posixpath.join(job.workdir, item.to), item.data,
+                await tsi.write_file(posixpath.join(workdir, item.to), item.data,
                                      mode=item.mode or 0o644)
             for name, data in job.inputs.items():
-                await tsi.write_file(posixpath.join(job.workdir, name), data)
+                await tsi.write_file(posixpath.join(workdir, name), data)
+
+        try:
+            await self._retrying(job, target, "staging in", stage)
         except TSIError as err:
             if isinstance(err, TSIConnectionLost):
                 raise
@@ -275,7 +303,8 @@ class JobRunner:
         if job.state is J.QUEUED:
             job.lifecycle.advance(J.RUNNING)
         while not job.state.terminal and not target.detached:
-            listing = await tsi.get_status_listing()
+            listing = await self._retrying(job, target, "status",
+                                           lambda: target.tsi.get_status_listing())
             if job.bssid not in listing:
                 break
             await task.deferLater(self.reactor, self.poll_interval, lambda: None)
@@ -295,25 +324,31 @@ class JobRunner:
             log.info("abort of %s: %s", job.bssid, err)  # finished meanwhile: fine
 
     async def _stage_out(self, job: Job, target: TargetSystem) -> None:
-        tsi = target.tsi
-        assert tsi is not None and job.workdir
-        try:
+        assert job.workdir
+        workdir = job.workdir
+
+        async def copy_back() -> int:
+            tsi = target.tsi
+            assert tsi is not None
             if job.state is J.STAGINGOUT:
-                job.exit_code = await tsi.exit_code(job.workdir, grace=self.exit_code_grace)
+                job.exit_code = await tsi.exit_code(workdir, grace=self.exit_code_grace)
                 if job.exit_code and job.bssid:
                     job.ended_by = await self._ended_by(tsi, job.bssid)
             job.storage.mkdir(parents=True, exist_ok=True)
             copied = 0
-            for entry in await tsi.ls(job.workdir, "R"):
-                if entry.is_dir or not entry.path.startswith(job.workdir + "/"):
+            for entry in await tsi.ls(workdir, "R"):
+                if entry.is_dir or not entry.path.startswith(workdir + "/"):
                     continue
-                relative = entry.path[len(job.workdir) + 1:]
-                local = (job.storage / relative).resolve()
+                local = (job.storage / entry.path[len(workdir) + 1:]).resolve()
                 if not local.is_relative_to(job.storage.resolve()):
                     continue
                 local.parent.mkdir(parents=True, exist_ok=True)
                 await tsi.download(entry.path, str(local))
                 copied += 1
+            return copied
+
+        try:
+            copied = await self._retrying(job, target, "staging out", copy_back)
             job.note(f"copied {copied} file(s) to site storage")
         except TSIError as err:
             if job.state is J.STAGINGOUT:

@@ -65,7 +65,8 @@ class TargetSystemFactory(service.Service):
                  credentials: SiteCredentials, storage_root: Path, reactor, *,
                  quotas: Quotas | None = None, deadlines: Deadlines | None = None,
                  health: HealthPolicy | None = None, runner: JobRunner | None = None,
-                 store: StateStore | None = None):
+                 store: StateStore | None = None,
+                 context_hooks: dict[str, bytes] | None = None):
         self.repository = repository
         self.vmm = vmm
         self.credentials = credentials
@@ -76,6 +77,8 @@ class TargetSystemFactory(service.Service):
         self.health = health or HealthPolicy()
         self.runner = runner or JobRunner(reactor)
         self.store = store
+        #: site start-up hooks put on every instance's medium as init.d/<name>
+        self.context_hooks = dict(context_hooks or {})
         self.jobs: dict[str, Job] = {}
         self.instances: dict[str, TargetSystem] = {}
         self._callers: dict[str, Caller] = {}
@@ -234,7 +237,9 @@ class TargetSystemFactory(service.Service):
         target = TargetSystem(
             instance_id=uuid.uuid4().hex[:12], owner=caller.user, image=image, vmm=self.vmm,
             credentials=self.credentials, reactor=self.reactor, vcpus=vcpus, memory_mib=memory,
-            deadlines=self.deadlines, health=self.health)
+            deadlines=self.deadlines, health=self.health,
+            extra_context={f"init.d/{name}": script
+                           for name, script in self.context_hooks.items()})
         self.instances[target.instance_id] = target
         self._persist_instance(target)
         self._reserve(target, job)

@@ -9,7 +9,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
 
-from target_system.instance import Deadlines
+from target_system.instance import Deadlines, HealthPolicy
 from target_system.jobdesc import JobDescriptionError
 from target_system.lifecycle import InstanceState, JobState
 from tests.e2e.conftest import ALICE, BOB, make_factory
@@ -203,20 +203,63 @@ async def test_guest_destroyed_mid_job_fails_job_and_instance(site):
     assert not factory.vmm.instance_dir(target.instance_id).exists()
 
 
+#: A root hook in the guest: a job (running as an unprivileged user) asks for the agent to
+#: be killed by creating a file; "break" also stops busybox init from respawning it.
+AGENT_KILLER = b"""
+(
+while true; do
+    if [ -e /tmp/kill-agent ] || [ -e /tmp/break-agent ]; then
+        if [ -e /tmp/break-agent ]; then
+            printf '#!/bin/sh\nexec sleep 100000\n' > /etc/gridvm/agent.new
+            chmod 755 /etc/gridvm/agent.new && mv /etc/gridvm/agent.new /etc/gridvm/agent
+        fi
+        for p in /proc/[0-9]*; do
+            if grep -q tsi_bridge.agent "$p/cmdline" 2>/dev/null; then
+                kill -9 "${p#/proc/}" && echo "${p#/proc/}" >> /tmp/agent-killed
+            fi
+        done
+        rm -f /tmp/kill-agent /tmp/break-agent
+    fi
+    sleep 0.2
+done
+) </dev/null >/dev/null 2>&1 &
+"""
+
+
 @pytest_twisted.ensureDeferred
-async def test_agent_killed_in_the_guest_is_respawned_and_the_job_finishes(site):
-    factory, _repo, _root = site
-    job = factory.submit({"Executable": "sh", "Arguments": ["-c", "sleep 6; echo survived"],
-                          "Resources": INITRAMFS}, ALICE)
-    await wait_state(job, {JobState.RUNNING})
-    target = factory.instance(job.instance_id, ALICE)
-    # Kill every agent process; busybox init starts a new one, which adopts the job.
-    await target.tsi.execute_script(
-        "for p in /proc/[0-9]*; do grep -q tsi_bridge.agent $p/cmdline 2>/dev/null && "
-        "kill -9 ${p#/proc/}; done; true").addErrback(lambda _f: None)
-    await finished(factory, job)
+async def test_agent_killed_in_the_guest_is_respawned_and_the_job_finishes(vmm, site):
+    factory, repository, root = site
+    hooked = make_factory(vmm, root, repository, factory.credentials,
+                          context_hooks={"50-agent-killer": AGENT_KILLER})
+    job = hooked.submit({"Executable": "sh", "Arguments": [
+        "-c", "touch /tmp/kill-agent; sleep 6; echo survived"], "Resources": INITRAMFS}, ALICE)
+    await finished(hooked, job)
     assert job.state is JobState.SUCCESSFUL, job.log
     assert (job.storage / "stdout").read_text() == "survived\n"
+    target = hooked.instance(job.instance_id, ALICE)
+    killed = await target.tsi.execute_script("cat /tmp/agent-killed")
+    assert killed.split(), "the agent was never killed"  # the test really killed it
+    await target.terminate("test over")
+
+
+@pytest_twisted.ensureDeferred
+async def test_agent_gone_for_good_is_tsi_lost(vmm, site):
+    factory, repository, root = site
+    hooked = make_factory(vmm, root, repository, factory.credentials,
+                          context_hooks={"50-agent-killer": AGENT_KILLER},
+                          health=HealthPolicy(interval=1, missed_budget=3, ping_timeout=2,
+                                              idle_timeout=None))
+    job = hooked.submit({"Executable": "sh", "Arguments": [
+        "-c", "touch /tmp/break-agent; sleep 120"], "Resources": INITRAMFS}, ALICE)
+    await finished(hooked, job)
+    assert job.state is JobState.FAILED and job.lifecycle.reason == "TSI_LOST", job.log
+    target = hooked.instance(job.instance_id, ALICE)
+    assert target.state is InstanceState.FAILED and target.lifecycle.reason == "TSI_LOST"
+    for _ in range(50):
+        if await vmm.state(target.instance_id) == DomainState.GONE:
+            break
+        await task.deferLater(reactor, 0.1, lambda: None)
+    assert await vmm.state(target.instance_id) == DomainState.GONE
 
 
 @pytest_twisted.ensureDeferred
