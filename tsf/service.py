@@ -15,7 +15,9 @@ import os
 from pathlib import Path
 
 from twisted.application import service
-from twisted.internet import defer, ssl
+from twisted.internet import defer
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from zope.interface import implementer
 
 from image_repo.repository import ImageRepository
 from target_system.instance import Deadlines, HealthPolicy, SiteCredentials
@@ -63,6 +65,31 @@ def self_signed_certificate(cert_path: Path, key_path: Path, hosts=("localhost",
                                        serialization.PrivateFormat.PKCS8,
                                        serialization.NoEncryption()))
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ServerTLS:
+    """The HTTPS context: the server certificate (chain) and key, TLS 1.2 or newer."""
+
+    def __init__(self, cert_pem: bytes, key_pem: bytes):
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+        from OpenSSL import SSL
+
+        context = SSL.Context(SSL.TLS_METHOD)
+        context.set_min_proto_version(SSL.TLS1_2_VERSION)
+        chain = x509.load_pem_x509_certificates(cert_pem)
+        context.use_certificate(chain[0])
+        for extra in chain[1:]:
+            context.add_extra_chain_cert(extra)
+        context.use_privatekey(serialization.load_pem_private_key(key_pem, None))
+        context.check_privatekey()
+        self._context = context
+
+    def serverConnectionForTLS(self, tls_protocol):
+        from OpenSSL import SSL
+
+        return SSL.Connection(self._context, None)
 
 
 class ListeningService(service.Service):
@@ -181,8 +208,7 @@ class SiteService(service.MultiService):
             if not (cert_path.exists() and key_path.exists()):
                 self_signed_certificate(cert_path, key_path)
                 log.info("generated a self-signed HTTPS certificate: %s", cert_path)
-        pem = cert_path.read_bytes() + b"\n" + key_path.read_bytes()
-        return ssl.PrivateCertificate.loadPEM(pem).options()
+        return ServerTLS(cert_path.read_bytes(), key_path.read_bytes())
 
     def stopService(self):
         return defer.Deferred.fromCoroutine(self._stop())
@@ -192,7 +218,12 @@ class SiteService(service.MultiService):
             return
         live = len(self.factory._live()) if self.factory else 0
         log.info("shutting down: closing the REST ports, terminating %d instance(s)", live)
-        await super().stopService()
+        service.Service.stopService(self)
+        # One after the other (MultiService would stop them all at once): the factory
+        # needs the hypervisor connection to terminate its instances.
+        for child in reversed(list(self)):
+            await defer.maybeDeferred(child.stopService)
+            log.info("stopped %s", child.name)
         if self.repository is not None:
             self.repository.close()
         log.info("shut down cleanly")

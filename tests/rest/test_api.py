@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 
 import pytest_twisted
 
 from tests.rest.conftest import HIDDEN, PUBLIC
+from tsf.rest.http import OCTET
 
 NO_BOOT = {"Executable": "/bin/true", "haveClientStageIn": "true",
            "Resources": {"Image": PUBLIC}}
@@ -227,3 +229,23 @@ def _alice():
     from image_repo.access import Caller
 
     return Caller.of("alice", ["users"], ["demo"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_site_storage_copy_refuses_symlinks_out_of_the_job_directory(rest_site):
+    site, http = rest_site
+    job = await submit(http, {"Executable": "true", "Resources": {"Image": HIDDEN}})
+    job_id = job.rsplit("/", 1)[1]
+    await site.factory.wait(job_id, _alice())  # FAILED: files now come from site storage
+    storage = site.factory.jobs[job_id].storage
+    storage.mkdir(parents=True)
+    (storage / "stdout").write_text("kept\n")
+    (storage / "escape").symlink_to("/etc")
+    wd = job.replace("/jobs/", "/storages/") + "-uspace"
+    octet = {"Accept": "application/octet-stream"}
+    assert (await http("GET", f"{wd}/files/stdout", headers=octet)).content == b"kept\n"
+    assert "outside" in error_of(await http("GET", f"{wd}/files/escape/passwd",
+                                            headers=octet), 400)
+    assert "outside" in error_of(await http("PUT", f"{wd}/files/escape/planted", content=b"x",
+                                            headers={"Content-Type": OCTET}), 400)
+    assert not Path("/etc/planted").exists()
