@@ -101,6 +101,9 @@ async def test_http_application_and_container_jobs_reuse_the_instance(rest_site)
                                  "Arguments": ["-c", "print(6 * 7)"]})
         assert wait(python) == "SUCCESSFUL"
         assert python.working_dir.stat("stdout").read() == b"42\n"
+        python.restart()  # UNICORE's restart: the finished job runs again, same id
+        assert wait(python) == "SUCCESSFUL"
+        assert any("restarted" in line for line in fresh(python)["log"])
         container = client.new_job({"ApplicationName": "CONTAINER",
                                     "Parameters": {"IMAGE_URL": PUBLIC,
                                                    "COMMAND": "echo in the container"}})
