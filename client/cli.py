@@ -7,10 +7,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from client.commands import demo, image
+from client.commands import demo, image, serve
 from client.errors import EXIT_INTERRUPTED, EXIT_USAGE, CliError
 
-COMMAND_GROUPS = (image, demo)
+COMMAND_GROUPS = (image, demo, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -126,6 +126,20 @@ class TargetSystemFactory(service.Service):
             job.settle()
         return job
 
+    def restart(self, job_id: str, caller: Caller) -> Job:
+        """Run a finished job again under the same id (UNICORE's restart action); its old
+        log is kept and its site storage is overwritten by the new run."""
+        old = self.job(job_id, caller)
+        if not old.state.terminal or old.job_id in self._running:
+            return old
+        job = Job(owner=old.owner, description=old.description, reactor=self.reactor,
+                  storage=old.storage, job_id=old.job_id, submitted=old.submitted,
+                  inputs=dict(old.inputs), log=[*old.log])
+        self.jobs[job.job_id] = job
+        self._callers.setdefault(job.job_id, caller)
+        job.note("restarted")
+        return self.start(job.job_id, caller)
+
     def delete(self, job_id: str, caller: Caller) -> defer.Deferred:
         """Abort the job if it runs, then forget it and remove its files from site storage."""
         job = self.job(job_id, caller)

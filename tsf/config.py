@@ -1,0 +1,206 @@
+"""The site's configuration: a TOML file, every key optional, unknown keys are errors.
+
+Example (every value shown is the default; ``state_dir`` defaults to ``$GRIDVM_HOME/site``)::
+
+    [site]
+    name = "GRIDVM"                   # URL prefix: /<name>/rest/core
+    state_dir = "/var/lib/gridvm/site" # database, image store, storage, CA, keys, users
+    database = ""                     # SQLAlchemy URL; "" = SQLite <state_dir>/gridvm.sqlite
+    image_store = ""                  # "" = <state_dir>/images
+    storage = ""                      # job files kept after the VM; "" = <state_dir>/storage
+    users_file = ""                   # "" = <state_dir>/users.json
+    libvirt_uri = "qemu:///system"
+    domain_prefix = "gridvm-"
+
+    [http]
+    host = "127.0.0.1"
+    port = 8080                       # 0 = pick a free port, -1 = no plain HTTP
+    [https]
+    host = "127.0.0.1"
+    port = 8443                       # 0 = pick a free port, -1 = no HTTPS
+    certificate = ""                  # PEM; "" = self-signed, made on first start
+    key = ""
+
+    [quotas]
+    per_user = 4                      # live instances per user
+    total = 8                         # live instances on the site
+
+    [limits]
+    max_json_kib = 1024               # a JSON request body
+    max_upload_mib = 256              # one uploaded (or downloaded) file
+    max_cpus = 4                      # published sizing resources
+    max_memory_mib = 8192
+    max_runtime_s = 86400
+    token_lifetime_s = 43200          # default lifetime of issued tokens
+
+    [deadlines]                       # seconds per instance phase
+    staging = 600
+    booting = 180
+    connecting = 60
+
+    [health]
+    interval = 15                     # seconds between TSI pings
+    missed_budget = 3
+    idle_timeout = 600                # seconds an idle instance lives; 0 = forever
+    lease = 0                         # seconds an instance lives at most; 0 = no limit
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the key."""
+
+    reason = "BAD_REQUEST"
+
+
+@dataclass
+class SiteSection:
+    name: str = "GRIDVM"
+    state_dir: str = ""
+    database: str = ""
+    image_store: str = ""
+    storage: str = ""
+    users_file: str = ""
+    libvirt_uri: str = "qemu:///system"
+    domain_prefix: str = "gridvm-"
+
+
+@dataclass
+class HttpSection:
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+@dataclass
+class HttpsSection:
+    host: str = "127.0.0.1"
+    port: int = 8443
+    certificate: str = ""
+    key: str = ""
+
+
+@dataclass
+class QuotasSection:
+    per_user: int = 4
+    total: int = 8
+
+
+@dataclass
+class LimitsSection:
+    max_json_kib: int = 1024
+    max_upload_mib: int = 256
+    max_cpus: int = 4
+    max_memory_mib: int = 8192
+    max_runtime_s: int = 86400
+    token_lifetime_s: int = 43200
+
+
+@dataclass
+class DeadlinesSection:
+    staging: float = 600.0
+    booting: float = 180.0
+    connecting: float = 60.0
+
+
+@dataclass
+class HealthSection:
+    interval: float = 15.0
+    missed_budget: int = 3
+    idle_timeout: float = 600.0
+    lease: float = 0.0
+
+
+@dataclass
+class SiteConfig:
+    site: SiteSection = field(default_factory=SiteSection)
+    http: HttpSection = field(default_factory=HttpSection)
+    https: HttpsSection = field(default_factory=HttpsSection)
+    quotas: QuotasSection = field(default_factory=QuotasSection)
+    limits: LimitsSection = field(default_factory=LimitsSection)
+    deadlines: DeadlinesSection = field(default_factory=DeadlinesSection)
+    health: HealthSection = field(default_factory=HealthSection)
+
+    # -- derived paths ---------------------------------------------------------------------
+    @property
+    def state_dir(self) -> Path:
+        if self.site.state_dir:
+            return Path(self.site.state_dir)
+        from client.config import gridvm_home
+
+        return gridvm_home() / "site"
+
+    def _path(self, value: str, default: str) -> Path:
+        return Path(value) if value else self.state_dir / default
+
+    @property
+    def database_url(self) -> str:
+        if self.site.database:
+            return self.site.database
+        return f"sqlite:///{self.state_dir / 'gridvm.sqlite'}"
+
+    @property
+    def image_store(self) -> Path:
+        return self._path(self.site.image_store, "images")
+
+    @property
+    def storage(self) -> Path:
+        return self._path(self.site.storage, "storage")
+
+    @property
+    def users_file(self) -> Path:
+        return self._path(self.site.users_file, "users.json")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: dict(vars(getattr(self, f.name))) for f in fields(self)}
+
+
+def _section(cls, name: str, values: Any):
+    if not isinstance(values, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    known = {f.name: f for f in fields(cls)}
+    section = cls()
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"unknown key {name}.{key}; known: {', '.join(sorted(known))}")
+        default = getattr(section, key)
+        kind = type(default)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not kind:
+            raise ConfigError(f"{name}.{key} must be a {kind.__name__}, got {value!r}")
+        if kind in (int, float) and value < 0 and not (key == "port" and value == -1):
+            raise ConfigError(f"{name}.{key} must not be negative")
+        setattr(section, key, value)
+    return section
+
+
+def config_from_dict(doc: dict[str, Any]) -> SiteConfig:
+    sections = {f.name: f for f in fields(SiteConfig)}
+    config = SiteConfig()
+    for name, values in doc.items():
+        if name not in sections:
+            raise ConfigError(f"unknown section [{name}]; known: {', '.join(sections)}")
+        setattr(config, name, _section(type(getattr(config, name)), name, values))
+    if not config.site.name.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f"site.name must be letters, digits, - and _: {config.site.name!r}")
+    return config
+
+
+def load_config(path: str | Path | None) -> SiteConfig:
+    """The configuration in ``path`` (None: all defaults); raises ConfigError."""
+    if path is None:
+        return SiteConfig()
+    try:
+        with open(path, "rb") as handle:
+            doc = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"no configuration file {path}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    return config_from_dict(doc)

@@ -1,0 +1,209 @@
+"""The REST application: one leaf resource under ``/<SITE>/rest/core`` and a small router.
+
+Each resource family (``base``, ``sites``, ``jobs``, ``storages``, ``gridvm``) contributes
+routes: a method, a path pattern (``{name}`` matches one segment, ``{path*}`` the rest) and
+an async handler ``handler(call, **params) -> Response``.  The leaf authenticates the caller,
+dispatches, and turns every :class:`RestError` (and anything unexpected) into UNICORE's JSON
+error body.  Every ``href`` and ``Location`` is absolute, built from the request's Host.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, unquote
+
+from twisted.internet import defer
+from twisted.python import failure
+from twisted.web import resource, server
+
+from tsf.rest.auth import Authenticator, Principal
+from tsf.rest.http import OCTET, Response, RestError, bad_request, json_object
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[..., Awaitable[Response]]
+_HOST = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    pattern: tuple[str, ...]
+    handler: Handler
+
+    def match(self, segments: list[str]) -> dict[str, Any] | None:
+        params: dict[str, Any] = {}
+        for i, part in enumerate(self.pattern):
+            if part.endswith("*}"):
+                params[part[1:-2]] = segments[i:]
+                return params
+            if i >= len(segments):
+                return None
+            if part.startswith("{"):
+                params[part[1:-1]] = segments[i]
+            elif part != segments[i]:
+                return None
+        return params if len(segments) == len(self.pattern) else None
+
+
+@dataclass
+class Limits:
+    max_json: int = 1 << 20  #: bytes of a JSON request body
+    max_upload: int = 256 << 20  #: bytes of one uploaded file
+    max_page: int = 1000  #: largest ``num`` of a listing
+
+
+@dataclass
+class Call:
+    """One request as the handlers see it."""
+
+    request: server.Request
+    principal: Principal
+    app: RestApp
+    base: str  #: absolute URL of BASE (…/<SITE>/rest/core)
+
+    @property
+    def caller(self):
+        return self.principal.caller
+
+    @property
+    def args(self) -> dict[bytes, list[bytes]]:
+        return self.request.args or {}
+
+    def url(self, *parts: str) -> str:
+        return "/".join([self.base, *(quote(p, safe="/-_.~") for p in parts)])
+
+    def header(self, name: str) -> str | None:
+        value = self.request.getHeader(name)
+        return value if value is None else str(value)
+
+    def wants_bytes(self) -> bool:
+        """Accept decides JSON vs bytes (pyunicore sends Content-Type json on every GET)."""
+        accept = (self.header("accept") or "").lower()
+        return OCTET in accept or ("json" not in accept and "*/*" not in accept and
+                                   accept != "")
+
+    def body(self, limit: int | None = None) -> bytes:
+        limit = self.app.limits.max_upload if limit is None else limit
+        if getattr(self.request, "too_large", False) or (
+                getattr(self.request, "received", 0) > limit):
+            raise bad_request(f"request body exceeds the limit of {limit} bytes")
+        content = self.request.content
+        if content is None:
+            return b""
+        content.seek(0)
+        data = content.read(limit + 1)
+        if len(data) > limit:
+            raise bad_request(f"request body exceeds the limit of {limit} bytes")
+        return data
+
+    def json(self, what: str = "request body") -> dict[str, Any]:
+        limit = self.app.limits.max_json
+        return json_object(self.body(limit), limit, what)
+
+
+@dataclass
+class RestApp:
+    """Routes, the authenticator, and the site's shared objects handed to handlers."""
+
+    site_name: str
+    authenticator: Authenticator
+    context: dict[str, Any] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
+    routes: list[Route] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+
+    def add(self, method: str, path: str, handler: Handler) -> None:
+        pattern = tuple(p for p in path.strip("/").split("/") if p)
+        self.routes.append(Route(method, pattern, handler))
+
+    def resolve(self, method: str, segments: list[str]) -> tuple[Handler, dict[str, Any]]:
+        allowed = set()
+        for route in self.routes:
+            params = route.match(segments)
+            if params is None:
+                continue
+            if route.method == method or (method == "HEAD" and route.method == "GET"):
+                return route.handler, params
+            allowed.add(route.method)
+        if allowed:
+            raise RestError(405, f"{method} is not supported here; use "
+                                 f"{', '.join(sorted(allowed))}", "BAD_REQUEST",
+                            {"Allow": ", ".join(sorted(allowed))})
+        raise RestError(404, f"no such resource: /{'/'.join(segments)}", "NOT_FOUND")
+
+    async def handle(self, request: server.Request, base: str) -> Response:
+        principal = await self.authenticator.authenticate(request.getHeader(b"authorization"))
+        segments = [unquote(s.decode("utf-8", "replace")) for s in request.postpath]
+        if segments and segments[-1] == "" and len(segments) > 0:
+            segments = segments[:-1]  # ".../files/" is ".../files": no redirects
+        method = request.method.decode("ascii", "replace").upper()
+        handler, params = self.resolve(method, segments)
+        return await handler(Call(request, principal, self, base), **params)
+
+
+class CoreResource(resource.Resource):
+    """The leaf that serves every path below BASE."""
+
+    isLeaf = True
+
+    def __init__(self, app: RestApp, prefix: str):
+        super().__init__()
+        self.app, self.prefix = app, prefix
+
+    def base_url(self, request: server.Request) -> str:
+        scheme = "https" if request.isSecure() else "http"
+        host = (request.getHeader("host") or "").strip()
+        if not _HOST.match(host):
+            address = request.getHost()
+            host = f"{address.host}:{address.port}"
+        return f"{scheme}://{host}{self.prefix}"
+
+    def render(self, request: server.Request):
+        started = time.perf_counter()
+        gone = []
+        request.notifyFinish().addErrback(lambda _f: gone.append(True))
+        d = defer.Deferred.fromCoroutine(self.app.handle(request, self.base_url(request)))
+        d.addErrback(self._error, request)
+        d.addCallback(self._write, request, gone, started)
+        d.addErrback(lambda f: log.error("writing a response failed: %s", f.getTraceback()))
+        return server.NOT_DONE_YET
+
+    @staticmethod
+    def _error(reason: failure.Failure, request: server.Request) -> Response:
+        err = reason.value
+        if not isinstance(err, RestError):
+            log.error("%s %s failed:\n%s", request.method.decode(), request.uri.decode(
+                "utf-8", "replace"), reason.getTraceback())
+            err = RestError(500, f"internal error: {type(err).__name__}: {err}",
+                            "HYPERVISOR_ERROR")
+        response = Response(err.status, json=err.body(), headers=dict(err.headers))
+        return response
+
+    @staticmethod
+    def _write(response: Response, request: server.Request, gone: list, started: float) -> None:
+        if gone:
+            return
+        body, content_type = response.encode()
+        request.setResponseCode(response.status)
+        for name, value in response.headers.items():
+            request.setHeader(name, value)
+        if content_type:
+            request.setHeader("content-type", content_type)
+        if response.status in (204, 304):
+            body = b""
+        elif request.method != b"HEAD":
+            request.setHeader("content-length", str(len(body)))
+        if request.method == b"HEAD":
+            body = b""
+        if body:
+            request.write(body)
+        request.finish()
+        log.debug("%s %s -> %d (%.1f ms)", request.method.decode(),
+                  request.uri.decode("utf-8", "replace"), response.status,
+                  (time.perf_counter() - started) * 1000)

@@ -1,0 +1,114 @@
+"""gridvm's own read-only resources: the caller's VM instances and the image catalogue.
+
+``GET instances[/{id}]``: state, reason, health and phase timings (owners see their own,
+administrators all).  ``GET images[/{ref}]``: the images the caller may use.
+``POST images/match``: which images would run a job (a UNICORE job description, or
+``{"requirements": {...}}`` in image_repo's form), and why each other visible image would not.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import threads
+
+from image_repo.errors import ImageNotFound, RepositoryError
+from target_system.jobdesc import JobDescriptionError, parse_job
+from tsf.factory import NotFound
+from tsf.rest.app import Call, RestApp
+from tsf.rest.http import Response, bad_request, int_param, link, not_found
+from tsf.rest.sites import paging_links
+
+
+def _instance_doc(call: Call, target) -> dict:
+    doc = target.describe()
+    doc["_links"] = {"self": link(call.url("instances", target.instance_id)),
+                     "jobs": link(call.url("jobs"), "your jobs")}
+    doc["jobLinks"] = [call.url("jobs", j) for j in sorted(target.jobs)]
+    return doc
+
+
+async def list_instances(call: Call) -> Response:
+    targets = call.app.context["factory"].list_instances(call.caller)
+    targets.sort(key=lambda t: (t.lifecycle.entered.get("REQUESTED", 0), t.instance_id))
+    offset = int_param(call.args, "offset", 0)
+    num = int_param(call.args, "num", 200, 1, call.app.limits.max_page)
+    page = targets[offset: offset + num]
+    return Response(json={
+        "instances": [call.url("instances", t.instance_id) for t in page],
+        "details": [_instance_doc(call, t) for t in page],
+        "_links": paging_links(call, "instances", offset, num, len(targets))})
+
+
+async def get_instance(call: Call, instance_id: str) -> Response:
+    try:
+        target = call.app.context["factory"].instance(instance_id, call.caller)
+    except NotFound:
+        raise not_found(f"no instance {instance_id}") from None
+    return Response(json=_instance_doc(call, target))
+
+
+def _summary(call: Call, record) -> dict:
+    meta = record.metadata.to_dict()
+    semantic = meta.get("semantic") or {}
+    return {
+        "id": record.id, "name": record.name, "version": record.version, "ref": record.ref,
+        "status": record.status, "owner": record.owner, "group": record.group,
+        "title": meta.get("general", {}).get("title"),
+        "os": semantic.get("os"), "architecture": meta.get("origin", {}).get("architecture"),
+        "applications": [f"{a['name']}---v{a.get('version', '0')}"
+                         for a in (meta.get("idb") or {}).get("applications", [])],
+        "_links": {"self": link(call.url("images", record.id))},
+    }
+
+
+async def list_images(call: Call) -> Response:
+    caller = call.caller
+    repository = call.app.context["factory"].repository
+    records = await threads.deferToThread(repository.list, caller)
+    offset = int_param(call.args, "offset", 0)
+    num = int_param(call.args, "num", 200, 1, call.app.limits.max_page)
+    page = records[offset: offset + num]
+    return Response(json={"images": [_summary(call, r) for r in page],
+                          "_links": paging_links(call, "images", offset, num, len(records))})
+
+
+async def get_image(call: Call, ref: str) -> Response:
+    caller = call.caller
+    repository = call.app.context["factory"].repository
+    try:
+        record = await threads.deferToThread(repository.get, ref, caller)
+    except ImageNotFound:
+        raise not_found(f"no image {ref!r} is visible to you") from None
+    except RepositoryError as err:
+        raise bad_request(str(err)) from None
+    return Response(json={**_summary(call, record), "metadata": record.to_dict()})
+
+
+async def match_images(call: Call) -> Response:
+    caller = call.caller
+    doc = call.json("match request")
+    if set(doc) == {"requirements"}:
+        requirements = doc["requirements"]
+    else:
+        try:
+            requirements = parse_job(doc).requirements
+        except JobDescriptionError as err:
+            raise bad_request(f"invalid job description: {err}") from None
+    repository = call.app.context["factory"].repository
+
+    def match():
+        result = repository.match(requirements, caller)
+        return result.to_dict() | {"summary": result.summary()}
+
+    try:
+        answer = await threads.deferToThread(match)
+    except RepositoryError as err:
+        raise bad_request(str(err)) from None
+    return Response(json=answer)
+
+
+def install(app: RestApp) -> None:
+    app.add("GET", "instances", list_instances)
+    app.add("GET", "instances/{instance_id}", get_instance)
+    app.add("GET", "images", list_images)
+    app.add("POST", "images/match", match_images)
+    app.add("GET", "images/{ref}", get_image)

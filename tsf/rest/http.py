@@ -1,0 +1,161 @@
+"""JSON and error helpers of the REST site: responses, UNICORE error bodies, bounded bodies.
+
+Every error a client sees is ``{"errorMessage": ..., "status": N, "reason": CODE}`` (UNICORE's
+``createErrorResponse`` plus gridvm's reason code from architecture.md).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from twisted.web import server
+
+JSON = "application/json"
+OCTET = "application/octet-stream"
+TEXT = "text/plain; charset=utf-8"
+
+
+class RestError(Exception):
+    """An HTTP error with a message for the client and a reason code."""
+
+    def __init__(self, status: int, message: str, reason: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.reason = reason or _DEFAULT_REASONS.get(status)
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"errorMessage": self.message, "status": self.status}
+        if self.reason:
+            doc["reason"] = self.reason
+        return doc
+
+
+_DEFAULT_REASONS = {400: "BAD_REQUEST", 401: "NOT_AUTHORIZED", 403: "NOT_AUTHORIZED",
+                    404: "NOT_FOUND", 405: "BAD_REQUEST", 406: "BAD_REQUEST",
+                    413: "BAD_REQUEST", 416: "BAD_REQUEST"}
+
+
+def bad_request(message: str) -> RestError:
+    return RestError(400, message, "BAD_REQUEST")
+
+
+def not_found(message: str) -> RestError:
+    return RestError(404, message, "NOT_FOUND")
+
+
+@dataclass
+class Response:
+    """What a handler returns: a JSON document, raw bytes or nothing."""
+
+    status: int = 200
+    json: Any = None
+    data: bytes | None = None
+    content_type: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def created(cls, location: str) -> Response:
+        return cls(201, headers={"Location": location})
+
+    @classmethod
+    def no_content(cls) -> Response:
+        return cls(204)
+
+    def encode(self) -> tuple[bytes, str | None]:
+        if self.json is not None:
+            return json.dumps(self.json, indent=1).encode() + b"\n", JSON
+        if self.data is not None:
+            return self.data, self.content_type or OCTET
+        return b"", None
+
+
+def iso(stamp: float | None) -> str | None:
+    """UNICORE's time format: ISO 8601 with an offset, second precision."""
+    if stamp is None:
+        return None
+    return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%dT%H:%M:%S+0000")
+
+
+def link(href: str, description: str = "") -> dict[str, str]:
+    return {"href": href, "description": description}
+
+
+def parse_json(raw: bytes, limit: int) -> Any:
+    """A JSON request body; 400 with the reason when it is too big or not JSON."""
+    if len(raw) > limit:
+        raise bad_request(f"request body is {len(raw)} bytes; the limit for JSON is {limit}")
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise bad_request(f"request body is not UTF-8: {err.reason} at byte {err.start}"
+                          ) from None
+    except json.JSONDecodeError as err:
+        raise bad_request(f"malformed JSON: {err.msg} at line {err.lineno} column {err.colno}"
+                          ) from None
+
+
+def json_object(raw: bytes, limit: int, what: str = "request body") -> dict[str, Any]:
+    doc = parse_json(raw, limit)
+    if not isinstance(doc, dict):
+        raise bad_request(f"{what} must be a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def check_keys(doc: dict[str, Any], allowed: set[str], where: str = "") -> None:
+    unknown = sorted(set(doc) - allowed)
+    if unknown:
+        raise bad_request(f"unknown key {where}{unknown[0]!r}; allowed: "
+                          f"{', '.join(sorted(allowed))}")
+
+
+def int_param(args: dict[bytes, list[bytes]], name: str, default: int, minimum: int = 0,
+              maximum: int | None = None) -> int:
+    values = args.get(name.encode())
+    if not values:
+        return default
+    text = values[-1].decode("utf-8", "replace")
+    if not re.fullmatch(r"\d{1,9}", text):
+        raise bad_request(f"query parameter {name} must be a whole number, got {text!r}")
+    value = int(text)
+    if value < minimum or (maximum is not None and value > maximum):
+        raise bad_request(f"query parameter {name} must be between {minimum} and {maximum}")
+    return value
+
+
+def str_param(args: dict[bytes, list[bytes]], name: str) -> str | None:
+    values = args.get(name.encode())
+    return values[-1].decode("utf-8", "replace") if values else None
+
+
+class BoundedRequest(server.Request):
+    """A request that stops keeping its body beyond ``max_body`` bytes (chunked or not).
+
+    The handler then sees ``too_large`` and answers 400 instead of the server buffering an
+    unbounded upload on disk.
+    """
+
+    max_body = 1 << 30
+    received = 0
+    too_large = False
+
+    def gotLength(self, length):
+        if length is not None and length > self.max_body:
+            self.too_large = True
+            length = 0
+        super().gotLength(length)
+
+    def handleContentChunk(self, data):
+        self.received += len(data)
+        if self.received > self.max_body:
+            self.too_large = True
+        if not self.too_large:
+            super().handleContentChunk(data)
