@@ -267,9 +267,14 @@ class ContainerFilter(ImageFilter):
 
     requirement = "container_image_url"
 
+    @staticmethod
+    def _names(image) -> tuple:
+        """IMAGE_URL may name the image itself: its name, name:version or id."""
+        return (image.source_url, image.name, image.ref, image.id)
+
     def reasons(self, image, req):
         url = req.container_image_url
-        if image.source_url == url or "container" in image.apps:
+        if url in self._names(image) or "container" in image.apps:
             return []
         if image.source_url is None and not image.apps:
             return []
@@ -278,7 +283,7 @@ class ContainerFilter(ImageFilter):
                        f"image is not {url} and does not provide the CONTAINER application")]
 
     def stated(self, image, req):
-        return image.source_url == req.container_image_url or "container" in image.apps
+        return req.container_image_url in self._names(image) or "container" in image.apps
 
 
 FILTERS: tuple[ImageFilter, ...] = (

@@ -11,6 +11,8 @@ Example (every value shown is the default; ``state_dir`` defaults to ``$GRIDVM_H
     users_file = ""                   # "" = <state_dir>/users.json
     libvirt_uri = "qemu:///system"
     domain_prefix = "gridvm-"
+    keep_instances = true             # on shutdown, leave VMs and their jobs running: the
+                                      # next start re-adopts them (false: terminate them)
 
     [http]
     host = "127.0.0.1"
@@ -69,6 +71,7 @@ class SiteSection:
     users_file: str = ""
     libvirt_uri: str = "qemu:///system"
     domain_prefix: str = "gridvm-"
+    keep_instances: bool = True
 
 
 @dataclass

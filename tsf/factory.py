@@ -77,6 +77,7 @@ class TargetSystemFactory(service.Service):
         self.health = health or HealthPolicy()
         self.runner = runner or JobRunner(reactor)
         self.store = store
+        self.keep_on_stop = False  #: stopService detaches instead of terminating
         #: site start-up hooks put on every instance's medium as init.d/<name>
         self.context_hooks = dict(context_hooks or {})
         self.jobs: dict[str, Job] = {}
@@ -377,5 +378,9 @@ class TargetSystemFactory(service.Service):
         return [t for t in self.instances.values() if caller.admin or t.owner == caller.user]
 
     def stopService(self):
+        """Terminate every instance — or, with ``keep_on_stop``, detach from them so that
+        they and their jobs go on and the next start re-adopts them."""
         super().stopService()
+        if self.keep_on_stop:
+            return self.detach()
         return defer.DeferredList([t.terminate("site shutdown") for t in self._live()])

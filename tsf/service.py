@@ -19,8 +19,10 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
+from image_repo.db import make_engine
 from image_repo.repository import ImageRepository
 from target_system.instance import Deadlines, HealthPolicy, SiteCredentials
+from target_system.store import StateStore
 from tsf.config import SiteConfig
 from tsf.factory import Quotas, TargetSystemFactory
 from tsf.rest import build_app, build_site
@@ -160,9 +162,8 @@ class SiteService(service.MultiService):
                                          state / "vmm", reactor=reactor,
                                          prefix=config.site.domain_prefix)
         adopted = await self.vmm.start()
-        log.info("hypervisor %s connected; %d domain(s) of an earlier run found%s",
-                 config.site.libvirt_uri, len(adopted),
-                 " (left alone: they are not re-adopted yet)" if adopted else "")
+        log.info("hypervisor %s connected; %d domain(s) of an earlier run found",
+                 config.site.libvirt_uri, len(adopted))
         self.vmm.setServiceParent(self)
         credentials = SiteCredentials.load_or_create(state / "ca")
         h, d = config.health, config.deadlines
@@ -171,7 +172,13 @@ class SiteService(service.MultiService):
             quotas=Quotas(config.quotas.per_user, config.quotas.total),
             deadlines=Deadlines(staging=d.staging, booting=d.booting, connecting=d.connecting),
             health=HealthPolicy(interval=h.interval, missed_budget=h.missed_budget,
-                                idle_timeout=h.idle_timeout or None, lease=h.lease or None))
+                                idle_timeout=h.idle_timeout or None, lease=h.lease or None),
+            store=StateStore(make_engine(config.database_url), reactor))
+        self.factory.keep_on_stop = config.site.keep_instances
+        counts = await self.factory.recover(adopted)
+        log.info("taken back from an earlier run: %(instances)d instance(s), "
+                 "%(reconnected)d reconnected; %(jobs)d live job(s), %(resumed)d resumed",
+                 counts)
         self.factory.setServiceParent(self)
         log.info("factory ready: quotas %d per user, %d in total; job files under %s",
                  config.quotas.per_user, config.quotas.total, config.storage)
@@ -217,7 +224,8 @@ class SiteService(service.MultiService):
         if not self.running:
             return
         live = len(self.factory._live()) if self.factory else 0
-        log.info("shutting down: closing the REST ports, terminating %d instance(s)", live)
+        log.info("shutting down: closing the REST ports, %s %d instance(s)",
+                 "leaving running" if self.config.site.keep_instances else "terminating", live)
         service.Service.stopService(self)
         # One after the other (MultiService would stop them all at once): the factory
         # needs the hypervisor connection to terminate its instances.

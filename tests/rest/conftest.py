@@ -88,7 +88,8 @@ class Http:
 def site_config(root, **overrides):
     doc = {
         "site": {"name": "TESTSITE", "state_dir": str(root),
-                 "domain_prefix": f"gridvm-test-rest-{root.name[-8:]}-"},
+                 "domain_prefix": f"gridvm-test-rest-{root.name[-8:]}-",
+                 "keep_instances": False},
         "http": {"port": 0}, "https": {"port": 0},
         "quotas": {"per_user": 2, "total": 4},
         "deadlines": {"staging": 120, "booting": 120, "connecting": 60},
