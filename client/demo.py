@@ -1,10 +1,11 @@
 """The main job, end to end on this machine.
 
-Build the demo image (cached), register it in a local image repository, submit a job that
-states image *requirements* (OS, application, resources — no image name), and let the
-factory match an image, boot a VM through libvirt + QEMU, run the job through the TSI agent
-over mutual TLS, and copy its outputs back.  Prints each phase as it happens, the job's
-output, and the phase timings.  Used by ``make demo`` (README).
+Build the demo image (cached), start a gridvm site (REST over HTTPS on 127.0.0.1), register
+the image, and submit through the UNICORE REST API a job that states image *requirements*
+(OS, application, resources — no image name).  The site matches an image, boots a VM through
+libvirt + QEMU, runs the job through the TSI agent over mutual TLS and keeps its outputs.
+Prints each state as the client sees it, the job's output and the phase timings.  Used by
+``make demo`` (README).
 """
 
 from __future__ import annotations
@@ -50,19 +51,20 @@ def _register_once(repository, built, caller):
 
 
 async def _demo(reactor, kind: str, uri: str) -> None:
-    from image_repo.access import Caller
+    import secrets
+
+    from twisted.internet import threads
+
+    from client.api import Site
     from image_repo.builder import BuildError, build_image
-    from image_repo.db import make_engine, sqlite_url
-    from image_repo.repository import ImageRepository
-    from target_system.instance import SiteCredentials
-    from tsf.factory import TargetSystemFactory
+    from tsf.config import config_from_dict
+    from tsf.service import start_site
+    from tsf.users import User, hash_password
     from vmm.errors import VMMError
-    from vmm.hypervisor import Hypervisor
-    from vmm.manager import VirtualMachineManager
 
     home = gridvm_home()
-    demo = home / "demo"
-    demo.mkdir(parents=True, exist_ok=True)
+    root = home / "demo"
+    root.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     say(f"[demo] building the {kind} guest image (cached after the first build) ...")
     try:
@@ -72,82 +74,63 @@ async def _demo(reactor, kind: str, uri: str) -> None:
     say(f"[demo] image {built.directory.name}: "
         + ("cached" if built.cached else f"built in {built.seconds:.1f} s"))
 
-    creator = Caller.of("image-creator", groups=["images"])
-    user = Caller.of("demo-user", groups=["users"])
-    repository = ImageRepository(make_engine(sqlite_url(demo / "catalogue.sqlite")),
-                                 demo / "store")
-    record, new = _register_once(repository, built, creator)
-    say(f"[demo] image {record.ref} {'registered' if new else 'already registered'} "
-        f"(id {record.id[:12]})")
-
-    vmm = VirtualMachineManager(Hypervisor(uri, reactor), demo / "vmm", reactor=reactor,
-                                prefix="gridvm-demo-")
+    config = config_from_dict({
+        "site": {"name": "DEMO", "state_dir": str(root / "site"), "libvirt_uri": uri,
+                 "domain_prefix": "gridvm-demo-", "keep_instances": False},
+        "http": {"port": -1}, "https": {"port": 0},
+        "health": {"idle_timeout": 0},
+    })
     try:
-        await vmm.start()
+        site = await start_site(config, reactor)
     except VMMError as err:
         raise CliError(f"cannot use libvirt at {uri}: {err}", EXIT_UNAVAILABLE,
                        reason=err.reason) from None
-    vmm.remove_stale_directories()
-    factory = TargetSystemFactory(repository, vmm, SiteCredentials.load_or_create(demo / "ca"),
-                                  demo / "storage", reactor)
     try:
-        say("[demo] submitting a job with image requirements:")
-        say("         " + json.dumps(DEMO_JOB["Resources"]) + " + ApplicationName python3")
-        job = factory.submit(DEMO_JOB, user)
+        password = secrets.token_urlsafe(16)
+        site.users.put(User("demo-user", hash_password(password), groups=("users",),
+                            vos=("demo",)))
+        creator = User("image-creator", "", groups=("images",)).caller
+        record, new = await threads.deferToThread(_register_once, site.repository, built,
+                                                  creator)
+        say(f"[demo] gridvm site up: {site.https_base} (HTTPS, self-signed)")
+        say(f"[demo] image {record.ref} {'registered' if new else 'already registered'} "
+            f"(id {record.id[:12]})")
+        client = Site(site.https_base, "demo-user", password, verify=False)
 
-        def show_job(transition) -> None:
-            say(f"[job]  {transition.state.name}" + (
-                f" ({transition.reason}: {transition.message})" if transition.reason else ""))
+        def run_job() -> None:
+            say("[demo] submitting over the UNICORE REST API a job with image requirements:")
+            say("         " + json.dumps(DEMO_JOB["Resources"]) + " + ApplicationName python3")
+            job = client.submit(DEMO_JOB)
+            say(f"[demo] job {job.url}")
+            job.wait(interval=0.25, on_change=lambda props: say(
+                f"[job]  {props['status']}" + (f" ({props['statusMessage']})"
+                                               if props.get("statusMessage") else "")))
+            props = job.properties()
+            if props["status"] != "SUCCESSFUL":
+                stderr = job.read(DEMO_JOB.get("Stderr", "stderr"))
+                for line in stderr.decode(errors="replace").splitlines()[-10:]:
+                    say(f"[stderr] {line}")
+                raise CliError(props.get("statusMessage") or "the job failed", EXIT_FAILED,
+                               reason=props.get("gridvm", {}).get("reason"))
+            say(f"[demo] matched image {props['gridvm']['image']}; "
+                f"instance {props['gridvm']['instance']}")
+            say("[demo] the job's output (stdout), read over REST:")
+            for line in job.read("stdout").decode().splitlines():
+                say(f"         {line}")
+            instance = client.get(f"instances/{props['gridvm']['instance']}")
+            say("[demo] phase timings:")
+            for phase, seconds in (instance.get("phases") or {}).items():
+                if phase in ("REQUESTED", "STAGING", "BOOTING", "CONNECTING"):
+                    say(f"         vm  {phase.lower():<11} {seconds:6.2f} s")
+            for phase, seconds in props.get("consumedTime", {}).items():
+                label = "waiting" if phase == "READY" else phase.lower()  # match + boot
+                say(f"         job {label:<11} {seconds:6.2f} s")
+            say(f"         total       {time.monotonic() - started:6.2f} s")
 
-        def show_instance(target, transition) -> None:
-            say(f"[vm]   {transition.state.name}" + (
-                f" ({transition.reason}: {transition.message})" if transition.reason else ""))
-
-        job.lifecycle.listeners.append(show_job)
-        watched: set[str] = set()
-
-        def watch_instances() -> None:
-            for target in factory.instances.values():
-                if target.instance_id not in watched:
-                    watched.add(target.instance_id)
-                    target.listeners.append(show_instance)
-                    say(f"[demo] matched image {target.image.name}; instance "
-                        f"{target.instance_id} ({target.vcpus} vCPU, {target.memory_mib} MiB) "
-                        f"is {target.state.name}")
-
-        watcher = task.LoopingCall(watch_instances)
-        watcher.clock = reactor
-        watcher.start(0.05)
-        await factory.wait(job.job_id, user)
-        watcher.stop()
-
-        if job.state.name != "SUCCESSFUL":
-            stderr = job.storage / job.description.stderr
-            if stderr.exists():
-                say("[demo] the job's stderr:")
-                for line in stderr.read_text(errors="replace").splitlines()[-10:]:
-                    say(f"         {line}")
-            raise CliError(job.lifecycle.message or "the job failed", EXIT_FAILED,
-                           reason=job.lifecycle.reason)
-        say("[demo] the job's output (stdout), copied back from the VM:")
-        for line in (job.storage / job.description.stdout).read_text().splitlines():
-            say(f"         {line}")
-        target = factory.instances[job.instance_id]
-        say("[demo] phase timings:")
-        for phase, seconds in target.lifecycle.phase_seconds().items():
-            if phase in ("REQUESTED", "STAGING", "BOOTING", "CONNECTING"):
-                say(f"         vm  {phase.lower():<11} {seconds:6.2f} s")
-        for phase, seconds in job.lifecycle.phase_seconds().items():
-            label = "waiting" if phase == "READY" else phase.lower()  # match + boot
-            say(f"         job {label:<11} {seconds:6.2f} s")
-        say(f"         total       {time.monotonic() - started:6.2f} s")
+        await threads.deferToThread(run_job)
     finally:
-        for target in list(factory.instances.values()):
-            await target.terminate("demo over")
-        await vmm.hypervisor.close()
-        repository.close()
-    say("[demo] VM destroyed; overlay, medium and ports released; outputs kept in "
-        f"{job.storage}")
+        await site.stopService()
+    say("[demo] site stopped; VM destroyed, overlay, medium and ports released")
 
 
 def run_demo(kind: str = "initramfs", uri: str = "qemu:///system") -> int:
