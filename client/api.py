@@ -14,6 +14,7 @@ bad input), carrying the server's ``errorMessage``.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import ssl
 import time
@@ -27,6 +28,7 @@ from client.errors import (
     EXIT_AUTH,
     EXIT_FAILED,
     EXIT_NOT_FOUND,
+    EXIT_TIMEOUT,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     CliError,
@@ -34,7 +36,10 @@ from client.errors import (
 
 TERMINAL = ("SUCCESSFUL", "FAILED")
 _EXIT_BY_STATUS = {400: EXIT_USAGE, 401: EXIT_AUTH, 403: EXIT_AUTH, 404: EXIT_NOT_FOUND,
-                   413: EXIT_USAGE, 415: EXIT_USAGE}
+                   406: EXIT_USAGE, 409: EXIT_USAGE, 413: EXIT_USAGE, 415: EXIT_USAGE,
+                   416: EXIT_USAGE}
+#: Downloads larger than this are fetched in ``Range`` pieces of this size.
+DOWNLOAD_CHUNK = 4 * 1024 * 1024
 
 
 @dataclass
@@ -44,7 +49,11 @@ class Response:
     body: bytes
 
     def json(self) -> Any:
-        return json.loads(self.body or b"null")
+        try:
+            return json.loads(self.body or b"null")
+        except ValueError:
+            raise CliError("the server's answer is not JSON (is the URL a gridvm REST base, "
+                           "…/<SITE>/rest/core?)", EXIT_UNAVAILABLE) from None
 
 
 @dataclass
@@ -71,6 +80,9 @@ class Site:
                 accept: str = "application/json", headers: dict[str, str] | None = None,
                 expect: tuple[int, ...] = (200,)) -> Response:
         """One request; raises CliError unless the status is one of ``expect``."""
+        if not self.base.startswith(("http://", "https://")):
+            raise CliError(f"bad server URL {self.base!r}: expected http(s)://HOST:PORT/"
+                           "<SITE>/rest/core", EXIT_USAGE)
         if not url.startswith(("http://", "https://")):
             url = f"{self.base}/{url.lstrip('/')}"
         all_headers = {"Accept": accept, **(headers or {})}
@@ -84,32 +96,47 @@ class Site:
         elif self.user is not None:
             pair = f"{self.user}:{self.password or ''}".encode()
             all_headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
-        request = urllib.request.Request(url, data=data, method=method, headers=all_headers)
         try:
+            request = urllib.request.Request(url, data=data, method=method,
+                                             headers=all_headers)
             with urllib.request.urlopen(request, timeout=self.timeout,
                                         context=self._context) as reply:
                 response = Response(reply.status, dict(reply.headers), reply.read())
         except urllib.error.HTTPError as err:
             response = Response(err.code, dict(err.headers or {}), err.read())
-        except (urllib.error.URLError, OSError) as err:
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
             reason = getattr(err, "reason", err)
-            raise CliError(f"cannot reach {self.base}: {reason}", EXIT_UNAVAILABLE) from None
+            hint = ""
+            if isinstance(reason, ssl.SSLCertVerificationError):
+                hint = " (a self-signed certificate? use --insecure or GRIDVM_INSECURE=1)"
+            elif isinstance(reason, ssl.SSLError) or isinstance(err, http.client.HTTPException):
+                hint = " (http:// against an https:// port, or the other way round?)"
+            text = str(reason) or type(reason).__name__
+            raise CliError(f"cannot reach {self.base}: {text}{hint}",
+                           EXIT_UNAVAILABLE) from None
+        except ValueError as err:  # a URL urllib cannot use
+            raise CliError(f"bad URL {url!r}: {err}", EXIT_USAGE) from None
         if response.status not in expect:
             raise self._error(method, url, response)
         return response
 
     @staticmethod
     def _error(method: str, url: str, response: Response) -> CliError:
+        """The server's ``errorMessage`` and ``reason`` as a one-line CliError."""
         try:
-            message = response.json().get("errorMessage") or ""
+            doc = json.loads(response.body or b"null")
+            message, reason = doc.get("errorMessage") or "", doc.get("reason")
         except (ValueError, AttributeError):
-            message = response.body.decode(errors="replace")[:200]
+            message, reason = " ".join(response.body.decode(errors="replace").split())[:200], None
         code = _EXIT_BY_STATUS.get(response.status, EXIT_FAILED)
         if response.status >= 500:
-            code = EXIT_UNAVAILABLE if response.status == 503 else EXIT_FAILED
+            code = EXIT_UNAVAILABLE if response.status in (502, 503, 504) else EXIT_FAILED
         what = {401: "not authenticated", 403: "not allowed", 404: "not found"}.get(
             response.status, f"HTTP {response.status}")
-        return CliError(f"{what}: {message or method + ' ' + url}", code)
+        if response.status == 401 and not message:
+            message = "give a user and password or a token"
+        text = message if reason and message else f"{what}: {message or method + ' ' + url}"
+        return CliError(text, code, reason=reason)
 
     def get(self, url: str, **kwargs) -> Any:
         return self.request("GET", url, **kwargs).json()
@@ -143,6 +170,49 @@ class Site:
         listing = self.get(f"{self.links().get('jobs', self.base + '/jobs')}"
                            f"?offset={offset}&num={num}")
         return [Job(self, url) for url in listing.get("jobs", [])]
+
+    def all_jobs(self, page: int = 200) -> list[Job]:
+        """Every job of the caller (oldest first), following the pages."""
+        result: list[Job] = []
+        while True:
+            batch = self.jobs(offset=len(result), num=page)
+            result.extend(batch)
+            if len(batch) < page:
+                return result
+
+    def job(self, ref: str) -> Job:
+        """A job by its id or its URL (a URL must be below this site's BASE)."""
+        ref = ref.strip()
+        if ref.startswith(("http://", "https://")):
+            if not ref.rstrip("/").startswith(self.base + "/jobs/"):
+                raise CliError(f"{ref} is not a job of {self.base}", EXIT_USAGE)
+            return Job(self, ref.rstrip("/"))
+        if not ref or "/" in ref or ref in (".", ".."):
+            raise CliError(f"bad job id {ref!r}", EXIT_USAGE)
+        return Job(self, f"{self.base}/jobs/{quote(ref)}")
+
+    # -- gridvm's own resources ----------------------------------------------------------------
+    def instances(self) -> list[dict[str, Any]]:
+        """The caller's VM instances (all of them for an administrator), with details."""
+        result: list[dict[str, Any]] = []
+        while True:
+            page = self.get(f"instances?offset={len(result)}&num=200")
+            details = page.get("details", [])
+            result.extend(details)
+            if len(details) < 200:
+                return result
+
+    def instance(self, instance_id: str) -> dict[str, Any]:
+        return self.get(f"instances/{quote(instance_id, safe='')}")
+
+    def images(self) -> list[dict[str, Any]]:
+        """The catalogue's images the caller may use (summaries)."""
+        return self.get("images?num=1000").get("images", [])
+
+    def match(self, description: dict[str, Any]) -> dict[str, Any]:
+        """Which images would run this job description (or ``{"requirements": …}``), best
+        first, and why each other visible image would not."""
+        return self.request("POST", "images/match", body=description).json()
 
 
 @dataclass
@@ -183,8 +253,10 @@ class Job:
     def delete(self) -> None:
         self.site.request("DELETE", self.url, expect=(200, 204))
 
-    def wait(self, timeout: float = 3600.0, interval: float = 1.0, on_change=None) -> str:
-        """Poll until SUCCESSFUL or FAILED; ``on_change(properties)`` on every new status."""
+    def wait(self, timeout: float = 3600.0, interval: float = 1.0, on_change=None,
+             on_poll=None) -> str:
+        """Poll until SUCCESSFUL or FAILED; ``on_change(properties)`` on every new status,
+        ``on_poll(properties)`` after every poll (e.g. a progress display)."""
         deadline = time.monotonic() + timeout
         seen = None
         while True:
@@ -193,11 +265,25 @@ class Job:
                 seen = props["status"]
                 if on_change is not None:
                     on_change(props)
+            if on_poll is not None:
+                on_poll(props)
             if seen in TERMINAL:
                 return seen
             if time.monotonic() >= deadline:
-                raise CliError(f"job {self.id} still {seen} after {timeout:g} s", EXIT_FAILED)
-            time.sleep(interval)
+                raise CliError(f"job {self.id} still {seen} after {timeout:g} s", EXIT_TIMEOUT)
+            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
+    def instance(self) -> dict[str, Any] | None:
+        """The VM instance the job runs in (None before one is chosen, or once it is gone)."""
+        instance_id = (self.properties(refresh=False).get("gridvm") or {}).get("instance")
+        if not instance_id:
+            return None
+        try:
+            return self.site.instance(instance_id)
+        except CliError as err:
+            if err.exit_code == EXIT_NOT_FOUND:
+                return None
+            raise
 
     def _file_url(self, path: str) -> str:
         return f"{self._link('workingDirectory')}/files/{quote(path.lstrip('/'))}"
@@ -210,6 +296,35 @@ class Job:
         return self.site.request("GET", self._file_url(path), accept="application/octet-stream",
                                  headers=headers, expect=(200, 206)).body
 
-    def files(self) -> dict[str, Any]:
-        listing = self.site.get(f"{self._link('workingDirectory')}/files")
+    def files(self, path: str = "") -> dict[str, Any]:
+        """A directory listing: storage-absolute paths (directories end in /) → properties."""
+        url = self._file_url(path) if path.strip("/") else f"{self._link('workingDirectory')}/files"
+        listing = self.site.get(url)
+        if not listing.get("isDirectory", True):
+            raise CliError(f"{path} is a file, not a directory", EXIT_USAGE)
         return listing.get("content", {})
+
+    def stat(self, path: str) -> dict[str, Any]:
+        """A file's or directory's properties (``isDirectory``, ``size``, …)."""
+        return self.site.get(self._file_url(path))
+
+    def download(self, path: str, sink) -> int:
+        """Write a file into the binary file object ``sink`` (in Range pieces when large);
+        returns the number of bytes."""
+        info = self.stat(path)
+        if info.get("isDirectory"):
+            raise CliError(f"{path} is a directory", EXIT_USAGE)
+        size = int(info.get("size") or 0)
+        if size <= DOWNLOAD_CHUNK:
+            data = self.read(path)
+            sink.write(data)
+            return len(data)
+        written = 0
+        while written < size:
+            end = min(written + DOWNLOAD_CHUNK, size) - 1
+            piece = self.read(path, f"{written}-{end}")
+            if not piece:
+                break
+            sink.write(piece)
+            written += len(piece)
+        return written

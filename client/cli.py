@@ -7,16 +7,27 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from client.commands import demo, image, serve
-from client.errors import EXIT_INTERRUPTED, EXIT_USAGE, CliError
+from client.commands import completion, config, demo, image, instances, jobs, serve
+from client.errors import EXIT_CODES, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, CliError
 
-COMMAND_GROUPS = (image, demo, serve)
+COMMAND_GROUPS = (jobs, image, instances, config, completion, demo, serve)
+
+EPILOG = """\
+connection: --url/GRIDVM_URL, --user/GRIDVM_USER, --password-stdin/GRIDVM_PASSWORD,
+  --token/GRIDVM_TOKEN, --insecure/GRIDVM_INSECURE, else ~/.config/gridvm/client.toml
+  (see `gridvm config`).  JOB is a job id or its URL.
+
+exit codes:
+""" + "\n".join(f"  {code:<4}{text}" for code, text in EXIT_CODES) + """
+
+docs/cli.md has the details; `source <(gridvm completion bash)` completes commands."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gridvm",
         description="gridvm: jobs in virtual machines booted from an image repository.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -44,6 +55,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as err:  # e.g. a file named on the command line cannot be read
         print(f"gridvm: {err.strerror or err}: {err.filename or ''}".rstrip(": "), file=sys.stderr)
         return EXIT_USAGE
+    except Exception as err:  # a bug: still one line (the traceback with -v)
+        if args.verbose:
+            logging.exception("gridvm %s", args.command)
+        text = " ".join(str(err).split()) or type(err).__name__
+        print(f"gridvm: internal error: {type(err).__name__}: {text} (-v shows where)",
+              file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -8,7 +8,21 @@ EXIT_USAGE = 2  #: bad command line or bad input file
 EXIT_NOT_FOUND = 3  #: unknown job, image, file, ...
 EXIT_AUTH = 4  #: wrong credentials or not allowed
 EXIT_UNAVAILABLE = 5  #: server, libvirt or another service not reachable
+EXIT_TIMEOUT = 6  #: a wait ended before the job finished (the job goes on)
 EXIT_INTERRUPTED = 130
+
+
+#: For ``gridvm --help`` and docs/cli.md.
+EXIT_CODES = (
+    (EXIT_OK, "success (for submit --wait and wait: the job is SUCCESSFUL)"),
+    (EXIT_FAILED, "the operation failed: a job FAILED, the server refused an action"),
+    (EXIT_USAGE, "bad command line, bad job file or other bad input"),
+    (EXIT_NOT_FOUND, "unknown job, file, instance or image; no image matches"),
+    (EXIT_AUTH, "not authenticated or not allowed (wrong password, expired token)"),
+    (EXIT_UNAVAILABLE, "server not reachable, not a gridvm REST base, TLS failure"),
+    (EXIT_TIMEOUT, "--timeout passed before the job finished (it keeps running)"),
+    (EXIT_INTERRUPTED, "interrupted (Ctrl-C); a submitted job keeps running"),
+)
 
 
 class CliError(Exception):

@@ -30,6 +30,70 @@ def register(commands: argparse._SubParsersAction) -> None:
     from client.catalogue_cli import add_commands
 
     add_commands(image_commands)
+    _add_search(image_commands)
+
+
+def _add_search(image_commands: argparse._SubParsersAction) -> None:
+    from client.requirements import KEYS
+    from client.settings import add_connection_flags
+
+    search = image_commands.add_parser(
+        "search", help="search the site's images for a job's requirements, with why-not",
+        description="Ask the server which of the images you may use would run a job with "
+        "these requirements (best first) and why each other image would not.  "
+        "Requirements come from JOB.json and/or --require KEY=VALUE (keys: "
+        + ", ".join(KEYS) + ").  Exit 0 when an image fits, 3 (NO_MATCHING_IMAGE) when "
+        "none does.")
+    search.add_argument("job_file", nargs="?", metavar="JOB.json",
+                        help="take the requirements of this job description")
+    search.add_argument("--require", action="append", default=[], metavar="KEY=VALUE",
+                        help="a requirement (repeatable)")
+    search.add_argument("--json", action="store_true", help="print the server's answer")
+    add_connection_flags(search)
+    search.set_defaults(func=_search)
+
+
+def _search(args: argparse.Namespace) -> int:
+    from client.commands.jobs import read_job_file
+    from client.errors import EXIT_NOT_FOUND
+    from client.output import print_json, print_table
+    from client.requirements import apply_requirements
+    from client.settings import connect
+
+    description = read_job_file(args.job_file) if args.job_file else {"Executable": "true"}
+    description = apply_requirements(description, args.require)
+    site = connect(args)
+    answer = site.match(description)
+    candidates = answer.get("candidates") or []
+    if args.json:
+        print_json(answer)
+    else:
+        images = {i.get("id"): i for i in site.images()} if candidates else {}
+        rows = []
+        for rank, candidate in enumerate(candidates, 1):
+            image = images.get(candidate.get("id"), {})
+            os_ = image.get("os") or {}
+            os_text = " ".join(str(x) for x in (os_.get("distro"), os_.get("version")) if x)
+            apps = ",".join(a.split("---v")[0] for a in image.get("applications") or [])
+            rows.append((rank, candidate.get("ref"), candidate.get("status"), os_text or None,
+                         image.get("architecture"), apps or None,
+                         ", ".join(candidate.get("stated") or []) or None))
+        if rows:
+            print_table(("#", "IMAGE", "STATUS", "OS", "ARCH", "APPLICATIONS", "STATES"), rows)
+        rejected = answer.get("rejected") or []
+        if rejected:
+            print("\nRejected:" if rows else "Rejected:")
+            for rejection in rejected:
+                reasons = "; ".join(r.get("message") or r.get("code", "?")
+                                    for r in rejection.get("reasons") or [])
+                print(f"  {rejection.get('ref')}: {reasons}")
+    if not candidates:
+        rejected = answer.get("rejected") or []
+        message = answer.get("summary") or "no image matches"
+        if rejected and not args.json:
+            message = f"no image matches ({len(rejected)} visible images rejected, above)"
+        raise CliError(message, EXIT_NOT_FOUND, reason="NO_MATCHING_IMAGE")
+    return 0
 
 
 def _build(args: argparse.Namespace) -> int:

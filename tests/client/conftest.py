@@ -1,0 +1,61 @@
+"""The CLI against a whole REST site in-process (the site of tests/rest, one VM boot).
+
+The CLI runs as a subprocess (``gridvm …``) in a thread, so that the reactor keeps serving
+the in-process site meanwhile.  Each call gets a clean environment: GRIDVM_URL (HTTPS,
+self-signed, hence GRIDVM_INSECURE=1), GRIDVM_USER/GRIDVM_PASSWORD and no config file.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from twisted.internet import threads
+
+from tests.rest.conftest import PASSWORDS, rest_site  # noqa: F401  (the module's site)
+
+GRIDVM = str(Path(sys.executable).parent / "gridvm")
+
+
+def cli_env(base: str | None, user: str | None = "alice", **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDVM_")}
+    env["GRIDVM_CONFIG"] = "/nonexistent/gridvm-client.toml"
+    if base:
+        env["GRIDVM_URL"] = base
+        env["GRIDVM_INSECURE"] = "1"
+    if user:
+        env["GRIDVM_USER"] = user
+        env["GRIDVM_PASSWORD"] = PASSWORDS[user]
+    env.update(extra)
+    return env
+
+
+def run_cli(args, env: dict[str, str], cwd=None, stdin: str | None = None,
+            timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([GRIDVM, *args], env=env, cwd=cwd, input=stdin, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+class Cli:
+    """``await cli("jobs", "--json")`` → CompletedProcess; the site's HTTPS BASE by default."""
+
+    def __init__(self, base: str):
+        self.base = base
+
+    def __call__(self, *args: str, user: str | None = "alice", base: str | None = None,
+                 cwd=None, stdin: str | None = None, **extra: str):
+        env = cli_env(base or self.base, user, **extra)
+        return threads.deferToThread(run_cli, list(args), env, cwd, stdin)
+
+
+def one_line_error(result: subprocess.CompletedProcess, only: bool = True) -> str:
+    """The error of a failed command: a last stderr line ``gridvm: …`` (with ``only``, the
+    only line), never a traceback."""
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr, result.stderr
+    assert lines and lines[-1].startswith("gridvm: "), result.stderr
+    if only:
+        assert len(lines) == 1, result.stderr
+    return lines[-1]
