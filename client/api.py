@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import re
 import ssl
 import time
 import urllib.error
@@ -38,6 +39,8 @@ TERMINAL = ("SUCCESSFUL", "FAILED")
 _EXIT_BY_STATUS = {400: EXIT_USAGE, 401: EXIT_AUTH, 403: EXIT_AUTH, 404: EXIT_NOT_FOUND,
                    406: EXIT_USAGE, 409: EXIT_USAGE, 413: EXIT_USAGE, 415: EXIT_USAGE,
                    416: EXIT_USAGE}
+#: The factory's log notes that name the instance chosen for a job (before it runs there).
+_INSTANCE_NOTE = re.compile(r"\b(?:booting|reusing|sharing|waiting for) instance ([0-9a-f]+)\b")
 #: Downloads larger than this are fetched in ``Range`` pieces of this size.
 DOWNLOAD_CHUNK = 4 * 1024 * 1024
 
@@ -275,7 +278,7 @@ class Job:
 
     def instance(self) -> dict[str, Any] | None:
         """The VM instance the job runs in (None before one is chosen, or once it is gone)."""
-        instance_id = (self.properties(refresh=False).get("gridvm") or {}).get("instance")
+        instance_id = instance_id_of(self.properties(refresh=False))
         if not instance_id:
             return None
         try:
@@ -328,3 +331,16 @@ class Job:
             sink.write(piece)
             written += len(piece)
         return written
+
+
+def instance_id_of(properties: dict[str, Any]) -> str | None:
+    """The instance of a job: ``gridvm.instance`` once the job runs there; before that (while
+    the VM stages, boots and connects) the one the factory's log notes name."""
+    instance_id = (properties.get("gridvm") or {}).get("instance")
+    if instance_id:
+        return instance_id
+    for line in reversed(properties.get("log") or []):
+        found = _INSTANCE_NOTE.search(str(line))
+        if found:
+            return found.group(1)
+    return None

@@ -2,7 +2,8 @@
 stage-in, queued, running, stage-out.
 
 The phase comes from the job's state and, while the job waits for its VM, from the state of
-the instance named in ``gridvm.instance`` (``GET instances/{id}``).  On a terminal the view
+its instance (``GET instances/{id}``; ``gridvm.instance``, or before the job runs there, the
+factory's note in the job's log).  On a terminal the view
 is one line redrawn in place; elsewhere (logs, CI, pipes) it prints one line per change.
 Times of the VM's phases are the server's (``phases`` of the instance); the others are
 measured here between polls.
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from client.api import instance_id_of
 from client.output import seconds
 
 PHASES = ("matching", "staging", "booting", "connecting", "stage-in", "queued", "running",
@@ -36,7 +38,7 @@ def phase_of(job: dict[str, Any], instance: dict[str, Any] | None) -> str:
         return status.lower()
     if status in JOB_PHASES:
         return JOB_PHASES[status]
-    if not (job.get("gridvm") or {}).get("instance"):
+    if not instance_id_of(job):
         return "matching"
     if instance is None:
         return "staging"
@@ -63,7 +65,7 @@ class Progress:
     # -- feeding ------------------------------------------------------------------------------
     def update(self, props: dict[str, Any]) -> None:
         self.polls += 1
-        instance_id = (props.get("gridvm") or {}).get("instance")
+        instance_id = instance_id_of(props)
         terminal = props.get("status") in ("SUCCESSFUL", "FAILED")
         if instance_id and not terminal and (self.phase in (None, "matching", *SERVER_TIMED)
                                              or instance_id != self.instance_id):
@@ -86,7 +88,18 @@ class Progress:
                    + (f", {state}" if not reused else ""))
 
     def _enter(self, phase: str) -> None:
+        """Move to ``phase``; VM phases passed between two polls are shown too, with the
+        server's times (connecting often takes less than a poll interval)."""
         now = self.clock()
+        if self.phase in PHASES and phase in PHASES:
+            server = (self.instance or {}).get("phases") or {}
+            between = PHASES[PHASES.index(self.phase) + 1: PHASES.index(phase)]
+            for skipped in between:
+                if SERVER_TIMED.get(skipped) in server:
+                    self._step(skipped, now)
+        self._step(phase, now)
+
+    def _step(self, phase: str, now: float) -> None:
         if self.phase is not None and self.phase not in self.done:
             self.done[self.phase] = now - self.entered[self.phase]
         self._server_times()

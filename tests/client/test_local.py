@@ -97,6 +97,9 @@ def test_requirement_keys_map_to_the_job_description():
 def test_phase_of_a_job():
     instance = {"gridvm": {"instance": "abc"}}
     assert phase_of({"status": "READY", "gridvm": {}}, None) == "matching"
+    booting = {"status": "READY", "gridvm": {"instance": None},
+               "log": ["2026-01-01T00:00:00 booting instance 0123456789ab (1 vCPU, 512 MiB)"]}
+    assert phase_of(booting, {"state": "STAGING"}) == "staging"
     assert phase_of({"status": "READY", **instance}, {"state": "BOOTING"}) == "booting"
     assert phase_of({"status": "READY", **instance}, {"state": "CONNECTING"}) == "connecting"
     assert phase_of({"status": "RUNNING", **instance}, {"state": "BUSY"}) == "running"

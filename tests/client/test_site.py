@@ -1,7 +1,8 @@
-"""A user's whole flow through the CLI against a real site with real VMs.
+"""The CLI against a real site with real VMs: a user's whole flow, errors, abort, image
+search with why-not, instances.
 
 alice's jobs all run on one instance of the public image (the factory reuses it), so the
-module boots one VM.
+module boots one VM (in the first test, which therefore sees the VM's phases).
 """
 
 from __future__ import annotations
@@ -11,7 +12,14 @@ import json
 import pytest
 import pytest_twisted
 
-from client.errors import EXIT_AUTH, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_TIMEOUT, EXIT_USAGE
+from client.errors import (
+    EXIT_AUTH,
+    EXIT_FAILED,
+    EXIT_NOT_FOUND,
+    EXIT_TIMEOUT,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+)
 from tests.client.conftest import Cli, one_line_error
 from tests.rest.conftest import HIDDEN, PUBLIC
 
@@ -143,7 +151,8 @@ async def test_no_matching_image_and_bad_input_lose_nothing(rest_site, tmp_path)
     assert no_input.returncode == EXIT_USAGE and "absent.txt" in one_line_error(no_input)
     bad_key = await cli("submit", good, "--require", "colour=blue")
     assert bad_key.returncode == EXIT_USAGE and "colour" in one_line_error(bad_key)
-    refused = await cli("submit", job_file(tmp_path, {"Executable": "date", "Bogus": 1}))
+    refused = await cli("submit", job_file(tmp_path, {"Executable": "date", "Bogus": 1},
+                                                 "bogus.json"))
     assert refused.returncode == EXIT_USAGE and "Bogus" in one_line_error(refused)
     assert json.loads((await cli("jobs", "--json")).stdout) == before  # nothing was created
 
@@ -167,12 +176,12 @@ async def test_connection_and_credential_errors(rest_site):
 
     closed = site.http_base.replace(f":{site.http_base.split(':')[2].split('/')[0]}", ":9")
     unreachable = await cli("jobs", base=closed)
-    assert unreachable.returncode == 5
+    assert unreachable.returncode == EXIT_UNAVAILABLE
     assert "cannot reach" in one_line_error(unreachable)
     verified = await cli("jobs", GRIDVM_INSECURE="0")  # self-signed and verification on
-    assert verified.returncode == 5 and "--insecure" in one_line_error(verified)
+    assert verified.returncode == EXIT_UNAVAILABLE and "--insecure" in one_line_error(verified)
     not_rest = await cli("jobs", base=site.http_base.rsplit("/rest/core", 1)[0] + "/nothing")
-    assert not_rest.returncode in (EXIT_NOT_FOUND, 5)
+    assert not_rest.returncode in (EXIT_NOT_FOUND, EXIT_UNAVAILABLE)
     one_line_error(not_rest)
     unknown = await cli("status", "0123456789ab")
     assert unknown.returncode == EXIT_NOT_FOUND and "0123456789ab" in one_line_error(unknown)
@@ -183,3 +192,58 @@ async def test_connection_and_credential_errors(rest_site):
     token = await _http("GET", "token", headers={"Accept": "text/plain"})
     by_token = await cli("jobs", "--token", token.text, user=None)
     assert by_token.returncode == 0, by_token.stderr
+
+
+@pytest_twisted.ensureDeferred
+async def test_image_search_ranks_and_says_why_not(rest_site):
+    site, _http = rest_site
+    cli = Cli(site.https_base)
+    fits = await cli("image", "search", "--require", "app=python3", "--require", "os=debian")
+    assert fits.returncode == 0, fits.stderr
+    header, first = fits.stdout.splitlines()[:2]
+    assert header.split()[:3] == ["#", "IMAGE", "STATUS"]
+    assert first.split()[1] == f"{PUBLIC}:1" and "python3" in first
+    assert HIDDEN not in fits.stdout  # alice is not in VO secret
+
+    none = await cli("image", "search", "--require", "os=fedora", "--require", "cpus=2")
+    assert none.returncode == EXIT_NOT_FOUND
+    assert one_line_error(none).startswith("gridvm: NO_MATCHING_IMAGE: no image matches")
+    assert none.stdout.startswith("Rejected:")
+    why = [line for line in none.stdout.splitlines() if PUBLIC in line]
+    assert why and "fedora" in why[0], none.stdout
+    assert HIDDEN not in none.stdout
+
+    answer = json.loads((await cli("image", "search", "--require", "os=fedora",
+                                   "--json")).stdout)
+    assert answer["candidates"] == []
+    assert [r["ref"] for r in answer["rejected"]] == [f"{PUBLIC}:1"]
+    assert answer["rejected"][0]["reasons"][0]["code"]
+
+    admin = json.loads((await cli("image", "search", "--json", user="root")).stdout)
+    assert {c["ref"].split(":")[0] for c in admin["candidates"]} == {PUBLIC, HIDDEN}
+
+
+@pytest_twisted.ensureDeferred
+async def test_instances_for_owner_operator_and_others(rest_site, tmp_path):
+    site, _http = rest_site
+    cli = Cli(site.https_base)
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"Executable": "true"}))
+    ran = await cli("submit", str(job), "--image", PUBLIC, "--wait", "--quiet")
+    assert ran.returncode == 0, ran.stderr  # at least one live instance for alice
+
+    mine = json.loads((await cli("instances", "--json")).stdout)
+    assert mine and all(i["owner"] == "alice" and i["image"] == PUBLIC for i in mine)
+    assert "BOOTING" in mine[0]["phases"]
+    table = await cli("instances")
+    header, *rows = table.stdout.splitlines()
+    assert header.split() == ["INSTANCE", "STATE", "IMAGE", "OWNER", "AGE", "HEALTH", "JOBS",
+                              "PHASES"]
+    row = next(r for r in rows if r.startswith(mine[0]["id"]))
+    assert PUBLIC in row and " alice " in row and "booting " in row
+    assert row.split()[5] == "ok"
+
+    operator = json.loads((await cli("instances", "--json", user="root")).stdout)
+    assert {i["id"] for i in mine} <= {i["id"] for i in operator}
+    bob = await cli("instances", user="bob")
+    assert bob.returncode == 0 and bob.stdout == "" and "no instances" in bob.stderr
