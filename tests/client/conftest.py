@@ -7,7 +7,9 @@ self-signed, hence GRIDVM_INSECURE=1), GRIDVM_USER/GRIDVM_PASSWORD and no config
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pty
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +38,25 @@ def run_cli(args, env: dict[str, str], cwd=None, stdin: str | None = None,
             timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run([GRIDVM, *args], env=env, cwd=cwd, input=stdin, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def run_on_terminal(args, env: dict[str, str], timeout: float = 180) -> tuple[int, str, str]:
+    """Run with stderr on a pseudo-terminal: (exit code, stdout, what the terminal got)."""
+    main, terminal = pty.openpty()
+    try:
+        done = subprocess.run([GRIDVM, *args], env=env, stdout=subprocess.PIPE,
+                              stderr=terminal, text=True, timeout=timeout)
+        os.close(terminal)
+        terminal = -1
+        screen = b""
+        with contextlib.suppress(OSError):  # EIO once everything is read
+            while chunk := os.read(main, 65536):
+                screen += chunk
+    finally:
+        os.close(main)
+        if terminal >= 0:
+            os.close(terminal)
+    return done.returncode, done.stdout, screen.decode(errors="replace")
 
 
 class Cli:

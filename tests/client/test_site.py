@@ -8,9 +8,11 @@ module boots one VM (in the first test, which therefore sees the VM's phases).
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import pytest_twisted
+from twisted.internet import threads
 
 from client.errors import (
     EXIT_AUTH,
@@ -20,7 +22,7 @@ from client.errors import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
 )
-from tests.client.conftest import Cli, one_line_error
+from tests.client.conftest import Cli, cli_env, one_line_error, run_on_terminal
 from tests.rest.conftest import HIDDEN, PUBLIC
 
 pytestmark = pytest.mark.vm
@@ -228,9 +230,16 @@ async def test_instances_for_owner_operator_and_others(rest_site, tmp_path):
     site, _http = rest_site
     cli = Cli(site.https_base)
     job = tmp_path / "job.json"
-    job.write_text(json.dumps({"Executable": "true"}))
-    ran = await cli("submit", str(job), "--image", PUBLIC, "--wait", "--quiet")
-    assert ran.returncode == 0, ran.stderr  # at least one live instance for alice
+    job.write_text(json.dumps({"Executable": "/bin/sh", "Arguments": ["-c", "sleep 2; echo x"]}))
+    # On a terminal the progress is one line redrawn in place (at least one live instance
+    # for alice afterwards).
+    code, stdout, screen = await threads.deferToThread(
+        run_on_terminal, ["submit", str(job), "--image", PUBLIC, "--wait"],
+        cli_env(site.https_base))
+    assert code == 0 and stdout == "x\n", screen
+    assert "\r\x1b[K" in screen, screen
+    assert re.search(r" > [|/\\-] running [0-9.]+s", screen), screen
+    assert "SUCCESSFUL (exit code 0)" in screen.splitlines()[-1]
 
     mine = json.loads((await cli("instances", "--json")).stdout)
     assert mine and all(i["owner"] == "alice" and i["image"] == PUBLIC for i in mine)
