@@ -91,7 +91,8 @@ def _search(args: argparse.Namespace) -> int:
         rejected = answer.get("rejected") or []
         message = answer.get("summary") or "no image matches"
         if rejected and not args.json:
-            message = f"no image matches ({len(rejected)} visible images rejected, above)"
+            count = f"{len(rejected)} visible image" + ("s" if len(rejected) > 1 else "")
+            message = f"no image matches ({count} rejected, above)"
         raise CliError(message, EXIT_NOT_FOUND, reason="NO_MATCHING_IMAGE")
     return 0
 
