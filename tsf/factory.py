@@ -262,7 +262,9 @@ class TargetSystemFactory(service.Service):
         return target
 
     def _reserve(self, target: TargetSystem, job: Job) -> None:
-        """Count a job that will run on ``target`` once it is up."""
+        """Count a job that will run on ``target`` once it is up; the job names its instance
+        from now on, so a client can follow the VM while it boots."""
+        job.instance_id, job.image = target.instance_id, target.image.name
         reserved = self._reserved.setdefault(target.instance_id, set())
         reserved.add(job.job_id)
         job.finished.addBoth(lambda result: (reserved.discard(job.job_id), result)[1])
@@ -326,6 +328,8 @@ class TargetSystemFactory(service.Service):
             self._persist_job(job, caller)
             counts["jobs"] += 1
             target = self.instances.get(job.instance_id or "")
+            if job.state.name == "READY":  # never reached its instance: start it afresh
+                target = None
             if target is not None and target.usable:
                 job.note("resumed after a server restart")
                 running = self.runner.run(job, target)

@@ -272,5 +272,6 @@ async def test_boot_deadline_passed(vmm, site):
     assert job.state is JobState.FAILED and job.lifecycle.reason == "BOOT_TIMEOUT", job.log
     (target,) = hasty.instances.values()
     assert target.state is InstanceState.FAILED
+    assert job.instance_id == target.instance_id  # named from the moment it was picked
     assert await vmm.state(target.instance_id) == DomainState.GONE
     assert not vmm.instance_dir(target.instance_id).exists()
