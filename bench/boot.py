@@ -33,7 +33,7 @@ from target_system.images import built_image_boot_spec
 from vmm import ports
 from vmm.hypervisor import Hypervisor
 from vmm.manager import BootSpec, InstanceSpec, VirtualMachineManager
-from vmm.readiness import line_probe
+from vmm.readiness import ProbeRace, line_probe
 from vmm.storage import create_overlay
 
 ROOT = Path("/var/tmp/gridvm-bench")
@@ -58,13 +58,13 @@ def rss_mib(pid: int) -> float:
 
 
 async def wait_probe(reactor, probe, port: int, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        try:
-            await probe("127.0.0.1", port)
-            return
-        except Exception:
-            await task.deferLater(reactor, 0.05, lambda: None)
-    raise TimeoutError("no answer")
+    """The same staggered probing as vmm's readiness wait, so both sides see the same signal."""
+
+    async def in_time() -> None:
+        if time.monotonic() >= deadline:
+            raise TimeoutError("no answer")
+
+    await ProbeRace(reactor, probe, "127.0.0.1", port).run(in_time)
 
 
 async def bare_qemu_boot(reactor, spec: BootSpec, workdir: Path) -> tuple[float, float]:
@@ -82,7 +82,7 @@ async def bare_qemu_boot(reactor, spec: BootSpec, workdir: Path) -> tuple[float,
     started = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        await wait_probe(reactor, line_probe(reactor, timeout=1.0), port, started + 120)
+        await wait_probe(reactor, line_probe(reactor), port, started + 120)
         elapsed = time.monotonic() - started
         return elapsed, rss_mib(proc.pid)
     finally:

@@ -52,7 +52,9 @@ async def exchange_line(reactor, host: str, port: int, line: bytes, tls=None,
     result = request.result.addTimeout(timeout, reactor)
     try:
         return await result
-    except defer.TimeoutError:
+    except (defer.TimeoutError, defer.CancelledError) as err:
         if request.transport is not None:
             request.transport.abortConnection()
+        if isinstance(err, defer.CancelledError):
+            raise
         raise TSIUnreachable(f"no answer from {host}:{port} within {timeout:g} s") from None

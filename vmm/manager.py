@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from twisted.application import service
-from twisted.internet import defer, task, threads
+from twisted.internet import defer, threads
 
 from vmm import context, ports
 from vmm.domain import (
@@ -38,7 +38,7 @@ from vmm.domain import (
 )
 from vmm.errors import BootTimeout, GuestCrashed, HypervisorError, ImageUnavailable, VMMError
 from vmm.hypervisor import DomainEvent, DomainState, Hypervisor
-from vmm.readiness import Probe, line_probe
+from vmm.readiness import Probe, ProbeRace, line_probe
 from vmm.storage import BaseImageCache, create_overlay
 
 log = logging.getLogger(__name__)
@@ -290,28 +290,24 @@ class VirtualMachineManager(service.Service):
             if event.domain == instance.domain and event.event.name in ("STOPPED", "CRASHED"):
                 stopped.append(event)
 
+        race = ProbeRace(self.reactor, probe, "127.0.0.1", instance.host_port,
+                         interval=self.probe_interval)
+
+        async def still_booting() -> None:
+            if stopped:
+                raise self._crashed(instance, "the guest stopped while booting")
+            state = await self.hypervisor.state(instance.domain)
+            if not state.alive:
+                raise self._crashed(instance, f"the guest is {state.name.lower()}")
+            if time.monotonic() >= deadline:
+                raise BootTimeout(
+                    f"the agent in {instance.domain} did not answer within "
+                    f"{spec.boot_timeout:g} s ({race.last_failure}); console: "
+                    f"{_one_line(instance.console_tail(5))}")
+
         self.hypervisor.add_listener(on_event)
         try:
-            last_failure = "no answer yet"
-            while True:
-                if stopped:
-                    raise self._crashed(instance, "the guest stopped while booting")
-                if time.monotonic() >= deadline:
-                    state = await self.hypervisor.state(instance.domain)
-                    if not state.alive:
-                        raise self._crashed(instance, "the guest stopped while booting")
-                    raise BootTimeout(
-                        f"the agent in {instance.domain} did not answer within "
-                        f"{spec.boot_timeout:g} s ({last_failure}); console: "
-                        f"{_one_line(instance.console_tail(5))}")
-                try:
-                    return await probe("127.0.0.1", instance.host_port)
-                except Exception as err:  # refused, reset, wrong answer: not ready yet
-                    last_failure = str(err) or type(err).__name__
-                state = await self.hypervisor.state(instance.domain)
-                if not state.alive:
-                    raise self._crashed(instance, f"the guest is {state.name.lower()}")
-                await task.deferLater(self.reactor, self.probe_interval, lambda: None)
+            return await race.run(still_booting)
         finally:
             self.hypervisor.remove_listener(on_event)
 

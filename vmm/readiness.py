@@ -3,11 +3,17 @@
 QEMU's user-mode networking accepts every connection to a forwarded port, even when
 nothing listens in the guest (it resets it a moment later), so "ready" is "a line came
 back": the probe sends a request line and waits for a reply line with the expected prefix.
+
+While the guest's network is not up yet, slirp accepts the connection and then nothing
+happens until the probe's own timeout: a connection made then never completes, even once
+the guest listens (measured: every attempt before the NIC is up waits its full timeout).
+Probing one attempt at a time therefore detects readiness up to a whole timeout late, so
+:class:`ProbeRace` starts a new attempt every interval while earlier ones still wait.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import TCP4ClientEndpoint
@@ -49,7 +55,7 @@ def line_probe(reactor, request: bytes = b"ping gridvm\n", expect: bytes = b"OK"
     """A probe that sends ``request`` and wants a line starting with ``expect``."""
 
     def probe(host: str, port: int) -> defer.Deferred:
-        result: defer.Deferred = defer.Deferred()
+        result: defer.Deferred = defer.Deferred(lambda _d: give_up(cancelled=True))
         factory = protocol.Factory.forProtocol(lambda: _LineProbe(request, expect, result))
         endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
         connecting = endpoint.connect(factory)
@@ -61,10 +67,12 @@ def line_probe(reactor, request: bytes = b"ping gridvm\n", expect: bytes = b"OK"
 
         connecting.addCallbacks(connected.append, connect_failed)
 
-        def give_up() -> None:
-            if not result.called:
+        def give_up(cancelled: bool = False) -> None:
+            if not result.called or cancelled:
                 connecting.cancel()
-                if not result.called:
+                for proto in connected:
+                    proto.transport.abortConnection()
+                if not result.called and not cancelled:
                     result.errback(ProbeFailed(f"no answer within {timeout:g} s"))
 
         timer = reactor.callLater(timeout, give_up)
@@ -79,3 +87,61 @@ def line_probe(reactor, request: bytes = b"ping gridvm\n", expect: bytes = b"OK"
         return result.addBoth(done)
 
     return probe
+
+
+class ProbeRace:
+    """Probe attempts started every ``interval`` seconds without waiting for the earlier
+    ones to give up (at most ``limit`` at once); the first answer wins and the rest are
+    cancelled."""
+
+    def __init__(self, reactor, probe: Probe, host: str, port: int, *,
+                 interval: float = 0.1, limit: int = 64):
+        self.reactor, self.probe, self.host, self.port = reactor, probe, host, port
+        self.interval, self.limit = interval, limit
+        self.answer: str | None = None
+        self.attempts = 0
+        self.last_failure = "no answer yet"
+        self._pending: set[defer.Deferred] = set()
+        self._wake: defer.Deferred | None = None
+
+    async def run(self, check: Callable[[], Awaitable[None]] | None = None) -> str:
+        """The first answer.  ``check`` runs between attempts and raises to stop the race
+        (a deadline passed, the guest died); pending attempts are cancelled either way."""
+        try:
+            while self.answer is None:
+                if len(self._pending) < self.limit:
+                    self._launch()
+                await self._sleep()
+                if self.answer is None and check is not None:
+                    await check()
+            return self.answer
+        finally:
+            for attempt in list(self._pending):
+                attempt.cancel()
+
+    def _launch(self) -> None:
+        self.attempts += 1
+        attempt = self.probe(self.host, self.port)
+        self._pending.add(attempt)
+
+        def answered(value) -> None:
+            self._pending.discard(attempt)
+            if self.answer is None:
+                self.answer = value
+                self._wake_up()
+
+        def failed(failure) -> None:
+            self._pending.discard(attempt)
+            if not failure.check(defer.CancelledError):
+                self.last_failure = str(failure.value) or failure.type.__name__
+
+        attempt.addCallbacks(answered, failed)
+
+    def _sleep(self) -> defer.Deferred:
+        self._wake = defer.Deferred()
+        timer = self.reactor.callLater(self.interval, self._wake_up)
+        return self._wake.addBoth(lambda r: (timer.active() and timer.cancel(), r)[1])
+
+    def _wake_up(self) -> None:
+        if self._wake is not None and not self._wake.called:
+            self._wake.callback(None)
