@@ -1,7 +1,7 @@
 """A job's working directory as REST clients see it, wherever its files are right now.
 
-* Before the job is staged (``job.workdir`` unset), uploads go into ``job.inputs`` and are
-  written into the guest at STAGINGIN.
+* Before the job is staged (``job.workdir`` unset), uploads go into ``job.inputs_dir`` (site
+  storage, kept across server restarts) and are copied into the guest at STAGINGIN.
 * While the job's VM lives and the job is not finished, files come from the guest through
   the TSI (as the job's user).
 * Once the job finished, or its VM is gone, files come from the site storage copy
@@ -105,65 +105,6 @@ class FileStore:
     async def delete(self, rel: str) -> None: ...
 
     async def move(self, source: str, target: str, copy: bool) -> None: ...
-
-
-class PendingFiles(FileStore):
-    """Before stage-in: the uploaded inputs, kept in ``job.inputs``."""
-
-    where = "inputs"
-
-    def __init__(self, inputs: dict[str, bytes], created: float):
-        self.inputs, self.created = inputs, created
-
-    def _dirs(self) -> set[str]:
-        return {posixpath.dirname(name) for name in self.inputs} | {
-            "/".join(name.split("/")[:i]) for name in self.inputs
-            for i in range(1, name.count("/") + 1)}
-
-    async def stat(self, rel):
-        if rel in self.inputs:
-            return FileEntry(rel, False, len(self.inputs[rel]), self.created, "-rw-r--r--")
-        if rel == "" or rel in self._dirs():
-            return FileEntry(rel, True, 0, self.created, "drwxr-xr-x")
-        raise FileMissing(f"no file {rel!r} in the job directory")
-
-    async def listdir(self, rel):
-        if not (await self.stat(rel)).is_dir:
-            raise WrongKind(f"{rel} is not a directory")
-        prefix = f"{rel}/" if rel else ""
-        names = {n[len(prefix):].split("/")[0] for n in self.inputs if n.startswith(prefix)}
-        return [await self.stat(prefix + n) for n in sorted(names)]
-
-    async def read(self, rel, offset, length):
-        entry = await self.stat(rel)
-        if entry.is_dir:
-            raise WrongKind(f"{rel or '/'} is a directory")
-        return self.inputs[rel][offset: offset + length]
-
-    async def write(self, rel, data):
-        if not rel or rel in self._dirs():
-            raise WrongKind(f"{rel or '/'} is a directory")
-        self.inputs[rel] = data
-
-    async def mkdir(self, rel):
-        if rel in self.inputs:
-            raise WrongKind(f"{rel} is a file")
-
-    async def delete(self, rel):
-        if rel in self.inputs:
-            del self.inputs[rel]
-            return
-        under = [n for n in self.inputs if n.startswith(f"{rel}/") or not rel]
-        if not under:
-            raise FileMissing(f"no file {rel!r} in the job directory")
-        for name in under:
-            del self.inputs[name]
-
-    async def move(self, source, target, copy):
-        if source not in self.inputs:
-            raise FileMissing(f"no file {source!r} in the job directory")
-        data = self.inputs[source] if copy else self.inputs.pop(source)
-        self.inputs[target] = data
 
 
 class StorageFiles(FileStore):
@@ -280,6 +221,12 @@ class StorageFiles(FileStore):
         await threads.deferToThread(self._move, source, target, copy)
 
 
+class PendingFiles(StorageFiles):
+    """Before stage-in: the uploaded inputs, in site storage (``job.inputs_dir``)."""
+
+    where = "inputs"
+
+
 class GuestFiles(FileStore):
     """While the job's VM lives: the job directory in the guest, through the TSI."""
 
@@ -392,7 +339,7 @@ class JobFiles:
     def store(self) -> FileStore:
         job = self.job
         if job.workdir is None and not job.state.terminal:
-            return PendingFiles(job.inputs, job.submitted)
+            return PendingFiles(job.inputs_dir)
         target = None
         if job.instance_id:
             with contextlib.suppress(KeyError):

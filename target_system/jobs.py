@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import posixpath
 import shlex
 import time
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, task
+from twisted.internet import defer, task, threads
 
 from target_system.instance import InstanceFailed, TargetSystem
 from target_system.jobdesc import JobDescription, JobDescriptionError
@@ -54,7 +55,6 @@ class Job:
     exit_code: int | None = None
     ended_by: str | None = None  #: the agent's reason when it ended the job itself
     log: list[str] = field(default_factory=list)
-    inputs: dict[str, bytes] = field(default_factory=dict)  #: uploaded before the start
     rejections: list[dict] = field(default_factory=list)  #: why-not per image (no match)
     finished: defer.Deferred = field(default_factory=defer.Deferred)
 
@@ -69,6 +69,33 @@ class Job:
     @property
     def state(self) -> JobState:
         return self.lifecycle.state
+
+    @property
+    def inputs_dir(self) -> Path:
+        """Files uploaded before the start: in site storage (``<root>/inputs/<id>`` beside
+        ``<root>/jobs/<id>``), so a server restart keeps them; staged at STAGINGIN and kept
+        for a restart of the job."""
+        return self.storage.parent.parent / "inputs" / self.job_id
+
+    def input_files(self) -> tuple[list[str], list[tuple[str, Path]]]:
+        """The uploaded inputs: directories and (relative POSIX name, local path) of
+        files, parents first; symbolic links and half-written ``.part`` files left out."""
+        directories: list[str] = []
+        files: list[tuple[str, Path]] = []
+        if not self.inputs_dir.is_dir():
+            return directories, files
+        for parent, dirs, names in os.walk(self.inputs_dir):
+            dirs.sort()
+            here = Path(parent)
+            rel = here.relative_to(self.inputs_dir).as_posix()
+            if rel != ".":
+                directories.append(rel)
+            for name in sorted(names):
+                path = here / name
+                if path.is_symlink() or not path.is_file() or name.endswith(".part"):
+                    continue
+                files.append((name if rel == "." else f"{rel}/{name}", path))
+        return directories, files
 
     @property
     def status_message(self) -> str:
@@ -261,14 +288,16 @@ class JobRunner:
             job.lifecycle.advance(J.STAGINGIN)
         job.workdir = posixpath.join(target.settings.workdir_root, job.job_id)
         workdir = job.workdir
+        directories, files = await threads.deferToThread(job.input_files)
 
         async def stage() -> None:
-            await tsi.execute_script(f"mkdir -p {shlex.quote(workdir)}")
+            made = [workdir, *(posixpath.join(workdir, name) for name in directories)]
+            await tsi.execute_script("mkdir -p " + " ".join(map(shlex.quote, made)))
             for item in job.description.imports:
                 await tsi.write_file(posixpath.join(workdir, item.to), item.data,
                                      mode=item.mode or 0o644)
-            for name, data in job.inputs.items():
-                await tsi.write_file(posixpath.join(workdir, name), data)
+            for name, path in files:
+                await tsi.upload(str(path), posixpath.join(workdir, name))
 
         try:
             await self._retrying(job, target, "staging in", stage)
@@ -277,7 +306,7 @@ class JobRunner:
                 raise
             job.fail("STAGING_FAILED", f"staging in: {err}")
             return
-        staged = len(job.description.imports) + len(job.inputs)
+        staged = len(job.description.imports) + len(files)
         job.note(f"staged {staged} file(s) into {job.workdir}")
 
     async def _submit(self, job: Job, target: TargetSystem) -> None:

@@ -88,13 +88,13 @@ class TargetSystemFactory(service.Service):
 
     # -- jobs ------------------------------------------------------------------------------
     def submit(self, description: dict[str, Any] | JobDescription, caller: Caller, *,
-               inputs: dict[str, bytes] | None = None, start: bool | None = None) -> Job:
+               start: bool | None = None) -> Job:
         """Create a job (raises JobDescriptionError for a bad description) and start it
         unless the description waits for client stage-in (then call :meth:`start`)."""
         job_desc = description if isinstance(description, JobDescription) else parse_job(
             description)
         job = Job(owner=caller.user, description=job_desc, reactor=self.reactor,
-                  storage=self.storage_root / "jobs", inputs=dict(inputs or {}))
+                  storage=self.storage_root / "jobs")
         job.storage = self.storage_root / "jobs" / job.job_id
         self.jobs[job.job_id] = job
         self._callers[job.job_id] = caller
@@ -135,7 +135,7 @@ class TargetSystemFactory(service.Service):
             return old
         job = Job(owner=old.owner, description=old.description, reactor=self.reactor,
                   storage=old.storage, job_id=old.job_id, submitted=old.submitted,
-                  inputs=dict(old.inputs), log=[*old.log])
+                  log=[*old.log])
         self.jobs[job.job_id] = job
         self._callers.setdefault(job.job_id, caller)
         job.note("restarted")
@@ -150,6 +150,7 @@ class TargetSystemFactory(service.Service):
             self.jobs.pop(job.job_id, None)
             self._callers.pop(job.job_id, None)
             shutil.rmtree(job.storage, ignore_errors=True)
+            shutil.rmtree(job.inputs_dir, ignore_errors=True)
             return job
 
         return self.wait(job_id, caller).addCallback(forget)
@@ -342,7 +343,7 @@ class TargetSystemFactory(service.Service):
                          f"its target system failed: {target.lifecycle.message}")
                 job.settle()
             elif job.state.name == "READY" and job.description.client_stage_in:
-                job.note("waiting for the start (inputs uploaded before the restart are lost)")
+                job.note("waiting for the start (its uploaded inputs are kept)")
             else:
                 job.note("restarted after a server restart")
                 self.start(job.job_id, caller)

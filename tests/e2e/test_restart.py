@@ -11,6 +11,7 @@ from twisted.internet import reactor
 from image_repo.db import make_engine, sqlite_url
 from image_repo.repository import ImageRepository
 from target_system.instance import SiteCredentials
+from target_system.jobfiles import JobFiles
 from target_system.lifecycle import InstanceState, JobState
 from target_system.store import StateStore
 from tests.conftest import TEST_ROOT
@@ -116,3 +117,25 @@ async def test_domain_that_vanished_while_down_fails_instance_and_jobs(servers):
     again = second.factory.job(job.job_id, ALICE)
     assert again.state is JobState.FAILED and again.lifecycle.reason == "GUEST_CRASHED"
     assert not second.vmm.instance_dir(job.instance_id).exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_inputs_uploaded_before_the_start_survive_a_server_restart(servers):
+    first = await servers(first=True)
+    job = first.factory.submit({"Executable": "sh", "Arguments": ["-c", "cat data/in.txt"],
+                                "haveClientStageIn": True,
+                                "Resources": {"Image": "gridvm-debian12-initramfs"}}, ALICE)
+    uploads = JobFiles(job, lambda _id: None).store()
+    await uploads.write("data/in.txt", b"uploaded before the restart\n")
+    await first.stop()
+
+    second = await servers()
+    assert second.recovered["jobs"] == 1 and second.recovered["resumed"] == 0
+    again = second.factory.job(job.job_id, ALICE)
+    assert again.state is JobState.READY
+    listing = await JobFiles(again, lambda _id: None).store().listdir("data")
+    assert [entry.path for entry in listing] == ["data/in.txt"]
+    second.factory.start(job.job_id, ALICE)
+    await finished(second.factory, again)
+    assert again.state is JobState.SUCCESSFUL, again.log
+    assert (again.storage / "stdout").read_text() == "uploaded before the restart\n"

@@ -166,7 +166,10 @@ async def test_pending_job_inputs_listing_range_and_confinement(rest_site):
     assert (await http("POST", f"{wd}/actions/rename",
                        json={"from": "/in/data.txt", "to": "data.txt"})).status_code == 204
     job_id = job.rsplit("/", 1)[1]
-    assert site.factory.jobs[job_id].inputs == {"data.txt": b"0123456789"}
+    pending = site.factory.jobs[job_id]
+    _dirs, files = pending.input_files()  # on disk in site storage, not in memory
+    assert [(name, path.read_bytes()) for name, path in files] == [("data.txt", b"0123456789")]
+    assert files[0][1].is_relative_to(pending.inputs_dir)
 
     # traversal: raw requests, so that no client normalises the path
     for path in ("files/../../etc/passwd", "files/%2e%2e/x", "files//etc/passwd",
