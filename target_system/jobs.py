@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, task, threads
+from twisted.python import failure
 
 from target_system.instance import InstanceFailed, TargetSystem
 from target_system.jobdesc import JobDescription, JobDescriptionError
@@ -35,6 +36,9 @@ EXIT_CODE_FILE = "UNICORE_SCRIPT_EXIT_CODE"
 #: Seconds the job may run past its Runtime before gridvm aborts it (the agent's own limit
 #: fires first; this is the backstop).
 RUNTIME_GRACE = 30.0
+#: Seconds before the first status poll of a running job; the pause doubles up to the
+#: runner's ``poll_interval``, so short jobs are seen finished soon and long ones cost little.
+FIRST_POLL = 0.05
 
 
 @dataclass
@@ -210,6 +214,7 @@ class JobRunner:
                  transient_limit: float = 120.0):
         self.reactor = reactor
         self.poll_interval = poll_interval
+        self._listing_waiters: dict[str, list[defer.Deferred]] = {}
         self.exit_code_grace = exit_code_grace
         self.transient_limit = transient_limit
 
@@ -331,18 +336,38 @@ class JobRunner:
         tsi.track(job.bssid)
         if job.state is J.QUEUED:
             job.lifecycle.advance(J.RUNNING)
+        delay = FIRST_POLL
         while not job.state.terminal and not target.detached:
             listing = await self._retrying(job, target, "status",
-                                           lambda: target.tsi.get_status_listing())
+                                           lambda: self._status_listing(target))
             if job.bssid not in listing:
                 break
-            await task.deferLater(self.reactor, self.poll_interval, lambda: None)
+            await task.deferLater(self.reactor, delay, lambda: None)
+            delay = min(delay * 2, self.poll_interval)
         if target.detached:
             return
         if job.state.terminal:  # runtime exceeded, aborted, or the instance failed
             await self._abort_in_guest(job, target)
             return
         job.lifecycle.advance(J.STAGINGOUT)
+
+    def _status_listing(self, target: TargetSystem) -> defer.Deferred:
+        """The target's status listing; jobs that ask while a request is on its way share
+        its answer instead of sending their own."""
+        waiter: defer.Deferred = defer.Deferred()
+        waiters = self._listing_waiters.setdefault(target.instance_id, [])
+        waiters.append(waiter)
+        if len(waiters) == 1:
+            def fan_out(result) -> None:
+                for each in self._listing_waiters.pop(target.instance_id, []):
+                    if isinstance(result, failure.Failure):
+                        each.errback(result)
+                    else:
+                        each.callback(result)
+
+            assert target.tsi is not None
+            target.tsi.get_status_listing().addBoth(fan_out)
+        return waiter
 
     async def _abort_in_guest(self, job: Job, target: TargetSystem) -> None:
         if target.tsi is None or not job.bssid or not target.usable:

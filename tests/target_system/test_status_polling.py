@@ -1,0 +1,54 @@
+"""The runner's status polling against a real agent: concurrent polls of one target share
+one GETSTATUSLISTING, and a failure reaches every poller."""
+
+from types import SimpleNamespace
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor
+
+from target_system.jobs import JobRunner
+from tsi_bridge.client import TSIClient
+from tsi_bridge.errors import TSIError
+from tsi_bridge.local_agent import AgentProcess
+
+
+@pytest.fixture
+def agent(tmp_path):
+    process = AgentProcess(tmp_path / "agent").start()
+    yield process
+    process.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_polls_of_one_target_share_one_request(agent):
+    client = TSIClient(reactor, "127.0.0.1", agent.port, request_timeout=10)
+    sent = []
+    real = client.get_status_listing
+    client.get_status_listing = lambda: (sent.append(1), real())[1]
+    target = SimpleNamespace(instance_id="i-1", tsi=client)
+    runner = JobRunner(reactor)
+    try:
+        bssid = await client.submit("sleep 5\n", uspace_dir=str(agent.workdir), runtime=30)
+        listings = await defer.gatherResults([runner._status_listing(target) for _ in range(5)])
+        assert len(sent) == 1
+        assert all(bssid in listing for listing in listings)
+        await runner._status_listing(target)  # the next round asks again
+        assert len(sent) == 2
+        await client.abort_job(bssid)
+    finally:
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_listing_fails_every_poller(agent):
+    client = TSIClient(reactor, "127.0.0.1", agent.port, request_timeout=10)
+    target = SimpleNamespace(instance_id="i-2", tsi=client)
+    runner = JobRunner(reactor)
+    agent.stop()
+    results = await defer.DeferredList([runner._status_listing(target) for _ in range(3)],
+                                       consumeErrors=True)
+    assert [ok for ok, _ in results] == [False, False, False]
+    assert all(isinstance(f.value, TSIError) for _, f in results)
+    assert runner._listing_waiters == {}
+    await client.close()
