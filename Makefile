@@ -32,6 +32,7 @@ bench: setup
 	$(PY) bench/tsi.py
 	$(PY) bench/match.py
 	$(PY) bench/e2e.py
+	$(PY) bench/rest.py
 
 clean:
 	rm -rf var build *.egg-info
