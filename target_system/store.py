@@ -10,7 +10,7 @@ import logging
 import time
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, delete, select
 from twisted.internet import defer, threads
 from twisted.python.threadpool import ThreadPool
 
@@ -94,6 +94,16 @@ class StateStore:
 
     def save_job(self, job, caller) -> defer.Deferred:
         return self.save(JobRow, job_snapshot(job, caller))
+
+    def _delete(self, model, row_id: str) -> None:
+        with session_scope(self._sessions) as session:
+            session.execute(delete(model).where(model.id == row_id))
+
+    def delete_job(self, job_id: str) -> defer.Deferred:
+        """Forget a deleted job (queued after every earlier write of it)."""
+        d = threads.deferToThreadPool(self.reactor, self._pool, self._delete, JobRow, job_id)
+        d.addErrback(lambda f: log.error("deleting job %s: %s", job_id, f.getErrorMessage()))
+        return d
 
     def flush(self) -> defer.Deferred:
         """Fires once every write queued before it is done."""

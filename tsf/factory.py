@@ -138,6 +138,7 @@ class TargetSystemFactory(service.Service):
                   log=[*old.log])
         self.jobs[job.job_id] = job
         self._callers.setdefault(job.job_id, caller)
+        self._persist_job(job, self._callers[job.job_id])
         job.note("restarted")
         return self.start(job.job_id, caller)
 
@@ -151,6 +152,8 @@ class TargetSystemFactory(service.Service):
             self._callers.pop(job.job_id, None)
             shutil.rmtree(job.storage, ignore_errors=True)
             shutil.rmtree(job.inputs_dir, ignore_errors=True)
+            if self.store is not None:
+                self.store.delete_job(job.job_id)
             return job
 
         return self.wait(job_id, caller).addCallback(forget)
@@ -301,7 +304,7 @@ class TargetSystemFactory(service.Service):
         alive = {a.instance.instance_id: a.instance for a in adopted
                  if a.instance is not None and a.state.alive}
         admin = Caller.of("gridvm", admin=True)
-        counts = {"instances": 0, "reconnected": 0, "jobs": 0, "resumed": 0}
+        counts = {"instances": 0, "reconnected": 0, "jobs": 0, "resumed": 0, "finished": 0}
         for row in await self.store.load_instances(live_only=True):
             try:
                 image = await threads.deferToThread(self._load_image, row["image_id"], admin)
@@ -320,12 +323,16 @@ class TargetSystemFactory(service.Service):
         for instance in alive.values():  # ours by prefix and metadata, but unknown
             log.warning("destroying orphaned domain %s", instance.domain)
             await self.vmm.destroy(instance.instance_id)
-        for row in await self.store.load_jobs(live_only=True):
+        for row in await self.store.load_jobs(live_only=False):
             caller = Caller.of(row["caller"]["user"], row["caller"]["groups"],
                                row["caller"]["vos"], row["caller"]["admin"])
             job = Job.restore(row, self.reactor)
             self.jobs[job.job_id] = job
             self._callers[job.job_id] = caller
+            if job.state.terminal:  # finished before: its record and files stay available
+                job.settle()
+                counts["finished"] += 1
+                continue
             self._persist_job(job, caller)
             counts["jobs"] += 1
             target = self.instances.get(job.instance_id or "")
@@ -350,8 +357,9 @@ class TargetSystemFactory(service.Service):
         for target in self.instances.values():
             if target.state is InstanceState.BUSY and not target.jobs:
                 target.lifecycle.advance(InstanceState.READY)
-        log.info("recovered %(instances)d instances (%(reconnected)d reconnected) and "
-                 "%(jobs)d jobs (%(resumed)d resumed)", counts)
+        log.info("recovered %(instances)d instances (%(reconnected)d reconnected), "
+                 "%(jobs)d unfinished jobs (%(resumed)d resumed) and %(finished)d finished "
+                 "jobs", counts)
         return counts
 
     def _load_image(self, image_id: str, caller: Caller) -> ImageToBoot:

@@ -17,6 +17,7 @@ from target_system.store import StateStore
 from tests.conftest import TEST_ROOT
 from tests.e2e.conftest import ALICE, make_factory, register_built
 from tests.e2e.test_jobs import finished, wait_state
+from tsf.factory import NotFound
 from vmm.hypervisor import Hypervisor
 from vmm.manager import VirtualMachineManager
 
@@ -86,7 +87,8 @@ async def test_job_survives_a_server_restart(servers):
     await first.stop()
 
     second = await servers()
-    assert second.recovered == {"instances": 1, "reconnected": 1, "jobs": 1, "resumed": 1}
+    assert second.recovered == {"instances": 1, "reconnected": 1, "jobs": 1, "resumed": 1,
+                                "finished": 0}
     again = second.factory.job(job.job_id, ALICE)
     assert again is not job and again.state is JobState.RUNNING
     await finished(second.factory, again)
@@ -97,6 +99,21 @@ async def test_job_survives_a_server_restart(servers):
     assert target.state is InstanceState.READY
     # The history from before the restart is kept: phase timings cover the whole life.
     assert {"STAGING", "BOOTING", "CONNECTING"} <= set(target.lifecycle.phase_seconds())
+
+    # A finished job stays (record and files) across the next restart, until deleted.
+    await second.stop()
+    third = await servers()
+    assert third.recovered["finished"] == 1 and third.recovered["jobs"] == 0
+    kept = third.factory.job(job.job_id, ALICE)
+    assert kept.state is JobState.SUCCESSFUL and kept.exit_code == 0
+    assert await third.factory.wait(job.job_id, ALICE) is kept
+    assert (kept.storage / "stdout").read_text() == "done\n"
+    await third.factory.delete(job.job_id, ALICE)
+    await third.stop()
+    fourth = await servers()
+    assert fourth.recovered["finished"] == 0
+    with pytest.raises(NotFound):
+        fourth.factory.job(job.job_id, ALICE)
 
 
 @pytest_twisted.ensureDeferred

@@ -58,5 +58,9 @@ async def test_snapshots_round_trip(database_url, tmp_path):  # noqa: F811
         assert again.lifecycle.entered.keys() == job.lifecycle.entered.keys()
         again.lifecycle.cancel()
         job.lifecycle.cancel()
+
+        store.delete_job(job.job_id)  # queued behind the writes before it
+        await store.flush()
+        assert await store.load_jobs(live_only=False) == []
     finally:
         store.close()
