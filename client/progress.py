@@ -65,6 +65,9 @@ class Progress:
     # -- feeding ------------------------------------------------------------------------------
     def update(self, props: dict[str, Any]) -> None:
         self.polls += 1
+        if self.phase is None:
+            # Every job is matched first, though often before the first poll sees it.
+            self._enter("matching")
         instance_id = instance_id_of(props)
         terminal = props.get("status") in ("SUCCESSFUL", "FAILED")
         if instance_id and not terminal and (self.phase in (None, "matching", *SERVER_TIMED)
@@ -82,7 +85,7 @@ class Progress:
     def _note_instance(self, props: dict[str, Any]) -> None:
         state = (self.instance or {}).get("state", "?")
         image = (self.instance or {}).get("image") or (props.get("gridvm") or {}).get("image")
-        reused = state in ("READY", "BUSY") and self.phase in (None, "matching")
+        reused = state in ("READY", "BUSY") and self.phase == "matching"
         what = "reusing" if reused else "instance"
         self._line(f"{what} {self.instance_id}" + (f" ({image})" if image else "")
                    + (f", {state}" if not reused else ""))

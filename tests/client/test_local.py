@@ -3,13 +3,14 @@ requirement mapping and the phase of a job."""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 
 import pytest
 
 from client.errors import EXIT_USAGE
-from client.progress import phase_of
+from client.progress import Progress, phase_of
 from client.requirements import apply_requirements
 from tests.client.conftest import cli_env, one_line_error, run_cli
 
@@ -104,3 +105,30 @@ def test_phase_of_a_job():
     assert phase_of({"status": "READY", **instance}, {"state": "CONNECTING"}) == "connecting"
     assert phase_of({"status": "RUNNING", **instance}, {"state": "BUSY"}) == "running"
     assert phase_of({"status": "FAILED", **instance}, None) == "failed"
+
+
+class _JobHandle:
+    """What Progress asks of a job handle: its id and its instance's properties."""
+
+    id = "j1"
+
+    def __init__(self, instance: dict):
+        self._instance = instance
+
+    def instance(self) -> dict:
+        return self._instance
+
+
+def test_progress_shows_matching_even_when_the_first_poll_sees_the_instance():
+    stream = io.StringIO()
+    progress = Progress(_JobHandle({"state": "BOOTING", "image": "img",
+                                    "phases": {"STAGING": 0.2}}),
+                        stream, tty=False, clock=lambda: 0.0)
+    progress.update({"status": "READY", "gridvm": {"instance": "abc"}})
+    progress.update({"status": "RUNNING", "gridvm": {"instance": "abc"}})
+    progress.finish({"status": "SUCCESSFUL", "exitCode": "0"})
+    lines = [line.split("] ", 1)[1] for line in stream.getvalue().splitlines()]
+    assert lines == ["matching", "instance abc (img), BOOTING", "staging (matching took 0.0s)",
+                     "booting (staging took 0.2s)", "running (booting took 0.0s)",
+                     "job j1 SUCCESSFUL (exit code 0): matching 0.0s, staging 0.2s, "
+                     "booting 0.0s, running 0.0s"]
