@@ -39,6 +39,8 @@ RUNTIME_GRACE = 30.0
 #: Seconds before the first status poll of a running job; the pause doubles up to the
 #: runner's ``poll_interval``, so short jobs are seen finished soon and long ones cost little.
 FIRST_POLL = 0.05
+#: Files copied from the guest at once during stage-out.
+STAGE_OUT_PARALLEL = 4
 
 
 @dataclass
@@ -389,7 +391,7 @@ class JobRunner:
                 if job.exit_code and job.bssid:
                     job.ended_by = await self._ended_by(tsi, job.bssid)
             job.storage.mkdir(parents=True, exist_ok=True)
-            copied = 0
+            wanted = []
             for entry in await tsi.ls(workdir, "R"):
                 if entry.is_dir or not entry.path.startswith(workdir + "/"):
                     continue
@@ -397,9 +399,13 @@ class JobRunner:
                 if not local.is_relative_to(job.storage.resolve()):
                     continue
                 local.parent.mkdir(parents=True, exist_ok=True)
-                await tsi.download(entry.path, str(local))
-                copied += 1
-            return copied
+                wanted.append((entry.path, local))
+            # Several files at once, one TSI worker each (within the client's pool).
+            limit = defer.DeferredSemaphore(max(1, min(STAGE_OUT_PARALLEL, tsi.pool_size)))
+            await defer.gatherResults(
+                [limit.run(tsi.download, remote, str(local)) for remote, local in wanted],
+                consumeErrors=True).addErrback(lambda f: f.value.subFailure.raiseException())
+            return len(wanted)
 
         try:
             copied = await self._retrying(job, target, "staging out", copy_back)
