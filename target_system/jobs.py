@@ -62,6 +62,8 @@ class Job:
     ended_by: str | None = None  #: the agent's reason when it ended the job itself
     log: list[str] = field(default_factory=list)
     rejections: list[dict] = field(default_factory=list)  #: why-not per image (no match)
+    site_id: str | None = None  #: the UNICORE site (``/sites/{id}``) it was submitted to
+    termination: float | None = None  #: epoch seconds after which the site destroys it
     finished: defer.Deferred = field(default_factory=defer.Deferred)
 
     def __post_init__(self) -> None:
@@ -131,7 +133,8 @@ class Job:
                   submitted=row["submitted"], instance_id=row["instance_id"],
                   image=row["image"], bssid=row["bssid"], workdir=row["workdir"],
                   exit_code=row["exit_code"], ended_by=row["ended_by"], log=list(row["log"]),
-                  rejections=list(row["rejections"]))
+                  rejections=list(row["rejections"]), site_id=row.get("site_id"),
+                  termination=row.get("termination"))
         job.lifecycle.restore(J[row["state"]], row["history"], row["reason"], row["message"])
         return job
 
@@ -148,7 +151,8 @@ class Job:
             "exitCode": None if self.exit_code is None else str(self.exit_code),
             "instance": self.instance_id, "image": self.image, "bssid": self.bssid,
             "name": self.description.name, "tags": list(self.description.tags),
-            "submitted": self.submitted, "log": list(self.log),
+            "submitted": self.submitted, "termination": self.termination,
+            "log": list(self.log),
             "phases": {k: round(v, 3) for k, v in self.lifecycle.phase_seconds().items()},
         }
 

@@ -54,3 +54,16 @@ class JobRow(Base):
     rejections: Mapped[list] = mapped_column(JSON, default=list)
     submitted: Mapped[float] = mapped_column(Float)
     updated: Mapped[float] = mapped_column(Float)
+    site_id: Mapped[str | None] = mapped_column(String(32))  #: the UNICORE site it went to
+    termination: Mapped[float | None] = mapped_column(Float)  #: destroyed after this time
+
+
+class SiteRow(Base):
+    """A UNICORE site: a user's handle that accepts jobs (``/sites/{id}``)."""
+
+    __tablename__ = "sites"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128), index=True)
+    created: Mapped[float] = mapped_column(Float)
+    termination: Mapped[float | None] = mapped_column(Float)

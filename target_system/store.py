@@ -15,7 +15,7 @@ from twisted.internet import defer, threads
 from twisted.python.threadpool import ThreadPool
 
 from image_repo.db import migrate, session_factory, session_scope
-from target_system.models import InstanceRow, JobRow
+from target_system.models import InstanceRow, JobRow, SiteRow
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def job_snapshot(job, caller) -> dict[str, Any]:
         "exit_code": job.exit_code, "ended_by": job.ended_by, "storage": str(job.storage),
         "log": list(job.log), "history": [list(item) for item in life.history],
         "rejections": list(job.rejections), "submitted": job.submitted,
-        "updated": time.time(),
+        "site_id": job.site_id, "termination": job.termination, "updated": time.time(),
     }
 
 
@@ -99,11 +99,27 @@ class StateStore:
         with session_scope(self._sessions) as session:
             session.execute(delete(model).where(model.id == row_id))
 
-    def delete_job(self, job_id: str) -> defer.Deferred:
-        """Forget a deleted job (queued after every earlier write of it)."""
-        d = threads.deferToThreadPool(self.reactor, self._pool, self._delete, JobRow, job_id)
-        d.addErrback(lambda f: log.error("deleting job %s: %s", job_id, f.getErrorMessage()))
+    def delete(self, model, row_id: str) -> defer.Deferred:
+        """Forget a row (queued after every earlier write of it)."""
+        d = threads.deferToThreadPool(self.reactor, self._pool, self._delete, model, row_id)
+        d.addErrback(lambda f: log.error("deleting %s %s: %s", model.__tablename__, row_id,
+                                         f.getErrorMessage()))
         return d
+
+    def delete_job(self, job_id: str) -> defer.Deferred:
+        """Forget a deleted job."""
+        return self.delete(JobRow, job_id)
+
+    def save_site(self, site_id: str, owner: str, created: float,
+                  termination: float | None) -> defer.Deferred:
+        return self.save(SiteRow, {"id": site_id, "owner": owner, "created": created,
+                                   "termination": termination})
+
+    def delete_site(self, site_id: str) -> defer.Deferred:
+        return self.delete(SiteRow, site_id)
+
+    def load_sites(self) -> defer.Deferred:
+        return threads.deferToThreadPool(self.reactor, self._pool, self._load, SiteRow, None)
 
     def flush(self) -> defer.Deferred:
         """Fires once every write queued before it is done."""

@@ -34,6 +34,9 @@ Example (every value shown is the default; ``state_dir`` defaults to ``$GRIDVM_H
     max_memory_mib = 8192
     max_runtime_s = 86400
     token_lifetime_s = 43200          # default lifetime of issued tokens
+    job_lifetime_days = 30            # a job and its files are destroyed this long after
+                                      # submission (its owner may move terminationTime
+                                      # within this span); 0 = kept until deleted
 
     [deadlines]                       # seconds per instance phase
     staging = 600
@@ -102,6 +105,7 @@ class LimitsSection:
     max_memory_mib: int = 8192
     max_runtime_s: int = 86400
     token_lifetime_s: int = 43200
+    job_lifetime_days: float = 30.0
 
 
 @dataclass

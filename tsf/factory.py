@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import defer, threads
+from twisted.internet import defer, task, threads
 
 from image_repo.access import Caller
 from image_repo.errors import RepositoryError
@@ -39,6 +40,11 @@ from vmm.manager import VirtualMachineManager
 log = logging.getLogger(__name__)
 
 DEFAULT_MEMORY_MIB = 256
+#: How long a job (its record and its files in site storage) is kept after submission,
+#: unless its owner sets another termination time (UNICORE's ``terminationTime``).
+DEFAULT_JOB_LIFETIME = 30 * 86400.0
+#: Seconds between two sweeps for jobs past their termination time.
+EXPIRY_INTERVAL = 60.0
 
 
 @dataclass
@@ -66,7 +72,9 @@ class TargetSystemFactory(service.Service):
                  quotas: Quotas | None = None, deadlines: Deadlines | None = None,
                  health: HealthPolicy | None = None, runner: JobRunner | None = None,
                  store: StateStore | None = None,
-                 context_hooks: dict[str, bytes] | None = None):
+                 context_hooks: dict[str, bytes] | None = None,
+                 job_lifetime: float | None = DEFAULT_JOB_LIFETIME,
+                 expiry_interval: float = EXPIRY_INTERVAL):
         self.repository = repository
         self.vmm = vmm
         self.credentials = credentials
@@ -78,6 +86,11 @@ class TargetSystemFactory(service.Service):
         self.runner = runner or JobRunner(reactor)
         self.store = store
         self.keep_on_stop = False  #: stopService detaches instead of terminating
+        #: seconds a job is kept after submission (None: until deleted) and at most from now
+        self.job_lifetime = job_lifetime
+        self._expiry = task.LoopingCall(self.expire)
+        self._expiry.clock = reactor
+        self.expiry_interval = expiry_interval
         #: site start-up hooks put on every instance's medium as init.d/<name>
         self.context_hooks = dict(context_hooks or {})
         self.jobs: dict[str, Job] = {}
@@ -85,17 +98,21 @@ class TargetSystemFactory(service.Service):
         self._callers: dict[str, Caller] = {}
         self._running: dict[str, defer.Deferred] = {}
         self._reserved: dict[str, set[str]] = {}  #: instance id -> jobs waiting for it
+        self._expiring: set[str] = set()  #: jobs being destroyed by :meth:`expire`
 
     # -- jobs ------------------------------------------------------------------------------
     def submit(self, description: dict[str, Any] | JobDescription, caller: Caller, *,
-               start: bool | None = None) -> Job:
+               start: bool | None = None, site_id: str | None = None) -> Job:
         """Create a job (raises JobDescriptionError for a bad description) and start it
-        unless the description waits for client stage-in (then call :meth:`start`)."""
+        unless the description waits for client stage-in (then call :meth:`start`).
+        It is destroyed ``job_lifetime`` seconds after submission (see :meth:`expire`)."""
         job_desc = description if isinstance(description, JobDescription) else parse_job(
             description)
         job = Job(owner=caller.user, description=job_desc, reactor=self.reactor,
-                  storage=self.storage_root / "jobs")
+                  storage=self.storage_root / "jobs", site_id=site_id)
         job.storage = self.storage_root / "jobs" / job.job_id
+        if self.job_lifetime:
+            job.termination = job.submitted + self.job_lifetime
         self.jobs[job.job_id] = job
         self._callers[job.job_id] = caller
         self._persist_job(job, caller)
@@ -135,7 +152,7 @@ class TargetSystemFactory(service.Service):
             return old
         job = Job(owner=old.owner, description=old.description, reactor=self.reactor,
                   storage=old.storage, job_id=old.job_id, submitted=old.submitted,
-                  log=[*old.log])
+                  log=[*old.log], site_id=old.site_id, termination=old.termination)
         self.jobs[job.job_id] = job
         self._callers.setdefault(job.job_id, caller)
         self._persist_job(job, self._callers[job.job_id])
@@ -157,6 +174,38 @@ class TargetSystemFactory(service.Service):
             return job
 
         return self.wait(job_id, caller).addCallback(forget)
+
+    def set_termination(self, job_id: str, when: float, caller: Caller) -> Job:
+        """Move the job's termination time (UNICORE's ``terminationTime``): it must lie in
+        the future and, when the site limits job lifetimes, within one lifetime from now."""
+        job = self.job(job_id, caller)
+        now = self.reactor.seconds()
+        if when <= now:
+            raise ValueError("terminationTime must lie in the future")
+        if self.job_lifetime and when > now + self.job_lifetime:
+            raise ValueError(f"terminationTime may lie at most {self.job_lifetime / 86400:g} "
+                             "days ahead on this site")
+        job.termination = when
+        job.note(f"termination time set to {_utc(when)}")
+        self._persist_job(job, self._callers[job.job_id])
+        return job
+
+    def expire(self) -> list[str]:
+        """Destroy the jobs past their termination time, as DELETE would: abort if running,
+        then forget the record and remove the files.  Runs every ``expiry_interval``."""
+        now = self.reactor.seconds()
+        due = [job for job in self.jobs.values()
+               if job.termination is not None and job.termination <= now
+               and job.job_id not in self._expiring]
+        for job in due:
+            log.info("job %s of %s reached its termination time %s: destroying it",
+                     job.job_id, job.owner, _utc(job.termination))
+            job.note("termination time reached: destroying the job")
+            self._expiring.add(job.job_id)
+            d = self.delete(job.job_id, self._callers[job.job_id])
+            d.addBoth(lambda result, job_id=job.job_id: (self._expiring.discard(job_id),
+                                                          result)[1])
+        return [job.job_id for job in due]
 
     def wait(self, job_id: str, caller: Caller) -> defer.Deferred:
         """Fires with the job once it is SUCCESSFUL or FAILED."""
@@ -327,6 +376,8 @@ class TargetSystemFactory(service.Service):
             caller = Caller.of(row["caller"]["user"], row["caller"]["groups"],
                                row["caller"]["vos"], row["caller"]["admin"])
             job = Job.restore(row, self.reactor)
+            if job.termination is None and self.job_lifetime:  # saved before lifetimes
+                job.termination = job.submitted + self.job_lifetime
             self.jobs[job.job_id] = job
             self._callers[job.job_id] = caller
             if job.state.terminal:  # finished before: its record and files stay available
@@ -390,10 +441,21 @@ class TargetSystemFactory(service.Service):
     def list_instances(self, caller: Caller) -> list[TargetSystem]:
         return [t for t in self.instances.values() if caller.admin or t.owner == caller.user]
 
+    def startService(self):
+        super().startService()
+        self._expiry.start(self.expiry_interval, now=True).addErrback(
+            lambda f: log.error("job expiry stopped: %s", f.getTraceback()))
+
     def stopService(self):
         """Terminate every instance — or, with ``keep_on_stop``, detach from them so that
         they and their jobs go on and the next start re-adopts them."""
         super().stopService()
+        if self._expiry.running:
+            self._expiry.stop()
         if self.keep_on_stop:
             return self.detach()
         return defer.DeferredList([t.terminate("site shutdown") for t in self._live()])
+
+
+def _utc(stamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))

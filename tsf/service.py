@@ -173,7 +173,8 @@ class SiteService(service.MultiService):
             deadlines=Deadlines(staging=d.staging, booting=d.booting, connecting=d.connecting),
             health=HealthPolicy(interval=h.interval, missed_budget=h.missed_budget,
                                 idle_timeout=h.idle_timeout or None, lease=h.lease or None),
-            store=StateStore(make_engine(config.database_url), reactor))
+            store=StateStore(make_engine(config.database_url), reactor),
+            job_lifetime=config.limits.job_lifetime_days * 86400 or None)
         self.factory.keep_on_stop = config.site.keep_instances
         counts = await self.factory.recover(adopted)
         log.info("taken back from an earlier run: %(instances)d instance(s), "
@@ -191,6 +192,10 @@ class SiteService(service.MultiService):
             Limits(max_json=limits.max_json_kib << 10, max_upload=limits.max_upload_mib << 20),
             sizing={"cpus": limits.max_cpus, "memory_mib": limits.max_memory_mib,
                     "runtime_s": limits.max_runtime_s})
+        sites = await self.app.context["sites"].load()
+        log.info("%d UNICORE site(s) of earlier runs kept; jobs kept %s after submission", sites,
+                 f"{limits.job_lifetime_days:g} days" if limits.job_lifetime_days
+                 else "until deleted")
         site = build_site(self.app)
         if config.http.port >= 0:
             self.http = ListeningService("http", reactor, site, config.http.host,

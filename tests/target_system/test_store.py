@@ -1,10 +1,12 @@
-"""Instance and job snapshots round-trip through the database, SQLite and PostgreSQL."""
+"""Instance, job and site snapshots round-trip through the database, SQLite and PostgreSQL;
+the schema migrates in place."""
 
 import pytest_twisted
+from sqlalchemy import text
 from twisted.internet import reactor
 
 from image_repo.access import Caller
-from image_repo.db import make_engine
+from image_repo.db import current_revision, make_engine, migrate
 from target_system.instance import ImageToBoot, TargetSystem
 from target_system.jobdesc import parse_job
 from target_system.jobs import Job
@@ -64,3 +66,46 @@ async def test_snapshots_round_trip(database_url, tmp_path):  # noqa: F811
         assert await store.load_jobs(live_only=False) == []
     finally:
         store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sites_and_job_lifetimes_round_trip(database_url, tmp_path):  # noqa: F811
+    store = StateStore(make_engine(database_url), reactor)
+    try:
+        store.save_site("s1", "alice", 1000.0, None)
+        store.save_site("s2", "bob", 1001.0, 5000.0)
+        job = Job(owner="alice", reactor=reactor, storage=tmp_path / "j2",
+                  description=parse_job({"Executable": "true"}), site_id="s1",
+                  termination=123456.0)
+        store.save_job(job, ALICE)
+        store.delete_site("s2")
+        await store.flush()
+        assert await store.load_sites() == [{"id": "s1", "owner": "alice", "created": 1000.0,
+                                             "termination": None}]
+        (row,) = await store.load_jobs()
+        again = Job.restore(row, reactor)
+        assert (again.site_id, again.termination) == ("s1", 123456.0)
+        again.lifecycle.cancel()
+        job.lifecycle.cancel()
+    finally:
+        store.close()
+
+
+def test_migration_0003_keeps_the_jobs_of_an_earlier_schema(tmp_path):
+    """A database at 0002 (before sites and lifetimes) upgrades in place: its job rows stay
+    and read back without a site and without a termination time."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.sqlite'}")
+    migrate(engine, "0002_target_systems")
+    with engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO jobs (id, owner, caller, state, message, description, storage, log, "
+            "history, rejections, submitted, updated) VALUES ('old1', 'alice', '{}', "
+            "'SUCCESSFUL', '', '{\"Executable\": \"true\"}', '/tmp/x', '[]', '[]', '[]', "
+            "10.0, 11.0)"))
+    migrate(engine)
+    assert current_revision(engine) == "0003_sites_and_lifetimes"
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT id, site_id, termination FROM jobs")).all()
+        assert [tuple(r) for r in rows] == [("old1", None, None)]
+        assert connection.execute(text("SELECT count(*) FROM sites")).scalar() == 0
+    engine.dispose()

@@ -28,7 +28,7 @@ class _NotFound(resource.Resource):
 def build_app(site_name: str, factory, authenticator: Authenticator, tokens: TokenIssuer,
               limits: Limits | None = None, sizing: dict | None = None) -> RestApp:
     app = RestApp(site_name, authenticator, limits=limits or Limits())
-    app.context.update(factory=factory, tokens=tokens, sites=SiteRegistry(),
+    app.context.update(factory=factory, tokens=tokens, sites=SiteRegistry(factory.store),
                        sizing=sizing or {"cpus": 4, "memory_mib": 8192, "runtime_s": 86400})
     for family in (base, sites, jobs, storages, gridvm):
         family.install(app)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -81,6 +82,28 @@ def iso(stamp: float | None) -> str | None:
     if stamp is None:
         return None
     return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%dT%H:%M:%S+0000")
+
+
+def parse_time(value: Any, what: str = "terminationTime") -> float:
+    """An ISO 8601 time (with or without offset; none means UTC) as epoch seconds; 400 if
+    it is not one."""
+    if not isinstance(value, str):
+        raise bad_request(f"{what} must be an ISO 8601 time string, got {value!r}")
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise bad_request(f"{what} is not an ISO 8601 time: {value!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def future_time(value: Any, what: str = "terminationTime") -> float:
+    """:func:`parse_time`, and 400 unless it lies in the future."""
+    stamp = parse_time(value, what)
+    if stamp <= time.time():
+        raise bad_request(f"{what} {value} lies in the past")
+    return stamp
 
 
 def link(href: str, description: str = "") -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""Jobs: submit (201 + Location), list (offset/num/tags), properties, actions, delete."""
+"""Jobs: submit (201 + Location), list (offset/num/tags), properties (and ``PUT`` of
+``terminationTime``), actions, delete."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from tsf.rest.http import (
     Response,
     RestError,
     bad_request,
+    check_keys,
     int_param,
     iso,
     link,
     not_found,
+    parse_time,
     str_param,
 )
 from tsf.rest.sites import FACTORY_ID, PARTITION, paging_links
@@ -67,8 +70,7 @@ async def submit(call: Call, site_id: str | None = None) -> Response:
         raise bad_request(f"invalid job description: {err}") from None
     await resolve_container_image(call, desc)
     site = site or registry.default_for(caller)
-    job = call.app.context["factory"].submit(desc, caller)
-    registry.job_sites[job.job_id] = site.site_id
+    job = call.app.context["factory"].submit(desc, caller, site_id=site.site_id)
     return Response.created(call.url("jobs", job.job_id))
 
 
@@ -83,7 +85,7 @@ async def list_jobs(call: Call, site_id: str | None = None) -> Response:
     jobs = call.app.context["factory"].list_jobs(caller)
     if site_id is not None:
         registry.get(site_id, caller)
-        jobs = [j for j in jobs if registry.job_sites.get(j.job_id) == site_id]
+        jobs = [j for j in jobs if j.site_id == site_id]
     tags = _tags(call)
     if tags:
         jobs = [j for j in jobs if set(tags) <= set(j.description.tags)]
@@ -101,11 +103,12 @@ def job_properties(call: Call, job) -> dict:
     desc = job.description
     url = call.url("jobs", job.job_id)
     registry = call.app.context["sites"]
-    site_id = registry.job_sites.get(job.job_id)
+    site_id = job.site_id
     doc = {
         "status": job.state.name, "statusMessage": job.status_message, "log": list(job.log),
         "name": desc.name, "owner": job.owner, "submissionTime": iso(job.submitted),
-        "terminationTime": None, "currentTime": iso(time.time()), "queue": PARTITION,
+        "terminationTime": iso(job.termination), "currentTime": iso(time.time()),
+        "queue": PARTITION,
         "jobType": desc.job_type, "tags": list(desc.tags), "acl": [],
         "siteName": call.app.site_name, "resourceStatus": "READY",
         "consumedTime": {k: round(v, 3) for k, v in job.lifecycle.phase_seconds().items()},
@@ -169,8 +172,22 @@ async def job_action(call: Call, job_id: str, action: str) -> Response:
 async def delete_job(call: Call, job_id: str) -> Response:
     find_job(call, job_id)
     await call.app.context["factory"].delete(job_id, call.caller)
-    call.app.context["sites"].job_sites.pop(job_id, None)
     return Response.no_content()
+
+
+async def set_job_properties(call: Call, job_id: str) -> Response:
+    """``PUT {job}`` as UNICORE's ``BaseRESTController.setProperties``: the properties a
+    client may change (here ``terminationTime``), answered per key with "OK"."""
+    job = find_job(call, job_id)
+    doc = call.json("job properties")
+    check_keys(doc, {"terminationTime"})
+    if "terminationTime" in doc:
+        when = parse_time(doc["terminationTime"])
+        try:
+            call.app.context["factory"].set_termination(job.job_id, when, call.caller)
+        except ValueError as err:
+            raise bad_request(str(err)) from None
+    return Response(json={key: "OK" for key in doc})
 
 
 async def submit_to_site(call: Call, site_id: str) -> Response:
@@ -186,6 +203,7 @@ def install(app: RestApp) -> None:
     app.add("POST", "jobs", submit)
     app.add("GET", "jobs/{job_id}", get_job)
     app.add("DELETE", "jobs/{job_id}", delete_job)
+    app.add("PUT", "jobs/{job_id}", set_job_properties)
     app.add("GET", "jobs/{job_id}/details", job_details)
     app.add("GET", "jobs/{job_id}/submitted", job_submitted)
     app.add("POST", "jobs/{job_id}/actions/{action}", job_action)

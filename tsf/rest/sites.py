@@ -16,7 +16,15 @@ from dataclasses import dataclass, field
 from twisted.internet import threads
 
 from tsf.rest.app import Call, RestApp
-from tsf.rest.http import Response, bad_request, check_keys, int_param, iso, link, not_found
+from tsf.rest.http import (
+    Response,
+    check_keys,
+    future_time,
+    int_param,
+    iso,
+    link,
+    not_found,
+)
 
 FACTORY_ID = "default_target_system_factory"
 PARTITION = "batch"
@@ -33,26 +41,51 @@ class Site:
     site_id: str
     owner: str
     created: float = field(default_factory=time.time)
-    termination: str | None = None
+    termination: float | None = None  #: epoch seconds after which the site is removed
 
 
-@dataclass
 class SiteRegistry:
-    """Per-user sites and which site each job was submitted to."""
+    """Per-user sites, kept in the state store when there is one (so their URLs outlive a
+    server restart).  A site past its termination time is removed — not its jobs, as in
+    UNICORE.  Which site a job went to is the job's own ``site_id``."""
 
-    sites: dict[str, Site] = field(default_factory=dict)
-    job_sites: dict[str, str] = field(default_factory=dict)
+    def __init__(self, store=None, clock=time.time):
+        self.store = store
+        self.clock = clock
+        self.sites: dict[str, Site] = {}
 
-    def create(self, owner: str, termination: str | None = None) -> Site:
+    async def load(self) -> int:
+        """Read the sites saved by an earlier run; returns how many."""
+        if self.store is not None:
+            for row in await self.store.load_sites():
+                self.sites[row["id"]] = Site(row["id"], row["owner"], row["created"],
+                                             row["termination"])
+        return len(self.sites)
+
+    def create(self, owner: str, termination: float | None = None) -> Site:
         site = Site(uuid.uuid4().hex[:12], owner, termination=termination)
         self.sites[site.site_id] = site
+        if self.store is not None:
+            self.store.save_site(site.site_id, owner, site.created, termination)
         return site
 
+    def remove(self, site_id: str) -> None:
+        if self.sites.pop(site_id, None) is not None and self.store is not None:
+            self.store.delete_site(site_id)
+
+    def _expire(self) -> None:
+        now = self.clock()
+        for site in [s for s in self.sites.values()
+                     if s.termination is not None and s.termination <= now]:
+            self.remove(site.site_id)
+
     def of(self, caller) -> list[Site]:
+        self._expire()
         return sorted((s for s in self.sites.values() if caller.admin or s.owner == caller.user),
                       key=lambda s: s.created)
 
     def get(self, site_id: str, caller) -> Site:
+        self._expire()
         site = self.sites.get(site_id)
         if site is None or not (caller.admin or site.owner == caller.user):
             raise not_found(f"no site {site_id}")
@@ -140,8 +173,8 @@ async def create_site(call: Call, factory_id: str = FACTORY_ID) -> Response:
     doc = call.json()
     check_keys(doc, {"terminationTime", "parameters"})
     termination = doc.get("terminationTime")
-    if termination is not None and not isinstance(termination, str):
-        raise bad_request("terminationTime must be an ISO 8601 string")
+    if termination is not None:
+        termination = future_time(termination)
     site = call.app.context["sites"].create(call.caller.user, termination)
     return Response.created(call.url("sites", site.site_id))
 
@@ -206,11 +239,11 @@ def paging_links(call: Call, name: str, offset: int, num: int, total: int,
 
 async def get_site(call: Call, site_id: str) -> Response:
     site = call.app.context["sites"].get(site_id, call.caller)
-    registry = call.app.context["sites"]
     doc = await _properties(call)
     doc["umask"] = "77"
-    doc["numberOfJobs"] = sum(1 for s in registry.job_sites.values() if s == site_id)
-    doc["terminationTime"] = site.termination
+    doc["numberOfJobs"] = sum(1 for j in call.app.context["factory"].list_jobs(call.caller)
+                              if j.site_id == site_id)
+    doc["terminationTime"] = iso(site.termination)
     doc["submissionTime"] = iso(site.created)
     base = call.url("sites", site_id)
     doc["_links"] = {**_links_common(call, base), "jobs": link(f"{base}/jobs"),
@@ -221,7 +254,7 @@ async def get_site(call: Call, site_id: str) -> Response:
 async def delete_site(call: Call, site_id: str) -> Response:
     registry = call.app.context["sites"]
     registry.get(site_id, call.caller)
-    del registry.sites[site_id]
+    registry.remove(site_id)
     return Response.no_content()
 
 
