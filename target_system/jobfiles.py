@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from twisted.internet import threads
 
@@ -98,7 +98,8 @@ class FileStore:
 
     async def read(self, rel: str, offset: int, length: int) -> bytes: ...
 
-    async def write(self, rel: str, data: bytes) -> None: ...
+    async def write(self, rel: str, data: bytes | BinaryIO) -> None:
+        """Write a file from bytes or, streamed in chunks, from a readable binary file."""
 
     async def mkdir(self, rel: str) -> None: ...
 
@@ -169,7 +170,11 @@ class StorageFiles(FileStore):
         path.parent.mkdir(parents=True, exist_ok=True)
         self._path(rel, must_exist=False)  # parents created: check again
         temporary = path.with_name(path.name + ".part")
-        temporary.write_bytes(data)
+        if isinstance(data, bytes | bytearray):
+            temporary.write_bytes(data)
+        else:
+            with temporary.open("wb") as handle:
+                shutil.copyfileobj(data, handle, 1 << 20)
         os.replace(temporary, path)
 
     def _mkdir(self, rel):
@@ -309,7 +314,10 @@ class GuestFiles(FileStore):
         parent = posixpath.dirname(rel)
         await self._script([rel], f"mkdir -p -- {shlex.quote(parent or '.')}"
                                   f" && test ! -d {shlex.quote(rel)}")
-        await self.tsi.write_file(self._abs(rel), data)
+        if isinstance(data, bytes | bytearray):
+            await self.tsi.write_file(self._abs(rel), data)
+        else:
+            await self.tsi.upload(data, self._abs(rel))
 
     async def mkdir(self, rel):
         await self._script([rel], f"mkdir -p -- {shlex.quote(rel or '.')}")

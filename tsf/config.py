@@ -29,7 +29,7 @@ Example (every value shown is the default; ``state_dir`` defaults to ``$GRIDVM_H
 
     [limits]
     max_json_kib = 1024               # a JSON request body
-    max_upload_mib = 256              # one uploaded (or downloaded) file
+    max_upload_mib = 256              # one uploaded file (downloads are not limited)
     max_cpus = 4                      # published sizing resources
     max_memory_mib = 8192
     max_runtime_s = 86400

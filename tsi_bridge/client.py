@@ -19,6 +19,7 @@ import functools
 import os
 from collections import deque
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from twisted.internet import defer, threads
 
@@ -350,10 +351,11 @@ class TSIClient:
         await self._with_worker(write)
 
     @_deferred
-    async def upload(self, local_path: str, path: str, mode: int = 0o644) -> int:
-        """Stream a local file to the TSI in chunks (local reads off the reactor thread);
-        returns the number of bytes."""
-        handle = await threads.deferToThread(open, local_path, "rb")
+    async def upload(self, local: str | BinaryIO, path: str, mode: int = 0o644) -> int:
+        """Stream a local file (a path, or a readable binary file from its current position)
+        to the TSI in chunks (local reads off the reactor thread); returns the bytes sent."""
+        opened = isinstance(local, str)
+        handle = await threads.deferToThread(open, local, "rb") if opened else local
         total = 0
 
         async def send(worker: TSIWorker) -> None:
@@ -374,7 +376,8 @@ class TSIClient:
         try:
             await self._with_worker(send)
         finally:
-            handle.close()
+            if opened:
+                handle.close()
         return total
 
     @_deferred

@@ -4,7 +4,9 @@ factory, visibility, bad input, other users' things, path confinement, pending u
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest_twisted
@@ -252,3 +254,34 @@ async def test_site_storage_copy_refuses_symlinks_out_of_the_job_directory(rest_
     assert "outside" in error_of(await http("PUT", f"{wd}/files/escape/planted", content=b"x",
                                             headers={"Content-Type": OCTET}), 400)
     assert not Path("/etc/planted").exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_large_files_are_streamed_both_ways(rest_site):
+    """Uploads go from twisted.web's body file to the store in chunks; downloads over one
+    chunk are streamed, so a file larger than the upload limit (8 MiB here) downloads whole,
+    and Range still works."""
+    site, http = rest_site
+    job = await submit(http)
+    wd = (await http("GET", job)).json()["_links"]["workingDirectory"]["href"]
+    octet = {"Accept": "application/octet-stream"}
+    upload = os.urandom(6 << 20)
+    assert (await http("PUT", f"{wd}/files/up.bin", content=upload,
+                       headers={"Content-Type": "application/octet-stream"})).status_code == 204
+    pending = site.factory.jobs[job.rsplit("/", 1)[1]]
+    assert (pending.inputs_dir / "up.bin").read_bytes() == upload
+    got = await http("GET", f"{wd}/files/up.bin", headers=octet)
+    assert got.status_code == 200 and got.headers["content-length"] == str(len(upload))
+    assert hashlib.sha256(got.content).digest() == hashlib.sha256(upload).digest()
+
+    big = os.urandom(11 << 20)  # over max_upload_mib: written behind the site's back
+    (pending.inputs_dir / "big.bin").write_bytes(big)
+    got = await http("GET", f"{wd}/files/big.bin", headers=octet)
+    assert got.status_code == 200 and got.content == big
+    middle = await http("GET", f"{wd}/files/big.bin",
+                        headers={**octet, "Range": f"bytes=1000-{(9 << 20) - 1}"})
+    assert middle.status_code == 206 and middle.content == big[1000: 9 << 20]
+    assert middle.headers["content-range"] == f"bytes 1000-{(9 << 20) - 1}/{len(big)}"
+    head = await http("HEAD", f"{wd}/files/big.bin", headers=octet)
+    assert head.status_code == 200 and head.headers["content-length"] == str(len(big))
+    assert head.content == b""

@@ -8,6 +8,7 @@ blocking: every client call runs in a thread while the reactor serves.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import httpx
@@ -145,6 +146,11 @@ async def test_running_job_files_in_the_guest_symlinks_abort_and_delete(rest_sit
         wd.mkdir("made")
         wd.copy("sub/dir/note.txt", "made/copy.txt")
         assert wd.stat("made/copy.txt").read() == b"uploaded while running\n"
+        big = os.urandom(3 << 20)  # over one chunk: streamed into and out of the guest
+        wd.put(big, "big.bin")
+        assert wd.stat("big.bin").read() == big
+        assert wd.stat("big.bin").read(offset=(1 << 20) - 3, size=1 << 20) == \
+            big[(1 << 20) - 3: (2 << 20) - 3]
         listing = wd.listdir()
         assert {"sub/", "made/", "outside/", "stdout"} <= set(listing)
         with pytest.raises(httpx.HTTPError, match=r"400.*outside the job directory"):

@@ -9,12 +9,13 @@ error body.  Every ``href`` and ``Location`` is absolute, built from the request
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote, unquote
 
 from twisted.internet import defer
@@ -22,7 +23,15 @@ from twisted.python import failure
 from twisted.web import resource, server
 
 from tsf.rest.auth import Authenticator, Principal
-from tsf.rest.http import OCTET, Response, RestError, bad_request, json_object
+from tsf.rest.http import (
+    OCTET,
+    STREAM_CHUNK,
+    Response,
+    RestError,
+    Stream,
+    bad_request,
+    json_object,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +98,7 @@ class Call:
                                    accept != "")
 
     def body(self, limit: int | None = None) -> bytes:
-        limit = self.app.limits.max_upload if limit is None else limit
-        if getattr(self.request, "too_large", False) or (
-                getattr(self.request, "received", 0) > limit):
-            raise bad_request(f"request body exceeds the limit of {limit} bytes")
+        limit = self._check_size(limit)
         content = self.request.content
         if content is None:
             return b""
@@ -101,6 +107,21 @@ class Call:
         if len(data) > limit:
             raise bad_request(f"request body exceeds the limit of {limit} bytes")
         return data
+
+    def _check_size(self, limit: int | None) -> int:
+        limit = self.app.limits.max_upload if limit is None else limit
+        if getattr(self.request, "too_large", False) or (
+                getattr(self.request, "received", 0) > limit):
+            raise bad_request(f"request body exceeds the limit of {limit} bytes")
+        return limit
+
+    def body_file(self) -> BinaryIO:
+        """The request body as a file from its start, for streaming it on (twisted.web keeps
+        a large body in a temporary file, not in memory); 400 beyond the upload limit."""
+        self._check_size(None)
+        content = self.request.content or io.BytesIO()
+        content.seek(0)
+        return content
 
     def json(self, what: str = "request body") -> dict[str, Any]:
         limit = self.app.limits.max_json
@@ -195,9 +216,18 @@ class CoreResource(resource.Resource):
             request.setHeader(name, value)
         if content_type:
             request.setHeader("content-type", content_type)
+        if response.stream is not None and response.status not in (204, 304):
+            request.setHeader("content-length", str(response.stream.length))
+            if request.method != b"HEAD":
+                d = defer.Deferred.fromCoroutine(_pump(request, response.stream))
+                d.addErrback(lambda f: (log.warning("download stopped: %s",
+                                                    f.getErrorMessage()),
+                                        request.loseConnection()))
+                return
+            body = b""
         if response.status in (204, 304):
             body = b""
-        elif request.method != b"HEAD":
+        elif request.method != b"HEAD" and response.stream is None:
             request.setHeader("content-length", str(len(body)))
         if request.method == b"HEAD":
             body = b""
@@ -207,3 +237,46 @@ class CoreResource(resource.Resource):
         log.debug("%s %s -> %d (%.1f ms)", request.method.decode(),
                   request.uri.decode("utf-8", "replace"), response.status,
                   (time.perf_counter() - started) * 1000)
+
+
+class _Backpressure:
+    """A push producer for a streamed body: the transport pauses and resumes it, so at most
+    a chunk or two sits in memory however large the file."""
+
+    def __init__(self) -> None:
+        self.resumed: defer.Deferred | None = None
+        self.stopped = False
+
+    def pauseProducing(self) -> None:
+        if self.resumed is None:
+            self.resumed = defer.Deferred()
+
+    def resumeProducing(self) -> None:
+        resumed, self.resumed = self.resumed, None
+        if resumed is not None:
+            resumed.callback(None)
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+        self.resumeProducing()
+
+
+async def _pump(request: server.Request, stream: Stream) -> None:
+    """Write ``stream`` to ``request`` chunk by chunk, waiting while the client is slow."""
+    producer = _Backpressure()
+    request.registerProducer(producer, True)
+    position, end = stream.start, stream.start + stream.length
+    try:
+        while position < end and not producer.stopped:
+            if producer.resumed is not None:
+                await producer.resumed
+                continue
+            chunk = await stream.read(position, min(STREAM_CHUNK, end - position))
+            if not chunk:
+                raise OSError(f"the file ended {end - position} bytes early")
+            request.write(chunk)
+            position += len(chunk)
+    finally:
+        request.unregisterProducer()
+    if not producer.stopped:
+        request.finish()

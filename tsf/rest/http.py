@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -51,6 +52,19 @@ def not_found(message: str) -> RestError:
     return RestError(404, message, "NOT_FOUND")
 
 
+#: Bytes read and written at a time when a body is streamed.
+STREAM_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Stream:
+    """``length`` bytes from ``start``, read by ``read(offset, length)`` chunk by chunk."""
+
+    read: Callable[[int, int], Awaitable[bytes]]
+    start: int
+    length: int
+
+
 @dataclass
 class Response:
     """What a handler returns: a JSON document, raw bytes or nothing."""
@@ -60,6 +74,7 @@ class Response:
     data: bytes | None = None
     content_type: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    stream: Stream | None = None  #: a body read in chunks while it is sent
 
     @classmethod
     def created(cls, location: str) -> Response:

@@ -15,8 +15,10 @@ from target_system.jobfiles import FileMissing, JobFiles, PathError, WrongKind, 
 from tsf.rest.app import Call, RestApp
 from tsf.rest.http import (
     JSON,
+    STREAM_CHUNK,
     Response,
     RestError,
+    Stream,
     bad_request,
     check_keys,
     int_param,
@@ -128,7 +130,7 @@ async def _download(call: Call, store, rel: str) -> Response:
     if entry.is_dir:
         raise RestError(406, f"{rel or '/'} is a directory: ask for application/json to list "
                              "it", "BAD_REQUEST")
-    size, limit = entry.size, call.app.limits.max_upload
+    size = entry.size
     start, end, partial = 0, size - 1, False
     header = call.header("range")
     if header:
@@ -147,14 +149,18 @@ async def _download(call: Call, store, rel: str) -> Response:
                             "BAD_REQUEST", {"Content-Range": f"bytes */{size}"})
         partial = True
     length = max(0, end - start + 1)
-    if length > limit:
-        raise RestError(413, f"the file is {length} bytes; download at most {limit} bytes at "
-                             "once (use Range)", "BAD_REQUEST")
-    data = await store.read(rel, start, length)
     headers = {"Accept-Ranges": "bytes"}
     if partial:
-        headers["Content-Range"] = f"bytes {start}-{start + len(data) - 1}/{size}"
-    return Response(206 if partial else 200, data=data, headers=headers)
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    if length <= STREAM_CHUNK:
+        return Response(206 if partial else 200, data=await store.read(rel, start, length),
+                        headers=headers)
+
+    async def read(offset: int, count: int) -> bytes:
+        return await _guard(store.read(rel, offset, count))
+
+    return Response(206 if partial else 200, stream=Stream(read, start, length),
+                    headers=headers)
 
 
 async def put_file(call: Call, storage_id: str, path: list[str]) -> Response:
@@ -165,8 +171,7 @@ async def put_file(call: Call, storage_id: str, path: list[str]) -> Response:
         return await _set_properties(call, job, rel)
     if not rel:
         raise bad_request("give a file name: PUT .../files/<name>")
-    data = call.body()
-    await _guard(_files(call, job).store().write(rel, data))
+    await _guard(_files(call, job).store().write(rel, call.body_file()))
     return Response.no_content()
 
 
