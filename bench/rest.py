@@ -9,13 +9,17 @@ instance) and warm (the idle instance is reused); both owners have their own ins
 both cold runs boot.  Then ``GET /jobs/{id}`` requests per second with 1 and 16 concurrent
 keep-alive clients (Basic auth; a separate load-generator process, so that the client does
 not share the server's GIL), against a trivial twisted.web resource on the same reactor as
-the baseline.  Ends with one JSON line of figures.
+the baseline.  Last, a download of a 256 MiB job file from site storage (``GET
+.../files/big.bin``, streamed) against twisted.web's own ``static.File`` serving the same
+file on the same reactor: MB/s and the growth of the server's peak resident memory.  Ends
+with one JSON line of figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -27,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
 from twisted.internet import defer, task, threads
-from twisted.web import resource, server
+from twisted.web import resource, server, static
 
 from image_repo.access import Caller
 from image_repo.builder import build_image
@@ -59,6 +63,43 @@ for t in threads: t.start()
 for t in threads: t.join()
 print(sum(counts) / (time.monotonic() - start))
 """
+
+DOWNLOAD = r"""
+import sys, time, httpx
+url, user, password = sys.argv[1:4]
+start, total = time.monotonic(), 0
+with httpx.Client(auth=(user, password) if user else None, timeout=300) as c:
+    with c.stream("GET", url, headers={"Accept": "application/octet-stream"}) as r:
+        r.raise_for_status()
+        for piece in r.iter_bytes(1 << 20):
+            total += len(piece)
+print(total, time.monotonic() - start)
+"""
+DOWNLOAD_MIB = 256
+
+
+def peak_rss_mib(reset: bool = False) -> float:
+    """This process's peak resident memory (VmHWM); ``reset`` starts a new peak."""
+    if reset:
+        Path("/proc/self/clear_refs").write_text("5")
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def download(url: str, user: str | None) -> tuple[int, float]:
+    result = subprocess.run([sys.executable, "-c", DOWNLOAD, url, user or "", PASSWORD],
+                            capture_output=True, text=True, check=True, timeout=600)
+    size, seconds = result.stdout.split()
+    return int(size), float(seconds)
+
+
+async def measure_download(url: str, user: str | None) -> dict[str, float]:
+    before = peak_rss_mib(reset=True)
+    size, seconds = await threads.deferToThread(download, url, user)
+    assert size == DOWNLOAD_MIB << 20, size
+    return {"mb_per_s": size / seconds / 1e6, "peak_rss_growth_mib": peak_rss_mib() - before}
 
 
 class Plain(resource.Resource):
@@ -120,7 +161,8 @@ async def run(reactor, quick: bool) -> dict:
         "http": {"port": 0}, "https": {"port": -1},
         "health": {"idle_timeout": 0, "interval": 30}})
     site = await start_site(config, reactor)
-    plain = reactor.listenTCP(0, server.Site(Plain()), interface="127.0.0.1")
+    plain_root = Plain()
+    plain = reactor.listenTCP(0, server.Site(plain_root), interface="127.0.0.1")
     try:
         files = {ref["file"]: image.directory / ref["file"]
                  for ref in image.metadata["origin"]["content"]}
@@ -147,6 +189,16 @@ async def run(reactor, quick: bool) -> dict:
                 load, url, "rest", clients, seconds)
             results[f"plain_rps_{clients}"] = await threads.deferToThread(
                 load, plain_url, None, clients, seconds)
+        job = site.factory.jobs[url.rsplit("/", 1)[1]]  # finished: its files on the host
+        big = job.storage / "big.bin"
+        with big.open("wb") as handle:
+            for _ in range(DOWNLOAD_MIB):
+                handle.write(os.urandom(1 << 20))
+        plain_root.putChild(b"big.bin", static.File(str(big), "application/octet-stream"))
+        results["download_rest"] = await measure_download(
+            f"{url.replace('/jobs/', '/storages/')}-uspace/files/big.bin", "rest")
+        results["download_plain"] = await measure_download(
+            f"http://127.0.0.1:{plain.getHost().port}/big.bin", None)
         results["instances_booted"] = len(site.factory.instances)
         return results
     finally:
@@ -169,6 +221,11 @@ def report(results: dict) -> dict:
                                                   / results[f"plain_rps_{clients}"])
         print(f"GET job, {clients:>2} client(s): {results[f'get_job_rps_{clients}']:8.0f} req/s"
               f"   (plain twisted.web: {results[f'plain_rps_{clients}']:8.0f} req/s)")
+    rest, plain = results["download_rest"], results["download_plain"]
+    ratios["download_rest/plain_mb_per_s"] = rest["mb_per_s"] / plain["mb_per_s"]
+    print(f"download {DOWNLOAD_MIB} MiB: REST {rest['mb_per_s']:.0f} MB/s, peak RSS "
+          f"+{rest['peak_rss_growth_mib']:.1f} MiB   (static.File {plain['mb_per_s']:.0f} "
+          f"MB/s, +{plain['peak_rss_growth_mib']:.1f} MiB)")
     for name, value in ratios.items():
         print(f"{name:<32}{value:>8.2f}")
     return {"benchmark": "rest", **results, "ratios": ratios}

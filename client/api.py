@@ -256,6 +256,11 @@ class Job:
     def delete(self) -> None:
         self.site.request("DELETE", self.url, expect=(200, 204))
 
+    def keep_until(self, termination: str) -> None:
+        """Move the job's termination time (ISO 8601): the site destroys it then."""
+        self.site.request("PUT", self.url, body={"terminationTime": termination},
+                          expect=(200,))
+
     def wait(self, timeout: float = 3600.0, interval: float = 1.0, on_change=None,
              on_poll=None) -> str:
         """Poll until SUCCESSFUL or FAILED; ``on_change(properties)`` on every new status,

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import tempfile
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     abort = command("abort", _abort, "abort a job (it ends FAILED, JOB_ABORTED)",
                     json_flag=False)
     abort.add_argument("job", metavar="JOB", nargs="+")
+
+    keep = command("keep", _keep, "keep a job and its files longer (or shorter): the site "
+                   "destroys a job at its termination time", json_flag=False)
+    keep.add_argument("job", metavar="JOB", nargs="+")
+    keep.add_argument("--days", type=float, required=True, metavar="N",
+                      help="keep it N days from now (at most the site's job lifetime)")
 
     remove = command("rm", _rm, "delete jobs and their files (aborting them if they run)",
                      json_flag=False)
@@ -236,6 +243,7 @@ def _job_summary(job, props: dict[str, Any]) -> dict[str, Any]:
             "statusMessage": props.get("statusMessage"), "name": props.get("name"),
             "image": gridvm.get("image"), "instance": gridvm.get("instance"),
             "submissionTime": props.get("submissionTime"),
+            "terminationTime": props.get("terminationTime"),
             "consumedTime": props.get("consumedTime", {}), "tags": props.get("tags", [])}
 
 
@@ -265,6 +273,7 @@ def _status(args: argparse.Namespace) -> int:
             ("message", summary["statusMessage"] or None), ("name", summary["name"]),
             ("image", summary["image"]), ("instance", summary["instance"]),
             ("submitted", summary["submissionTime"]),
+            ("expires", summary["terminationTime"]),
             ("timings", phase_list(summary["consumedTime"], JOB_PHASES) or None)]
     for rejection in (props.get("gridvm") or {}).get("rejections") or []:
         rows.append(("rejected", _why_not(rejection)))
@@ -357,6 +366,20 @@ def _abort(args: argparse.Namespace) -> int:
         job = site.job(ref)
         job.abort()
         print(f"aborted {job.id}", file=sys.stderr)
+    return 0
+
+
+def _keep(args: argparse.Namespace) -> int:
+    if args.days <= 0:
+        raise CliError(f"--days must be positive, got {args.days:g}", EXIT_USAGE,
+                       reason="BAD_REQUEST")
+    until = datetime.now(UTC) + timedelta(days=args.days)
+    text = until.strftime("%Y-%m-%dT%H:%M:%S+0000")
+    site = connect(args)
+    for ref in args.job:
+        job = site.job(ref)
+        job.keep_until(text)
+        print(f"keeping {job.id} until {text}", file=sys.stderr)
     return 0
 
 

@@ -164,6 +164,18 @@ async def test_no_matching_image_and_bad_input_lose_nothing(rest_site, tmp_path)
     assert line.startswith("gridvm: NO_MATCHING_IMAGE: ") and PUBLIC in line
     assert HIDDEN not in nomatch.stderr
 
+    # a finished job is kept until its termination time, which `keep` moves
+    job_id = nomatch.stderr.splitlines()[0].split()[-1]
+    kept = await cli("keep", job_id, "--days", "2")
+    assert kept.returncode == 0 and f"keeping {job_id} until " in kept.stderr
+    until = kept.stderr.split(" until ")[1].strip()
+    status = await cli("status", job_id)
+    assert f"expires:   {until}" in status.stdout.splitlines()
+    too_long = await cli("keep", job_id, "--days", "400")
+    assert too_long.returncode == EXIT_USAGE and "at most" in one_line_error(too_long)
+    negative = await cli("keep", job_id, "--days", "-1")
+    assert negative.returncode == EXIT_USAGE and "positive" in one_line_error(negative)
+
 
 @pytest_twisted.ensureDeferred
 async def test_connection_and_credential_errors(rest_site):
