@@ -111,13 +111,22 @@ def parse_memory(path: str, value: Any) -> int:
     return size
 
 
+#: Where server-side imports may come from: http(s) URLs (if the site allows them) and
+#: ``uspace://JOBID/PATH``, a file of another job of the same owner on this site (the REST
+#: layer turns this site's own ``…/storages/JOBID-uspace/files/PATH`` URLs into that form).
+IMPORT_SCHEMES = ("http://", "https://", "uspace://")
+
+
 @dataclass
 class InputFile:
-    """An inline import: ``Data`` written to ``To`` before the job starts."""
+    """An import written to ``To`` before the job starts: inline ``Data``, or fetched by the
+    site from ``url`` (then ``data`` is None)."""
 
     to: str
-    data: bytes
+    data: bytes | None
     mode: int | None = None
+    url: str | None = None
+    fail_on_error: bool = True
 
 
 @dataclass
@@ -339,10 +348,21 @@ def _imports(job: JobDescription, imports: Any) -> None:
             if "Permissions" in item:
                 mode = _permissions(f"{path}.Permissions", item["Permissions"])
             job.imports.append(InputFile(to=to, data=content, mode=mode))
+        elif isinstance(source, str) and source.startswith(IMPORT_SCHEMES):
+            if "Data" in item:
+                raise JobDescriptionError(f"{path}.Data", "give either From or Data")
+            mode = None
+            if "Permissions" in item:
+                mode = _permissions(f"{path}.Permissions", item["Permissions"])
+            job.imports.append(InputFile(to=to, data=None, mode=mode, url=source,
+                                         fail_on_error=_bool(f"{path}.FailOnError",
+                                                             item.get("FailOnError", True))))
         else:
             raise JobDescriptionError(
-                f"{path}.From", "only inline imports (Data) are staged by the server; "
-                                "upload other files into the working directory")
+                f"{path}.From", f"unsupported source {source!r}: give inline Data, an "
+                                "http(s) URL the site allows, this site's URL of a file of "
+                                "another of your jobs, or upload the file into the working "
+                                "directory")
 
 
 def _permissions(path: str, value: Any) -> int:

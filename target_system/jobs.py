@@ -305,10 +305,17 @@ class JobRunner:
             made = [workdir, *(posixpath.join(workdir, name) for name in directories)]
             await tsi.execute_script("mkdir -p " + " ".join(map(shlex.quote, made)))
             for item in job.description.imports:
-                await tsi.write_file(posixpath.join(workdir, item.to), item.data,
-                                     mode=item.mode or 0o644)
+                if item.data is not None:
+                    await tsi.write_file(posixpath.join(workdir, item.to), item.data,
+                                         mode=item.mode or 0o644)
             for name, path in files:
                 await tsi.upload(str(path), posixpath.join(workdir, name))
+            modes = [(item.mode, shlex.quote(posixpath.join(workdir, item.to)))
+                     for item in job.description.imports
+                     if item.url is not None and item.mode is not None]
+            if modes:  # fetched imports came with the inputs; their Permissions now
+                await tsi.execute_script("; ".join(
+                    f"if [ -f {name} ]; then chmod {mode:o} {name}; fi" for mode, name in modes))
 
         try:
             await self._retrying(job, target, "staging in", stage)
@@ -317,7 +324,7 @@ class JobRunner:
                 raise
             job.fail("STAGING_FAILED", f"staging in: {err}")
             return
-        staged = len(job.description.imports) + len(files)
+        staged = sum(item.data is not None for item in job.description.imports) + len(files)
         job.note(f"staged {staged} file(s) into {job.workdir}")
 
     async def _submit(self, job: Job, target: TargetSystem) -> None:

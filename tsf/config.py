@@ -38,6 +38,13 @@ Example (every value shown is the default; ``state_dir`` defaults to ``$GRIDVM_H
                                       # submission (its owner may move terminationTime
                                       # within this span); 0 = kept until deleted
 
+    [imports]                         # UNICORE Imports the site fetches (From = URL)
+    url_prefixes = []                 # http(s) URL prefixes it may fetch from, e.g.
+                                      # ["https://data.example.org/"]; none = no URLs
+                                      # (a file of another of the user's jobs always works)
+    max_mib = 1024                    # largest file
+    timeout_s = 300                   # one fetch, in all
+
     [deadlines]                       # seconds per instance phase
     staging = 600
     booting = 180
@@ -75,6 +82,13 @@ class SiteSection:
     libvirt_uri: str = "qemu:///system"
     domain_prefix: str = "gridvm-"
     keep_instances: bool = True
+
+
+@dataclass
+class ImportsSection:
+    url_prefixes: list = field(default_factory=list)
+    max_mib: int = 1024
+    timeout_s: float = 300.0
 
 
 @dataclass
@@ -132,6 +146,7 @@ class SiteConfig:
     limits: LimitsSection = field(default_factory=LimitsSection)
     deadlines: DeadlinesSection = field(default_factory=DeadlinesSection)
     health: HealthSection = field(default_factory=HealthSection)
+    imports: ImportsSection = field(default_factory=ImportsSection)
 
     # -- derived paths ---------------------------------------------------------------------
     @property
@@ -181,6 +196,8 @@ def _section(cls, name: str, values: Any):
             value = float(value)
         if type(value) is not kind:
             raise ConfigError(f"{name}.{key} must be a {kind.__name__}, got {value!r}")
+        if kind is list and not all(isinstance(item, str) and item for item in value):
+            raise ConfigError(f"{name}.{key} must be a list of non-empty strings")
         if kind in (int, float) and value < 0 and not (key == "port" and value == -1):
             raise ConfigError(f"{name}.{key} must not be negative")
         setattr(section, key, value)
@@ -194,6 +211,10 @@ def config_from_dict(doc: dict[str, Any]) -> SiteConfig:
         if name not in sections:
             raise ConfigError(f"unknown section [{name}]; known: {', '.join(sections)}")
         setattr(config, name, _section(type(getattr(config, name)), name, values))
+    for prefix in config.imports.url_prefixes:
+        if not prefix.startswith(("http://", "https://")) or prefix.count("/") < 3:
+            raise ConfigError(f"imports.url_prefixes: {prefix!r} is not an http(s) URL prefix "
+                              "with a host and a path (e.g. https://data.example.org/)")
     if not config.site.name.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"site.name must be letters, digits, - and _: {config.site.name!r}")
     return config

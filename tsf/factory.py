@@ -23,6 +23,14 @@ from twisted.internet import defer, task, threads
 from image_repo.access import Caller
 from image_repo.errors import RepositoryError
 from image_repo.repository import ImageRepository
+from target_system.imports import (
+    USPACE,
+    ImportFailed,
+    ImportPolicy,
+    copy_file,
+    fetch_url,
+    parse_uspace,
+)
 from target_system.instance import (
     Deadlines,
     HealthPolicy,
@@ -32,6 +40,7 @@ from target_system.instance import (
     TargetSystem,
 )
 from target_system.jobdesc import JobDescription, JobDescriptionError, parse_job
+from target_system.jobfiles import PathError, confine
 from target_system.jobs import Job, JobRunner
 from target_system.lifecycle import InstanceState
 from target_system.store import StateStore
@@ -74,7 +83,8 @@ class TargetSystemFactory(service.Service):
                  store: StateStore | None = None,
                  context_hooks: dict[str, bytes] | None = None,
                  job_lifetime: float | None = DEFAULT_JOB_LIFETIME,
-                 expiry_interval: float = EXPIRY_INTERVAL):
+                 expiry_interval: float = EXPIRY_INTERVAL,
+                 imports: ImportPolicy | None = None):
         self.repository = repository
         self.vmm = vmm
         self.credentials = credentials
@@ -86,6 +96,7 @@ class TargetSystemFactory(service.Service):
         self.runner = runner or JobRunner(reactor)
         self.store = store
         self.keep_on_stop = False  #: stopService detaches instead of terminating
+        self.imports = imports or ImportPolicy()  #: what server-side imports may fetch
         #: seconds a job is kept after submission (None: until deleted) and at most from now
         self.job_lifetime = job_lifetime
         self._expiry = task.LoopingCall(self.expire)
@@ -225,8 +236,10 @@ class TargetSystemFactory(service.Service):
             target = self._target_for(job, caller, image)
             if target.state is not InstanceState.READY and target.state is not InstanceState.BUSY:
                 job.note(f"waiting for instance {target.instance_id} ({target.state.name})")
-            await target.start()
-            if job.state.terminal:  # aborted while the instance booted
+            fetched = defer.Deferred.fromCoroutine(self._fetch_imports(job, caller))
+            await target.start()  # the imports are fetched meanwhile
+            await fetched
+            if job.state.terminal:  # aborted while the instance booted, or an import failed
                 return job
             await self.runner.run(job, target)
         except InstanceFailed as err:
@@ -242,6 +255,49 @@ class TargetSystemFactory(service.Service):
             self._running.pop(job.job_id, None)
             job.settle()
         return job
+
+    async def _fetch_imports(self, job: Job, caller: Caller) -> None:
+        """Fetch the job's server-side imports into its inputs directory (see
+        ``target_system.imports``); a failed one fails the job ``STAGING_FAILED`` unless
+        its ``FailOnError`` is false."""
+        for item in job.description.imports:
+            if item.url is None or job.state.terminal:
+                continue
+            destination = job.inputs_dir / item.to
+            try:
+                if item.url.startswith(USPACE):
+                    source = self._uspace_file(item.url, caller)
+                    size = await threads.deferToThread(copy_file, source, destination)
+                else:
+                    size = await threads.deferToThread(fetch_url, item.url, destination,
+                                                       self.imports)
+            except ImportFailed as err:
+                if item.fail_on_error:
+                    job.fail("STAGING_FAILED", f"import of {item.url}: {err}")
+                    return
+                job.note(f"import of {item.url} failed, ignored (FailOnError false): {err}")
+                continue
+            job.note(f"fetched {item.url} as {item.to} ({size} bytes)")
+
+    def _uspace_file(self, url: str, caller: Caller) -> Path:
+        """The site-storage file ``uspace://JOBID/PATH`` names: a finished job of the
+        caller's, a path inside its directory."""
+        job_id, path = parse_uspace(url)
+        try:
+            other = self.job(job_id, caller)
+        except NotFound:
+            raise ImportFailed(f"no job {job_id}") from None
+        if not other.finished.called:
+            raise ImportFailed(f"job {job_id} has not finished: its files are still in its VM")
+        try:
+            rel = confine(path)
+        except PathError as err:
+            raise ImportFailed(str(err)) from None
+        root = other.storage.resolve()
+        source = (root / rel).resolve()
+        if not source.is_relative_to(root) or not source.is_file():
+            raise ImportFailed(f"job {job_id} has no file {rel}")
+        return source
 
     async def _match(self, job: Job, caller: Caller) -> ImageToBoot | None:
         requirements = job.description.requirements

@@ -55,7 +55,7 @@ def test_container_application_selects_by_image_url():
     ({"Executable": "x", "Environment": {"1BAD": "v"}}, "Environment.1BAD"),
     ({"Executable": "x", "Stdout": "../../etc/passwd"}, "Stdout"),
     ({"Executable": "x", "Imports": [{"To": "/abs", "Data": "x"}]}, "Imports[0].To"),
-    ({"Executable": "x", "Imports": [{"From": "https://e.org/f", "To": "f"}]}, "Imports[0].From"),
+    ({"Executable": "x", "Imports": [{"From": "ftp://e.org/f", "To": "f"}]}, "Imports[0].From"),
     ({"Executable": "x", "IgnoreNonZeroExitCode": "maybe"}, "IgnoreNonZeroExitCode"),
     ({"Executable": "x", "Job type": "quantum"}, "Job type"),
     ({"Executable": "x", "Exports": [{"From": "a", "To": "https://e.org"}]}, "Exports"),
@@ -92,3 +92,28 @@ def test_runtime_units(value, seconds):
 ])
 def test_memory_units(value, size):
     assert parse_memory("M", value) == size
+
+
+def test_imports_from_urls_and_other_jobs_are_kept_for_the_site_to_fetch():
+    job = parse_job({"Executable": "cat", "Imports": [
+        {"From": "https://data.example.org/a.txt", "To": "in/a.txt", "Permissions": "rwx"},
+        {"From": "uspace://0123abcd/out/r.txt", "To": "r.txt", "FailOnError": "false"},
+        {"From": "inline://dummy", "To": "b.txt", "Data": "b"}]})
+    first, second, inline = job.imports
+    assert (first.to, first.data, first.url, first.mode, first.fail_on_error) == (
+        "in/a.txt", None, "https://data.example.org/a.txt", 0o700, True)
+    assert (second.url, second.fail_on_error) == ("uspace://0123abcd/out/r.txt", False)
+    assert (inline.data, inline.url) == (b"b", None)
+
+
+@pytest.mark.parametrize(("item", "complaint"), [
+    ({"From": "ftp://example.org/x", "To": "x"}, "unsupported source 'ftp://example.org/x'"),
+    ({"From": "file:///etc/passwd", "To": "x"}, "unsupported source"),
+    ({"From": "https://example.org/x", "To": "x", "Data": "y"}, "either From or Data"),
+    ({"From": "https://example.org/x", "To": "../x"}, "inside the job directory"),
+    ({"From": "https://example.org/x", "To": "x", "FailOnError": "maybe"}, "FailOnError"),
+])
+def test_bad_imports_name_the_problem(item, complaint):
+    with pytest.raises(JobDescriptionError, match="Imports") as caught:
+        parse_job({"Executable": "cat", "Imports": [item]})
+    assert complaint in str(caught.value)

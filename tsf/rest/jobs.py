@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from urllib.parse import unquote
 
 from twisted.internet import threads
 
@@ -59,6 +60,28 @@ async def resolve_container_image(call: Call, desc: JobDescription) -> None:
         desc.image_url = None
 
 
+def same_site_imports(call: Call, desc: JobDescription) -> None:
+    """``Imports`` from this site's own file URLs (``…/storages/JOBID-uspace/files/PATH``,
+    how UNICORE clients chain jobs) become ``uspace://JOBID/PATH``, copied by the site
+    from the other job's storage; the job must be the caller's."""
+    base = call.url("storages") + "/"
+    for i, item in enumerate(desc.imports):
+        if item.url is None or not item.url.startswith((base, "uspace://")):
+            continue
+        if item.url.startswith(base):
+            storage, found, path = item.url[len(base):].partition("/files/")
+            if not found or not storage.endswith(uspace_id("")) or not path:
+                raise bad_request(f"Imports[{i}].From: {item.url} is not a file in a job's "
+                                  "working directory")
+            item.url = f"uspace://{storage[: -len(uspace_id(''))]}/{unquote(path)}"
+            desc.raw["Imports"][i]["From"] = item.url  # what a restart re-reads
+        job_id = item.url.removeprefix("uspace://").split("/", 1)[0]
+        try:
+            call.app.context["factory"].job(job_id, call.caller)
+        except NotFound:
+            raise bad_request(f"Imports[{i}].From: no job {job_id}") from None
+
+
 async def submit(call: Call, site_id: str | None = None) -> Response:
     caller = call.caller
     registry = call.app.context["sites"]
@@ -69,6 +92,7 @@ async def submit(call: Call, site_id: str | None = None) -> Response:
     except JobDescriptionError as err:
         raise bad_request(f"invalid job description: {err}") from None
     await resolve_container_image(call, desc)
+    same_site_imports(call, desc)
     site = site or registry.default_for(caller)
     job = call.app.context["factory"].submit(desc, caller, site_id=site.site_id)
     return Response.created(call.url("jobs", job.job_id))
