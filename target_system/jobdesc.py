@@ -46,6 +46,7 @@ RESOURCE_KEYS = {
 }
 IMPORT_KEYS = {"From", "To", "Data", "FailOnError", "Permissions", "Mode", "ReadOnly",
                "Credentials", "ExtraParameters"}
+EXPORT_KEYS = {"From", "To", "FailOnError", "Credentials", "ExtraParameters"}
 JOB_TYPES = {"batch": "BATCH", "normal": "BATCH", "on_login_node": "ON_LOGIN_NODE",
              "interactive": "ON_LOGIN_NODE"}
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -130,6 +131,15 @@ class InputFile:
 
 
 @dataclass
+class OutputFile:
+    """An export: the job's file ``source`` uploaded by the site to ``url`` after the job."""
+
+    source: str
+    url: str
+    fail_on_error: bool = True
+
+
+@dataclass
 class JobDescription:
     """What a UNICORE client asked for, split into image requirements and the run."""
 
@@ -157,6 +167,7 @@ class JobDescription:
     architecture: str | None = None
     vo: str | None = None
     imports: list[InputFile] = field(default_factory=list)
+    exports: list[OutputFile] = field(default_factory=list)
     client_stage_in: bool = False
     tags: list[str] = field(default_factory=list)
     precommand: str | None = None
@@ -260,9 +271,7 @@ def parse_job(doc: Any) -> JobDescription:
         job.postcommand = _str("User postcommand", doc["User postcommand"])
     _resources(job, doc.get("Resources", {}))
     _imports(job, doc.get("Imports", []))
-    if doc.get("Exports"):
-        raise JobDescriptionError("Exports", "stage-out to URLs is not supported by this site; "
-                                             "fetch results from the job's working directory")
+    _exports(job, doc.get("Exports", []))
     if not job.executable and not job.application:
         raise JobDescriptionError("Executable", "give an Executable or an ApplicationName")
     return job
@@ -329,14 +338,20 @@ def _resources(job: JobDescription, res: Any) -> None:
             setattr(job, attr, _str(f"Resources.{key}", res[key]))
 
 
-def _imports(job: JobDescription, imports: Any) -> None:
-    if not isinstance(imports, list):
-        raise JobDescriptionError("Imports", "expected a list")
-    for i, item in enumerate(imports):
-        path = f"Imports[{i}]"
+def _entries(name: str, value: Any, keys: set[str]):
+    """(path, entry) of a list of objects such as ``Imports``, each checked for its keys."""
+    if not isinstance(value, list):
+        raise JobDescriptionError(name, "expected a list")
+    for i, item in enumerate(value):
+        path = f"{name}[{i}]"
         if not isinstance(item, dict):
             raise JobDescriptionError(path, "expected an object")
-        _check_keys(f"{path}.", item, IMPORT_KEYS)
+        _check_keys(f"{path}.", item, keys)
+        yield path, item
+
+
+def _imports(job: JobDescription, imports: Any) -> None:
+    for path, item in _entries("Imports", imports, IMPORT_KEYS):
         to = _relative_path(f"{path}.To", _str(f"{path}.To", item.get("To", "")))
         source = item.get("From")
         if "Data" in item and source in (None, "", "inline://dummy", "inline://"):
@@ -363,6 +378,18 @@ def _imports(job: JobDescription, imports: Any) -> None:
                                 "http(s) URL the site allows, this site's URL of a file of "
                                 "another of your jobs, or upload the file into the working "
                                 "directory")
+
+
+def _exports(job: JobDescription, exports: Any) -> None:
+    for path, item in _entries("Exports", exports, EXPORT_KEYS):
+        source = _relative_path(f"{path}.From", _str(f"{path}.From", item.get("From", "")))
+        target = _str(f"{path}.To", item.get("To", ""))
+        if not target.startswith(("http://", "https://")):
+            raise JobDescriptionError(f"{path}.To", f"unsupported target {target!r}: give an "
+                                                    "http(s) URL the site allows, or fetch "
+                                                    "results from the working directory")
+        job.exports.append(OutputFile(source, target, _bool(f"{path}.FailOnError",
+                                                            item.get("FailOnError", True))))
 
 
 def _permissions(path: str, value: Any) -> int:

@@ -27,6 +27,12 @@ from twisted.python import failure
 from target_system.instance import InstanceFailed, TargetSystem
 from target_system.jobdesc import JobDescription, JobDescriptionError
 from target_system.lifecycle import JobState, Lifecycle, Transition, job_lifecycle
+from target_system.transfers import (
+    TransferFailed,
+    TransferPolicy,
+    transfer_failed,
+    upload_file,
+)
 from tsi_bridge.errors import TSIConnectionLost, TSIError, TSIUnreachable
 
 log = logging.getLogger(__name__)
@@ -223,6 +229,7 @@ class JobRunner:
         self._listing_waiters: dict[str, list[defer.Deferred]] = {}
         self.exit_code_grace = exit_code_grace
         self.transient_limit = transient_limit
+        self.transfers = TransferPolicy()  #: where Exports may go (the factory sets it)
 
     async def _retrying(self, job: Job, target: TargetSystem, what: str, call):
         """``await call()``, retried on transient TSI failures (for idempotent calls)."""
@@ -426,6 +433,26 @@ class JobRunner:
                 job.fail("STAGING_FAILED", f"staging out: {err}")
             else:
                 job.note(f"could not keep the job's files: {err}")
+        if job.state is J.STAGINGOUT:
+            await self._export(job)
+
+    async def _export(self, job: Job) -> None:
+        """Upload the job's ``Exports`` from its site-storage copy (``STAGING_FAILED`` when
+        one fails, unless its ``FailOnError`` is false)."""
+        root = job.storage.resolve()
+        for item in job.description.exports:
+            source = (root / item.source).resolve()
+            try:
+                if not source.is_relative_to(root):
+                    raise TransferFailed(f"{item.source} leads outside the job directory")
+                size = await threads.deferToThread(upload_file, source, item.url,
+                                                   self.transfers)
+            except TransferFailed as err:
+                if transfer_failed(job, f"export of {item.source} to {item.url}",
+                                   item.fail_on_error, err):
+                    return
+                continue
+            job.note(f"exported {item.source} to {item.url} ({size} bytes)")
 
     @staticmethod
     async def _ended_by(tsi, bssid: str) -> str | None:

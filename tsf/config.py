@@ -38,12 +38,12 @@ Example (every value shown is the default; ``state_dir`` defaults to ``$GRIDVM_H
                                       # submission (its owner may move terminationTime
                                       # within this span); 0 = kept until deleted
 
-    [imports]                         # UNICORE Imports the site fetches (From = URL)
-    url_prefixes = []                 # http(s) URL prefixes it may fetch from, e.g.
-                                      # ["https://data.example.org/"]; none = no URLs
-                                      # (a file of another of the user's jobs always works)
+    [transfers]                       # UNICORE Imports/Exports the site does for a job
+    url_prefixes = []                 # http(s) URL prefixes it may fetch from and upload
+                                      # to, e.g. ["https://data.example.org/"]; none = no
+                                      # URLs (a file of another of the user's jobs works)
     max_mib = 1024                    # largest file
-    timeout_s = 300                   # one fetch, in all
+    timeout_s = 300                   # one transfer, in all
 
     [deadlines]                       # seconds per instance phase
     staging = 600
@@ -85,7 +85,7 @@ class SiteSection:
 
 
 @dataclass
-class ImportsSection:
+class TransfersSection:
     url_prefixes: list = field(default_factory=list)
     max_mib: int = 1024
     timeout_s: float = 300.0
@@ -146,7 +146,7 @@ class SiteConfig:
     limits: LimitsSection = field(default_factory=LimitsSection)
     deadlines: DeadlinesSection = field(default_factory=DeadlinesSection)
     health: HealthSection = field(default_factory=HealthSection)
-    imports: ImportsSection = field(default_factory=ImportsSection)
+    transfers: TransfersSection = field(default_factory=TransfersSection)
 
     # -- derived paths ---------------------------------------------------------------------
     @property
@@ -211,10 +211,10 @@ def config_from_dict(doc: dict[str, Any]) -> SiteConfig:
         if name not in sections:
             raise ConfigError(f"unknown section [{name}]; known: {', '.join(sections)}")
         setattr(config, name, _section(type(getattr(config, name)), name, values))
-    for prefix in config.imports.url_prefixes:
+    for prefix in config.transfers.url_prefixes:
         if not prefix.startswith(("http://", "https://")) or prefix.count("/") < 3:
-            raise ConfigError(f"imports.url_prefixes: {prefix!r} is not an http(s) URL prefix "
-                              "with a host and a path (e.g. https://data.example.org/)")
+            raise ConfigError(f"transfers.url_prefixes: {prefix!r} is not an http(s) URL "
+                              "prefix with a host and a path (e.g. https://data.example.org/)")
     if not config.site.name.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"site.name must be letters, digits, - and _: {config.site.name!r}")
     return config

@@ -23,14 +23,6 @@ from twisted.internet import defer, task, threads
 from image_repo.access import Caller
 from image_repo.errors import RepositoryError
 from image_repo.repository import ImageRepository
-from target_system.imports import (
-    USPACE,
-    ImportFailed,
-    ImportPolicy,
-    copy_file,
-    fetch_url,
-    parse_uspace,
-)
 from target_system.instance import (
     Deadlines,
     HealthPolicy,
@@ -44,6 +36,15 @@ from target_system.jobfiles import PathError, confine
 from target_system.jobs import Job, JobRunner
 from target_system.lifecycle import InstanceState
 from target_system.store import StateStore
+from target_system.transfers import (
+    USPACE,
+    TransferFailed,
+    TransferPolicy,
+    copy_file,
+    fetch_url,
+    parse_uspace,
+    transfer_failed,
+)
 from vmm.manager import VirtualMachineManager
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ class TargetSystemFactory(service.Service):
                  context_hooks: dict[str, bytes] | None = None,
                  job_lifetime: float | None = DEFAULT_JOB_LIFETIME,
                  expiry_interval: float = EXPIRY_INTERVAL,
-                 imports: ImportPolicy | None = None):
+                 transfers: TransferPolicy | None = None):
         self.repository = repository
         self.vmm = vmm
         self.credentials = credentials
@@ -96,7 +97,7 @@ class TargetSystemFactory(service.Service):
         self.runner = runner or JobRunner(reactor)
         self.store = store
         self.keep_on_stop = False  #: stopService detaches instead of terminating
-        self.imports = imports or ImportPolicy()  #: what server-side imports may fetch
+        self.transfers = transfers or TransferPolicy()
         #: seconds a job is kept after submission (None: until deleted) and at most from now
         self.job_lifetime = job_lifetime
         self._expiry = task.LoopingCall(self.expire)
@@ -110,6 +111,15 @@ class TargetSystemFactory(service.Service):
         self._running: dict[str, defer.Deferred] = {}
         self._reserved: dict[str, set[str]] = {}  #: instance id -> jobs waiting for it
         self._expiring: set[str] = set()  #: jobs being destroyed by :meth:`expire`
+
+    @property
+    def transfers(self) -> TransferPolicy:
+        """Where server-side Imports may come from and Exports may go (the runner's too)."""
+        return self.runner.transfers
+
+    @transfers.setter
+    def transfers(self, policy: TransferPolicy) -> None:
+        self.runner.transfers = policy
 
     # -- jobs ------------------------------------------------------------------------------
     def submit(self, description: dict[str, Any] | JobDescription, caller: Caller, *,
@@ -258,7 +268,7 @@ class TargetSystemFactory(service.Service):
 
     async def _fetch_imports(self, job: Job, caller: Caller) -> None:
         """Fetch the job's server-side imports into its inputs directory (see
-        ``target_system.imports``); a failed one fails the job ``STAGING_FAILED`` unless
+        ``target_system.transfers``); a failed one fails the job ``STAGING_FAILED`` unless
         its ``FailOnError`` is false."""
         for item in job.description.imports:
             if item.url is None or job.state.terminal:
@@ -270,12 +280,10 @@ class TargetSystemFactory(service.Service):
                     size = await threads.deferToThread(copy_file, source, destination)
                 else:
                     size = await threads.deferToThread(fetch_url, item.url, destination,
-                                                       self.imports)
-            except ImportFailed as err:
-                if item.fail_on_error:
-                    job.fail("STAGING_FAILED", f"import of {item.url}: {err}")
+                                                       self.transfers)
+            except TransferFailed as err:
+                if transfer_failed(job, f"import of {item.url}", item.fail_on_error, err):
                     return
-                job.note(f"import of {item.url} failed, ignored (FailOnError false): {err}")
                 continue
             job.note(f"fetched {item.url} as {item.to} ({size} bytes)")
 
@@ -286,17 +294,17 @@ class TargetSystemFactory(service.Service):
         try:
             other = self.job(job_id, caller)
         except NotFound:
-            raise ImportFailed(f"no job {job_id}") from None
+            raise TransferFailed(f"no job {job_id}") from None
         if not other.finished.called:
-            raise ImportFailed(f"job {job_id} has not finished: its files are still in its VM")
+            raise TransferFailed(f"job {job_id} has not finished: its files are still in its VM")
         try:
             rel = confine(path)
         except PathError as err:
-            raise ImportFailed(str(err)) from None
+            raise TransferFailed(str(err)) from None
         root = other.storage.resolve()
         source = (root / rel).resolve()
         if not source.is_relative_to(root) or not source.is_file():
-            raise ImportFailed(f"job {job_id} has no file {rel}")
+            raise TransferFailed(f"job {job_id} has no file {rel}")
         return source
 
     async def _match(self, job: Job, caller: Caller) -> ImageToBoot | None:

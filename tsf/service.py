@@ -21,9 +21,9 @@ from zope.interface import implementer
 
 from image_repo.db import make_engine
 from image_repo.repository import ImageRepository
-from target_system.imports import ImportPolicy
 from target_system.instance import Deadlines, HealthPolicy, SiteCredentials
 from target_system.store import StateStore
+from target_system.transfers import TransferPolicy
 from tsf.config import SiteConfig
 from tsf.factory import Quotas, TargetSystemFactory
 from tsf.rest import build_app, build_site
@@ -176,8 +176,8 @@ class SiteService(service.MultiService):
                                 idle_timeout=h.idle_timeout or None, lease=h.lease or None),
             store=StateStore(make_engine(config.database_url), reactor),
             job_lifetime=config.limits.job_lifetime_days * 86400 or None,
-            imports=ImportPolicy(tuple(config.imports.url_prefixes),
-                                 config.imports.max_mib << 20, config.imports.timeout_s))
+            transfers=TransferPolicy(tuple(config.transfers.url_prefixes),
+                                 config.transfers.max_mib << 20, config.transfers.timeout_s))
         self.factory.keep_on_stop = config.site.keep_instances
         counts = await self.factory.recover(adopted)
         log.info("taken back from an earlier run: %(instances)d instance(s), "

@@ -42,11 +42,11 @@ def test_bad_configuration_and_users_are_one_line_errors(state, tmp_path):
     assert "unknown key http.prot" in result.stderr and "Traceback" not in result.stderr
     bad.write_text("[http]\nport = 'x'\n")
     assert "http.port must be a int" in gridvm("serve", "-c", str(bad)).stderr
-    bad.write_text("[imports]\nurl_prefixes = 'https://x.org/'\n")
-    assert "imports.url_prefixes must be a list" in gridvm("serve", "-c", str(bad)).stderr
-    bad.write_text("[imports]\nurl_prefixes = ['file:///etc/']\n")
+    bad.write_text("[transfers]\nurl_prefixes = 'https://x.org/'\n")
+    assert "transfers.url_prefixes must be a list" in gridvm("serve", "-c", str(bad)).stderr
+    bad.write_text("[transfers]\nurl_prefixes = ['file:///etc/']\n")
     assert "not an http(s) URL prefix" in gridvm("serve", "-c", str(bad)).stderr
-    bad.write_text("[imports]\nurl_prefixes = ['https://data.example.org/']\n")
+    bad.write_text("[transfers]\nurl_prefixes = ['https://data.example.org/']\n")
     shown = gridvm("serve", "-c", str(bad), "--print-config")
     assert shown.returncode == 0 and "https://data.example.org/" in shown.stdout, shown.stderr
     result = gridvm("serve", "-c", str(config), "--add-user", "../x", "--password-stdin",

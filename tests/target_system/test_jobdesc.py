@@ -58,7 +58,7 @@ def test_container_application_selects_by_image_url():
     ({"Executable": "x", "Imports": [{"From": "ftp://e.org/f", "To": "f"}]}, "Imports[0].From"),
     ({"Executable": "x", "IgnoreNonZeroExitCode": "maybe"}, "IgnoreNonZeroExitCode"),
     ({"Executable": "x", "Job type": "quantum"}, "Job type"),
-    ({"Executable": "x", "Exports": [{"From": "a", "To": "https://e.org"}]}, "Exports"),
+    ({"Executable": "x", "Exports": [{"From": "a", "To": "ftp://e.org/a"}]}, "Exports[0].To"),
     ({"Arguments": []}, "Executable"),
 ])
 def test_bad_descriptions_name_the_key(doc, path):
@@ -117,3 +117,18 @@ def test_bad_imports_name_the_problem(item, complaint):
     with pytest.raises(JobDescriptionError, match="Imports") as caught:
         parse_job({"Executable": "cat", "Imports": [item]})
     assert complaint in str(caught.value)
+
+
+def test_exports_to_urls_are_kept_for_the_site_to_upload():
+    job = parse_job({"Executable": "date", "Exports": [
+        {"From": "out/result.txt", "To": "https://data.example.org/up/r.txt"},
+        {"From": "stdout", "To": "http://127.0.0.1:9/x", "FailOnError": False}]})
+    assert [(e.source, e.url, e.fail_on_error) for e in job.exports] == [
+        ("out/result.txt", "https://data.example.org/up/r.txt", True),
+        ("stdout", "http://127.0.0.1:9/x", False)]
+    for bad, complaint in (({"From": "../x", "To": "https://e.org/x"}, "inside the job"),
+                           ({"From": "x", "To": "/tmp/x"}, "unsupported target"),
+                           ({"From": "x", "To": "https://e.org/x", "Mode": 1}, "Mode")):
+        with pytest.raises(JobDescriptionError, match="Exports") as caught:
+            parse_job({"Executable": "date", "Exports": [bad]})
+        assert complaint in str(caught.value)

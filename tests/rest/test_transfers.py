@@ -1,7 +1,7 @@
-"""Server-side imports in real VMs: a file fetched from an allowed URL while the VM boots,
-a job chained to another through this site's file URL, and the refusals — a URL the site
-does not fetch from, a redirect out of the allowed prefixes, another user's job, a missing
-file with and without FailOnError.
+"""Server-side transfers in real VMs: a file fetched from an allowed URL while the VM
+boots, a job chained to another through this site's file URL, results uploaded (Exports),
+and the refusals — a URL the site does not fetch from or upload to, a redirect out of the
+allowed prefixes, another user's job, a missing file with and without FailOnError.
 """
 
 from __future__ import annotations
@@ -11,23 +11,40 @@ import pytest_twisted
 from twisted.internet import reactor, task
 from twisted.web import resource, server, static, util
 
-from target_system.imports import ImportPolicy
+from target_system.transfers import TransferPolicy
 from tests.rest.conftest import PUBLIC
 from tests.rest.test_api import error_of, submit
 
 pytestmark = pytest.mark.vm
 
 IMAGE = {"Image": PUBLIC}
+UPLOADED: dict[str, bytes] = {}
+
+
+class Uploads(resource.Resource):
+    """Takes PUT /data/up/<name> into ``received``."""
+
+    isLeaf = True
+
+    def __init__(self, received: dict):
+        super().__init__()
+        self.received = received
+
+    def render_PUT(self, request):
+        self.received[request.postpath[0].decode()] = request.content.read()
+        request.setResponseCode(201)
+        return b""
 
 
 @pytest.fixture
 def data_server(tmp_path):
-    """A plain HTTP server on 127.0.0.1: /data/hello.txt, and /data/away redirecting to a
-    path outside the prefix the site allows (/data/)."""
+    """A plain HTTP server on 127.0.0.1: /data/hello.txt, /data/away redirecting to a path
+    outside the prefix the site allows (/data/), and /data/up/ taking uploads."""
     (tmp_path / "hello.txt").write_text("hello from a data server\n")
     root = resource.Resource()
     data = static.File(str(tmp_path))
     data.putChild(b"away", util.Redirect(b"/private/secret"))
+    data.putChild(b"up", Uploads(UPLOADED))
     root.putChild(b"data", data)
     root.putChild(b"private", static.Data(b"secret\n", "text/plain"))
     port = reactor.listenTCP(0, server.Site(root), interface="127.0.0.1")
@@ -51,9 +68,9 @@ async def stdout_of(http, job_url: str, user: str = "alice") -> str:
 
 
 @pytest_twisted.ensureDeferred
-async def test_imports_from_urls_and_other_jobs(rest_site, data_server):
+async def test_imports_exports_and_chained_jobs(rest_site, data_server):
     site, http = rest_site
-    site.factory.imports = ImportPolicy(url_prefixes=(f"{data_server}/data/",))
+    site.factory.transfers = TransferPolicy(url_prefixes=(f"{data_server}/data/",))
 
     first = await submit(http, {
         "Executable": "/bin/sh", "Resources": IMAGE,
@@ -62,14 +79,26 @@ async def test_imports_from_urls_and_other_jobs(rest_site, data_server):
                     {"From": f"{data_server}/data/hello.txt", "To": "run.sh",
                      "Permissions": "rwx"},
                     {"From": f"{data_server}/data/missing", "To": "opt.txt",
-                     "FailOnError": "false"}]})
+                     "FailOnError": "false"}],
+        "Exports": [{"From": "out.txt", "To": f"{data_server}/data/up/out.txt"},
+                    {"From": "stdout", "To": f"{site.http_base}/x", "FailOnError": False}]})
     doc = await finished(http, first)
-    assert doc["status"] == "SUCCESSFUL", doc["log"]
+    assert doc["status"] == "SUCCESSFUL", "\n".join(doc["log"])
     assert await stdout_of(http, first) == "hello from a data server\n-rwx\n"
     assert any("missing failed, ignored" in line and "HTTP 404" in line for line in doc["log"])
+    assert UPLOADED == {"out.txt": b"made\n"}
+    ignored = f"export of stdout to {site.http_base}/x failed, ignored"
+    assert any(ignored in line and "does not upload to" in line for line in doc["log"])
+    exported = await submit(http, {"Executable": "/bin/true", "Resources": IMAGE, "Exports": [
+        {"From": "never-made.txt", "To": f"{data_server}/data/up/x"}]})
+    doc = await finished(http, exported)
+    assert doc["status"] == "FAILED" and doc["gridvm"]["reason"] == "STAGING_FAILED"
+    assert "export of never-made.txt" in doc["statusMessage"] and "no file" in doc[
+        "statusMessage"]
+    wd_first = (await http("GET", first)).json()["_links"]["workingDirectory"]["href"]
 
     # chained: the next job takes the first one's output through this site's file URL
-    wd = doc["_links"]["workingDirectory"]["href"]
+    wd = wd_first
     second = await submit(http, {
         "Executable": "/bin/cat", "Arguments": ["previous.txt"], "Resources": IMAGE,
         "Imports": [{"From": f"{wd}/files/out.txt", "To": "previous.txt"}]})
