@@ -146,6 +146,7 @@ class TargetSystem:
     _lease_timer: Any = None
     _started: defer.Deferred | None = None
     detached: bool = False  #: let go of (server stopping), the VM keeps running
+    keep_idle: bool = False  #: never ended for being idle (a warm pool's instance)
 
     def __post_init__(self) -> None:
         if self.lifecycle is None:
@@ -351,11 +352,11 @@ class TargetSystem:
     def _arm_idle(self) -> None:
         self._cancel(self._idle_timer)
         self._idle_timer = None
-        if self.health.idle_timeout and not self.jobs:
+        if self.health.idle_timeout and not self.jobs and not self.keep_idle:
             self._idle_timer = self.reactor.callLater(self.health.idle_timeout, self._idle)
 
     def _idle(self) -> None:
-        if self.state is S.READY and not self.jobs:
+        if self.state is S.READY and not self.jobs and not self.keep_idle:
             log.info("instance %s idle for %g s: terminating", self.instance_id,
                      self.health.idle_timeout)
             self.terminate()

@@ -45,6 +45,14 @@ Example (every value shown is the default; ``state_dir`` defaults to ``$GRIDVM_H
     max_mib = 1024                    # largest file
     timeout_s = 300                   # one transfer, in all
 
+    [[pools]]                         # warm pools (none by default), one table each:
+    name = "atlas"                    # instances are owned by "pool:atlas" until taken
+    image = "worker-el9"              # image name, name:version or id
+    idle = 2                          # booted instances kept waiting for jobs
+    vcpus = 1
+    memory_mib = 256
+    vos = ["atlas"]                   # users of these VOs may take one; [] = anyone
+
     [deadlines]                       # seconds per instance phase
     staging = 600
     booting = 180
@@ -63,6 +71,8 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from tsf.pools import PoolSpec, check_specs
 
 
 class ConfigError(ValueError):
@@ -89,6 +99,16 @@ class TransfersSection:
     url_prefixes: list = field(default_factory=list)
     max_mib: int = 1024
     timeout_s: float = 300.0
+
+
+@dataclass
+class PoolSection:
+    name: str = ""
+    image: str = ""
+    idle: int = 1
+    vcpus: int = 1
+    memory_mib: int = 256
+    vos: list = field(default_factory=list)
 
 
 @dataclass
@@ -147,6 +167,7 @@ class SiteConfig:
     deadlines: DeadlinesSection = field(default_factory=DeadlinesSection)
     health: HealthSection = field(default_factory=HealthSection)
     transfers: TransfersSection = field(default_factory=TransfersSection)
+    pools: list = field(default_factory=list)  #: PoolSection per [[pools]] table
 
     # -- derived paths ---------------------------------------------------------------------
     @property
@@ -178,8 +199,15 @@ class SiteConfig:
     def users_file(self) -> Path:
         return self._path(self.site.users_file, "users.json")
 
+    def pool_specs(self) -> list[PoolSpec]:
+        return [PoolSpec(p.name, p.image, p.idle, p.vcpus, p.memory_mib, tuple(p.vos))
+                for p in self.pools]
+
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: dict(vars(getattr(self, f.name))) for f in fields(self)}
+        doc: dict[str, Any] = {f.name: dict(vars(getattr(self, f.name))) for f in fields(self)
+                               if f.name != "pools"}
+        doc["pools"] = [dict(vars(p)) for p in self.pools]
+        return doc
 
 
 def _section(cls, name: str, values: Any):
@@ -210,7 +238,17 @@ def config_from_dict(doc: dict[str, Any]) -> SiteConfig:
     for name, values in doc.items():
         if name not in sections:
             raise ConfigError(f"unknown section [{name}]; known: {', '.join(sections)}")
+        if name == "pools":
+            if not isinstance(values, list):
+                raise ConfigError("pools must be an array of tables: [[pools]]")
+            config.pools = [_section(PoolSection, f"pools[{i}]", table)
+                            for i, table in enumerate(values)]
+            continue
         setattr(config, name, _section(type(getattr(config, name)), name, values))
+    try:
+        check_specs(config.pool_specs())
+    except ValueError as err:
+        raise ConfigError(f"pools: {err}") from None
     for prefix in config.transfers.url_prefixes:
         if not prefix.startswith(("http://", "https://")) or prefix.count("/") < 3:
             raise ConfigError(f"transfers.url_prefixes: {prefix!r} is not an http(s) URL "

@@ -13,12 +13,14 @@ import logging
 import shutil
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer, task, threads
+from twisted.python import failure
 
 from image_repo.access import Caller
 from image_repo.errors import RepositoryError
@@ -45,6 +47,7 @@ from target_system.transfers import (
     parse_uspace,
     transfer_failed,
 )
+from tsf.pools import PoolSpec, check_specs, pool_name
 from vmm.manager import VirtualMachineManager
 
 log = logging.getLogger(__name__)
@@ -85,7 +88,8 @@ class TargetSystemFactory(service.Service):
                  context_hooks: dict[str, bytes] | None = None,
                  job_lifetime: float | None = DEFAULT_JOB_LIFETIME,
                  expiry_interval: float = EXPIRY_INTERVAL,
-                 transfers: TransferPolicy | None = None):
+                 transfers: TransferPolicy | None = None,
+                 pools: Sequence[PoolSpec] = (), pool_interval: float = 10.0):
         self.repository = repository
         self.vmm = vmm
         self.credentials = credentials
@@ -98,6 +102,12 @@ class TargetSystemFactory(service.Service):
         self.store = store
         self.keep_on_stop = False  #: stopService detaches instead of terminating
         self.transfers = transfers or TransferPolicy()
+        self.pools = {spec.name: spec for spec in check_specs(pools)}  #: warm pools by name
+        self.pool_interval = pool_interval
+        self._pool_loop = task.LoopingCall(self.fill_pools)
+        self._pool_loop.clock = reactor
+        self._pool_backoff: dict[str, tuple[int, float]] = {}  #: failures, next boot time
+        self._filling = False
         #: seconds a job is kept after submission (None: until deleted) and at most from now
         self.job_lifetime = job_lifetime
         self._expiry = task.LoopingCall(self.expire)
@@ -353,6 +363,10 @@ class TargetSystemFactory(service.Service):
             self._reserve(suitable[0], job)
             return suitable[0]
         mine = [t for t in self._live() if t.owner == caller.user]
+        if len(mine) < self.quotas.per_user and (
+                pooled := self._from_pool(job, caller, image, vcpus, memory)):
+            self._reserve(pooled, job)
+            return pooled
         full = None
         if len(mine) >= self.quotas.per_user:
             full = (f"you have {len(mine)} instances, the limit per user is "
@@ -366,17 +380,104 @@ class TargetSystemFactory(service.Service):
             return suitable[0]
         if full:
             raise InstanceFailed("QUOTA_EXCEEDED", full)
+        target = self._new_target(caller.user, image, vcpus, memory)
+        self._reserve(target, job)
+        job.note(f"booting instance {target.instance_id} ({vcpus} vCPU, {memory} MiB)")
+        return target
+
+    def _new_target(self, owner: str, image: ImageToBoot, vcpus: int,
+                    memory: int) -> TargetSystem:
         target = TargetSystem(
-            instance_id=uuid.uuid4().hex[:12], owner=caller.user, image=image, vmm=self.vmm,
+            instance_id=uuid.uuid4().hex[:12], owner=owner, image=image, vmm=self.vmm,
             credentials=self.credentials, reactor=self.reactor, vcpus=vcpus, memory_mib=memory,
             deadlines=self.deadlines, health=self.health,
             extra_context={f"init.d/{name}": script
                            for name, script in self.context_hooks.items()})
         self.instances[target.instance_id] = target
         self._persist_instance(target)
-        self._reserve(target, job)
-        job.note(f"booting instance {target.instance_id} ({vcpus} vCPU, {memory} MiB)")
         return target
+
+    # -- warm pools ------------------------------------------------------------------------
+    def _from_pool(self, job: Job, caller: Caller, image: ImageToBoot, vcpus: int,
+                   memory: int) -> TargetSystem | None:
+        """Hand the caller a fitting pool instance (the most advanced in its bring-up): it is
+        theirs from now on, and the pool boots a replacement."""
+        order = {InstanceState.READY: 0, InstanceState.CONNECTING: 1,
+                 InstanceState.BOOTING: 2, InstanceState.STAGING: 3,
+                 InstanceState.REQUESTED: 4}
+        fitting = sorted(
+            (t for t in self._live()
+             if (name := pool_name(t.owner)) in self.pools and self.pools[name].serves(caller)
+             and t.image.image_id == image.image_id and t.state in order
+             and t.vcpus >= vcpus and t.memory_mib >= memory),
+            key=lambda t: order[t.state])
+        if not fitting:
+            return None
+        target = fitting[0]
+        pool = pool_name(target.owner)
+        target.owner, target.keep_idle = caller.user, False
+        if self.store is not None:
+            self.store.save_instance(target)
+        log.info("pool %s: instance %s (%s) taken by %s", pool, target.instance_id,
+                 target.state.name, caller.user)
+        job.note(f"took instance {target.instance_id} from pool {pool} "
+                 f"({target.state.name}, no boot of its own)")
+        self.reactor.callLater(0, self.fill_pools)
+        return target
+
+    def fill_pools(self) -> defer.Deferred | None:
+        """Boot instances until every pool has its idle count (within the site's total
+        quota; a pool whose boots fail backs off), and end the instances of pools no longer
+        configured.  Runs every ``pool_interval`` and whenever an instance is taken."""
+        if self._filling or not self.running:
+            return None
+        self._filling = True
+
+        def done(result):
+            self._filling = False
+            if isinstance(result, failure.Failure):
+                log.error("filling the pools: %s", result.getTraceback())
+
+        return defer.Deferred.fromCoroutine(self._fill()).addBoth(done)
+
+    async def _fill(self) -> None:
+        admin = Caller.of("gridvm", admin=True)
+        for target in self._live():
+            name = pool_name(target.owner)
+            if name is not None and name not in self.pools:
+                log.info("instance %s of pool %s: the pool is no longer configured",
+                         target.instance_id, name)
+                target.terminate(f"pool {name} is no longer configured")
+        now = self.reactor.seconds()
+        for spec in self.pools.values():
+            waiting = [t for t in self._live() if t.owner == spec.owner]
+            missing = spec.idle - len(waiting)
+            if missing <= 0 or now < self._pool_backoff.get(spec.name, (0, 0.0))[1]:
+                continue
+            try:
+                record = await threads.deferToThread(self.repository.get, spec.image, admin)
+                image = await threads.deferToThread(self._load_image, record.id, admin)
+            except RepositoryError as err:
+                log.warning("pool %s: image %s: %s", spec.name, spec.image, err)
+                continue
+            for _ in range(missing):
+                if len(self._live()) >= self.quotas.total:
+                    log.warning("pool %s: the site runs %d instances, its limit", spec.name,
+                                len(self._live()))
+                    break
+                target = self._new_target(spec.owner, image, spec.vcpus, spec.memory_mib)
+                target.keep_idle = True
+                log.info("pool %s: booting instance %s", spec.name, target.instance_id)
+                target.start().addCallbacks(
+                    lambda _t, name=spec.name: self._pool_backoff.pop(name, None),
+                    lambda f, name=spec.name: self._pool_failed(name, f))
+
+    def _pool_failed(self, name: str, reason: failure.Failure) -> None:
+        failures = self._pool_backoff.get(name, (0, 0.0))[0] + 1
+        delay = min(self.pool_interval * 2 ** failures, 600.0)
+        self._pool_backoff[name] = (failures, self.reactor.seconds() + delay)
+        log.warning("pool %s: an instance failed (%s); next boot in %g s", name,
+                    reason.getErrorMessage(), delay)
 
     def _reserve(self, target: TargetSystem, job: Job) -> None:
         """Count a job that will run on ``target`` once it is up; the job names its instance
@@ -428,6 +529,7 @@ class TargetSystemFactory(service.Service):
                 row, image, alive.pop(row["id"], None), vmm=self.vmm,
                 credentials=self.credentials, reactor=self.reactor, deadlines=self.deadlines,
                 health=self.health)
+            target.keep_idle = pool_name(target.owner) is not None
             self.instances[target.instance_id] = target
             self._persist_instance(target)
             await target.reconnect()
@@ -509,13 +611,16 @@ class TargetSystemFactory(service.Service):
         super().startService()
         self._expiry.start(self.expiry_interval, now=True).addErrback(
             lambda f: log.error("job expiry stopped: %s", f.getTraceback()))
+        if self.pools:
+            self._pool_loop.start(self.pool_interval, now=True)
 
     def stopService(self):
         """Terminate every instance — or, with ``keep_on_stop``, detach from them so that
         they and their jobs go on and the next start re-adopts them."""
         super().stopService()
-        if self._expiry.running:
-            self._expiry.stop()
+        for loop in (self._expiry, self._pool_loop):
+            if loop.running:
+                loop.stop()
         if self.keep_on_stop:
             return self.detach()
         return defer.DeferredList([t.terminate("site shutdown") for t in self._live()])

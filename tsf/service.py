@@ -177,7 +177,8 @@ class SiteService(service.MultiService):
             store=StateStore(make_engine(config.database_url), reactor),
             job_lifetime=config.limits.job_lifetime_days * 86400 or None,
             transfers=TransferPolicy(tuple(config.transfers.url_prefixes),
-                                 config.transfers.max_mib << 20, config.transfers.timeout_s))
+                                 config.transfers.max_mib << 20, config.transfers.timeout_s),
+            pools=config.pool_specs())
         self.factory.keep_on_stop = config.site.keep_instances
         counts = await self.factory.recover(adopted)
         log.info("taken back from an earlier run: %(instances)d instance(s), "
@@ -187,6 +188,10 @@ class SiteService(service.MultiService):
         self.factory.setServiceParent(self)
         log.info("factory ready: quotas %d per user, %d in total; job files under %s",
                  config.quotas.per_user, config.quotas.total, config.storage)
+        for pool in config.pool_specs():
+            log.info("warm pool %s: %d idle instance(s) of %s (%d vCPU, %d MiB) for %s",
+                     pool.name, pool.idle, pool.image, pool.vcpus, pool.memory_mib,
+                     ", ".join(pool.vos) or "anyone")
         limits = config.limits
         tokens = TokenIssuer.load_or_create(state / "token-secret", config.site.name,
                                             default_lifetime=limits.token_lifetime_s)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import signal
@@ -40,15 +41,26 @@ def test_bad_configuration_and_users_are_one_line_errors(state, tmp_path):
     result = gridvm("serve", "--config", str(bad))
     assert result.returncode == 2
     assert "unknown key http.prot" in result.stderr and "Traceback" not in result.stderr
-    bad.write_text("[http]\nport = 'x'\n")
-    assert "http.port must be a int" in gridvm("serve", "-c", str(bad)).stderr
-    bad.write_text("[transfers]\nurl_prefixes = 'https://x.org/'\n")
-    assert "transfers.url_prefixes must be a list" in gridvm("serve", "-c", str(bad)).stderr
-    bad.write_text("[transfers]\nurl_prefixes = ['file:///etc/']\n")
-    assert "not an http(s) URL prefix" in gridvm("serve", "-c", str(bad)).stderr
-    bad.write_text("[transfers]\nurl_prefixes = ['https://data.example.org/']\n")
+    for text, complaint in (
+            ("[http]\nport = 'x'\n", "http.port must be a int"),
+            ("[transfers]\nurl_prefixes = 'https://x.org/'\n",
+             "transfers.url_prefixes must be a list"),
+            ("[transfers]\nurl_prefixes = ['file:///etc/']\n", "not an http(s) URL prefix"),
+            ("pools = 3\n", "array of tables"),
+            ("[[pools]]\nname = 'atlas'\n", "pool 'atlas' names no image"),
+            ("[[pools]]\nname = 'atlas'\nimage = 'w'\nidle = 'two'\n",
+             "pools[0].idle must be a int")):
+        bad.write_text(text)
+        result = gridvm("serve", "-c", str(bad))
+        assert result.returncode == 2 and complaint in result.stderr, (text, result.stderr)
+    bad.write_text("[transfers]\nurl_prefixes = ['https://data.example.org/']\n"
+                   "[[pools]]\nname = 'atlas'\nimage = 'w'\nvos = ['atlas']\n")
     shown = gridvm("serve", "-c", str(bad), "--print-config")
-    assert shown.returncode == 0 and "https://data.example.org/" in shown.stdout, shown.stderr
+    assert shown.returncode == 0, shown.stderr
+    effective = json.loads(shown.stdout)
+    assert effective["transfers"]["url_prefixes"] == ["https://data.example.org/"]
+    assert effective["pools"] == [{"name": "atlas", "image": "w", "idle": 1, "vcpus": 1,
+                                   "memory_mib": 256, "vos": ["atlas"]}]
     result = gridvm("serve", "-c", str(config), "--add-user", "../x", "--password-stdin",
                     stdin="long enough\n")
     assert result.returncode == 2 and "not valid" in result.stderr
