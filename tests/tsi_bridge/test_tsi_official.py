@@ -3,6 +3,11 @@ against the parser and the Twisted client."""
 
 from __future__ import annotations
 
+import queue
+import socket
+import ssl
+import threading
+
 import pytest
 import pytest_twisted
 import tsi_transcripts as t
@@ -11,6 +16,8 @@ from twisted.internet import reactor
 
 from tsi_bridge import protocol as p
 from tsi_bridge.client import JobStatus, TSIClient
+from tsi_bridge.errors import TSIUnreachable
+from tsi_bridge.line_exchange import exchange_line
 
 
 def split_one(data: bytes) -> bytes:
@@ -79,3 +86,64 @@ async def test_client_keeps_its_worker_through_the_official_replies():
     finally:
         await client.close()
         tsi.close()
+
+
+class OfficialTLSShepherd:
+    """The official shepherd's TLS accept as in its lib/SSL.py and lib/Server.py: the listening
+    socket is wrapped, so a handshake that fails raises from accept(), and the official TSI's
+    main() then dies.  Records what each accept() ended with."""
+
+    def __init__(self, directory, issued, ca_pem: bytes) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        issued.write(directory / "tsi.pem", directory / "tsi.key")
+        (directory / "tsi-ca.pem").write_bytes(ca_pem)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_cert_chain(directory / "tsi.pem", directory / "tsi.key")
+        context.load_verify_locations(directory / "tsi-ca.pem")
+        self.server = context.wrap_socket(socket.create_server(("127.0.0.1", 0)),
+                                          server_side=True)
+        self.port = self.server.getsockname()[1]
+        self.outcomes: queue.Queue = queue.Queue()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _address = self.server.accept()
+            except OSError as err:
+                if self.server.fileno() < 0:
+                    return
+                self.outcomes.put(f"accept failed: {err}")  # the official TSI would be dead
+                continue
+            with conn:
+                conn.settimeout(5)
+                line = conn.recv(1024)
+                if line:
+                    conn.sendall(b"OK\n")
+                self.outcomes.put(line)
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_tsi_certificate_does_not_fail_the_shepherds_handshake(pki, tmp_path):
+    shepherd = OfficialTLSShepherd(tmp_path / "pinned", pki.instance, pki.ca.cert_pem)
+    stranger = OfficialTLSShepherd(tmp_path / "stranger", pki.stranger, pki.ca.cert_pem)
+    try:
+        wrong_pin = pki.client_tls().pinned_to(pki.other_instance.cert_pem)
+        with pytest.raises(TSIUnreachable, match="refused the TSI's certificate: not the pinned"):
+            await exchange_line(reactor, "127.0.0.1", shepherd.port, b"newtsiprocess 1\n",
+                                wrong_pin)
+        assert shepherd.outcomes.get(timeout=5) == b""  # a clean close, nothing sent
+        with pytest.raises(TSIUnreachable, match="certificate not trusted"):
+            await exchange_line(reactor, "127.0.0.1", stranger.port, b"newtsiprocess 1\n",
+                                pki.client_tls())
+        assert stranger.outcomes.get(timeout=5) == b""
+        assert await exchange_line(reactor, "127.0.0.1", shepherd.port, b"newtsiprocess 1\n",
+                                   pki.client_tls()) == "OK"
+        assert shepherd.outcomes.get(timeout=5) == b"newtsiprocess 1\n"
+    finally:
+        shepherd.close()
+        stranger.close()
