@@ -196,8 +196,8 @@ class TSIWorker:
 
         return result.addErrback(failed)
 
-    async def _reply(self) -> protocol.Reply:
-        reply = protocol.parse_reply(await self.command.next_message())
+    async def _reply(self, command: str | None = None) -> protocol.Reply:
+        reply = protocol.parse_reply(await self.command.next_message(), command)
         if not reply.ok:
             raise TSICommandFailed(reply.error or "TSI_FAILED")
         return reply
@@ -207,7 +207,7 @@ class TSIWorker:
 
         async def operation():
             self.command.transport.write(message)
-            return await self._reply()
+            return await self._reply(what)
 
         return self._run(what, timeout, operation)
 

@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--callback-host", default="127.0.0.1",
                         help="address to listen on for the TSI's callbacks")
     parser.add_argument("--callback-port", type=int, default=0,
-                        help="port for the callbacks (0: any free port)")
+                        help="port for the callbacks (0: any free port); must be the official "
+                             "TSI's tsi.unicorex_port if that is set")
     parser.add_argument("--timeout", type=float, default=60.0,
                         help="deadline per step and for the job, seconds")
     parser.add_argument("--keep", action="store_true", help="keep the probe directory")

@@ -7,7 +7,8 @@ import: no dataclasses, typing or logging here.
 * Requests: a body with ``#TSI_<COMMAND>`` and ``#TSI_<PARAM> <value>`` lines, then
   ``#TSI_IDENTITY <user> <groups>``.  The command is the first known tag (in the official
   TSI's order) that is immediately followed by a newline; the first parameter line wins.
-* Replies: ``TSI_OK\\n[<payload>\\n]ENDOFMESSAGE\\n`` or ``TSI_FAILED: <msg>\\nENDOFMESSAGE\\n``.
+* Replies: ``TSI_OK\\n[<payload>\\n]ENDOFMESSAGE\\n`` or ``TSI_FAILED: <msg>\\nENDOFMESSAGE\\n``
+  (LS, DF, GETSTATUSLISTING and SUBMIT also without the ``TSI_OK`` line: older official code).
 * Data channel: GETFILECHUNK and PUTFILECHUNK move raw bytes on the second socket; a
   successful chunk transfer ends with a *second* ``ENDOFMESSAGE`` on the command channel.
 
@@ -255,11 +256,33 @@ class Reply:
         return f"Reply(ok={self.ok!r}, payload={self.payload!r}, error={self.error!r})"
 
 
-def parse_reply(message: bytes) -> Reply:
-    """Parse one reply (without its ``ENDOFMESSAGE`` line).
+#: Commands the official TSI answers *without* the ``TSI_OK`` line when the handler comes from
+#: its older modules (TSI < 11.0: the nobatch ``BSS``/``BSSCommon``/``IO`` code we ran against
+#: writes ``QSTAT``, ``START_LISTING``, ``START_DF`` or the bare BSSID first; UNICORE/X's LS
+#: parser skips a ``TSI_OK`` line rather than requiring it).  Value: the payload's first line
+#: (None: SUBMIT's one-token BSSID).  See docs/tsi-bridge.md, "Against the official UNICORE TSI".
+UNTAGGED_REPLIES = {"GETSTATUSLISTING": "QSTAT", "LS": "START_LISTING", "DF": "START_DF",
+                    "SUBMIT": None}
+
+
+def _untagged_payload(command: str | None, lines: list[str]) -> bool:
+    if command not in UNTAGGED_REPLIES:
+        return False
+    first = UNTAGGED_REPLIES[command]
+    if first is not None:
+        return lines[0] == first
+    content = [line for line in lines if line]
+    return (len(content) == 1 and content[0] == lines[0] and len(lines[0].split()) == 1
+            and not lines[0].startswith("TSI_"))
+
+
+def parse_reply(message: bytes, command: str | None = None) -> Reply:
+    """Parse one reply (without its ``ENDOFMESSAGE`` line) to ``command`` (e.g. ``"LS"``).
 
     Success means: the first line is ``TSI_OK`` and no line starts with ``TSI_FAILED`` (a
-    handler that fails after ``TSI_OK`` appends such a line).  Anything else is a
+    handler that fails after ``TSI_OK`` appends such a line).  For the commands in
+    ``UNTAGGED_REPLIES`` a reply that starts with the payload's own first line instead of
+    ``TSI_OK`` is a success too (the whole reply is the payload).  Anything else is a
     ProtocolError.
     """
     text = message.decode("utf-8", "replace")
@@ -269,6 +292,8 @@ def parse_reply(message: bytes) -> Reply:
             error = line[len(TSI_FAILED):].lstrip(":").strip()
             return Reply(False, "", error or "TSI_FAILED without a message")
     if lines[0] != TSI_OK:
+        if _untagged_payload(command, lines):
+            return Reply(True, text[:-1] if text.endswith("\n") else text, None)
         raise ProtocolError(f"reply starts with neither TSI_OK nor TSI_FAILED: {text[:200]!r}")
     payload = text[len(TSI_OK) + 1:]
     if payload.endswith("\n"):

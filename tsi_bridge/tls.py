@@ -5,11 +5,16 @@ Both ways it presents its own certificate, requires the peer's to chain to the C
 ``peer_cert_pem`` is given, to be exactly that certificate (the instance's): pinning stops a
 certificate of another instance of the same CA.  No hostname checks: the peer address is a
 forwarded loopback port.
+
+Towards a shepherd port the check runs *after* the handshake (``checked_after_handshake()``):
+a handshake that fails there kills the official TSI's whole daemon, so a certificate we
+refuse must end the connection cleanly, before anything is sent, instead.
 """
 
 from __future__ import annotations
 
 import hashlib
+import weakref
 from pathlib import Path
 
 from cryptography import x509
@@ -38,10 +43,15 @@ class TLSConfig:
     """
 
     def __init__(self, cert_pem: bytes, key_pem: bytes, ca_pem: bytes,
-                 peer_cert_pem: bytes | None = None) -> None:
+                 peer_cert_pem: bytes | None = None, *,
+                 verify_after_handshake: bool = False) -> None:
         self.cert_pem, self.key_pem, self.ca_pem = cert_pem, key_pem, ca_pem
+        self.peer_cert_pem = peer_cert_pem
         self.pins = ({_der_sha256(c) for c in _certificates(peer_cert_pem)}
                      if peer_cert_pem else set())
+        self.verify_after_handshake = verify_after_handshake
+        self._refusals: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._checked_after: TLSConfig | None = self if verify_after_handshake else None
         self._context = self._make_context()
 
     @classmethod
@@ -53,6 +63,19 @@ class TLSConfig:
     def pinned_to(self, peer_cert_pem: bytes) -> TLSConfig:
         """The same identity, pinned to another peer (e.g. one VM instance)."""
         return TLSConfig(self.cert_pem, self.key_pem, self.ca_pem, peer_cert_pem)
+
+    def checked_after_handshake(self) -> TLSConfig:
+        """The same identity and pins, but a peer certificate we refuse does not abort the
+        handshake: it is recorded (``refusal()``), and the caller must close the connection
+        before it sends anything."""
+        if self._checked_after is None:
+            self._checked_after = TLSConfig(self.cert_pem, self.key_pem, self.ca_pem,
+                                            self.peer_cert_pem, verify_after_handshake=True)
+        return self._checked_after
+
+    def refusal(self, connection: SSL.Connection) -> str | None:
+        """Why the peer's certificate on ``connection`` is refused (None: accepted)."""
+        return self._refusals.get(connection)
 
     def _make_context(self) -> SSL.Context:
         context = SSL.Context(SSL.TLS_METHOD)
@@ -68,9 +91,14 @@ class TLSConfig:
 
     def _verify(self, connection, cert, errno, depth, ok) -> bool:
         if not ok:
+            why = f"certificate not trusted (X509 error {errno} at depth {depth})"
+        elif depth == 0 and self.pins and _der_sha256(cert.to_cryptography()) not in self.pins:
+            why = "not the pinned certificate"
+        else:
+            return True
+        if not self.verify_after_handshake:
             return False
-        if depth == 0 and self.pins:
-            return _der_sha256(cert.to_cryptography()) in self.pins
+        self._refusals.setdefault(connection, why)
         return True
 
     def clientConnectionForTLS(self, tlsProtocol) -> SSL.Connection:

@@ -88,3 +88,33 @@ NO_IDENTITY_REPLY = b"TSI_FAILED: No user/group info given\nENDOFMESSAGE\n"
 #: The whole command-channel conversation of the probe run, in order.
 CONVERSATION = [PING, MKDIR, PUT_INPUT, SUBMIT, (STATUS_REQUEST, STATUS_RUNNING),
                 (STATUS_REQUEST, STATUS_EMPTY), GET_EXIT_CODE, LS_OUT, GET_OUT]
+
+# --------------------------------------------------------------------------------------------
+# Captured from a run of the official TSI's code itself (UNICORE-EU/tsi: TSI.py of 11.0.2 with
+# the nobatch BSS/BSSCommon/IO modules of the code index; see docs/tsi-bridge.md, "Against the
+# official UNICORE TSI"), driven by a raw client on 127.0.0.1.  These handlers answer WITHOUT
+# the TSI_OK line: the payload comes first.
+OFFICIAL_JOB = "/tmp/unicore-tsi/work/capture-1795995814"
+
+OFFICIAL_SUBMIT = (
+    b"#!/bin/bash\n#TSI_SUBMIT\n\n#TSI_OUTCOME_DIR /tmp/unicore-tsi/work/capture-1795995814\n"
+    b"#TSI_USPACE_DIR /tmp/unicore-tsi/work/capture-1795995814\n#TSI_STDOUT stdout\n"
+    b"#TSI_STDERR stderr\n#TSI_JOBNAME capture\n#TSI_EMAIL NONE\n#TSI_TIME 60\n#TSI_NODES -1\n"
+    b"#TSI_PROCESSORS_PER_NODE -1\n#TSI_TOTAL_PROCESSORS -1\n#TSI_QUEUE NONE\n#TSI_SCRIPT\n"
+    b"sleep 3\necho $? > UNICORE_SCRIPT_EXIT_CODE\n\n#TSI_IDENTITY nobody NONE\n\nENDOFMESSAGE\n",
+    b"1514595816099\nENDOFMESSAGE\n",
+)
+OFFICIAL_STATUS_RUNNING = b"QSTAT\n 1514595816099 RUNNING NOBATCH S\n\nENDOFMESSAGE\n"
+OFFICIAL_STATUS_EMPTY = b"QSTAT\n\nENDOFMESSAGE\n"
+OFFICIAL_LS = (
+    b"#TSI_LS\n#TSI_LS_MODE A\n#TSI_FILE /tmp/unicore-tsi/work/capture-1795995814/in.txt\n\n"
+    b"#TSI_IDENTITY nobody NONE\n\nENDOFMESSAGE\n",
+    b"START_LISTING\n  RW O 6 1795995815 /tmp/unicore-tsi/work/capture-1795995814/in.txt\n"
+    b"--rw-r--r-- nobody nogroup\nEND_LISTING\nENDOFMESSAGE\n",
+)
+OFFICIAL_LS_MISSING = b"START_LISTING\nEND_LISTING\nENDOFMESSAGE\n"
+OFFICIAL_DF = (b"START_DF\nTOTAL 270553174016\nFREE 84550356992\nUSER -1\nEND_DF\n"
+               b"ENDOFMESSAGE\n")
+# the same run's tagged replies (the handlers of TSI.py and Connector.ok)
+OFFICIAL_PING = b"TSI_OK\n11.0.2\nENDOFMESSAGE\n"
+OFFICIAL_DETAILS = b"TSI_OK\nNo info available for job 1514595816099 \n\nENDOFMESSAGE\n"
