@@ -3,7 +3,8 @@
     .venv/bin/python bench/e2e.py [--runs 5] [--jobs 20]
 
 - cold: each job needs a new instance (boot included); reused: an idle instance is there;
-  median of --runs each, with the bare QEMU boot of bench/boot.py measured in the same run
+  pooled: the user has no instance, a warm pool's pre-booted one is taken; median of --runs
+  each, with the bare QEMU boot of bench/boot.py measured in the same run
   and the ratio cold-RUNNING / bare boot;
 - sustained small-job throughput on one instance (2 vCPUs, so two job slots);
 - per-phase times (instance and job).
@@ -35,6 +36,7 @@ from image_repo.repository import ImageRepository
 from target_system.images import built_image_boot_spec
 from target_system.instance import HealthPolicy, SiteCredentials
 from tsf.factory import Quotas, TargetSystemFactory
+from tsf.pools import PoolSpec
 from vmm.hypervisor import Hypervisor
 from vmm.manager import VirtualMachineManager
 
@@ -102,7 +104,25 @@ async def main(reactor, args) -> None:
                   f"{to_done:.2f} s", flush=True)
 
         for target in list(factory.instances.values()):
-            await target.terminate("throughput next")
+            await target.terminate("pooled next")
+        factory.pools = {"bench": PoolSpec("bench", built.metadata["general"]["name"])}
+        factory.pool_interval = 0.2
+        factory.startService()
+        pooled_running, pooled_done = [], []
+        for run in range(args.runs):
+            while not any(t.owner == "pool:bench" and t.state.name == "READY"
+                          for t in factory.instances.values()):
+                await task.deferLater(reactor, 0.1, lambda: None)
+            to_running, to_done, job = await one_job(factory, JOB)
+            assert any("from pool bench" in line for line in job.log), job.log
+            pooled_running.append(to_running)
+            pooled_done.append(to_done)
+            await factory.instances[job.instance_id].terminate("next run takes from the pool")
+            print(f"pooled run {run + 1}: RUNNING after {to_running:.2f} s, SUCCESSFUL after "
+                  f"{to_done:.2f} s", flush=True)
+        factory.pools = {}
+        await factory.stopService()  # ends every instance, the pool's spare too
+
         factory.quotas = Quotas(1, 8)  # one instance: jobs beyond its 2 slots share it
         two_slots = {"Executable": "true", "Resources": {"OperatingSystem": "debian",
                                                          "CPUs": 2}}
@@ -121,6 +141,11 @@ async def main(reactor, args) -> None:
                                statistics.median(cold_running) / statistics.median(bare), 3)}
         results["reused"] = {"to_running_median_s": median(warm_running),
                              "to_successful_median_s": median(warm_done)}
+        results["pooled"] = {"to_running_median_s": median(pooled_running),
+                             "to_successful_median_s": median(pooled_done),
+                             "ratio_running_over_cold": round(
+                                 statistics.median(pooled_running)
+                                 / statistics.median(cold_running), 3)}
         results["throughput"] = {"jobs": args.jobs, "successful": ok,
                                  "instances": len(instances), "seconds": round(elapsed, 2),
                                  "jobs_per_s": round(args.jobs / elapsed, 2)}
@@ -136,6 +161,9 @@ async def main(reactor, args) -> None:
               f"{results['cold']['ratio_running_over_bare_boot']}")
         print(f"reused: RUNNING {results['reused']['to_running_median_s']} s, SUCCESSFUL "
               f"{results['reused']['to_successful_median_s']} s")
+        print(f"pooled: RUNNING {results['pooled']['to_running_median_s']} s, SUCCESSFUL "
+              f"{results['pooled']['to_successful_median_s']} s (RUNNING "
+              f"{results['pooled']['ratio_running_over_cold']} of cold)")
         print(f"throughput: {ok}/{args.jobs} jobs in {elapsed:.1f} s on {len(instances)} "
               f"instance(s): {args.jobs / elapsed:.2f} jobs/s")
     finally:

@@ -473,6 +473,8 @@ class TargetSystemFactory(service.Service):
                     lambda f, name=spec.name: self._pool_failed(name, f))
 
     def _pool_failed(self, name: str, reason: failure.Failure) -> None:
+        if not self.running or name not in self.pools:
+            return  # ended on purpose (site shutdown, pool removed)
         failures = self._pool_backoff.get(name, (0, 0.0))[0] + 1
         delay = min(self.pool_interval * 2 ** failures, 600.0)
         self._pool_backoff[name] = (failures, self.reactor.seconds() + delay)
