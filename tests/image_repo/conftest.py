@@ -52,3 +52,12 @@ def repo(database_url, tmp_path):
     repository = ImageRepository(database_url, tmp_path / "store")
     yield repository
     repository.close()
+
+
+@pytest.fixture(scope="session")
+def pki():
+    """A CA, endorsers it issued (RSA, ECDSA, Ed25519), a stranger, an impostor, an expired
+    endorser (tests/image_repo/pki.py); made once per session (RSA keys take a while)."""
+    from .pki import build_pki
+
+    return build_pki()
