@@ -45,6 +45,14 @@ Example (every value shown is the default; ``state_dir`` defaults to ``$GRIDVM_H
     missed_budget = 3
     idle_timeout = 600                # seconds an idle instance lives; 0 = forever
     lease = 0                         # seconds an instance lives at most; 0 = no limit
+
+    [trust]                           # image endorsements (docs/image-metadata.md)
+    anchors = ""                      # PEM bundle: endorser certificates trusted as they
+                                      # are, and CA certificates whose directly issued
+                                      # certificates are trusted
+    require_endorsement = false       # true: only images a trusted, unexpired endorsement
+                                      # vouches for are matched, and trust is checked again
+                                      # right before a new instance boots (IMAGE_UNTRUSTED)
 """
 
 from __future__ import annotations
@@ -120,6 +128,12 @@ class HealthSection:
 
 
 @dataclass
+class TrustSection:
+    anchors: str = ""
+    require_endorsement: bool = False
+
+
+@dataclass
 class SiteConfig:
     site: SiteSection = field(default_factory=SiteSection)
     http: HttpSection = field(default_factory=HttpSection)
@@ -128,6 +142,7 @@ class SiteConfig:
     limits: LimitsSection = field(default_factory=LimitsSection)
     deadlines: DeadlinesSection = field(default_factory=DeadlinesSection)
     health: HealthSection = field(default_factory=HealthSection)
+    trust: TrustSection = field(default_factory=TrustSection)
 
     # -- derived paths ---------------------------------------------------------------------
     @property
@@ -162,6 +177,22 @@ class SiteConfig:
     def to_dict(self) -> dict[str, Any]:
         return {f.name: dict(vars(getattr(self, f.name))) for f in fields(self)}
 
+    def trust_policy(self, clock=None):
+        """The site's :class:`image_repo.trust.TrustPolicy`; ConfigError when the anchors
+        file cannot be read or holds no certificate."""
+        from image_repo.errors import BadRequest
+        from image_repo.trust import TrustPolicy
+
+        options = {"require": self.trust.require_endorsement}
+        if clock is not None:
+            options["clock"] = clock
+        if not self.trust.anchors:
+            return TrustPolicy(**options)
+        try:
+            return TrustPolicy.from_file(self.trust.anchors, **options)
+        except BadRequest as err:
+            raise ConfigError(f"trust.anchors: {err.message}") from None
+
 
 def _section(cls, name: str, values: Any):
     if not isinstance(values, dict):
@@ -192,6 +223,9 @@ def config_from_dict(doc: dict[str, Any]) -> SiteConfig:
         setattr(config, name, _section(type(getattr(config, name)), name, values))
     if not config.site.name.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"site.name must be letters, digits, - and _: {config.site.name!r}")
+    if config.trust.require_endorsement and not config.trust.anchors:
+        raise ConfigError("trust.require_endorsement needs trust.anchors (a PEM bundle of "
+                          "the endorsers or CAs this site trusts)")
     return config
 
 

@@ -5,6 +5,11 @@ For each job: ask the image repository for the best visible image (or fail with
 image for that owner with a free job slot (an instance runs as many jobs at once as it has
 vCPUs), or boot a new one within the per-user and global quotas (``QUOTA_EXCEEDED``), then
 hand the job to the runner.  Blocking repository calls run in threads.
+
+A site whose trust policy requires endorsements matches only images it trusts, and checks
+that trust again once a new instance's image is staged, right before the VM is created: an
+endorsement may expire (or be withdrawn) between the match and the boot.  The instance and
+its jobs then fail with ``IMAGE_UNTRUSTED``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from twisted.internet import defer, threads
 from image_repo.access import Caller
 from image_repo.errors import RepositoryError
 from image_repo.repository import ImageRepository
+from image_repo.trust import TrustPolicy
 from target_system.instance import (
     Deadlines,
     HealthPolicy,
@@ -66,7 +72,8 @@ class TargetSystemFactory(service.Service):
                  quotas: Quotas | None = None, deadlines: Deadlines | None = None,
                  health: HealthPolicy | None = None, runner: JobRunner | None = None,
                  store: StateStore | None = None,
-                 context_hooks: dict[str, bytes] | None = None):
+                 context_hooks: dict[str, bytes] | None = None,
+                 trust: TrustPolicy | None = None):
         self.repository = repository
         self.vmm = vmm
         self.credentials = credentials
@@ -77,6 +84,8 @@ class TargetSystemFactory(service.Service):
         self.health = health or HealthPolicy()
         self.runner = runner or JobRunner(reactor)
         self.store = store
+        #: whom the site trusts to endorse images, and whether images must be endorsed
+        self.trust = trust or TrustPolicy()
         self.keep_on_stop = False  #: stopService detaches instead of terminating
         #: site start-up hooks put on every instance's medium as init.d/<name>
         self.context_hooks = dict(context_hooks or {})
@@ -196,7 +205,8 @@ class TargetSystemFactory(service.Service):
 
     async def _match(self, job: Job, caller: Caller) -> ImageToBoot | None:
         requirements = job.description.requirements
-        result = await threads.deferToThread(self.repository.match, requirements, caller)
+        result = await threads.deferToThread(
+            lambda: self.repository.match(requirements, caller, policy=self.trust))
         if result.best is None:
             rejected = await threads.deferToThread(lambda: result.rejected)
             job.rejections = [r.to_dict() for r in rejected]
@@ -258,12 +268,28 @@ class TargetSystemFactory(service.Service):
             credentials=self.credentials, reactor=self.reactor, vcpus=vcpus, memory_mib=memory,
             deadlines=self.deadlines, health=self.health,
             extra_context={f"init.d/{name}": script
-                           for name, script in self.context_hooks.items()})
+                           for name, script in self.context_hooks.items()},
+            admit=self._trust_check(image, caller) if self.trust.require else None)
         self.instances[target.instance_id] = target
         self._persist_instance(target)
         self._reserve(target, job)
         job.note(f"booting instance {target.instance_id} ({vcpus} vCPU, {memory} MiB)")
         return target
+
+    def _trust_check(self, image: ImageToBoot, caller: Caller):
+        """The pre-boot check of a new instance: the site still trusts the image now."""
+        async def admit() -> None:
+            try:
+                verdict = await threads.deferToThread(self.repository.assess, image.image_id,
+                                                      caller, self.trust)
+            except RepositoryError as err:
+                raise InstanceFailed(err.reason, str(err)) from None
+            if not verdict.trusted:
+                raise InstanceFailed("IMAGE_UNTRUSTED", f"{image.name} is no longer trusted: "
+                                     f"{verdict.message}")
+            log.info("image %s trusted before boot: %s", image.name, verdict.message)
+
+        return admit
 
     def _reserve(self, target: TargetSystem, job: Job) -> None:
         """Count a job that will run on ``target`` once it is up; the job names its instance

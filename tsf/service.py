@@ -153,6 +153,7 @@ class SiteService(service.MultiService):
         state = config.state_dir
         state.mkdir(parents=True, exist_ok=True)
         log.info("state directory %s", state)
+        trust = config.trust_policy()
         self.repository = ImageRepository(config.database_url, config.image_store)
         images = len(self.repository.list(_admin()))
         log.info("catalogue %s: %d image(s)", _safe_url(config.database_url), images)
@@ -173,7 +174,7 @@ class SiteService(service.MultiService):
             deadlines=Deadlines(staging=d.staging, booting=d.booting, connecting=d.connecting),
             health=HealthPolicy(interval=h.interval, missed_budget=h.missed_budget,
                                 idle_timeout=h.idle_timeout or None, lease=h.lease or None),
-            store=StateStore(make_engine(config.database_url), reactor))
+            store=StateStore(make_engine(config.database_url), reactor), trust=trust)
         self.factory.keep_on_stop = config.site.keep_instances
         counts = await self.factory.recover(adopted)
         log.info("taken back from an earlier run: %(instances)d instance(s), "
@@ -183,6 +184,9 @@ class SiteService(service.MultiService):
         self.factory.setServiceParent(self)
         log.info("factory ready: quotas %d per user, %d in total; job files under %s",
                  config.quotas.per_user, config.quotas.total, config.storage)
+        log.info("trust: %d anchor certificate(s)%s; endorsements %s", len(trust.anchors),
+                 f" from {config.trust.anchors}" if config.trust.anchors else "",
+                 "required" if trust.require else "not required")
         limits = config.limits
         tokens = TokenIssuer.load_or_create(state / "token-secret", config.site.name,
                                             default_lifetime=limits.token_lifetime_s)
