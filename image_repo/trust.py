@@ -123,6 +123,10 @@ def load_anchors(source: str | Path) -> list[x509.Certificate]:
         raise BadRequest(f"{source} holds no PEM certificate", "anchors") from None
 
 
+class PassphraseNeeded(BadRequest):
+    """The private key is encrypted and no passphrase was given."""
+
+
 # --------------------------------------------------------------------------- statements ------
 
 @dataclass(frozen=True)
@@ -278,7 +282,8 @@ def create_endorsement(image: ImageIdentity, certificate_pem: bytes, key_pem: by
         key = serialization.load_pem_private_key(key_pem, password)
     except TypeError:
         if password is None:
-            raise BadRequest("the key is encrypted: its passphrase is needed", "key") from None
+            raise PassphraseNeeded("the key is encrypted: its passphrase is needed",
+                                   "key") from None
         raise BadRequest("the key is not encrypted: give no passphrase", "key") from None
     except (ValueError, UnsupportedAlgorithm):
         raise BadRequest("cannot read the private key (not PEM, or a wrong passphrase)",
