@@ -79,8 +79,8 @@ def parse_utc(text: Any, path: str) -> datetime:
     """The inverse of :func:`utc_iso`, strictly; BadRequest naming ``path`` otherwise."""
     if isinstance(text, str) and _TIMESTAMP.fullmatch(text):
         try:
-            return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-        except ValueError:
+            return datetime.fromisoformat(text)  # (the index parses many: strptime is slow)
+        except ValueError:  # 2026-02-30T…
             pass
     raise BadRequest(f"expected a UTC time like 2027-01-31T00:00:00Z, got {text!r}", path)
 

@@ -181,6 +181,8 @@ REJECTED = [
     ("statement not canonical", lambda pki, image: _resigned(pki, image) | {
         "statement": json.dumps(json.loads(_resigned(pki, image)["statement"]), indent=2)},
      "BAD_REQUEST", "canonical form"),
+    ("impossible date", lambda pki, image: _resigned(pki, image, expires="2027-02-30T00:00:00Z"),
+     "BAD_REQUEST", "endorsement.statement.expires: expected a UTC time like"),
     ("unknown statement kind", lambda pki, image: _resigned(pki, image, statement="other/9"),
      "BAD_REQUEST", "expected 'gridvm-image-endorsement/1'"),
     ("endorser is not the certificate's subject", _named_endorser, "BAD_REQUEST",
