@@ -5,8 +5,8 @@ visibility need), with a compact summary of each endorsement (its signature and 
 checked here, once per change; image_repo.trust).  Profiles are kept in posting sets by
 architecture, OS distribution, application, VO, community, name, source URL and being
 endorsed, so a requirement can narrow 100k images to the few that may pass before the
-filters look at each one.  The index follows the catalogue
-through its change numbers (``images.change_seq``): a refresh reads only rows changed since.
+filters look at each one.  The index follows the catalogue through its change numbers
+(``images.change_seq``): a refresh reads only rows changed since.
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ class CatalogueIndex:
         """Summaries of the endorsements of the changed images (few images have any)."""
         rows = list(session.scalars(
             select(ImageEndorsementRow).join(ImageRow, ImageRow.id == ImageEndorsementRow.image_id)
-            .where(changed).order_by(ImageEndorsementRow.signed)))
+            .where(changed).order_by(ImageEndorsementRow.signed, ImageEndorsementRow.fingerprint)))
         if not rows:
             return {}
         endorsed = (ImageRow.id.in_(select(ImageEndorsementRow.image_id)), changed)
