@@ -1,20 +1,25 @@
-"""``gridvm image register|list|show|match|new-version|deprecate|delete``: the catalogue
-commands for image creators, working on the local catalogue and blob store.
+"""``gridvm image register|list|show|match|new-version|deprecate|delete|endorse|withdraw|
+verify``: the catalogue commands for image creators and endorsers, working on the local
+catalogue and blob store.
 
 The catalogue is ``--db URL``, else ``$GRIDVM_DB_URL``, else the SQLite file
 ``$GRIDVM_HOME/catalogue.sqlite``; the store is ``--store DIR``, else ``$GRIDVM_HOME/store``.
 The caller is the local user with their Unix groups (root is an administrator); ``--vo``
-adds VO memberships.
+adds VO memberships.  ``endorse`` signs with a private key that stays on this machine: only
+the statement, the signature and the certificate go into the catalogue.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
+import getpass
 import grp
 import json
 import os
 import pwd
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +33,9 @@ EXIT_BY_REASON = {
     "IMAGE_CHECKSUM_MISMATCH": EXIT_USAGE,
     "NOT_AUTHORIZED": EXIT_AUTH,
     "NO_MATCHING_IMAGE": EXIT_NOT_FOUND,
+    "IMAGE_UNTRUSTED": EXIT_FAILED,
 }
+DEFAULT_DAYS = 365
 
 
 def add_commands(image_commands: argparse._SubParsersAction) -> None:
@@ -66,9 +73,15 @@ def add_commands(image_commands: argparse._SubParsersAction) -> None:
 
     match = command("match", _match, "rank the images that fit a requirement, and say why "
                     "the others do not",
-                    "Exit 0 when an image fits, 3 when none does.")
+                    "Exit 0 when an image fits, 3 when none does.  With --anchors and "
+                    "--require-endorsement, only images a trusted, unexpired endorsement "
+                    "vouches for fit (as on a site with require_endorsement = true).")
     match.add_argument("requirements", type=Path, metavar="REQ.json")
     match.add_argument("--limit", type=int, default=None, help="show at most N candidates")
+    match.add_argument("--anchors", type=Path, metavar="BUNDLE.pem",
+                       help="PEM bundle of the endorser or CA certificates to trust")
+    match.add_argument("--require-endorsement", action="store_true",
+                       help="reject images no endorsement by an anchor vouches for now")
 
     new_version = command("new-version", _new_version,
                           "register a new version of an image from a JSON merge patch",
@@ -84,6 +97,45 @@ def add_commands(image_commands: argparse._SubParsersAction) -> None:
                             if status == "deleted" else ""))
         parser.add_argument("image", metavar="IMAGE")
         parser.set_defaults(status=status)
+
+    endorse = command("endorse", _endorse, "sign an endorsement of an image and attach it",
+                      "Sign a statement about IMAGE (its id, name, version and the sha512 of "
+                      "every content file, valid until the expiry) with KEY.pem, and attach "
+                      "it with CERT.pem.  The key stays on this machine.  A newer endorsement "
+                      "by the same certificate replaces the older one.  Exit 1 "
+                      "(IMAGE_UNTRUSTED) when the catalogue refuses it, 2 for bad input.")
+    endorse.add_argument("image", metavar="IMAGE")
+    endorse.add_argument("--cert", type=Path, required=True, metavar="CERT.pem",
+                         help="your endorser certificate")
+    endorse.add_argument("--key", type=Path, required=True, metavar="KEY.pem",
+                         help="its private key (RSA, ECDSA or Ed25519; PEM)")
+    until = endorse.add_mutually_exclusive_group()
+    until.add_argument("--expires", metavar="YYYY-MM-DD",
+                       help="expire at 00:00 UTC of this day (or at an ISO time ending in Z)")
+    until.add_argument("--days", type=int, metavar="N",
+                       help=f"expire N days from now (default {DEFAULT_DAYS})")
+    endorse.add_argument("--key-password-stdin", action="store_true",
+                         help="read the key's passphrase from the first line of stdin "
+                         "(else it is asked on the terminal when the key is encrypted)")
+
+    withdraw = command("withdraw", _withdraw, "remove an endorsement from an image",
+                       "Remove the endorsement of IMAGE by a certificate, named by the file "
+                       "or by its SHA-256 fingerprint (or a unique prefix, 8 hex digits or "
+                       "more).  The user who attached it, the image's owner and "
+                       "administrators may.")
+    withdraw.add_argument("image", metavar="IMAGE")
+    which = withdraw.add_mutually_exclusive_group(required=True)
+    which.add_argument("--cert", type=Path, metavar="CERT.pem")
+    which.add_argument("--fingerprint", metavar="HEX")
+
+    verify = command("verify", _verify, "check an image's endorsements against trust anchors",
+                     "Verify every endorsement of IMAGE (signature, files, expiry, "
+                     "certificate) and whether an anchor vouches for its certificate: the "
+                     "anchor itself or the CA that directly issued it.  Exit 0 only when "
+                     "IMAGE is trusted, 1 (IMAGE_UNTRUSTED) when not.")
+    verify.add_argument("image", metavar="IMAGE")
+    verify.add_argument("--anchors", type=Path, required=True, metavar="BUNDLE.pem",
+                        help="PEM bundle of the endorser or CA certificates to trust")
 
 
 # --------------------------------------------------------------------------- plumbing --------
@@ -153,6 +205,71 @@ def read_json(path: Path) -> Any:
                        f"{err.msg}", EXIT_USAGE, reason="BAD_REQUEST") from None
 
 
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise CliError(f"{path}: {err.strerror}", EXIT_USAGE, reason="BAD_REQUEST") from None
+
+
+def _bad_input(err) -> CliError:
+    return CliError(str(err), EXIT_USAGE, reason="BAD_REQUEST")
+
+
+def _policy(anchors: Path, require: bool = False):
+    from image_repo.errors import BadRequest
+    from image_repo.trust import TrustPolicy
+
+    try:
+        return TrustPolicy.from_file(anchors, require=require)
+    except BadRequest as err:
+        raise _bad_input(err) from None
+
+
+def _expiry(args: argparse.Namespace) -> dt.datetime:
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    if args.expires is None:
+        days = DEFAULT_DAYS if args.days is None else args.days
+        if days < 1:
+            raise CliError(f"--days must be 1 or more, got {days}", EXIT_USAGE,
+                           reason="BAD_REQUEST")
+        return now + dt.timedelta(days=days)
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", args.expires):
+        with contextlib.suppress(ValueError):
+            return dt.datetime.strptime(args.expires, "%Y-%m-%d").replace(tzinfo=dt.UTC)
+    from image_repo.errors import BadRequest
+    from image_repo.trust import parse_utc
+
+    try:
+        return parse_utc(args.expires, "--expires")
+    except BadRequest:
+        raise CliError(f"--expires: expected YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ, got "
+                       f"{args.expires!r}", EXIT_USAGE, reason="BAD_REQUEST") from None
+
+
+def _sign(record, args: argparse.Namespace, cert_pem: bytes, key_pem: bytes,
+          expires: dt.datetime):
+    """The endorsement of ``record``, signed here; asks for the key's passphrase if needed."""
+    from image_repo.errors import BadRequest
+    from image_repo.trust import PassphraseNeeded, create_endorsement
+
+    password = sys.stdin.readline().rstrip("\n").encode() if args.key_password_stdin else None
+    try:
+        try:
+            return create_endorsement(record.identity, cert_pem, key_pem, expires=expires,
+                                      password=password)
+        except PassphraseNeeded:
+            if not sys.stdin.isatty():
+                raise CliError(f"{args.key} is encrypted: give its passphrase with "
+                               "--key-password-stdin", EXIT_USAGE,
+                               reason="BAD_REQUEST") from None
+            password = getpass.getpass(f"passphrase of {args.key}: ").encode()
+            return create_endorsement(record.identity, cert_pem, key_pem, expires=expires,
+                                      password=password)
+    except BadRequest as err:
+        raise _bad_input(err) from None
+
+
 def _check_files(files: list[Path]) -> None:
     for path in files:
         if not path.is_file():
@@ -218,9 +335,14 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _match(args: argparse.Namespace) -> int:
+    if args.require_endorsement != (args.anchors is not None):
+        raise CliError("--anchors and --require-endorsement go together", EXIT_USAGE,
+                       reason="BAD_REQUEST")
     requirements = read_json(args.requirements)
+    policy = _policy(args.anchors, require=True) if args.anchors else None
     with opened(args) as repo:
-        result = repo.match(requirements, local_caller(args.vo), limit=args.limit)
+        result = repo.match(requirements, local_caller(args.vo), limit=args.limit,
+                            policy=policy)
         rejected = result.rejected
     if args.json:
         _print_json(result.to_dict())
@@ -260,4 +382,65 @@ def _set_status(args: argparse.Namespace) -> int:
         _print_json(record.to_dict())
     else:
         print(f"{record.ref} is now {record.status}")
+    return 0
+
+
+def _endorsement_command(args: argparse.Namespace, change, said) -> int:
+    """``change(repo, record, caller)`` on IMAGE gives a stored endorsement; print it as
+    JSON or as ``said(record, stored)``."""
+    caller = local_caller(args.vo)
+    with opened(args) as repo:
+        record = repo.get(args.image, caller)
+        stored = change(repo, record, caller)
+    if args.json:
+        _print_json(stored.to_dict())
+    else:
+        print(said(record, stored))
+    return 0
+
+
+def _endorse(args: argparse.Namespace) -> int:
+    cert_pem, key_pem = _read_bytes(args.cert), _read_bytes(args.key)
+    expires = _expiry(args)
+    return _endorsement_command(
+        args, lambda repo, record, caller: repo.endorse(
+            record.id, _sign(record, args, cert_pem, key_pem, expires), caller),
+        lambda record, stored: f"endorsed {record.ref} as {stored.endorser} until "
+        f"{stored.to_dict()['expires']} (certificate {stored.fingerprint[:16]})")
+
+
+def _withdraw(args: argparse.Namespace) -> int:
+    fingerprint = args.fingerprint
+    if args.cert is not None:
+        from image_repo.errors import BadRequest
+        from image_repo.trust import fingerprint as fingerprint_of
+        from image_repo.trust import load_certificate
+
+        try:
+            fingerprint = fingerprint_of(load_certificate(_read_bytes(args.cert),
+                                                          str(args.cert)))
+        except BadRequest as err:
+            raise _bad_input(err) from None
+    return _endorsement_command(
+        args, lambda repo, record, caller: repo.withdraw(record.id, fingerprint, caller),
+        lambda record, stored: f"withdrew the endorsement of {record.ref} by "
+        f"{stored.endorser} (certificate {stored.fingerprint[:16]})")
+
+
+def _verify(args: argparse.Namespace) -> int:
+    policy = _policy(args.anchors)
+    caller = local_caller(args.vo)
+    with opened(args) as repo:
+        record = repo.get(args.image, caller)
+        verdict = repo.assess(record.id, caller, policy)
+    if args.json:
+        _print_json({"id": record.id, "ref": record.ref, **verdict.to_dict()})
+    else:
+        print(f"{record.ref} (id {record.id[:12]}): "
+              + ("trusted" if verdict.trusted else "NOT trusted"))
+        for finding in verdict.findings:
+            print(f"  {finding.code:<22}{finding.message}")
+    if not verdict.trusted:
+        raise CliError(f"{record.ref} is not trusted by {args.anchors}: {verdict.message}",
+                       EXIT_FAILED, reason="IMAGE_UNTRUSTED")
     return 0

@@ -46,6 +46,13 @@ class ChecksumMismatch(RepositoryError):
     reason = "IMAGE_CHECKSUM_MISMATCH"
 
 
+class ImageUntrusted(RepositoryError):
+    """An endorsement does not vouch for the image (its signature does not verify, it covers
+    other files, it has expired), or the site's trust policy finds no endorsement it trusts."""
+
+    reason = "IMAGE_UNTRUSTED"
+
+
 class NoMatchingImage(RepositoryError):
     """No visible image satisfies the requirements; ``result`` holds the reasons per image."""
 

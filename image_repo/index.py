@@ -1,10 +1,12 @@
 """In-memory index of the catalogue for fast matching.
 
 Each image version becomes a compact :class:`ImageProfile` (only what matching and
-visibility need).  Profiles are kept in posting sets by architecture, OS distribution,
-application, VO, community, name and source URL, so a requirement can narrow 100k images to
-the few that may pass before the filters look at each one.  The index follows the catalogue
-through its change numbers (``images.change_seq``): a refresh reads only rows changed since.
+visibility need), with a compact summary of each endorsement (its signature and files are
+checked here, once per change; image_repo.trust).  Profiles are kept in posting sets by
+architecture, OS distribution, application, VO, community, name, source URL and being
+endorsed, so a requirement can narrow 100k images to the few that may pass before the
+filters look at each one.  The index follows the catalogue through its change numbers
+(``images.change_seq``): a refresh reads only rows changed since.
 """
 
 from __future__ import annotations
@@ -17,7 +19,15 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from image_repo.models import ImageApplicationRow, ImageLabelRow, ImageRow, SequenceRow
+from image_repo.models import (
+    ImageApplicationRow,
+    ImageEndorsementRow,
+    ImageFileRow,
+    ImageLabelRow,
+    ImageRow,
+    SequenceRow,
+)
+from image_repo.trust import EndorsementSummary, ImageIdentity, summarize
 from image_repo.versions import Version
 
 #: the key under which images that do not state a property are filed
@@ -54,6 +64,7 @@ class ImageProfile:
     limit_runtime_s: int | None
     source_url: str | None
     created: float
+    endorsements: tuple[EndorsementSummary, ...] = ()
 
     @property
     def ref(self) -> str:
@@ -71,8 +82,10 @@ class CatalogueIndex:
         self.profiles: dict[str, ImageProfile] = {}
         self.postings: dict[str, defaultdict[object, set[str]]] = {
             key: defaultdict(set) for key in ("architecture", "os_distro", "app", "vo",
-                                              "community", "name", "source_url")}
+                                              "community", "name", "source_url",
+                                              "endorsed")}
         self.change_number = 0
+        self._certificates: dict = {}  # endorser certificates by fingerprint, parsed once
         self.lock = threading.RLock()
 
     def ids(self, posting: str, key: object) -> set[str]:
@@ -100,6 +113,7 @@ class CatalogueIndex:
                     select(ImageLabelRow.image_id, ImageLabelRow.kind, ImageLabelRow.value)
                     .join(ImageRow, ImageRow.id == ImageLabelRow.image_id).where(changed)):
                 labels[(image_id, kind)].add(value)
+            endorsements = self._endorsements(session, changed)
             profiles = dict(self.profiles)
             columns = [ImageRow.id, ImageRow.name, ImageRow.version, ImageRow.status,
                        ImageRow.owner, ImageRow.group_name, ImageRow.mode,
@@ -118,12 +132,36 @@ class CatalogueIndex:
                     apps=apps.get(row.id, {}), limit_cpus=row.limit_cpus,
                     limit_memory_mib=row.limit_memory_mib, limit_disk_gib=row.limit_disk_gib,
                     limit_runtime_s=row.limit_runtime_s, source_url=row.source_url,
-                    created=_timestamp(row.created)))
+                    created=_timestamp(row.created),
+                    endorsements=endorsements.get(row.id, ())))
             self.profiles = profiles
             # Writers reserve change numbers under the sequence row's lock and commit them
             # with their rows, so every change up to ``newest`` has been read.  Rows committed
             # after ``newest`` was read may have been read too; reading them again is harmless.
             self.change_number = newest
+
+    def _endorsements(self, session: Session,
+                      changed) -> dict[str, tuple[EndorsementSummary, ...]]:
+        """Summaries of the endorsements of the changed images (few images have any)."""
+        rows = list(session.scalars(
+            select(ImageEndorsementRow).join(ImageRow, ImageRow.id == ImageEndorsementRow.image_id)
+            .where(changed).order_by(ImageEndorsementRow.signed, ImageEndorsementRow.fingerprint)))
+        if not rows:
+            return {}
+        endorsed = (ImageRow.id.in_(select(ImageEndorsementRow.image_id)), changed)
+        files: defaultdict[str, dict[str, str]] = defaultdict(dict)
+        for image_id, file, sha512 in session.execute(
+                select(ImageFileRow.image_id, ImageFileRow.file, ImageFileRow.sha512)
+                .join(ImageRow, ImageRow.id == ImageFileRow.image_id).where(*endorsed)):
+            files[image_id][file] = sha512
+        images = {image_id: ImageIdentity(image_id, name, version, files[image_id])
+                  for image_id, name, version in session.execute(
+                      select(ImageRow.id, ImageRow.name, ImageRow.version).where(*endorsed))}
+        found: defaultdict[str, list[EndorsementSummary]] = defaultdict(list)
+        for row in rows:
+            found[row.image_id].append(summarize(row.stored(), images[row.image_id],
+                                                 self._certificates))
+        return {image_id: tuple(summaries) for image_id, summaries in found.items()}
 
     def _put(self, profiles: dict[str, ImageProfile], profile: ImageProfile) -> None:
         old = profiles.get(profile.id)
@@ -145,6 +183,8 @@ def _keys(profile: ImageProfile) -> list[tuple[str, object]]:
     keys += [("app", name) for name in profile.apps] or [("app", UNSTATED)]
     keys += [("vo", vo) for vo in profile.vos] or [("vo", UNSTATED)]
     keys += [("community", c) for c in profile.communities] or [("community", UNSTATED)]
+    if profile.endorsements:  # only these: unendorsed images cost nothing here
+        keys.append(("endorsed", True))
     return keys
 
 

@@ -11,6 +11,10 @@ Matching runs in three steps:
    most images are never looked at one by one.
 3. **Ranking** — see :func:`rank_key`.
 
+A site that requires endorsements (a ``TrustPolicy`` with ``require``, image_repo.trust)
+adds :class:`TrustFilter`: an image no trusted endorsement vouches for now is rejected with
+``IMAGE_UNTRUSTED`` and why.  Without such a policy nothing changes.
+
 Each :class:`Reason` carries a machine code, the metadata path, the required and offered
 values and a sentence fit to show a grid user, e.g. ``os.version 11 < required 12``.
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cached_property
 from typing import Any
 
@@ -27,6 +32,7 @@ from image_repo.access import Caller
 from image_repo.errors import NoMatchingImage
 from image_repo.index import UNSTATED, CatalogueIndex, ImageProfile
 from image_repo.requirements import Requirements
+from image_repo.trust import TrustPolicy
 from image_repo.versions import OPERATORS
 
 
@@ -286,6 +292,32 @@ class ContainerFilter(ImageFilter):
         return req.container_image_url in self._names(image) or "container" in image.apps
 
 
+class TrustFilter(ImageFilter):
+    """The site's condition, not the job's: an endorsement the policy trusts at ``now`` (one
+    instant for the whole match)."""
+
+    requirement = "endorsement"
+
+    def __init__(self, policy: TrustPolicy, now: datetime):
+        self.policy, self.now = policy, now
+
+    def applies(self, req):
+        return self.policy.require
+
+    def reasons(self, image, req):
+        verdict = self.policy.verdict(image.endorsements, self.now)
+        if verdict.trusted:
+            return []
+        return [Reason("IMAGE_UNTRUSTED", "endorsements", "an endorsement this site trusts",
+                       [f.to_dict() for f in verdict.findings], verdict.message)]
+
+    def stated(self, image, req):
+        return False  # every candidate is endorsed: no reason to rank one above another
+
+    def narrow(self, index, req):
+        return [index.ids("endorsed", True)]
+
+
 FILTERS: tuple[ImageFilter, ...] = (
     ImageNameFilter(),
     ArchitectureFilter(),
@@ -363,8 +395,10 @@ class Matcher:
     filters: tuple[ImageFilter, ...] = field(default=FILTERS)
 
     def match(self, index: CatalogueIndex, req: Requirements, caller: Caller,
-              limit: int | None = None) -> MatchResult:
+              limit: int | None = None, policy: TrustPolicy | None = None) -> MatchResult:
         active = [f for f in self.filters if f.applies(req)]
+        if policy is not None and policy.require:
+            active.append(TrustFilter(policy, policy.now()))
         with index.lock:
             profiles = index.profiles  # a snapshot: refreshes replace it (copy on write)
             pool = self._pool(index, active, req)
@@ -432,4 +466,4 @@ def _visible(image: ImageProfile, caller: Caller) -> bool:
 
 
 __all__ = ["FILTERS", "Candidate", "ImageFilter", "MatchResult", "Matcher", "Reason",
-           "Rejection", "rank_key"]
+           "Rejection", "TrustFilter", "rank_key"]

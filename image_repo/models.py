@@ -3,13 +3,13 @@
 ``images`` holds one row per image version: the full metadata document plus the columns
 matching and visibility need (denormalised so they can be indexed).  Child tables list the
 content files (the references that keep blobs alive), the applications, the VOs and
-communities, and ratings.  ``catalogue_sequence`` numbers every change so in-memory indexes
-can catch up incrementally.
+communities, ratings and endorsements.  ``catalogue_sequence`` numbers every change so
+in-memory indexes can catch up incrementally.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import (
     JSON,
@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     SmallInteger,
     String,
     Text,
@@ -26,6 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from image_repo.db import Base
+from image_repo.trust import StoredEndorsement
 
 
 class ImageRow(Base):
@@ -104,6 +106,36 @@ class ImageRatingRow(Base):
     score: Mapped[int] = mapped_column(SmallInteger)
     comment: Mapped[str | None] = mapped_column(Text)
     rated: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ImageEndorsementRow(Base):
+    """One endorsement of an image (image_repo.trust): one per image and endorser
+    certificate; a newer endorsement by the same certificate replaces the older one."""
+
+    __tablename__ = "image_endorsements"
+
+    image_id: Mapped[str] = mapped_column(ForeignKey("images.id"), primary_key=True)
+    #: SHA-256 of the endorser certificate (DER), hex
+    fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
+    endorser: Mapped[str] = mapped_column(Text)  # subject DN, RFC 4514
+    certificate: Mapped[str] = mapped_column(Text)  # PEM
+    statement: Mapped[str] = mapped_column(Text)  # canonical JSON, as signed
+    signature: Mapped[bytes] = mapped_column(LargeBinary)
+    signed: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    attached_by: Mapped[str] = mapped_column(String(255))  # the user who attached it
+
+    def stored(self) -> StoredEndorsement:
+        return StoredEndorsement(
+            endorser=self.endorser, fingerprint=self.fingerprint, certificate=self.certificate,
+            statement=self.statement, signature=bytes(self.signature),
+            signed=_utc(self.signed), expires=_utc(self.expires),
+            attached_by=self.attached_by)
+
+
+def _utc(stamp: datetime) -> datetime:
+    """SQLite hands back naive datetimes (that are UTC)."""
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
 
 
 class SequenceRow(Base):

@@ -7,6 +7,8 @@ checksum, a crash) leaves neither a catalogue record nor a stray blob.
 
 Versions are immutable: only the repository-kept fields (status, updated, counters, ratings)
 change after registration; anything else makes a new version that records its base.
+Endorsements (``image_repo.trust``) are kept beside an image, not in its metadata: attaching
+or withdrawing one changes neither the document nor the version.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from image_repo import access
@@ -36,6 +38,7 @@ from image_repo.index import CatalogueIndex
 from image_repo.matching import Matcher, MatchResult
 from image_repo.models import (
     ImageApplicationRow,
+    ImageEndorsementRow,
     ImageFileRow,
     ImageLabelRow,
     ImageRatingRow,
@@ -53,6 +56,15 @@ from image_repo.schema import (
     validate,
 )
 from image_repo.store import BlobStore, StagedBlob
+from image_repo.trust import (
+    Endorsement,
+    ImageIdentity,
+    StoredEndorsement,
+    TrustPolicy,
+    Verdict,
+    check_endorsement,
+    parse_fingerprint,
+)
 
 #: status -> the statuses it may change to
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -87,14 +99,22 @@ class ImageRecord:
     deployments: int = 0
     exports: int = 0
     ratings: list[Rating] = field(default_factory=list)
+    endorsements: list[StoredEndorsement] = field(default_factory=list)
 
     @property
     def ref(self) -> str:
         """``name:version``"""
         return f"{self.name}:{self.version}"
 
+    @property
+    def identity(self) -> ImageIdentity:
+        """What an endorsement of this image is about: id, name, version, files' sha512."""
+        return ImageIdentity(self.id, self.name, self.version,
+                             {ref.file: ref.sha512 for ref in self.metadata.origin.content})
+
     def to_dict(self) -> dict[str, Any]:
-        """The full metadata document, with the repository-kept fields filled in."""
+        """The full metadata document, with the repository-kept fields filled in; beside it
+        ``id`` and ``endorsements`` (not part of the document)."""
         meta = self.metadata.copy()
         general = meta.general
         general.status = self.status  # type: ignore[assignment]
@@ -102,7 +122,7 @@ class ImageRecord:
         general.counters = Counters(deployments=self.deployments, exports=self.exports)
         general.ratings = list(self.ratings)
         doc = meta.to_dict()
-        return {"id": self.id, **doc}
+        return {"id": self.id, **doc, "endorsements": [e.to_dict() for e in self.endorsements]}
 
 
 def _now() -> datetime:
@@ -420,6 +440,81 @@ class ImageRepository:
             else:
                 existing.score, existing.comment, existing.rated = score, comment, self._clock()
 
+    # -- endorsements --------------------------------------------------------------------------
+
+    def endorse(self, ref: str, endorsement: Endorsement | Mapping[str, Any],
+                caller: Caller) -> StoredEndorsement:
+        """Attach an endorsement to a visible image; it replaces an earlier one by the same
+        certificate.  Anyone who may read the image may attach one: trust comes from the
+        key (the site's policy decides whom it trusts), not from who uploads it.
+
+        BadRequest for a malformed endorsement; ImageUntrusted when its signature does not
+        verify, it is about another image or other files, or it has expired.
+        """
+        if not isinstance(endorsement, Endorsement):
+            endorsement = Endorsement.from_dict(endorsement)
+        with session_scope(self._sessions) as session:
+            row = self._resolve_row(session, ref, caller)
+            if row.status == "deleted":
+                raise ImageUnavailable(f"{row.name}:{row.version} is deleted")
+            record = self._record(session, row)
+            checked = check_endorsement(endorsement, record.identity, self._clock())
+            statement = checked.statement
+            row.change_seq = self._advance_sequence(session, 1)  # serialises endorsers too
+            session.execute(delete(ImageEndorsementRow).where(
+                ImageEndorsementRow.image_id == row.id,
+                ImageEndorsementRow.fingerprint == checked.fingerprint))
+            stored = StoredEndorsement(
+                endorser=statement.endorser, fingerprint=checked.fingerprint,
+                certificate=endorsement.certificate.decode("ascii"),
+                statement=endorsement.statement.decode("ascii"),
+                signature=endorsement.signature, signed=statement.signed,
+                expires=statement.expires, attached_by=caller.user)
+            session.add(ImageEndorsementRow(image_id=row.id, **vars(stored)))
+        return stored
+
+    def withdraw(self, ref: str, fingerprint: str, caller: Caller) -> StoredEndorsement:
+        """Remove the endorsement of an image by the certificate with this fingerprint (or
+        a unique prefix of it, at least 8 hex digits).  The user who attached it, the
+        image's owner and administrators may."""
+        wanted = parse_fingerprint(fingerprint)
+        with session_scope(self._sessions) as session:
+            row = self._resolve_row(session, ref, caller)
+            found = [e for e in self._endorsements(session, [row.id]).get(row.id, [])
+                     if e.fingerprint.startswith(wanted)]
+            if len(found) != 1:
+                what = "no endorsement" if not found else f"{len(found)} endorsements"
+                raise BadRequest(f"{row.name}:{row.version} has {what} by a certificate "
+                                 f"{wanted}…", "fingerprint")
+            [stored] = found
+            if not (caller.admin or caller.user in (row.owner, stored.attached_by)):
+                raise NotAuthorized(f"only {stored.attached_by} (who attached it), the owner "
+                                    f"of {row.name}:{row.version} or an administrator may "
+                                    f"withdraw the endorsement by {stored.endorser}")
+            row.change_seq = self._advance_sequence(session, 1)
+            session.execute(delete(ImageEndorsementRow).where(
+                ImageEndorsementRow.image_id == row.id,
+                ImageEndorsementRow.fingerprint == stored.fingerprint))
+        return stored
+
+    def assess(self, ref: str, caller: Caller, policy: TrustPolicy) -> Verdict:
+        """The policy's verdict on a visible image now, every signature verified again."""
+        record = self.get(ref, caller)
+        return policy.assess(record.endorsements, record.identity)
+
+    @staticmethod
+    def _endorsements(session: Session,
+                      ids: Sequence[str]) -> dict[str, list[StoredEndorsement]]:
+        found: dict[str, list[StoredEndorsement]] = {}
+        for start in range(0, len(ids), _CHUNK):
+            for row in session.scalars(
+                    select(ImageEndorsementRow)
+                    .where(ImageEndorsementRow.image_id.in_(ids[start:start + _CHUNK]))
+                    .order_by(ImageEndorsementRow.image_id, ImageEndorsementRow.signed,
+                              ImageEndorsementRow.fingerprint)):
+                found.setdefault(row.image_id, []).append(row.stored())
+        return found
+
     # -- lookup ------------------------------------------------------------------------------
 
     def get(self, ref: str, caller: Caller, *, write: bool = False) -> ImageRecord:
@@ -459,19 +554,23 @@ class ImageRepository:
                 return row
         raise ImageNotFound(f"no image {ref!r} is visible to {caller.user}")
 
-    def _record(self, session: Session, row: ImageRow, with_ratings: bool = False) -> ImageRecord:
+    def _record(self, session: Session, row: ImageRow, with_ratings: bool = False,
+                endorsements: list[StoredEndorsement] | None = None) -> ImageRecord:
+        """``with_ratings`` also reads the ratings and the endorsements (unless given)."""
         ratings = []
         if with_ratings:
             ratings = [Rating(user=r.user, score=r.score, comment=r.comment) for r in
                        session.scalars(select(ImageRatingRow)
                                        .where(ImageRatingRow.image_id == row.id)
                                        .order_by(ImageRatingRow.user))]
+            if endorsements is None:
+                endorsements = self._endorsements(session, [row.id]).get(row.id, [])
         return ImageRecord(
             id=row.id, name=row.name, version=row.version, status=row.status, owner=row.owner,
             group=row.group_name, permissions=access.permissions_of(row.mode),
             base_id=row.base_id, created=row.created, updated=row.updated,
             metadata=validate(row.document), deployments=row.deployments,
-            exports=row.exports, ratings=ratings)
+            exports=row.exports, ratings=ratings, endorsements=endorsements or [])
 
     def list(self, caller: Caller, *, name: str | None = None,
              include_deleted: bool = False) -> list[ImageRecord]:
@@ -484,9 +583,11 @@ class ImageRepository:
         with session_scope(self._sessions) as session:
             rows = list(session.scalars(query))
             vos = self._vos(session, [r.id for r in rows])
-            return [self._record(session, row) for row in rows
-                    if access.can_read(caller, row.owner, row.group_name, row.mode,
-                                       vos.get(row.id, frozenset()))]
+            rows = [row for row in rows if access.can_read(
+                caller, row.owner, row.group_name, row.mode, vos.get(row.id, frozenset()))]
+            endorsements = self._endorsements(session, [r.id for r in rows])
+            return [self._record(session, row, endorsements=endorsements.get(row.id, []))
+                    for row in rows]
 
     def lineage(self, ref: str, caller: Caller) -> list[ImageRecord]:
         """The image and its bases, newest first, as far as the caller may see them."""
@@ -516,16 +617,18 @@ class ImageRepository:
     # -- matching ----------------------------------------------------------------------------
 
     def match(self, requirements: Requirements | Mapping[str, Any], caller: Caller, *,
-              limit: int | None = None) -> MatchResult:
+              limit: int | None = None, policy: TrustPolicy | None = None) -> MatchResult:
         """Ranked candidates for ``requirements`` and, per visible rejected image, why.
 
-        ``requirements`` is a :class:`Requirements` or its JSON form (read strictly).
+        ``requirements`` is a :class:`Requirements` or its JSON form (read strictly).  A
+        ``policy`` that requires endorsements rejects images it does not trust now.
         """
         if not isinstance(requirements, Requirements):
             requirements = Requirements.from_dict(requirements)
         with session_scope(self._sessions) as session:
             self._index.refresh(session)
-        return self._matcher.match(self._index, requirements, caller, limit=limit)
+        return self._matcher.match(self._index, requirements, caller, limit=limit,
+                                   policy=policy)
 
     # -- maintenance -------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ missed pings, plus libvirt's lifecycle events, decide whether it is still alive.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,6 +133,9 @@ class TargetSystem:
     #: extra files for the contextualization medium, e.g. site start-up hooks ``init.d/NAME``
     #: (run as root in the guest before the agent starts)
     extra_context: dict[str, bytes] = field(default_factory=dict)
+    #: a last check once the image is staged, right before the VM is created (the factory
+    #: re-checks the image's trust here); raising InstanceFailed refuses the boot
+    admit: Callable[[], Awaitable[None]] | None = None
     lifecycle: Lifecycle = None  # type: ignore[assignment]
     tsi: TSIClient | None = None
     vm: Instance | None = None
@@ -236,7 +239,7 @@ class TargetSystem:
             staging_timeout=self.deadlines.staging,
             boot_timeout=self.deadlines.staging + self.deadlines.booting,
             probe=lambda host, port: probe_agent(self.reactor, host, port, tls, timeout=5.0),
-            on_phase=lambda phase: self._still(S.STAGING) or life.advance(S.BOOTING),
+            on_phase=lambda phase: defer.Deferred.fromCoroutine(self._staged()),
         )
         self.vmm.hypervisor.add_listener(self._on_domain_event)
         self.vm = await self.vmm.boot(spec)
@@ -259,6 +262,18 @@ class TargetSystem:
         self._health_loop.start(self.health.interval, now=False)
         if self.health.lease:
             self._lease_timer = self.reactor.callLater(self.health.lease, self._lease_expired)
+
+    async def _staged(self) -> None:
+        """The image is staged: admit the boot (or fail the instance), then BOOTING."""
+        self._still(S.STAGING)
+        if self.admit is not None:
+            try:
+                await self.admit()
+            except InstanceFailed as err:
+                self.lifecycle.fail(err.reason, str(err))
+                raise
+            self._still(S.STAGING)
+        self.lifecycle.advance(S.BOOTING)
 
     # -- after a server restart -------------------------------------------------------------
     @classmethod

@@ -45,7 +45,7 @@ RUNTIME_GRACE = 30.0
 #: Seconds before the first status poll of a running job; the pause doubles up to the
 #: runner's ``poll_interval``, so short jobs are seen finished soon and long ones cost little.
 FIRST_POLL = 0.05
-#: Files copied from the guest at once during stage-out.
+#: Files copied from the guest at once during stage-out (at most as many as idle workers).
 STAGE_OUT_PARALLEL = 4
 
 
@@ -418,8 +418,10 @@ class JobRunner:
                     continue
                 local.parent.mkdir(parents=True, exist_ok=True)
                 wanted.append((entry.path, local))
-            # Several files at once, one TSI worker each (within the client's pool).
-            limit = defer.DeferredSemaphore(max(1, min(STAGE_OUT_PARALLEL, tsi.pool_size)))
+            # Several files at once on the workers already idle (making a worker costs more
+            # than copying a small file on one): one at a time on a fresh instance.
+            limit = defer.DeferredSemaphore(max(1, min(STAGE_OUT_PARALLEL,
+                                                       tsi.idle_workers)))
             await defer.gatherResults(
                 [limit.run(tsi.download, remote, str(local)) for remote, local in wanted],
                 consumeErrors=True).addErrback(lambda f: f.value.subFailure.raiseException())

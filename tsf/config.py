@@ -63,6 +63,14 @@ Example (every value shown is the default; ``state_dir`` defaults to ``$GRIDVM_H
     missed_budget = 3
     idle_timeout = 600                # seconds an idle instance lives; 0 = forever
     lease = 0                         # seconds an instance lives at most; 0 = no limit
+
+    [trust]                           # image endorsements (docs/image-metadata.md)
+    anchors = ""                      # PEM bundle: endorser certificates trusted as they
+                                      # are, and CA certificates whose directly issued
+                                      # certificates are trusted
+    require_endorsement = false       # true: only images a trusted, unexpired endorsement
+                                      # vouches for are matched, and trust is checked again
+                                      # right before a new instance boots (IMAGE_UNTRUSTED)
 """
 
 from __future__ import annotations
@@ -158,6 +166,12 @@ class HealthSection:
 
 
 @dataclass
+class TrustSection:
+    anchors: str = ""
+    require_endorsement: bool = False
+
+
+@dataclass
 class SiteConfig:
     site: SiteSection = field(default_factory=SiteSection)
     http: HttpSection = field(default_factory=HttpSection)
@@ -168,6 +182,7 @@ class SiteConfig:
     health: HealthSection = field(default_factory=HealthSection)
     transfers: TransfersSection = field(default_factory=TransfersSection)
     pools: list = field(default_factory=list)  #: PoolSection per [[pools]] table
+    trust: TrustSection = field(default_factory=TrustSection)
 
     # -- derived paths ---------------------------------------------------------------------
     @property
@@ -208,6 +223,22 @@ class SiteConfig:
                                if f.name != "pools"}
         doc["pools"] = [dict(vars(p)) for p in self.pools]
         return doc
+
+    def trust_policy(self, clock=None):
+        """The site's :class:`image_repo.trust.TrustPolicy`; ConfigError when the anchors
+        file cannot be read or holds no certificate."""
+        from image_repo.errors import BadRequest
+        from image_repo.trust import TrustPolicy
+
+        options = {"require": self.trust.require_endorsement}
+        if clock is not None:
+            options["clock"] = clock
+        if not self.trust.anchors:
+            return TrustPolicy(**options)
+        try:
+            return TrustPolicy.from_file(self.trust.anchors, **options)
+        except BadRequest as err:
+            raise ConfigError(f"trust.anchors: {err.message}") from None
 
 
 def _section(cls, name: str, values: Any):
@@ -255,6 +286,9 @@ def config_from_dict(doc: dict[str, Any]) -> SiteConfig:
                               "prefix with a host and a path (e.g. https://data.example.org/)")
     if not config.site.name.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"site.name must be letters, digits, - and _: {config.site.name!r}")
+    if config.trust.require_endorsement and not config.trust.anchors:
+        raise ConfigError("trust.require_endorsement needs trust.anchors (a PEM bundle of "
+                          "the endorsers or CAs this site trusts)")
     return config
 
 

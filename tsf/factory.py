@@ -5,6 +5,11 @@ For each job: ask the image repository for the best visible image (or fail with
 image for that owner with a free job slot (an instance runs as many jobs at once as it has
 vCPUs), or boot a new one within the per-user and global quotas (``QUOTA_EXCEEDED``), then
 hand the job to the runner.  Blocking repository calls run in threads.
+
+A site whose trust policy requires endorsements matches only images it trusts, and checks
+that trust again once a new instance's image is staged, right before the VM is created: an
+endorsement may expire (or be withdrawn) between the match and the boot.  The instance and
+its jobs then fail with ``IMAGE_UNTRUSTED``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from twisted.python import failure
 from image_repo.access import Caller
 from image_repo.errors import RepositoryError
 from image_repo.repository import ImageRepository
+from image_repo.trust import TrustPolicy
 from target_system.instance import (
     Deadlines,
     HealthPolicy,
@@ -89,7 +95,8 @@ class TargetSystemFactory(service.Service):
                  job_lifetime: float | None = DEFAULT_JOB_LIFETIME,
                  expiry_interval: float = EXPIRY_INTERVAL,
                  transfers: TransferPolicy | None = None,
-                 pools: Sequence[PoolSpec] = (), pool_interval: float = 10.0):
+                 pools: Sequence[PoolSpec] = (), pool_interval: float = 10.0,
+                 trust: TrustPolicy | None = None):
         self.repository = repository
         self.vmm = vmm
         self.credentials = credentials
@@ -100,6 +107,8 @@ class TargetSystemFactory(service.Service):
         self.health = health or HealthPolicy()
         self.runner = runner or JobRunner(reactor)
         self.store = store
+        #: whom the site trusts to endorse images, and whether images must be endorsed
+        self.trust = trust or TrustPolicy()
         self.keep_on_stop = False  #: stopService detaches instead of terminating
         self.transfers = transfers or TransferPolicy()
         self.pools = {spec.name: spec for spec in check_specs(pools)}  #: warm pools by name
@@ -319,7 +328,8 @@ class TargetSystemFactory(service.Service):
 
     async def _match(self, job: Job, caller: Caller) -> ImageToBoot | None:
         requirements = job.description.requirements
-        result = await threads.deferToThread(self.repository.match, requirements, caller)
+        result = await threads.deferToThread(
+            lambda: self.repository.match(requirements, caller, policy=self.trust))
         if result.best is None:
             rejected = await threads.deferToThread(lambda: result.rejected)
             job.rejections = [r.to_dict() for r in rejected]
@@ -380,19 +390,21 @@ class TargetSystemFactory(service.Service):
             return suitable[0]
         if full:
             raise InstanceFailed("QUOTA_EXCEEDED", full)
-        target = self._new_target(caller.user, image, vcpus, memory)
+        target = self._new_target(caller.user, caller, image, vcpus, memory)
         self._reserve(target, job)
         job.note(f"booting instance {target.instance_id} ({vcpus} vCPU, {memory} MiB)")
         return target
 
-    def _new_target(self, owner: str, image: ImageToBoot, vcpus: int,
+    def _new_target(self, owner: str, caller: Caller, image: ImageToBoot, vcpus: int,
                     memory: int) -> TargetSystem:
+        """A new instance (``caller``: who the pre-boot trust check reads the image as)."""
         target = TargetSystem(
             instance_id=uuid.uuid4().hex[:12], owner=owner, image=image, vmm=self.vmm,
             credentials=self.credentials, reactor=self.reactor, vcpus=vcpus, memory_mib=memory,
             deadlines=self.deadlines, health=self.health,
             extra_context={f"init.d/{name}": script
-                           for name, script in self.context_hooks.items()})
+                           for name, script in self.context_hooks.items()},
+            admit=self._trust_check(image, caller) if self.trust.require else None)
         self.instances[target.instance_id] = target
         self._persist_instance(target)
         return target
@@ -465,7 +477,8 @@ class TargetSystemFactory(service.Service):
                     log.warning("pool %s: the site runs %d instances, its limit", spec.name,
                                 len(self._live()))
                     break
-                target = self._new_target(spec.owner, image, spec.vcpus, spec.memory_mib)
+                target = self._new_target(spec.owner, admin, image, spec.vcpus,
+                                          spec.memory_mib)
                 target.keep_idle = True
                 log.info("pool %s: booting instance %s", spec.name, target.instance_id)
                 target.start().addCallbacks(
@@ -480,6 +493,20 @@ class TargetSystemFactory(service.Service):
         self._pool_backoff[name] = (failures, self.reactor.seconds() + delay)
         log.warning("pool %s: an instance failed (%s); next boot in %g s", name,
                     reason.getErrorMessage(), delay)
+    def _trust_check(self, image: ImageToBoot, caller: Caller):
+        """The pre-boot check of a new instance: the site still trusts the image now."""
+        async def admit() -> None:
+            try:
+                verdict = await threads.deferToThread(self.repository.assess, image.image_id,
+                                                      caller, self.trust)
+            except RepositoryError as err:
+                raise InstanceFailed(err.reason, str(err)) from None
+            if not verdict.trusted:
+                raise InstanceFailed("IMAGE_UNTRUSTED", f"{image.name} is no longer trusted: "
+                                     f"{verdict.message}")
+            log.info("image %s trusted before boot: %s", image.name, verdict.message)
+
+        return admit
 
     def _reserve(self, target: TargetSystem, job: Job) -> None:
         """Count a job that will run on ``target`` once it is up; the job names its instance

@@ -154,6 +154,7 @@ class SiteService(service.MultiService):
         state = config.state_dir
         state.mkdir(parents=True, exist_ok=True)
         log.info("state directory %s", state)
+        trust = config.trust_policy()
         self.repository = ImageRepository(config.database_url, config.image_store)
         images = len(self.repository.list(_admin()))
         log.info("catalogue %s: %d image(s)", _safe_url(config.database_url), images)
@@ -178,7 +179,7 @@ class SiteService(service.MultiService):
             job_lifetime=config.limits.job_lifetime_days * 86400 or None,
             transfers=TransferPolicy(tuple(config.transfers.url_prefixes),
                                  config.transfers.max_mib << 20, config.transfers.timeout_s),
-            pools=config.pool_specs())
+            pools=config.pool_specs(), trust=trust)
         self.factory.keep_on_stop = config.site.keep_instances
         counts = await self.factory.recover(adopted)
         log.info("taken back from an earlier run: %(instances)d instance(s), "
@@ -192,6 +193,9 @@ class SiteService(service.MultiService):
             log.info("warm pool %s: %d idle instance(s) of %s (%d vCPU, %d MiB) for %s",
                      pool.name, pool.idle, pool.image, pool.vcpus, pool.memory_mib,
                      ", ".join(pool.vos) or "anyone")
+        log.info("trust: %d anchor certificate(s)%s; endorsements %s", len(trust.anchors),
+                 f" from {config.trust.anchors}" if config.trust.anchors else "",
+                 "required" if trust.require else "not required")
         limits = config.limits
         tokens = TokenIssuer.load_or_create(state / "token-secret", config.site.name,
                                             default_lifetime=limits.token_lifetime_s)

@@ -84,7 +84,9 @@ class InstanceSpec:
     boot_timeout: float = 120.0
     staging_timeout: float = 600.0
     probe: Probe | None = None
-    on_phase: Callable[[str], None] | None = None  #: told "booting" once staging is done
+    #: told "booting" once staging is done, right before the domain is created; a Deferred it
+    #: returns is waited for, and a failure (of either) ends the boot
+    on_phase: Callable[[str], defer.Deferred | None] | None = None
 
 
 @dataclass
@@ -201,7 +203,7 @@ class VirtualMachineManager(service.Service):
                     f"staging the image took longer than {spec.staging_timeout:g} s") from None
             timings["staging"] = time.monotonic() - started
             if spec.on_phase is not None:
-                spec.on_phase("booting")
+                await defer.maybeDeferred(spec.on_phase, "booting")
 
             mark = time.monotonic()
             _config, host_port = await self._create(spec, name, directory, disks, kernel, initrd)

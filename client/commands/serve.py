@@ -42,9 +42,11 @@ def _config(args: argparse.Namespace):
     from tsf.config import ConfigError, load_config
 
     try:
-        return load_config(args.config)
+        config = load_config(args.config)
+        config.trust_policy()  # an unreadable anchors file is a configuration error
     except ConfigError as err:
         raise CliError(str(err), EXIT_USAGE, reason="BAD_REQUEST") from None
+    return config
 
 
 def _password(args: argparse.Namespace) -> str:

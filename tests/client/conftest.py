@@ -19,11 +19,14 @@ from twisted.internet import threads
 from tests.rest.conftest import PASSWORDS, rest_site  # noqa: F401  (the module's site)
 
 GRIDVM = str(Path(sys.executable).parent / "gridvm")
+#: the tree these tests belong to: the virtualenv's editable install may point elsewhere
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def cli_env(base: str | None, user: str | None = "alice", **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDVM_")}
     env["GRIDVM_CONFIG"] = "/nonexistent/gridvm-client.toml"
+    env["PYTHONPATH"] = str(ROOT)
     if base:
         env["GRIDVM_URL"] = base
         env["GRIDVM_INSECURE"] = "1"

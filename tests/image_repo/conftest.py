@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -11,6 +15,10 @@ from sqlalchemy import text
 from image_repo.access import Caller
 from image_repo.db import make_engine, sqlite_url
 from image_repo.repository import ImageRepository
+
+from .examples import builder_document, write_files
+
+ROOT = Path(__file__).resolve().parents[2]
 
 ALICE = Caller.of("alice", groups=["physics"], vos=["atlas"])
 BOB = Caller.of("bob", groups=["physics"], vos=["cms"])
@@ -52,3 +60,43 @@ def repo(database_url, tmp_path):
     repository = ImageRepository(database_url, tmp_path / "store")
     yield repository
     repository.close()
+
+
+@pytest.fixture(scope="session")
+def pki():
+    """A CA, endorsers it issued (RSA, ECDSA, Ed25519), a stranger, an impostor, an expired
+    endorser (tests/image_repo/pki.py); made once per session (RSA keys take a while)."""
+    from .pki import build_pki
+
+    return build_pki()
+
+
+@pytest.fixture
+def gridvm(database_url, tmp_path):
+    """Run ``gridvm image …`` in a subprocess against this test's catalogue and a private
+    GRIDVM_HOME; ``stdin`` is the command's input.  PYTHONPATH pins the code to this tree
+    (the virtualenv's editable install may point at another checkout)."""
+    env = {**os.environ, "GRIDVM_HOME": str(tmp_path / "home"), "GRIDVM_DB_URL": database_url,
+           "PYTHONPATH": str(ROOT)}
+
+    def run(*args: str, cwd: Path = tmp_path,
+            stdin: str | None = None) -> subprocess.CompletedProcess:
+        result = subprocess.run([sys.executable, "-m", "client.cli", "image", *args],
+                                capture_output=True, text=True, timeout=120, env=env, cwd=cwd,
+                                input=stdin, check=False)
+        assert "Traceback" not in result.stderr, result.stderr
+        if result.returncode != 0:
+            assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        return result
+
+    run.env = env
+    return run
+
+
+@pytest.fixture
+def build_dir(tmp_path):
+    """What `gridvm image build` leaves behind: metadata.json, vmlinuz, initrd.img."""
+    directory = tmp_path / "build"
+    write_files(directory, {"vmlinuz": b"kernel-bytes", "initrd.img": b"initrd-bytes"})
+    (directory / "metadata.json").write_text(json.dumps(builder_document(), indent=2))
+    return directory

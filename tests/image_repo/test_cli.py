@@ -3,43 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-from .examples import builder_document, write_files
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def gridvm(database_url, tmp_path):
-    """Run the CLI in a subprocess against this test's catalogue and a private GRIDVM_HOME."""
-    env = {**os.environ, "GRIDVM_HOME": str(tmp_path / "home"), "GRIDVM_DB_URL": database_url}
-
-    def run(*args: str, cwd: Path = tmp_path) -> subprocess.CompletedProcess:
-        result = subprocess.run([sys.executable, "-m", "client.cli", "image", *args],
-                                capture_output=True, text=True, timeout=120, env=env, cwd=cwd,
-                                check=False)
-        assert "Traceback" not in result.stderr, result.stderr
-        if result.returncode != 0:
-            assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-        return result
-
-    run.env = env
-    return run
-
-
-@pytest.fixture
-def build_dir(tmp_path):
-    """What `gridvm image build` leaves behind: metadata.json, vmlinuz, initrd.img."""
-    directory = tmp_path / "build"
-    write_files(directory, {"vmlinuz": b"kernel-bytes", "initrd.img": b"initrd-bytes"})
-    (directory / "metadata.json").write_text(json.dumps(builder_document(), indent=2))
-    return directory
 
 
 def write_json(path: Path, value) -> Path:

@@ -1,9 +1,11 @@
 """gridvm's own read-only resources: the caller's VM instances and the image catalogue.
 
 ``GET instances[/{id}]``: state, reason, health and phase timings (owners see their own,
-administrators all).  ``GET images[/{ref}]``: the images the caller may use.
+administrators all).  ``GET images[/{ref}]``: the images the caller may use, each with its
+endorsements and the site's trust verdict on it now (``trust``).
 ``POST images/match``: which images would run a job (a UNICORE job description, or
-``{"requirements": {...}}`` in image_repo's form), and why each other visible image would not.
+``{"requirements": {...}}`` in image_repo's form), and why each other visible image would not
+(with the site's trust policy, as the factory matches).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ async def get_instance(call: Call, instance_id: str) -> Response:
     return Response(json=_instance_doc(call, target))
 
 
-def _summary(call: Call, record) -> dict:
+def _summary(call: Call, record, verdict) -> dict:
     meta = record.metadata.to_dict()
     semantic = meta.get("semantic") or {}
     return {
@@ -56,8 +58,17 @@ def _summary(call: Call, record) -> dict:
         "os": semantic.get("os"), "architecture": meta.get("origin", {}).get("architecture"),
         "applications": [f"{a['name']}---v{a.get('version', '0')}"
                          for a in (meta.get("idb") or {}).get("applications", [])],
+        "endorsements": [{k: v for k, v in e.to_dict().items()
+                          if k not in ("statement", "signature", "certificate")}
+                         for e in record.endorsements],
+        "trust": verdict.to_dict() | {"required": call.app.context["factory"].trust.require},
         "_links": {"self": link(call.url("images", record.id))},
     }
+
+
+def _judged(policy, records) -> list:
+    """(record, the policy's verdict now) per record; blocking (signatures are verified)."""
+    return [(r, policy.assess(r.endorsements, r.identity)) for r in records]
 
 
 async def list_images(call: Call) -> Response:
@@ -66,8 +77,9 @@ async def list_images(call: Call) -> Response:
     records = await threads.deferToThread(repository.list, caller)
     offset = int_param(call.args, "offset", 0)
     num = int_param(call.args, "num", 200, 1, call.app.limits.max_page)
-    page = records[offset: offset + num]
-    return Response(json={"images": [_summary(call, r) for r in page],
+    page = await threads.deferToThread(_judged, call.app.context["factory"].trust,
+                                       records[offset: offset + num])
+    return Response(json={"images": [_summary(call, r, v) for r, v in page],
                           "_links": paging_links(call, "images", offset, num, len(records))})
 
 
@@ -80,7 +92,9 @@ async def get_image(call: Call, ref: str) -> Response:
         raise not_found(f"no image {ref!r} is visible to you") from None
     except RepositoryError as err:
         raise bad_request(str(err)) from None
-    return Response(json={**_summary(call, record), "metadata": record.to_dict()})
+    [(record, verdict)] = await threads.deferToThread(
+        _judged, call.app.context["factory"].trust, [record])
+    return Response(json={**_summary(call, record, verdict), "metadata": record.to_dict()})
 
 
 async def match_images(call: Call) -> Response:
@@ -93,10 +107,10 @@ async def match_images(call: Call) -> Response:
             requirements = parse_job(doc).requirements
         except JobDescriptionError as err:
             raise bad_request(f"invalid job description: {err}") from None
-    repository = call.app.context["factory"].repository
+    factory = call.app.context["factory"]
 
     def match():
-        result = repository.match(requirements, caller)
+        result = factory.repository.match(requirements, caller, policy=factory.trust)
         return result.to_dict() | {"summary": result.summary()}
 
     try:
