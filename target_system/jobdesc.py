@@ -9,6 +9,7 @@ from what runs in it.
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -118,6 +119,23 @@ def parse_memory(path: str, value: Any) -> int:
 IMPORT_SCHEMES = ("http://", "https://", "uspace://")
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """What the site presents to a data server for one transfer (UNICORE's ``Credentials``:
+    ``Username`` + ``Password``, or ``BearerToken``); never shown in logs or reprs."""
+
+    username: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+
+    def authorization(self) -> str:
+        """The HTTP ``Authorization`` header value."""
+        if self.token is not None:
+            return f"Bearer {self.token}"
+        pair = f"{self.username}:{self.password}".encode()
+        return "Basic " + base64.b64encode(pair).decode("ascii")
+
+
 @dataclass
 class InputFile:
     """An import written to ``To`` before the job starts: inline ``Data``, or fetched by the
@@ -128,6 +146,7 @@ class InputFile:
     mode: int | None = None
     url: str | None = None
     fail_on_error: bool = True
+    credentials: Credentials | None = None
 
 
 @dataclass
@@ -137,6 +156,7 @@ class OutputFile:
     source: str
     url: str
     fail_on_error: bool = True
+    credentials: Credentials | None = None
 
 
 @dataclass
@@ -355,6 +375,8 @@ def _imports(job: JobDescription, imports: Any) -> None:
         to = _relative_path(f"{path}.To", _str(f"{path}.To", item.get("To", "")))
         source = item.get("From")
         if "Data" in item and source in (None, "", "inline://dummy", "inline://"):
+            if "Credentials" in item:
+                raise JobDescriptionError(f"{path}.Credentials", "only for a From URL")
             data = item["Data"]
             content = data.encode() if isinstance(data, str) else None
             if content is None:
@@ -371,7 +393,8 @@ def _imports(job: JobDescription, imports: Any) -> None:
                 mode = _permissions(f"{path}.Permissions", item["Permissions"])
             job.imports.append(InputFile(to=to, data=None, mode=mode, url=source,
                                          fail_on_error=_bool(f"{path}.FailOnError",
-                                                             item.get("FailOnError", True))))
+                                                             item.get("FailOnError", True)),
+                                         credentials=_credentials(path, item)))
         else:
             raise JobDescriptionError(
                 f"{path}.From", f"unsupported source {source!r}: give inline Data, an "
@@ -389,7 +412,26 @@ def _exports(job: JobDescription, exports: Any) -> None:
                                                     "http(s) URL the site allows, or fetch "
                                                     "results from the working directory")
         job.exports.append(OutputFile(source, target, _bool(f"{path}.FailOnError",
-                                                            item.get("FailOnError", True))))
+                                                            item.get("FailOnError", True)),
+                                      _credentials(path, item)))
+
+
+def _credentials(path: str, item: dict[str, Any]) -> Credentials | None:
+    """An entry's ``Credentials`` for an http(s) transfer: Username + Password, or
+    BearerToken."""
+    if "Credentials" not in item:
+        return None
+    value, where = item["Credentials"], f"{path}.Credentials"
+    if not isinstance(value, dict):
+        raise JobDescriptionError(where, "expected an object: {Username, Password} or "
+                                         "{BearerToken}")
+    _check_keys(f"{where}.", value, {"Username", "Password", "BearerToken"})
+    if set(value) == {"BearerToken"}:
+        return Credentials(token=_str(f"{where}.BearerToken", value["BearerToken"]))
+    if set(value) == {"Username", "Password"}:
+        return Credentials(_str(f"{where}.Username", value["Username"]),
+                           _str(f"{where}.Password", value["Password"]))
+    raise JobDescriptionError(where, "give Username and Password, or BearerToken")
 
 
 def _permissions(path: str, value: Any) -> int:

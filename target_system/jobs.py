@@ -447,8 +447,9 @@ class JobRunner:
             try:
                 if not source.is_relative_to(root):
                     raise TransferFailed(f"{item.source} leads outside the job directory")
-                size = await threads.deferToThread(upload_file, source, item.url,
-                                                   self.transfers)
+                size = await threads.deferToThread(
+                    upload_file, source, item.url, self.transfers,
+                    item.credentials.authorization() if item.credentials else None)
             except TransferFailed as err:
                 if transfer_failed(job, f"export of {item.source} to {item.url}",
                                    item.fail_on_error, err):

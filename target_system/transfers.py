@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 USPACE = "uspace://"
 
@@ -44,7 +45,8 @@ class TransferFailed(Exception):
     reason = "STAGING_FAILED"
 
 
-def upload_file(source: Path, url: str, policy: TransferPolicy) -> int:
+def upload_file(source: Path, url: str, policy: TransferPolicy,
+                authorization: str | None = None) -> int:
     """Blocking: ``PUT`` a file of site storage to ``url``; returns its size.  Raises
     :class:`TransferFailed` (redirects are not followed)."""
     if not policy.allows(url):
@@ -62,18 +64,23 @@ def upload_file(source: Path, url: str, policy: TransferPolicy) -> int:
             request = urllib.request.Request(
                 url, data=body, method="PUT",
                 headers={"Content-Length": str(size), "User-Agent": "gridvm-exports",
-                         "Content-Type": "application/octet-stream"})
+                         "Content-Type": "application/octet-stream",
+                         **({"Authorization": authorization} if authorization else {})})
             with opener.open(request, timeout=policy.timeout):
                 pass
-    except urllib.error.HTTPError as err:
-        raise TransferFailed(f"{url}: HTTP {err.code} {err.reason}") from None
-    except urllib.error.URLError as err:
-        raise TransferFailed(f"{url}: {err.reason}") from None
-    except TimeoutError:
-        raise TransferFailed(f"{url}: no answer within {policy.timeout:g} s") from None
     except OSError as err:
-        raise TransferFailed(f"{url}: {err}") from None
+        raise _failure(url, err, policy) from None
     return size
+
+
+def _failure(url: str, err: OSError, policy: TransferPolicy) -> TransferFailed:
+    """The transfer error for what urllib or the socket raised."""
+    cause = err.reason if isinstance(err, urllib.error.URLError) else err
+    if isinstance(err, urllib.error.HTTPError):
+        return TransferFailed(f"{url}: HTTP {err.code} {err.reason}")
+    if isinstance(cause, TimeoutError):
+        return TransferFailed(f"{url}: no answer within {policy.timeout:g} s")
+    return TransferFailed(f"{url}: {cause}")
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
@@ -88,17 +95,24 @@ class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, req, fp, code, msg, headers, newurl):
         if not self.policy.allows(newurl):
             raise TransferFailed(f"redirected to {newurl}, which this site does not fetch from")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and urlsplit(newurl).netloc != urlsplit(req.full_url).netloc:
+            new.remove_header("Authorization")  # credentials go to their own server only
+        return new
 
 
-def fetch_url(url: str, destination: Path, policy: TransferPolicy) -> int:
+def fetch_url(url: str, destination: Path, policy: TransferPolicy,
+              authorization: str | None = None) -> int:
     """Blocking: download ``url`` into ``destination`` (via a ``.part`` file); returns the
     number of bytes.  Raises :class:`TransferFailed`."""
     if not policy.allows(url):
         raise TransferFailed(f"this site does not fetch from {url} (allowed: "
-                           f"{', '.join(policy.url_prefixes) or 'no URLs'})")
+                             f"{', '.join(policy.url_prefixes) or 'no URLs'})")
     opener = urllib.request.build_opener(_CheckedRedirects(policy))
-    request = urllib.request.Request(url, headers={"User-Agent": "gridvm-imports"})
+    headers = {"User-Agent": "gridvm-imports"}
+    if authorization:
+        headers["Authorization"] = authorization
+    request = urllib.request.Request(url, headers=headers)
     deadline = time.monotonic() + policy.timeout
     temporary = _temporary(destination)
     total = 0
@@ -115,18 +129,9 @@ def fetch_url(url: str, destination: Path, policy: TransferPolicy) -> int:
     except TransferFailed:
         temporary.unlink(missing_ok=True)
         raise
-    except urllib.error.HTTPError as err:
-        temporary.unlink(missing_ok=True)
-        raise TransferFailed(f"{url}: HTTP {err.code} {err.reason}") from None
-    except urllib.error.URLError as err:
-        temporary.unlink(missing_ok=True)
-        raise TransferFailed(f"{url}: {err.reason}") from None
-    except TimeoutError:
-        temporary.unlink(missing_ok=True)
-        raise TransferFailed(f"{url}: no answer within {policy.timeout:g} s") from None
     except OSError as err:
         temporary.unlink(missing_ok=True)
-        raise TransferFailed(f"{url}: {err}") from None
+        raise _failure(url, err, policy) from None
     os.replace(temporary, destination)
     return total
 

@@ -298,8 +298,9 @@ class TargetSystemFactory(service.Service):
                     source = self._uspace_file(item.url, caller)
                     size = await threads.deferToThread(copy_file, source, destination)
                 else:
-                    size = await threads.deferToThread(fetch_url, item.url, destination,
-                                                       self.transfers)
+                    size = await threads.deferToThread(
+                        fetch_url, item.url, destination, self.transfers,
+                        item.credentials.authorization() if item.credentials else None)
             except TransferFailed as err:
                 if transfer_failed(job, f"import of {item.url}", item.fail_on_error, err):
                     return
