@@ -75,7 +75,8 @@ async def test_imports_exports_and_chained_jobs(rest_site, data_server):
     first = await submit(http, {
         "Executable": "/bin/sh", "Resources": IMAGE,
         "Arguments": ["-c", "cat in/hello.txt; ls -l run.sh | cut -c1-4; echo made > out.txt"],
-        "Imports": [{"From": f"{data_server}/data/hello.txt", "To": "in/hello.txt"},
+        "Imports": [{"From": f"{data_server}/data/hello.txt", "To": "in/hello.txt",
+                     "Credentials": {"Username": "alice", "Password": "not-shown"}},
                     {"From": f"{data_server}/data/hello.txt", "To": "run.sh",
                      "Permissions": "rwx"},
                     {"From": f"{data_server}/data/missing", "To": "opt.txt",
@@ -107,6 +108,8 @@ async def test_imports_exports_and_chained_jobs(rest_site, data_server):
     assert await stdout_of(http, second) == "made\n"
     submitted = (await http("GET", f"{second}/submitted")).json()
     assert submitted["Imports"][0]["From"].startswith("uspace://")
+    masked = (await http("GET", f"{first}/submitted")).json()["Imports"][0]["Credentials"]
+    assert masked == {"Username": "***", "Password": "***"}
 
     # refusals: each FAILED with STAGING_FAILED and the cause, or 400 at submission
     refused = {

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from urllib.parse import unquote
 
@@ -172,7 +173,13 @@ async def job_details(call: Call, job_id: str) -> Response:
 
 
 async def job_submitted(call: Call, job_id: str) -> Response:
-    return Response(json=find_job(call, job_id).description.raw)
+    """The description as submitted, transfer ``Credentials`` masked."""
+    doc = copy.deepcopy(find_job(call, job_id).description.raw)
+    for key in ("Imports", "Exports"):
+        for item in doc.get(key) or []:
+            if isinstance(item, dict) and isinstance(item.get("Credentials"), dict):
+                item["Credentials"] = dict.fromkeys(item["Credentials"], "***")
+    return Response(json=doc)
 
 
 async def job_action(call: Call, job_id: str, action: str) -> Response:
