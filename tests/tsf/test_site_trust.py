@@ -116,3 +116,7 @@ async def test_the_catalogue_shows_endorsements_and_the_sites_verdict(trusting_s
     assert rejected["ref"] == "plain:1"
     assert [(r["code"], r["message"]) for r in rejected["reasons"]] == [
         ("IMAGE_UNTRUSTED", "not endorsed")]
+
+    # what UNICORE clients are offered: only images this site would run
+    factory = (await http("GET", "factories/default_target_system_factory")).json()
+    assert factory["resources"]["batch"]["Image"] == ["endorsed"]

@@ -97,9 +97,15 @@ class SiteRegistry:
 
 
 def visible_images(call: Call) -> list:
-    """Blocking: the caller's usable images (call in a thread)."""
-    repository = call.app.context["factory"].repository
-    return [r for r in repository.list(call.caller) if r.status != "deleted"]
+    """Blocking: the caller's usable images (call in a thread) — on a site that requires
+    endorsements, only those it trusts now (the others could never run a job)."""
+    factory = call.app.context["factory"]
+    records = [r for r in factory.repository.list(call.caller) if r.status != "deleted"]
+    if factory.trust.require:
+        trusted = {c.id for c in factory.repository.match(
+            {}, call.caller, policy=factory.trust).candidates}
+        records = [r for r in records if r.id in trusted]
+    return records
 
 
 def applications_of(records) -> dict[str, dict]:
