@@ -208,6 +208,15 @@ class Site:
     def instance(self, instance_id: str) -> dict[str, Any]:
         return self.get(f"instances/{quote(instance_id, safe='')}")
 
+    def end_instance(self, instance_id: str, force: bool = False) -> None:
+        """End a VM instance now (``force``: aborting its unfinished jobs first)."""
+        self.request("DELETE", f"instances/{quote(instance_id, safe='')}"
+                               + ("?force=true" if force else ""), expect=(204,))
+
+    def pools(self) -> list[dict[str, Any]]:
+        """The warm pools that serve the caller (all of them for an administrator)."""
+        return self.get("pools").get("pools", [])
+
     def images(self) -> list[dict[str, Any]]:
         """The catalogue's images the caller may use (summaries)."""
         return self.get("images?num=1000").get("images", [])

@@ -72,6 +72,12 @@ class Quotas:
     total: int = 8  #: live instances on this site
 
 
+class InstanceBusy(Exception):
+    """An instance that still has jobs was asked to end without force."""
+
+    reason = "BAD_REQUEST"
+
+
 class NotFound(KeyError):
     """No such job or instance — or not the caller's (the two look the same)."""
 
@@ -632,6 +638,32 @@ class TargetSystemFactory(service.Service):
         target = self.instances.get(instance_id)
         if target is None or not (caller.admin or target.owner == caller.user):
             raise NotFound(f"no instance {instance_id}")
+        return target
+
+    def end_instance(self, instance_id: str, caller: Caller, *,
+                     force: bool = False) -> defer.Deferred:
+        """End an instance now (its owner or an administrator).  One that runs or awaits
+        jobs is refused (:class:`InstanceBusy`) unless ``force``: then its jobs are aborted
+        (``JOB_ABORTED``, their files kept) before the VM goes.  Fires with the instance."""
+        target = self.instance(instance_id, caller)
+        jobs = [self.jobs[j] for j in target.jobs | self._reserved.get(instance_id, set())
+                if j in self.jobs and not self.jobs[j].state.terminal]
+        if jobs and not force:
+            raise InstanceBusy(f"instance {instance_id} has {len(jobs)} unfinished job(s) "
+                               f"({', '.join(sorted(j.job_id for j in jobs))}): abort them "
+                               "first, or force it")
+        return defer.Deferred.fromCoroutine(self._end_instance(target, jobs, caller))
+
+    async def _end_instance(self, target: TargetSystem, jobs: list[Job],
+                            caller: Caller) -> TargetSystem:
+        for job in jobs:
+            job.note(f"aborted: its instance {target.instance_id} was ended by {caller.user}")
+            self.abort(job.job_id, self._callers[job.job_id])
+        if jobs:  # let them keep their files before the VM goes
+            waits = [self.wait(job.job_id, self._callers[job.job_id]) for job in jobs]
+            await defer.DeferredList(waits).addTimeout(120, self.reactor)
+        log.info("instance %s ended by %s", target.instance_id, caller.user)
+        await target.terminate(f"ended by {caller.user}")
         return target
 
     def list_instances(self, caller: Caller) -> list[TargetSystem]:

@@ -1,8 +1,10 @@
-"""``gridvm instances``: the VM instances behind the jobs (operators see all of them)."""
+"""``gridvm instances``, ``terminate`` and ``pools``: the VM instances behind the jobs
+(operators see all of them), ending one now, and the warm pools."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import Any
 
@@ -23,6 +25,24 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--all", action="store_true",
                         help="include TERMINATED and FAILED instances")
     parser.set_defaults(func=_instances)
+
+    terminate = commands.add_parser(
+        "terminate", help="end VM instances now (yours; any for an administrator)",
+        description="End VM instances now.  One with unfinished jobs is refused unless "
+        "--force, which aborts its jobs first (their files are kept).")
+    add_connection_flags(terminate)
+    terminate.add_argument("instance", metavar="INSTANCE", nargs="+")
+    terminate.add_argument("--force", action="store_true",
+                           help="abort the instance's unfinished jobs first")
+    terminate.set_defaults(func=_terminate)
+
+    pools = commands.add_parser(
+        "pools", help="the warm pools: image, size, idle target, instances waiting",
+        description="The warm pools that serve you (all of them for an administrator): "
+        "the image, the size of its instances, how many it keeps booted and how many wait.")
+    add_connection_flags(pools)
+    pools.add_argument("--json", action="store_true", help="print JSON (for scripts)")
+    pools.set_defaults(func=_pools)
 
 
 def health(doc: dict[str, Any]) -> str:
@@ -53,4 +73,24 @@ def _instances(args: argparse.Namespace) -> int:
                      phase_list(doc.get("phases") or {}, INSTANCE_PHASES)))
     print_table(("INSTANCE", "STATE", "IMAGE", "OWNER", "AGE", "HEALTH", "JOBS", "PHASES"),
                 rows, empty="no instances")
+    return 0
+
+
+def _terminate(args: argparse.Namespace) -> int:
+    site = connect(args)
+    for instance_id in args.instance:
+        site.end_instance(instance_id, force=args.force)
+        print(f"terminated {instance_id}", file=sys.stderr)
+    return 0
+
+
+def _pools(args: argparse.Namespace) -> int:
+    docs = connect(args).pools()
+    if args.json:
+        print_json(docs)
+        return 0
+    print_table(("POOL", "IMAGE", "SIZE", "IDLE", "WAITING", "READY", "VOS"),
+                [(d["name"], d["image"], f"{d['vcpus']} vCPU, {d['memoryMiB']} MiB",
+                  d["idle"], d["waiting"], d["ready"], ", ".join(d["vos"]) or "anyone")
+                 for d in docs], empty="no pools")
     return 0

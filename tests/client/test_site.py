@@ -12,7 +12,7 @@ import re
 
 import pytest
 import pytest_twisted
-from twisted.internet import threads
+from twisted.internet import reactor, task, threads
 
 from client.errors import (
     EXIT_AUTH,
@@ -24,6 +24,7 @@ from client.errors import (
 )
 from tests.client.conftest import Cli, cli_env, one_line_error, run_on_terminal
 from tests.rest.conftest import HIDDEN, PUBLIC
+from tsf.pools import PoolSpec
 
 pytestmark = pytest.mark.vm
 
@@ -268,3 +269,45 @@ async def test_instances_for_owner_operator_and_others(rest_site, tmp_path):
     assert {i["id"] for i in mine} <= {i["id"] for i in operator}
     bob = await cli("instances", user="bob")
     assert bob.returncode == 0 and bob.stdout == "" and "no instances" in bob.stderr
+
+    # ending instances: not someone else's; not one with a running job unless forced
+    instance = mine[0]["id"]
+    foreign = await cli("terminate", instance, user="bob")
+    assert foreign.returncode == EXIT_NOT_FOUND and instance in one_line_error(foreign)
+    job.write_text(json.dumps({"Executable": "/bin/sleep", "Arguments": ["60"]}))
+    submitted = await cli("submit", str(job), "--image", PUBLIC)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+    for _ in range(300):
+        status = json.loads((await cli("status", job_id, "--json")).stdout)
+        if status["status"] == "RUNNING":
+            break
+        await task.deferLater(reactor, 0.2, lambda: None)
+    busy_instance = status["gridvm"]["instance"]
+    busy = await cli("terminate", busy_instance)
+    assert busy.returncode == EXIT_USAGE and "unfinished job" in one_line_error(busy)
+    forced = await cli("terminate", busy_instance, "--force")
+    assert forced.returncode == 0 and f"terminated {busy_instance}" in forced.stderr
+    status = json.loads((await cli("status", job_id, "--json")).stdout)
+    assert status["status"] == "FAILED" and status["gridvm"]["reason"] == "JOB_ABORTED"
+    ended = json.loads((await cli("instances", "--all", "--json")).stdout)
+    assert {i["id"]: i["state"] for i in ended}[busy_instance] == "TERMINATED"
+
+
+@pytest_twisted.ensureDeferred
+async def test_pools_are_listed_for_those_they_serve(rest_site):
+    site, _http = rest_site
+    cli = Cli(site.https_base)
+    site.factory.pools = {"demo": PoolSpec("demo", PUBLIC, idle=0, vcpus=2, vos=("demo",)),
+                          "ops": PoolSpec("ops", PUBLIC, idle=0, vos=("ops",))}
+    try:
+        table = await cli("pools")
+        header, *rows = table.stdout.splitlines()
+        assert header.split() == ["POOL", "IMAGE", "SIZE", "IDLE", "WAITING", "READY", "VOS"]
+        assert [r.split()[0] for r in rows] == ["demo"]  # alice is in VO demo only
+        assert "2 vCPU, 256 MiB" in rows[0]
+        operator = json.loads((await cli("pools", "--json", user="root")).stdout)
+        assert [(p["name"], p["waiting"], p["instances"]) for p in operator] == [
+            ("demo", 0, {}), ("ops", 0, {})]
+    finally:
+        site.factory.pools = {}

@@ -1,8 +1,9 @@
-"""gridvm's own read-only resources: the caller's VM instances and the image catalogue.
+"""gridvm's own resources: the caller's VM instances, the warm pools and the image catalogue.
 
 ``GET instances[/{id}]``: state, reason, health and phase timings (owners see their own,
-administrators all).  ``GET images[/{ref}]``: the images the caller may use, each with its
-endorsements and the site's trust verdict on it now (``trust``).
+administrators all); ``DELETE instances/{id}[?force=true]`` ends one.  ``GET pools``: the
+warm pools that serve the caller.  ``GET images[/{ref}]``: the images the caller may use,
+each with its endorsements and the site's trust verdict on it now (``trust``).
 ``POST images/match``: which images would run a job (a UNICORE job description, or
 ``{"requirements": {...}}`` in image_repo's form), and why each other visible image would not
 (with the site's trust policy, as the factory matches).
@@ -14,9 +15,17 @@ from twisted.internet import threads
 
 from image_repo.errors import ImageNotFound, RepositoryError
 from target_system.jobdesc import JobDescriptionError, parse_job
-from tsf.factory import NotFound
+from tsf.factory import InstanceBusy, NotFound
 from tsf.rest.app import Call, RestApp
-from tsf.rest.http import Response, bad_request, int_param, link, not_found
+from tsf.rest.http import (
+    Response,
+    RestError,
+    bad_request,
+    int_param,
+    link,
+    not_found,
+    str_param,
+)
 from tsf.rest.sites import paging_links
 
 
@@ -38,6 +47,39 @@ async def list_instances(call: Call) -> Response:
         "instances": [call.url("instances", t.instance_id) for t in page],
         "details": [_instance_doc(call, t) for t in page],
         "_links": paging_links(call, "instances", offset, num, len(targets))})
+
+
+async def delete_instance(call: Call, instance_id: str) -> Response:
+    """End an instance now (owner or administrator); one with unfinished jobs only with
+    ``?force=true``, which aborts them first."""
+    force = (str_param(call.args, "force") or "").lower() in ("true", "1", "yes")
+    try:
+        await call.app.context["factory"].end_instance(instance_id, call.caller, force=force)
+    except NotFound:
+        raise not_found(f"no instance {instance_id}") from None
+    except InstanceBusy as err:
+        raise RestError(409, str(err), "BAD_REQUEST") from None
+    return Response.no_content()
+
+
+async def list_pools(call: Call) -> Response:
+    """The warm pools that serve the caller (all, with their waiting instances, for an
+    administrator)."""
+    factory, caller = call.app.context["factory"], call.caller
+    pools = []
+    for spec in factory.pools.values():
+        if not (caller.admin or spec.serves(caller)):
+            continue
+        waiting = [t for t in factory.instances.values()
+                   if t.owner == spec.owner and not t.lifecycle.terminal]
+        doc = {"name": spec.name, "image": spec.image, "idle": spec.idle,
+               "vcpus": spec.vcpus, "memoryMiB": spec.memory_mib, "vos": list(spec.vos),
+               "waiting": len(waiting),
+               "ready": sum(t.state.name == "READY" for t in waiting)}
+        if caller.admin:
+            doc["instances"] = {t.instance_id: t.state.name for t in waiting}
+        pools.append(doc)
+    return Response(json={"pools": pools, "_links": {"self": link(call.url("pools"))}})
 
 
 async def get_instance(call: Call, instance_id: str) -> Response:
@@ -123,6 +165,8 @@ async def match_images(call: Call) -> Response:
 def install(app: RestApp) -> None:
     app.add("GET", "instances", list_instances)
     app.add("GET", "instances/{instance_id}", get_instance)
+    app.add("DELETE", "instances/{instance_id}", delete_instance)
+    app.add("GET", "pools", list_pools)
     app.add("GET", "images", list_images)
     app.add("POST", "images/match", match_images)
     app.add("GET", "images/{ref}", get_image)
