@@ -161,8 +161,8 @@ async def run(reactor, quick: bool) -> dict:
         "http": {"port": 0}, "https": {"port": -1},
         "health": {"idle_timeout": 0, "interval": 30}})
     site = await start_site(config, reactor)
-    plain_root = Plain()
-    plain = reactor.listenTCP(0, server.Site(plain_root), interface="127.0.0.1")
+    plain = reactor.listenTCP(0, server.Site(Plain()), interface="127.0.0.1")
+    files = None
     try:
         files = {ref["file"]: image.directory / ref["file"]
                  for ref in image.metadata["origin"]["content"]}
@@ -194,15 +194,18 @@ async def run(reactor, quick: bool) -> dict:
         with big.open("wb") as handle:
             for _ in range(DOWNLOAD_MIB):
                 handle.write(os.urandom(1 << 20))
-        plain_root.putChild(b"big.bin", static.File(str(big), "application/octet-stream"))
+        files = reactor.listenTCP(0, server.Site(static.File(str(job.storage))),
+                                  interface="127.0.0.1")
         results["download_rest"] = await measure_download(
             f"{url.replace('/jobs/', '/storages/')}-uspace/files/big.bin", "rest")
         results["download_plain"] = await measure_download(
-            f"http://127.0.0.1:{plain.getHost().port}/big.bin", None)
+            f"http://127.0.0.1:{files.getHost().port}/big.bin", None)
         results["instances_booted"] = len(site.factory.instances)
         return results
     finally:
         await plain.stopListening()
+        if files is not None:
+            await files.stopListening()
         await site.stopService()
         shutil.rmtree(state, ignore_errors=True)
 
