@@ -233,7 +233,8 @@ class TargetSystemFactory(service.Service):
                              "days ahead on this site")
         job.termination = when
         job.note(f"termination time set to {_utc(when)}")
-        self._persist_job(job, self._callers[job.job_id])
+        if self.store is not None:
+            self.store.save_job(job, self._callers[job.job_id])
         return job
 
     def expire(self) -> list[str]:
@@ -500,6 +501,8 @@ class TargetSystemFactory(service.Service):
         self._pool_backoff[name] = (failures, self.reactor.seconds() + delay)
         log.warning("pool %s: an instance failed (%s); next boot in %g s", name,
                     reason.getErrorMessage(), delay)
+
+    # -- trust -----------------------------------------------------------------------------
     def _trust_check(self, image: ImageToBoot, caller: Caller):
         """The pre-boot check of a new instance: the site still trusts the image now."""
         async def admit() -> None:
@@ -659,9 +662,13 @@ class TargetSystemFactory(service.Service):
         for job in jobs:
             job.note(f"aborted: its instance {target.instance_id} was ended by {caller.user}")
             self.abort(job.job_id, self._callers[job.job_id])
-        if jobs:  # let them keep their files before the VM goes
+        if jobs:  # let them keep their files before the VM goes (for 2 minutes at most)
             waits = [self.wait(job.job_id, self._callers[job.job_id]) for job in jobs]
-            await defer.DeferredList(waits).addTimeout(120, self.reactor)
+            try:
+                await defer.DeferredList(waits).addTimeout(120, self.reactor)
+            except defer.TimeoutError:
+                log.warning("instance %s: its aborted jobs did not finish within 120 s",
+                            target.instance_id)
         log.info("instance %s ended by %s", target.instance_id, caller.user)
         await target.terminate(f"ended by {caller.user}")
         return target
@@ -673,8 +680,7 @@ class TargetSystemFactory(service.Service):
         super().startService()
         self._expiry.start(self.expiry_interval, now=True).addErrback(
             lambda f: log.error("job expiry stopped: %s", f.getTraceback()))
-        if self.pools:
-            self._pool_loop.start(self.pool_interval, now=True)
+        self._pool_loop.start(self.pool_interval, now=True)
 
     def stopService(self):
         """Terminate every instance — or, with ``keep_on_stop``, detach from them so that
