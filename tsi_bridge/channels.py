@@ -9,6 +9,7 @@ TSI_LOST.  ``TSI_FAILED`` replies become TSICommandFailed (TSI_ERROR) and keep t
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import Awaitable, Callable
 
 from twisted.internet import defer
@@ -26,6 +27,32 @@ def set_nodelay(transport) -> None:
         transport.setTcpNoDelay(True)
 
 
+def tcp_socket(transport) -> socket.socket | None:
+    """The TCP socket under ``transport`` (through a TLS wrapper), or None."""
+    for _ in range(3):
+        handle = getattr(transport, "getHandle", lambda: None)()
+        if isinstance(handle, socket.socket):
+            return handle
+        transport = getattr(transport, "transport", None)
+    return None
+
+
+def quick_ack(sock: socket.socket | None) -> None:
+    """Acknowledge what arrived at once instead of after the delayed-ACK timer.
+
+    The official TSI writes a reply in pieces with Nagle on: it holds the rest until the
+    first piece is acknowledged, which Linux delays by ~40 ms — 44 ms for every request
+    (measured); likewise the second ``ENDOFMESSAGE`` of a file chunk.  Called on every
+    read (one cheap system call); a no-op where unsupported.
+    """
+    if sock is not None and QUICKACK is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
+
+
+QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+
+
 @implementer(IHandshakeListener)
 class Channel(Protocol):
     """Base: ``ready`` fires once usable (TCP connected, or TLS handshake completed)."""
@@ -35,9 +62,11 @@ class Channel(Protocol):
         self.ready: defer.Deferred = defer.Deferred()
         self.lost_reason: str | None = None
         self.on_lost: Callable[[Channel], None] | None = None
+        self.socket: socket.socket | None = None
 
     def connectionMade(self) -> None:
         set_nodelay(self.transport)
+        self.socket = tcp_socket(self.transport)
         if not self.tls:
             self.ready.callback(self)
 
@@ -71,6 +100,7 @@ class CommandChannel(Channel):
             self._fail(TSIConnectionLost(f"command channel: {err}"))
             self.abort()
             return
+        quick_ack(self.socket)
         if self._waiter is not None and self.queued:
             waiter, self._waiter = self._waiter, None
             waiter.callback(self.queued.pop(0))
@@ -110,6 +140,7 @@ class DataChannel(Channel):
         self._waiter: defer.Deferred | None = None
 
     def dataReceived(self, data: bytes) -> None:
+        quick_ack(self.socket)
         self.buffer += data
         self._deliver()
 
