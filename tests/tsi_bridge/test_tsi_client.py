@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 
+from tsi_bridge.channels import quick_ack
 from tsi_bridge.client import TSIClient
 from tsi_bridge.errors import TSICommandFailed, TSIError
 from tsi_bridge.readiness import probe_agent
@@ -135,5 +137,24 @@ async def test_pool_serves_concurrent_requests_with_bounded_workers(endpoint):
         outputs = await defer.gatherResults(
             [client.execute_script(f"sleep 0.2; echo {n}") for n in range(6)])
         assert outputs == [f"{n}\n" for n in range(6)]
+    finally:
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_channels_find_their_tcp_socket_for_quick_acks(endpoint):
+    """Plain and under TLS, both channels of a worker reach the TCP socket they set
+    TCP_QUICKACK on (the official TSI's split replies otherwise wait ~40 ms each)."""
+    client = client_for(endpoint)
+    try:
+        await client.ping()
+        [worker] = client._idle
+        for channel in (worker.command, worker.data):
+            assert isinstance(channel.socket, socket.socket)
+            assert channel.socket.getpeername()[0] == "127.0.0.1"
+            quick_ack(channel.socket)  # the option exists here and is accepted
+            assert channel.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK) in (0, 1)
+        quick_ack(None)
+        assert await client.ping() == "11.2.1"  # and the link works on
     finally:
         await client.close()
