@@ -307,19 +307,28 @@ def _list(args: argparse.Namespace) -> int:
     if args.json:
         _print_json([r.to_dict() for r in records])
         return 0
-    rows = [("IMAGE", "STATUS", "OWNER", "ARCH", "OS", "APPLICATIONS", "ID")]
+    rows = [("IMAGE", "STATUS", "OWNER", "ARCH", "OS", "APPLICATIONS", "ENDORSED", "ID")]
     for r in records:
         meta = r.metadata
         os_ = meta.semantic.os
         os_text = " ".join(x for x in (os_.distro, os_.version) if x) if os_ else ""
         apps = ",".join(a.name for a in meta.idb.applications)
         rows.append((r.ref, r.status, r.owner, meta.origin.architecture or "", os_text,
-                     apps, r.id[:12]))
+                     apps, _endorsed(r.endorsements), r.id[:12]))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
               .rstrip())
     return 0
+
+
+def _endorsed(endorsements) -> str:
+    """``-``, or how many endorsements and until when the last one lasts (not a verdict:
+    whom to trust is ``verify``'s and the site's business)."""
+    if not endorsements:
+        return "-"
+    last = max(e.expires for e in endorsements)
+    return f"{len(endorsements)} until {last:%Y-%m-%d}"
 
 
 def _show(args: argparse.Namespace) -> int:

@@ -58,6 +58,9 @@ def test_endorse_verify_show_match_withdraw(gridvm, registered, files, pki, tmp_
                                 f"{files.stranger}: endorsed by {ec.dn}, whom this site does "
                                 "not trust\n")
 
+    header, row = gridvm("list").stdout.splitlines()
+    assert header.split()[6] == "ENDORSED" and " 1 until 2099-01-31 " in row
+
     [shown] = json.loads(gridvm("show", registered).stdout)["endorsements"]
     assert (shown["endorser"], shown["fingerprint"]) == (ec.dn, ec.fingerprint)
     assert shown["certificate"] == ec.cert_pem.decode()
