@@ -195,7 +195,10 @@ class TargetSystem:
     def start(self) -> defer.Deferred:
         """Fires when READY; fails with the instance's reason once it is FAILED."""
         if self._started is None:
-            self._started = defer.Deferred.fromCoroutine(self._start())
+            if self.usable:  # taken back after a server restart: up already
+                self._started = defer.succeed(self)
+            else:
+                self._started = defer.Deferred.fromCoroutine(self._start())
         return self._started
 
     async def _start(self) -> TargetSystem:

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
+from twisted.internet import reactor, task
 
 from image_repo.db import make_engine, sqlite_url
 from image_repo.repository import ImageRepository
@@ -18,6 +18,7 @@ from tests.conftest import TEST_ROOT
 from tests.e2e.conftest import ALICE, make_factory, register_built
 from tests.e2e.test_jobs import finished, wait_state
 from tsf.factory import NotFound
+from tsf.pools import PoolSpec
 from vmm.hypervisor import Hypervisor
 from vmm.manager import VirtualMachineManager
 
@@ -97,13 +98,19 @@ async def test_job_survives_a_server_restart(servers):
     assert any("resumed after a server restart" in line for line in again.log)
     target = second.factory.instance(instance_id, ALICE)
     assert target.state is InstanceState.READY
+    # A new job of the same owner runs on the instance taken back, without a boot.
+    more = second.factory.submit({"Executable": "/bin/echo", "Arguments": ["more"],
+                                  "Resources": {"Image": "gridvm-debian12-initramfs"}}, ALICE)
+    await finished(second.factory, more)
+    assert more.state is JobState.SUCCESSFUL, more.log
+    assert more.instance_id == instance_id and len(second.factory.instances) == 1
     # The history from before the restart is kept: phase timings cover the whole life.
     assert {"STAGING", "BOOTING", "CONNECTING"} <= set(target.lifecycle.phase_seconds())
 
     # A finished job stays (record and files) across the next restart, until deleted.
     await second.stop()
     third = await servers()
-    assert third.recovered["finished"] == 1 and third.recovered["jobs"] == 0
+    assert third.recovered["finished"] == 2 and third.recovered["jobs"] == 0
     kept = third.factory.job(job.job_id, ALICE)
     assert kept.state is JobState.SUCCESSFUL and kept.exit_code == 0
     assert await third.factory.wait(job.job_id, ALICE) is kept
@@ -111,7 +118,7 @@ async def test_job_survives_a_server_restart(servers):
     await third.factory.delete(job.job_id, ALICE)
     await third.stop()
     fourth = await servers()
-    assert fourth.recovered["finished"] == 0
+    assert fourth.recovered["finished"] == 1  # the other job
     with pytest.raises(NotFound):
         fourth.factory.job(job.job_id, ALICE)
 
@@ -156,3 +163,34 @@ async def test_inputs_uploaded_before_the_start_survive_a_server_restart(servers
     await finished(second.factory, again)
     assert again.state is JobState.SUCCESSFUL, again.log
     assert (again.storage / "stdout").read_text() == "uploaded before the restart\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_warm_pool_instance_waits_on_across_a_restart(servers):
+    first = await servers(first=True)
+    spec = PoolSpec("demo", "gridvm-debian12-initramfs", idle=1, vos=("demo",))
+    first.factory.pools = {"demo": spec}
+    first.factory.pool_interval = 0.5
+    first.factory.startService()
+    for _ in range(900):
+        waiting = [t for t in first.factory.instances.values()
+                   if t.owner == "pool:demo" and t.state is InstanceState.READY]
+        if waiting:
+            break
+        await task.deferLater(reactor, 0.2, lambda: None)
+    [warm] = waiting
+    first.factory.keep_on_stop = True  # as gridvm serve: the VMs go on without the server
+    await first.factory.stopService()  # stops the pool loop, detaches
+    await first.vmm.hypervisor.close()
+    first.repository.close()
+
+    second = await servers()
+    assert second.recovered["instances"] == 1 and second.recovered["reconnected"] == 1
+    again = second.factory.instances[warm.instance_id]
+    assert again.owner == "pool:demo" and again.keep_idle  # still the pool's, never idled out
+    second.factory.pools = {"demo": spec}
+    job = second.factory.submit({"Executable": "/bin/echo", "Arguments": ["after restart"],
+                                 "Resources": {"Image": "gridvm-debian12-initramfs"}}, ALICE)
+    await finished(second.factory, job)
+    assert job.state is JobState.SUCCESSFUL, job.log
+    assert job.instance_id == warm.instance_id and again.owner == "alice"
