@@ -19,6 +19,7 @@ import shutil
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -102,9 +103,11 @@ class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
 
 
 def fetch_url(url: str, destination: Path, policy: TransferPolicy,
-              authorization: str | None = None) -> int:
+              authorization: str | None = None,
+              cancelled: Callable[[], bool] = lambda: False) -> int:
     """Blocking: download ``url`` into ``destination`` (via a ``.part`` file); returns the
-    number of bytes.  Raises :class:`TransferFailed`."""
+    number of bytes.  Raises :class:`TransferFailed` — also once ``cancelled()`` is true
+    (checked after every piece, e.g. the job was aborted or deleted meanwhile)."""
     if not policy.allows(url):
         raise TransferFailed(f"this site does not fetch from {url} (allowed: "
                              f"{', '.join(policy.url_prefixes) or 'no URLs'})")
@@ -125,6 +128,8 @@ def fetch_url(url: str, destination: Path, policy: TransferPolicy,
                     raise TransferFailed(f"{url} is larger than {policy.max_bytes} bytes")
                 if time.monotonic() > deadline:
                     raise TransferFailed(f"{url} took longer than {policy.timeout:g} s")
+                if cancelled():
+                    raise TransferFailed(f"{url}: stopped, the job ended meanwhile")
                 out.write(piece)
     except TransferFailed:
         temporary.unlink(missing_ok=True)

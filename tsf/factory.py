@@ -307,7 +307,8 @@ class TargetSystemFactory(service.Service):
                 else:
                     size = await threads.deferToThread(
                         fetch_url, item.url, destination, self.transfers,
-                        item.credentials.authorization() if item.credentials else None)
+                        item.credentials.authorization() if item.credentials else None,
+                        lambda: job.state.terminal)
             except TransferFailed as err:
                 if transfer_failed(job, f"import of {item.url}", item.fail_on_error, err):
                     return

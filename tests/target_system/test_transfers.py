@@ -47,6 +47,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self._send(302, Location=f"http://127.0.0.1:{port}/secret")
         if self.path == "/data/big":
             return self._send(200, b"x" * 5000)
+        if self.path == "/data/large":
+            return self._send(200, b"y" * (3 << 20))
         return self._send(404)
 
     def do_PUT(self):
@@ -91,6 +93,11 @@ def test_refusals_leave_no_file_behind(data_server, tmp_path):
         fetch_url(f"http://127.0.0.1:{port}/data/out", target, policy(port))
     with pytest.raises(TransferFailed, match="larger than 1000 bytes"):
         fetch_url(f"http://127.0.0.1:{port}/data/big", target, policy(port, max_bytes=1000))
+    asked = []
+    with pytest.raises(TransferFailed, match="stopped, the job ended meanwhile"):
+        fetch_url(f"http://127.0.0.1:{port}/data/large", target, policy(port),
+                  cancelled=lambda: asked.append(1) or len(asked) > 1)
+    assert len(asked) == 2  # checked after every piece: stopped after the second
     assert list(tmp_path.iterdir()) == []  # no file, no .part
 
 
