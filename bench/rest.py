@@ -157,7 +157,8 @@ async def run(reactor, quick: bool) -> dict:
     users.put(User("rest", hash_password(PASSWORD), ("users",), ("demo",)))
     config = config_from_dict({
         "site": {"name": "BENCH", "state_dir": str(state),
-                 "domain_prefix": f"gridvm-bench-rest-{state.name[-8:]}-"},
+                 "domain_prefix": f"gridvm-bench-rest-{state.name[-8:]}-",
+                 "keep_instances": False},  # end the VMs with the bench
         "http": {"port": 0}, "https": {"port": -1},
         "health": {"idle_timeout": 0, "interval": 30}})
     site = await start_site(config, reactor)
