@@ -446,6 +446,10 @@ class TargetSystemFactory(service.Service):
         self.reactor.callLater(0, self.fill_pools)
         return target
 
+    def waiting_in_pool(self, spec: PoolSpec) -> list[TargetSystem]:
+        """The live instances a pool keeps for jobs to take (nobody's yet)."""
+        return [t for t in self._live() if t.owner == spec.owner]
+
     def fill_pools(self) -> defer.Deferred | None:
         """Boot instances until every pool has its idle count (within the site's total
         quota; a pool whose boots fail backs off), and end the instances of pools no longer
@@ -471,7 +475,7 @@ class TargetSystemFactory(service.Service):
                 target.terminate(f"pool {name} is no longer configured")
         now = self.reactor.seconds()
         for spec in self.pools.values():
-            waiting = [t for t in self._live() if t.owner == spec.owner]
+            waiting = self.waiting_in_pool(spec)
             missing = spec.idle - len(waiting)
             if missing <= 0 or now < self._pool_backoff.get(spec.name, (0, 0.0))[1]:
                 continue

@@ -8,41 +8,37 @@ import sys
 import time
 from typing import Any
 
+from client.commands import add_command
 from client.output import age, phase_list, print_json, print_table
-from client.settings import add_connection_flags, connect
+from client.settings import connect
 
 INSTANCE_PHASES = ("REQUESTED", "STAGING", "BOOTING", "CONNECTING", "READY", "BUSY",
                    "DRAINING")
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "instances", help="list VM instances: state, image, owner, age, health, timings",
+    listing = add_command(
+        commands, "instances", _instances,
+        "list VM instances: state, image, owner, age, health, timings",
         description="The VM instances you own (all of them for an administrator): state, "
         "image, owner, age, health (missed TSI pings / budget), jobs and phase timings.")
-    add_connection_flags(parser)
-    parser.add_argument("--json", action="store_true", help="print JSON (for scripts)")
-    parser.add_argument("--all", action="store_true",
-                        help="include TERMINATED and FAILED instances")
-    parser.set_defaults(func=_instances)
+    listing.add_argument("--all", action="store_true",
+                         help="include TERMINATED and FAILED instances")
 
-    terminate = commands.add_parser(
-        "terminate", help="end VM instances now (yours; any for an administrator)",
+    terminate = add_command(
+        commands, "terminate", _terminate,
+        "end VM instances now (yours; any for an administrator)", json_flag=False,
         description="End VM instances now.  One with unfinished jobs is refused unless "
         "--force, which aborts its jobs first (their files are kept).")
-    add_connection_flags(terminate)
     terminate.add_argument("instance", metavar="INSTANCE", nargs="+")
     terminate.add_argument("--force", action="store_true",
                            help="abort the instance's unfinished jobs first")
-    terminate.set_defaults(func=_terminate)
 
-    pools = commands.add_parser(
-        "pools", help="the warm pools: image, size, idle target, instances waiting",
-        description="The warm pools that serve you (all of them for an administrator): "
-        "the image, the size of its instances, how many it keeps booted and how many wait.")
-    add_connection_flags(pools)
-    pools.add_argument("--json", action="store_true", help="print JSON (for scripts)")
-    pools.set_defaults(func=_pools)
+    add_command(commands, "pools", _pools,
+                "the warm pools: image, size, idle target, instances waiting",
+                description="The warm pools that serve you (all of them for an "
+                "administrator): the image, the size of its instances, how many it keeps "
+                "booted and how many wait.")
 
 
 def health(doc: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -16,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from client.commands import add_command
 from client.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -25,24 +27,13 @@ from client.errors import (
 )
 from client.output import phase_list, print_json, print_table
 from client.requirements import KEYS, apply_requirements
-from client.settings import add_connection_flags, connect
+from client.settings import connect
 
 JOB_PHASES = ("READY", "STAGINGIN", "QUEUED", "RUNNING", "STAGINGOUT")
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    connection = argparse.ArgumentParser(add_help=False)
-    add_connection_flags(connection)
-    as_json = argparse.ArgumentParser(add_help=False)
-    as_json.add_argument("--json", action="store_true", help="print JSON (for scripts)")
-
-    def command(name: str, handler, help_text: str, *, json_flag: bool = True,
-                description: str = "") -> argparse.ArgumentParser:
-        parents = [connection, as_json] if json_flag else [connection]
-        parser = commands.add_parser(name, parents=parents, help=help_text,
-                                     description=description or help_text)
-        parser.set_defaults(func=handler)
-        return parser
+    command = functools.partial(add_command, commands)
 
     submit = command(
         "submit", _submit, "submit a job (a UNICORE job description) and optionally wait",

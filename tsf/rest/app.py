@@ -227,7 +227,7 @@ class CoreResource(resource.Resource):
             body = b""
         if response.status in (204, 304):
             body = b""
-        elif request.method != b"HEAD" and response.stream is None:
+        elif request.method != b"HEAD":
             request.setHeader("content-length", str(len(body)))
         if request.method == b"HEAD":
             body = b""

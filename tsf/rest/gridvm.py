@@ -70,8 +70,7 @@ async def list_pools(call: Call) -> Response:
     for spec in factory.pools.values():
         if not (caller.admin or spec.serves(caller)):
             continue
-        waiting = [t for t in factory.instances.values()
-                   if t.owner == spec.owner and not t.lifecycle.terminal]
+        waiting = factory.waiting_in_pool(spec)
         doc = {"name": spec.name, "image": spec.image, "idle": spec.idle,
                "vcpus": spec.vcpus, "memoryMiB": spec.memory_mib, "vos": list(spec.vos),
                "waiting": len(waiting),
