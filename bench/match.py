@@ -33,8 +33,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from image_repo.access import Caller
-from image_repo.db import session_scope, sqlite_url
+from base.db import session_scope, sqlite_url
+from base.identity import Caller
 from image_repo.matching import Matcher, MatchResult
 from image_repo.repository import ImageRepository
 from image_repo.requirements import Requirements

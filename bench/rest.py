@@ -33,7 +33,7 @@ import httpx
 from twisted.internet import defer, task, threads
 from twisted.web import resource, server, static
 
-from image_repo.access import Caller
+from base.identity import Caller
 from image_repo.builder import build_image
 from target_system.lifecycle import JobState
 from tsf.config import config_from_dict

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from client.config import gridvm_home
+from base.paths import gridvm_home
 from client.errors import EXIT_AUTH, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_USAGE, CliError
 
 EXIT_BY_REASON = {
@@ -141,7 +141,7 @@ def add_commands(image_commands: argparse._SubParsersAction) -> None:
 # --------------------------------------------------------------------------- plumbing --------
 
 def local_caller(vos: list[str]):
-    from image_repo.access import Caller
+    from base.identity import Caller
 
     user = pwd.getpwuid(os.getuid()).pw_name
     groups = [grp.getgrgid(os.getgid()).gr_name]

@@ -16,7 +16,7 @@ import time
 
 from twisted.internet import defer, task
 
-from client.config import gridvm_home
+from base.paths import gridvm_home
 from client.errors import EXIT_FAILED, EXIT_UNAVAILABLE, CliError
 
 DEMO_JOB = {

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from base.errors import GridvmError
+from base.reasons import Reason
+
 EXIT_OK = 0
 EXIT_FAILED = 1  #: the operation ran and failed (a job FAILED, a VM did not become ready, ...)
 EXIT_USAGE = 2  #: bad command line or bad input file
@@ -25,17 +28,18 @@ EXIT_CODES = (
 )
 
 
-class CliError(Exception):
+class CliError(GridvmError):
     """A failure shown to the user as ``gridvm: <message>`` with a given exit code.
 
     ``reason`` is one of the failure codes of architecture.md when one applies.
     """
 
-    def __init__(self, message: str, exit_code: int = EXIT_FAILED, reason: str | None = None):
-        super().__init__(message)
-        self.message = message
+    reason: Reason | None = None  # type: ignore[assignment]  # a usage error has none
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED,
+                 reason: Reason | str | None = None):
+        super().__init__(message, reason=reason)
         self.exit_code = exit_code
-        self.reason = reason
 
     def one_line(self) -> str:
         text = " ".join(self.message.split())

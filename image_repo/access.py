@@ -14,8 +14,8 @@ Writing (new version, deprecate, delete) needs both read and write rights.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
+from base.identity import Caller
 from image_repo.schema import Permissions
 
 # Unix-style bits (0o644 = owner rw, group r, others r); execute bits are not used.
@@ -25,25 +25,6 @@ OTHERS_READ, OTHERS_WRITE = 0o004, 0o002
 _BITS = {"owner": (OWNER_READ, OWNER_WRITE), "group": (GROUP_READ, GROUP_WRITE),
          "others": (OTHERS_READ, OTHERS_WRITE)}
 DEFAULT_PERMISSIONS = Permissions(owner="rw", group="r", others="")
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who is asking: user name, groups (the first is the primary one), VOs, admin role."""
-
-    user: str
-    groups: tuple[str, ...] = ()
-    vos: frozenset[str] = field(default_factory=frozenset)
-    admin: bool = False
-
-    @classmethod
-    def of(cls, user: str, groups: Iterable[str] = (), vos: Iterable[str] = (),
-           admin: bool = False) -> Caller:
-        return cls(user, tuple(groups), frozenset(vos), admin)
-
-    @property
-    def primary_group(self) -> str | None:
-        return self.groups[0] if self.groups else None
 
 
 def mode_of(permissions: Permissions | None) -> int:

@@ -6,34 +6,39 @@ that field (``origin.content[1].sha512``) and the message starts with it.
 
 from __future__ import annotations
 
+from base.errors import GridvmError
+from base.reasons import Reason
 
-class RepositoryError(Exception):
-    """Base class: ``reason`` is the architecture.md failure code, ``path`` the offending field."""
 
-    reason = "IMAGE_UNAVAILABLE"
+class RepositoryError(GridvmError):
+    """Base class: ``reason`` is the failure code, ``path`` the offending field."""
+
+    reason = Reason.IMAGE_UNAVAILABLE
 
     def __init__(self, message: str, path: str | None = None):
-        self.message = message
+        super().__init__(message)
         self.path = path
-        super().__init__(f"{path}: {message}" if path else message)
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
 
 
 class BadRequest(RepositoryError):
     """Invalid metadata, requirements or arguments (unknown, missing or ill-typed keys, ...)."""
 
-    reason = "BAD_REQUEST"
+    reason = Reason.BAD_REQUEST
 
 
 class NotAuthorized(RepositoryError):
     """The caller may not read or change this image."""
 
-    reason = "NOT_AUTHORIZED"
+    reason = Reason.NOT_AUTHORIZED
 
 
 class ImageUnavailable(RepositoryError):
     """The image exists but its content cannot be used (deleted, blob missing or damaged)."""
 
-    reason = "IMAGE_UNAVAILABLE"
+    reason = Reason.IMAGE_UNAVAILABLE
 
 
 class ImageNotFound(ImageUnavailable):
@@ -43,20 +48,20 @@ class ImageNotFound(ImageUnavailable):
 class ChecksumMismatch(RepositoryError):
     """A file's sha512 or size differs from what its metadata states."""
 
-    reason = "IMAGE_CHECKSUM_MISMATCH"
+    reason = Reason.IMAGE_CHECKSUM_MISMATCH
 
 
 class ImageUntrusted(RepositoryError):
     """An endorsement does not vouch for the image (its signature does not verify, it covers
     other files, it has expired), or the site's trust policy finds no endorsement it trusts."""
 
-    reason = "IMAGE_UNTRUSTED"
+    reason = Reason.IMAGE_UNTRUSTED
 
 
 class NoMatchingImage(RepositoryError):
     """No visible image satisfies the requirements; ``result`` holds the reasons per image."""
 
-    reason = "NO_MATCHING_IMAGE"
+    reason = Reason.NO_MATCHING_IMAGE
 
     def __init__(self, message: str, result: object = None):
         super().__init__(message)

@@ -27,8 +27,8 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any
 
+from base.identity import Caller
 from image_repo import access
-from image_repo.access import Caller
 from image_repo.errors import NoMatchingImage
 from image_repo.index import UNSTATED, CatalogueIndex, ImageProfile
 from image_repo.requirements import Requirements

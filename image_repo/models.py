@@ -26,7 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from image_repo.db import Base
+from base.db import Base
 from image_repo.trust import StoredEndorsement
 
 

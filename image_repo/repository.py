@@ -24,9 +24,9 @@ from typing import Any
 from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from base.db import make_engine, migrate, session_factory, session_scope
+from base.identity import Caller
 from image_repo import access
-from image_repo.access import Caller
-from image_repo.db import make_engine, migrate, session_factory, session_scope
 from image_repo.errors import (
     BadRequest,
     ChecksumMismatch,

@@ -19,6 +19,8 @@ from typing import Any
 
 from twisted.internet import defer, task
 
+from base.errors import GridvmError
+from base.reasons import Reason
 from target_system.images import boot_spec
 from target_system.lifecycle import InstanceState, Lifecycle, Transition, instance_lifecycle
 from tsi_bridge.ca import CertificateAuthority, IssuedCertificate
@@ -458,12 +460,8 @@ class TargetSystem:
             timer.cancel()
 
 
-class InstanceFailed(Exception):
+class InstanceFailed(GridvmError):
     """An instance is not (or no longer) usable; ``reason`` is the failure code."""
 
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return self.args[0]
+    def __init__(self, reason: Reason | str, message: str):
+        super().__init__(message, reason=reason)

@@ -14,11 +14,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from base.errors import GridvmError
+from base.reasons import Reason
 
-class JobDescriptionError(ValueError):
+
+class JobDescriptionError(GridvmError, ValueError):
     """A job description that cannot be run; ``path`` names the key."""
 
-    reason = "BAD_REQUEST"
+    reason = Reason.BAD_REQUEST
 
     def __init__(self, path: str, message: str):
         super().__init__(f"{path}: {message}" if path else message)

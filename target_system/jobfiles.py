@@ -29,24 +29,23 @@ from typing import Any, BinaryIO
 
 from twisted.internet import threads
 
+from base.errors import GridvmError
+from base.reasons import Reason
 from tsi_bridge.errors import TSICommandFailed
 
 _MARK = "GRIDVM-FILES:"
 
 
-class PathError(ValueError):
+class PathError(GridvmError, ValueError):
     """A path that leaves the job directory or is malformed (HTTP 400)."""
 
-    reason = "BAD_REQUEST"
+    reason = Reason.BAD_REQUEST
 
 
-class FileMissing(KeyError):
+class FileMissing(GridvmError, KeyError):
     """No such file or directory (HTTP 404)."""
 
-    reason = "NOT_FOUND"
-
-    def __str__(self) -> str:
-        return self.args[0]
+    reason = Reason.NOT_FOUND
 
 
 class WrongKind(ValueError):

@@ -13,6 +13,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from base.errors import GridvmError
+
 log = logging.getLogger(__name__)
 
 
@@ -96,7 +98,7 @@ JOB_TIMEOUT_REASONS = {
 }
 
 
-class IllegalTransition(Exception):
+class IllegalTransition(GridvmError):
     """A transition the state table does not allow (a programming error, not user input)."""
 
 

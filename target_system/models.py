@@ -1,4 +1,4 @@
-"""Tables for target systems and jobs, on gridvm's one schema (``image_repo.db.Base``).
+"""Tables for target systems and jobs, on gridvm's one schema (``base.db.Base``).
 
 A row is a snapshot taken at every state change: enough to re-adopt a running VM, reconnect
 its TSI link and resume its jobs after a server restart.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy import JSON, Float, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from image_repo.db import Base
+from base.db import Base
 
 
 class InstanceRow(Base):

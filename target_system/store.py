@@ -14,7 +14,7 @@ from sqlalchemy import Engine, delete, select
 from twisted.internet import defer, threads
 from twisted.python.threadpool import ThreadPool
 
-from image_repo.db import migrate, session_factory, session_scope
+from base.db import migrate, session_factory, session_scope
 from target_system.models import InstanceRow, JobRow, SiteRow
 
 log = logging.getLogger(__name__)

@@ -24,6 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from base.errors import GridvmError
+from base.reasons import Reason
+
 USPACE = "uspace://"
 
 
@@ -40,10 +43,10 @@ class TransferPolicy:
         return any(url.startswith(prefix) for prefix in self.url_prefixes)
 
 
-class TransferFailed(Exception):
+class TransferFailed(GridvmError):
     """An import that could not be fetched; the message says which and why."""
 
-    reason = "STAGING_FAILED"
+    reason = Reason.STAGING_FAILED
 
 
 def upload_file(source: Path, url: str, policy: TransferPolicy,

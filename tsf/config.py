@@ -80,13 +80,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from base.errors import GridvmError
+from base.reasons import Reason
 from tsf.pools import PoolSpec, check_specs
 
 
-class ConfigError(ValueError):
+class ConfigError(GridvmError, ValueError):
     """A configuration that cannot be used; the message names the key."""
 
-    reason = "BAD_REQUEST"
+    reason = Reason.BAD_REQUEST
 
 
 @dataclass
@@ -189,7 +191,7 @@ class SiteConfig:
     def state_dir(self) -> Path:
         if self.site.state_dir:
             return Path(self.site.state_dir)
-        from client.config import gridvm_home
+        from base.paths import gridvm_home
 
         return gridvm_home() / "site"
 

@@ -27,7 +27,9 @@ from twisted.application import service
 from twisted.internet import defer, task, threads
 from twisted.python import failure
 
-from image_repo.access import Caller
+from base.errors import GridvmError
+from base.identity import Caller
+from base.reasons import Reason
 from image_repo.errors import RepositoryError
 from image_repo.repository import ImageRepository
 from image_repo.trust import TrustPolicy
@@ -72,19 +74,16 @@ class Quotas:
     total: int = 8  #: live instances on this site
 
 
-class InstanceBusy(Exception):
+class InstanceBusy(GridvmError):
     """An instance that still has jobs was asked to end without force."""
 
-    reason = "BAD_REQUEST"
+    reason = Reason.BAD_REQUEST
 
 
-class NotFound(KeyError):
+class NotFound(GridvmError, KeyError):
     """No such job or instance — or not the caller's (the two look the same)."""
 
-    reason = "NOT_FOUND"
-
-    def __str__(self) -> str:
-        return self.args[0]
+    reason = Reason.NOT_FOUND
 
 
 class TargetSystemFactory(service.Service):

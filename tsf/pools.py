@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from image_repo.access import Caller
+from base.identity import Caller
 
 OWNER_PREFIX = "pool:"
 

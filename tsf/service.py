@@ -19,7 +19,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
-from image_repo.db import make_engine
+from base.db import make_engine
 from image_repo.repository import ImageRepository
 from target_system.instance import Deadlines, HealthPolicy, SiteCredentials
 from target_system.store import StateStore
@@ -256,7 +256,7 @@ class SiteService(service.MultiService):
 
 
 def _admin():
-    from image_repo.access import Caller
+    from base.identity import Caller
 
     return Caller.of("gridvm-site", admin=True)
 

@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from image_repo.access import Caller
+from base.errors import GridvmError
+from base.identity import Caller
+from base.reasons import Reason
 
 ROLES = ("user", "admin")
 USER_KEYS = {"password", "groups", "vos", "role", "dn"}
@@ -33,10 +35,10 @@ _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}$")
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 1 << 14, 8, 1
 
 
-class UsersFileError(ValueError):
+class UsersFileError(GridvmError, ValueError):
     """A users file that cannot be used; the message names the user and the key."""
 
-    reason = "BAD_REQUEST"
+    reason = Reason.BAD_REQUEST
 
 
 def hash_password(password: str) -> str:

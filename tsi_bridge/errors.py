@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+from base.errors import GridvmError
+from base.reasons import Reason
 
-class TSIError(Exception):
+
+class TSIError(GridvmError):
     """Base class: ``reason`` (an architecture code) and ``message`` (the details)."""
 
-    reason = "TSI_ERROR"
+    reason = Reason.TSI_ERROR
 
-    def __init__(self, message: str, reason: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        if reason:
-            self.reason = reason
+    def __init__(self, message: str, reason: Reason | str | None = None) -> None:
+        super().__init__(message, reason=reason or None)
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.message}"
@@ -21,16 +21,16 @@ class TSIError(Exception):
 class TSICommandFailed(TSIError):
     """The TSI answered ``TSI_FAILED: <message>``; the worker stays usable."""
 
-    reason = "TSI_ERROR"
+    reason = Reason.TSI_ERROR
 
 
 class TSIConnectionLost(TSIError):
     """A worker's connection broke, timed out or desynchronised (the worker is discarded)."""
 
-    reason = "TSI_LOST"
+    reason = Reason.TSI_LOST
 
 
 class TSIUnreachable(TSIError):
     """No worker could be created: the shepherd did not answer, refused, or never called back."""
 
-    reason = "TSI_UNREACHABLE"
+    reason = Reason.TSI_UNREACHABLE

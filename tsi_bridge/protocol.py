@@ -55,7 +55,10 @@ _TOKEN_RE = re.compile(r"^\S+$")
 
 
 class ProtocolError(ValueError):
-    """Bytes that break the protocol (an anomaly: the connection must be discarded)."""
+    """Bytes that break the protocol (an anomaly: the connection must be discarded).
+
+    Not a ``base.errors.GridvmError``: this module also runs in guests, with the agent, on
+    the standard library alone; the client turns it into ``TSIConnectionLost``."""
 
 
 # --------------------------------------------------------------------------------------------

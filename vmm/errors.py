@@ -2,38 +2,33 @@
 
 from __future__ import annotations
 
+from base.errors import GridvmError
+from base.reasons import Reason
 
-class VMMError(Exception):
+
+class VMMError(GridvmError):
     """Base class: ``reason`` is the failure code, ``str(err)`` the human message."""
 
-    reason = "HYPERVISOR_ERROR"
-
-    def __init__(self, message: str, *, reason: str | None = None):
-        super().__init__(message)
-        if reason is not None:
-            self.reason = reason
-
-    def __str__(self) -> str:
-        return self.args[0]
+    reason = Reason.HYPERVISOR_ERROR
 
 
 class HypervisorError(VMMError):
     """libvirt refused or failed; the message is libvirt's own."""
 
-    reason = "HYPERVISOR_ERROR"
+    reason = Reason.HYPERVISOR_ERROR
 
 
 class ImageUnavailable(VMMError):
-    reason = "IMAGE_UNAVAILABLE"
+    reason = Reason.IMAGE_UNAVAILABLE
 
 
 class ImageChecksumMismatch(VMMError):
-    reason = "IMAGE_CHECKSUM_MISMATCH"
+    reason = Reason.IMAGE_CHECKSUM_MISMATCH
 
 
 class BootTimeout(VMMError):
-    reason = "BOOT_TIMEOUT"
+    reason = Reason.BOOT_TIMEOUT
 
 
 class GuestCrashed(VMMError):
-    reason = "GUEST_CRASHED"
+    reason = Reason.GUEST_CRASHED

@@ -19,12 +19,17 @@ from twisted.internet import defer, protocol
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.protocols.basic import LineOnlyReceiver
 
+from base.errors import GridvmError
+from base.reasons import Reason
+
 #: probe(host, port) fires with the agent's greeting, or fails.
 Probe = Callable[[str, int], defer.Deferred]
 
 
-class ProbeFailed(Exception):
-    pass
+class ProbeFailed(GridvmError):
+    """The agent did not answer the readiness probe."""
+
+    reason = Reason.BOOT_TIMEOUT
 
 
 class _LineProbe(LineOnlyReceiver):

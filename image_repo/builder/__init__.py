@@ -94,7 +94,7 @@ def build_image(kind: str = "initramfs", *, output_root: Path | None = None,
         raise BuildError(f"unknown image kind {kind!r} (choose {', '.join(KINDS)})",
                          bad_input=True)
     if output_root is None:
-        from client.config import gridvm_home
+        from base.paths import gridvm_home
 
         output_root = gridvm_home() / "images"
     output_root = Path(output_root)

@@ -6,8 +6,8 @@ import uuid
 import pytest_twisted
 from twisted.internet import reactor
 
-from image_repo.access import Caller
-from image_repo.db import make_engine, sqlite_url
+from base.db import make_engine, sqlite_url
+from base.identity import Caller
 from image_repo.repository import ImageRepository
 from target_system.instance import Deadlines, HealthPolicy, SiteCredentials
 from tests.conftest import TEST_ROOT

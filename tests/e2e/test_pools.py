@@ -6,7 +6,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
 
-from image_repo.access import Caller
+from base.identity import Caller
 from target_system.lifecycle import InstanceState, JobState
 from tests.e2e.conftest import ALICE
 from tsf.pools import PoolSpec, check_specs

@@ -8,7 +8,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
 
-from image_repo.db import make_engine, sqlite_url
+from base.db import make_engine, sqlite_url
 from image_repo.repository import ImageRepository
 from target_system.instance import SiteCredentials
 from target_system.jobfiles import JobFiles

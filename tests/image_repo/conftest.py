@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from image_repo.access import Caller
-from image_repo.db import make_engine, sqlite_url
+from base.db import make_engine, sqlite_url
+from base.identity import Caller
 from image_repo.repository import ImageRepository
 
 from .examples import builder_document, write_files

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from image_repo.access import Caller
+from base.identity import Caller
 from image_repo.errors import BadRequest, NoMatchingImage
 from image_repo.requirements import Requirements
 from image_repo.versions import OPERATORS, Version, parse_constraint

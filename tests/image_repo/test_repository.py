@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from image_repo.access import Caller
-from image_repo.db import current_revision, migrate
+from base.db import current_revision, migrate
+from base.identity import Caller
 from image_repo.errors import (
     BadRequest,
     ChecksumMismatch,
@@ -113,7 +113,7 @@ def test_a_killed_registration_is_cleaned_up_on_next_open(repo, database_url, tm
     files = write_files(tmp_path / "build", {"vmlinuz": KERNEL, "initrd.img": INITRD})
     script = textwrap.dedent(f"""
         import os
-        from image_repo.access import Caller
+        from base.identity import Caller
         from image_repo.repository import ImageRepository
         from tests.image_repo.examples import builder_document
         repo = ImageRepository({database_url!r}, {str(tmp_path / "store")!r})

@@ -19,7 +19,7 @@ import httpx
 import pytest_twisted
 from twisted.internet import reactor, threads
 
-from image_repo.access import Caller
+from base.identity import Caller
 from tests.conftest import TEST_ROOT
 from tsf.config import config_from_dict
 from tsf.service import start_site

@@ -231,7 +231,7 @@ async def test_a_job_for_an_invisible_image_is_never_matched(rest_site):
 
 
 def _alice():
-    from image_repo.access import Caller
+    from base.identity import Caller
 
     return Caller.of("alice", ["users"], ["demo"])
 

@@ -5,8 +5,8 @@ import pytest_twisted
 from sqlalchemy import text
 from twisted.internet import reactor
 
-from image_repo.access import Caller
-from image_repo.db import current_revision, make_engine, migrate
+from base.db import current_revision, make_engine, migrate
+from base.identity import Caller
 from target_system.instance import ImageToBoot, TargetSystem
 from target_system.jobdesc import parse_job
 from target_system.jobs import Job

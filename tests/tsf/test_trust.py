@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest_twisted
 from twisted.internet import reactor
 
-from image_repo.access import Caller
+from base.identity import Caller
 from image_repo.repository import ImageRepository
 from image_repo.trust import TrustPolicy, create_endorsement, utc_iso
 from target_system.instance import Deadlines, SiteCredentials

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from twisted.internet import threads
 
-from image_repo.access import Caller
+from base.identity import Caller
 from tsf.rest.http import RestError
 from tsf.users import User, UsersFile, verify_password
 

@@ -1,13 +1,13 @@
-"""Alembic environment: runs on the connection image_repo.db.migrate hands over."""
+"""Alembic environment: runs on the connection base.db.migrate hands over."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from image_repo.db import load_models
+from base.db import Base
 
 config = context.config
-target_metadata = load_models()
+target_metadata = Base.metadata  # the revisions say it all; no model module is imported
 
 
 def run_migrations(connection) -> None:
@@ -23,5 +23,5 @@ def run_migrations(connection) -> None:
 
 connection = config.attributes.get("connection")
 if connection is None:
-    raise RuntimeError("run migrations through image_repo.db.migrate(engine_or_url)")
+    raise RuntimeError("run migrations through base.db.migrate(engine_or_url)")
 run_migrations(connection)

@@ -1,4 +1,4 @@
-"""Where the CLI keeps and finds things when it works on this machine directly."""
+"""Where gridvm keeps its local state."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """gridvm's one SQLAlchemy schema: the declarative ``Base``, engines, sessions, migrations.
 
-Every package that persists state declares its tables on :class:`Base` and adds alembic
-revisions to ``image_repo/migrations/versions`` (one history for the whole schema).  List a
-new model module in ``MODEL_MODULES`` so migrations and ``create_all`` see it.
+Every package that persists state declares its tables on :class:`Base` in its own
+``models.py`` and adds alembic revisions to ``base/migrations/versions`` (one history for the
+whole schema).  The migrations are the schema's definition; a test compares them with the
+models of every package.
 
 SQLite (the default, a file) gets foreign keys, WAL and a busy timeout; PostgreSQL is used
 through psycopg 3 (``postgresql+psycopg://…``).
@@ -10,16 +11,12 @@ through psycopg 3 (``postgresql+psycopg://…``).
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, MetaData, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
-
-#: modules whose import registers tables on Base (target_system adds its own here)
-MODEL_MODULES: list[str] = ["image_repo.models", "target_system.models"]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -36,13 +33,6 @@ class Base(DeclarativeBase):
     """Declarative base of every gridvm table."""
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-
-
-def load_models() -> MetaData:
-    """Import every model module and return the complete metadata."""
-    for name in MODEL_MODULES:
-        importlib.import_module(name)
-    return Base.metadata
 
 
 def sqlite_url(path: str | Path) -> str:

@@ -1,0 +1,1 @@
+"""Alembic migrations of gridvm's one schema (see base.db.migrate)."""

@@ -1,1 +1,0 @@
-"""Alembic migrations of gridvm's one schema (see image_repo.db.migrate)."""
