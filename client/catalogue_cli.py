@@ -26,14 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from base.paths import gridvm_home
+from base.reasons import Reason
 from client.errors import EXIT_AUTH, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_USAGE, CliError
 
 EXIT_BY_REASON = {
-    "BAD_REQUEST": EXIT_USAGE,
-    "IMAGE_CHECKSUM_MISMATCH": EXIT_USAGE,
-    "NOT_AUTHORIZED": EXIT_AUTH,
-    "NO_MATCHING_IMAGE": EXIT_NOT_FOUND,
-    "IMAGE_UNTRUSTED": EXIT_FAILED,
+    Reason.BAD_REQUEST: EXIT_USAGE,
+    Reason.IMAGE_CHECKSUM_MISMATCH: EXIT_USAGE,
+    Reason.NOT_AUTHORIZED: EXIT_AUTH,
+    Reason.NO_MATCHING_IMAGE: EXIT_NOT_FOUND,
+    Reason.IMAGE_UNTRUSTED: EXIT_FAILED,
 }
 DEFAULT_DAYS = 365
 
@@ -197,23 +198,23 @@ def read_json(path: Path) -> Any:
     try:
         text = path.read_text()
     except OSError as err:
-        raise CliError(f"{path}: {err.strerror}", EXIT_USAGE, reason="BAD_REQUEST") from None
+        raise CliError(f"{path}: {err.strerror}", EXIT_USAGE, reason=Reason.BAD_REQUEST) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise CliError(f"{path}: not valid JSON: line {err.lineno} column {err.colno}: "
-                       f"{err.msg}", EXIT_USAGE, reason="BAD_REQUEST") from None
+                       f"{err.msg}", EXIT_USAGE, reason=Reason.BAD_REQUEST) from None
 
 
 def _read_bytes(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as err:
-        raise CliError(f"{path}: {err.strerror}", EXIT_USAGE, reason="BAD_REQUEST") from None
+        raise CliError(f"{path}: {err.strerror}", EXIT_USAGE, reason=Reason.BAD_REQUEST) from None
 
 
 def _bad_input(err) -> CliError:
-    return CliError(str(err), EXIT_USAGE, reason="BAD_REQUEST")
+    return CliError(str(err), EXIT_USAGE, reason=Reason.BAD_REQUEST)
 
 
 def _policy(anchors: Path, require: bool = False):
@@ -232,7 +233,7 @@ def _expiry(args: argparse.Namespace) -> dt.datetime:
         days = DEFAULT_DAYS if args.days is None else args.days
         if days < 1:
             raise CliError(f"--days must be 1 or more, got {days}", EXIT_USAGE,
-                           reason="BAD_REQUEST")
+                           reason=Reason.BAD_REQUEST)
         return now + dt.timedelta(days=days)
     if re.fullmatch(r"\d{4}-\d{2}-\d{2}", args.expires):
         with contextlib.suppress(ValueError):
@@ -244,7 +245,7 @@ def _expiry(args: argparse.Namespace) -> dt.datetime:
         return parse_utc(args.expires, "--expires")
     except BadRequest:
         raise CliError(f"--expires: expected YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ, got "
-                       f"{args.expires!r}", EXIT_USAGE, reason="BAD_REQUEST") from None
+                       f"{args.expires!r}", EXIT_USAGE, reason=Reason.BAD_REQUEST) from None
 
 
 def _sign(record, args: argparse.Namespace, cert_pem: bytes, key_pem: bytes,
@@ -262,7 +263,7 @@ def _sign(record, args: argparse.Namespace, cert_pem: bytes, key_pem: bytes,
             if not sys.stdin.isatty():
                 raise CliError(f"{args.key} is encrypted: give its passphrase with "
                                "--key-password-stdin", EXIT_USAGE,
-                               reason="BAD_REQUEST") from None
+                               reason=Reason.BAD_REQUEST) from None
             password = getpass.getpass(f"passphrase of {args.key}: ").encode()
             return create_endorsement(record.identity, cert_pem, key_pem, expires=expires,
                                       password=password)
@@ -273,7 +274,7 @@ def _sign(record, args: argparse.Namespace, cert_pem: bytes, key_pem: bytes,
 def _check_files(files: list[Path]) -> None:
     for path in files:
         if not path.is_file():
-            raise CliError(f"{path}: no such file", EXIT_USAGE, reason="BAD_REQUEST")
+            raise CliError(f"{path}: no such file", EXIT_USAGE, reason=Reason.BAD_REQUEST)
 
 
 def _print_json(value: Any) -> None:
@@ -346,7 +347,7 @@ def _show(args: argparse.Namespace) -> int:
 def _match(args: argparse.Namespace) -> int:
     if args.require_endorsement != (args.anchors is not None):
         raise CliError("--anchors and --require-endorsement go together", EXIT_USAGE,
-                       reason="BAD_REQUEST")
+                       reason=Reason.BAD_REQUEST)
     requirements = read_json(args.requirements)
     policy = _policy(args.anchors, require=True) if args.anchors else None
     with opened(args) as repo:
@@ -368,7 +369,7 @@ def _match(args: argparse.Namespace) -> int:
             for rejection in rejected:
                 print(f"  {rejection.ref}: " + "; ".join(r.message for r in rejection.reasons))
     if not result.candidates:
-        raise CliError(result.summary(limit=3), EXIT_NOT_FOUND, reason="NO_MATCHING_IMAGE")
+        raise CliError(result.summary(limit=3), EXIT_NOT_FOUND, reason=Reason.NO_MATCHING_IMAGE)
     return 0
 
 
@@ -451,5 +452,5 @@ def _verify(args: argparse.Namespace) -> int:
             print(f"  {finding.code:<22}{finding.message}")
     if not verdict.trusted:
         raise CliError(f"{record.ref} is not trusted by {args.anchors}: {verdict.message}",
-                       EXIT_FAILED, reason="IMAGE_UNTRUSTED")
+                       EXIT_FAILED, reason=Reason.IMAGE_UNTRUSTED)
     return 0

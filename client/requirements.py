@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from base.reasons import Reason
 from client.errors import EXIT_USAGE, CliError
 
 RESOURCE_KEYS = {
@@ -44,10 +45,10 @@ def parse_pair(text: str) -> tuple[str, str]:
     key = key.strip().lower().replace("-", "_")
     if not sep or not key or not value.strip():
         raise CliError(f"--require {text!r}: expected KEY=VALUE (keys: {', '.join(KEYS)})",
-                       EXIT_USAGE, reason="BAD_REQUEST")
+                       EXIT_USAGE, reason=Reason.BAD_REQUEST)
     if key not in KEYS:
         raise CliError(f"--require {text!r}: unknown key {key!r} (keys: {', '.join(KEYS)})",
-                       EXIT_USAGE, reason="BAD_REQUEST")
+                       EXIT_USAGE, reason=Reason.BAD_REQUEST)
     return key, value.strip()
 
 
@@ -69,7 +70,7 @@ def apply_requirements(description: dict[str, Any], pairs: list[str]) -> dict[st
             resources = result["Resources"] = {}
         if not isinstance(resources, dict):
             raise CliError("the job's Resources is not an object", EXIT_USAGE,
-                           reason="BAD_REQUEST")
+                           reason=Reason.BAD_REQUEST)
         name = RESOURCE_KEYS[key]
         for alias in ALIASES.get(name, ()):
             resources.pop(alias, None)

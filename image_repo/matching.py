@@ -28,6 +28,7 @@ from functools import cached_property
 from typing import Any
 
 from base.identity import Caller
+from base.reasons import Reason as Failure
 from image_repo import access
 from image_repo.errors import NoMatchingImage
 from image_repo.index import UNSTATED, CatalogueIndex, ImageProfile
@@ -308,7 +309,7 @@ class TrustFilter(ImageFilter):
         verdict = self.policy.verdict(image.endorsements, self.now)
         if verdict.trusted:
             return []
-        return [Reason("IMAGE_UNTRUSTED", "endorsements", "an endorsement this site trusts",
+        return [Reason(Failure.IMAGE_UNTRUSTED, "endorsements", "an endorsement this site trusts",
                        [f.to_dict() for f in verdict.findings], verdict.message)]
 
     def stated(self, image, req):

@@ -207,18 +207,18 @@ class TargetSystem:
         try:
             await self._bring_up()
         except Exception as err:
-            reason = getattr(err, "reason", None) or "HYPERVISOR_ERROR"
+            reason = getattr(err, "reason", None) or Reason.HYPERVISOR_ERROR
             self.lifecycle.fail(reason, str(err))
         if self.state is not S.READY:
             await self._teardown()
-            raise InstanceFailed(self.lifecycle.reason or "HYPERVISOR_ERROR",
+            raise InstanceFailed(self.lifecycle.reason or Reason.HYPERVISOR_ERROR,
                                  self.lifecycle.message or "the instance did not start")
         return self
 
     def _still(self, state: InstanceState) -> None:
         """Stop the bring-up if a deadline (or a crash) moved the instance on."""
         if self.state is not state:
-            raise InstanceFailed(self.lifecycle.reason or "HYPERVISOR_ERROR",
+            raise InstanceFailed(self.lifecycle.reason or Reason.HYPERVISOR_ERROR,
                                  self.lifecycle.message)
 
     async def _bring_up(self) -> None:
@@ -306,12 +306,12 @@ class TargetSystem:
 
     async def _reconnect(self) -> TargetSystem:
         if self.state not in (S.READY, S.BUSY):
-            self.lifecycle.fail("SERVER_RESTARTED", f"the server restarted while the instance "
+            self.lifecycle.fail(Reason.SERVER_RESTARTED, f"the server restarted while the instance "
                                                     f"was {self.state.name}")
         elif self.vm is None:
-            self.lifecycle.fail("GUEST_CRASHED", "the VM vanished while the server was down")
+            self.lifecycle.fail(Reason.GUEST_CRASHED, "the VM vanished while the server was down")
         elif not self.instance_cert_pem:
-            self.lifecycle.fail("SERVER_RESTARTED", "no certificate saved for the TSI link")
+            self.lifecycle.fail(Reason.SERVER_RESTARTED, "no certificate saved for the TSI link")
         if self.lifecycle.terminal:
             await self._teardown()
             return self
@@ -331,11 +331,11 @@ class TargetSystem:
                     break
                 except Exception as err:
                     if self.reactor.seconds() >= deadline or self.lifecycle.terminal:
-                        raise InstanceFailed("TSI_UNREACHABLE", f"no answer from the agent "
+                        raise InstanceFailed(Reason.TSI_UNREACHABLE, f"no answer from the agent "
                                              f"after the restart: {err}") from err
                     await task.deferLater(self.reactor, 0.5, lambda: None)
         except Exception as err:
-            self.lifecycle.fail(getattr(err, "reason", "TSI_UNREACHABLE"), str(err))
+            self.lifecycle.fail(getattr(err, "reason", Reason.TSI_UNREACHABLE), str(err))
             await self._teardown()
             return self
         log.info("instance %s reconnected after the restart", self.instance_id)
@@ -353,7 +353,7 @@ class TargetSystem:
         if event.event.name in ("STOPPED", "CRASHED") and self.state in (
                 S.CONNECTING, S.READY, S.BUSY):
             tail = self.vm.console_tail(3).replace("\n", " | ")
-            self.lifecycle.fail("GUEST_CRASHED", f"the VM stopped ({event.event.name.lower()})"
+            self.lifecycle.fail(Reason.GUEST_CRASHED, f"the VM stopped ({event.event.name.lower()})"
                                                  f"; console: {tail[-300:]}")
 
     async def _check_health(self) -> None:
@@ -367,7 +367,7 @@ class TargetSystem:
             log.warning("instance %s: ping %d/%d failed: %s", self.instance_id, self._missed,
                         self.health.missed_budget, err)
             if self._missed >= self.health.missed_budget and self.usable:
-                self.lifecycle.fail("TSI_LOST", f"{self._missed} pings in a row failed: {err}")
+                self.lifecycle.fail(Reason.TSI_LOST, f"{self._missed} pings in a row failed: {err}")
 
     def _arm_idle(self) -> None:
         self._cancel(self._idle_timer)
@@ -389,7 +389,7 @@ class TargetSystem:
     def claim(self, job_id: str) -> None:
         """A job starts here: READY → BUSY."""
         if not self.usable:
-            raise InstanceFailed(self.lifecycle.reason or "TSI_UNREACHABLE",
+            raise InstanceFailed(self.lifecycle.reason or Reason.TSI_UNREACHABLE,
                                  f"instance {self.instance_id} is {self.state.name}")
         self.jobs.add(job_id)
         self._cancel(self._idle_timer)
@@ -413,7 +413,7 @@ class TargetSystem:
         if self.state in (S.READY, S.BUSY):
             self.lifecycle.advance(S.DRAINING, why)
         elif self.state is not S.DRAINING:
-            self.lifecycle.fail("HYPERVISOR_ERROR", why or "terminated before it was ready")
+            self.lifecycle.fail(Reason.HYPERVISOR_ERROR, why or "terminated before it was ready")
             return
         await self._teardown()
         if self.state is S.DRAINING:

@@ -51,7 +51,7 @@ class FileMissing(GridvmError, KeyError):
 class WrongKind(ValueError):
     """A directory where a file was needed, or the other way round (HTTP 406/400)."""
 
-    reason = "BAD_REQUEST"
+    reason = Reason.BAD_REQUEST
 
 
 def confine(path: str) -> str:

@@ -24,6 +24,7 @@ from typing import Any
 from twisted.internet import defer, task, threads
 from twisted.python import failure
 
+from base.reasons import Reason
 from target_system.instance import InstanceFailed, TargetSystem
 from target_system.jobdesc import JobDescription, JobDescriptionError
 from target_system.lifecycle import JobState, Lifecycle, Transition, job_lifecycle
@@ -256,7 +257,7 @@ class JobRunner:
 
         def instance_changed(_target: TargetSystem, transition: Transition) -> None:
             if transition.state.name == "FAILED":
-                job.fail(transition.reason or "TSI_LOST",
+                job.fail(transition.reason or Reason.TSI_LOST,
                          f"the target system failed: {transition.message}")
 
         target.listeners.append(instance_changed)
@@ -276,14 +277,14 @@ class JobRunner:
             if isinstance(err, InstanceFailed):
                 job.fail(err.reason, str(err))
             elif isinstance(err, TSIConnectionLost):
-                job.fail("TSI_LOST", str(err))
+                job.fail(Reason.TSI_LOST, str(err))
             elif isinstance(err, TSIError):
-                job.fail(err.reason or "TSI_ERROR", str(err))
+                job.fail(err.reason or Reason.TSI_ERROR, str(err))
             elif isinstance(err, JobDescriptionError):
-                job.fail("BAD_REQUEST", str(err))
+                job.fail(Reason.BAD_REQUEST, str(err))
             else:  # never leave a job in a live state
                 log.exception("job %s", job.job_id)
-                job.fail("TSI_ERROR", f"{type(err).__name__}: {err}")
+                job.fail(Reason.TSI_ERROR, f"{type(err).__name__}: {err}")
         finally:
             if not target.detached:
                 await self._wind_up(job, target, instance_changed)
@@ -329,7 +330,7 @@ class JobRunner:
         except TSIError as err:
             if isinstance(err, TSIConnectionLost):
                 raise
-            job.fail("STAGING_FAILED", f"staging in: {err}")
+            job.fail(Reason.STAGING_FAILED, f"staging in: {err}")
             return
         staged = sum(item.data is not None for item in job.description.imports) + len(files)
         job.note(f"staged {staged} file(s) into {job.workdir}")
@@ -432,7 +433,7 @@ class JobRunner:
             job.note(f"copied {copied} file(s) to site storage")
         except TSIError as err:
             if job.state is J.STAGINGOUT:
-                job.fail("STAGING_FAILED", f"staging out: {err}")
+                job.fail(Reason.STAGING_FAILED, f"staging out: {err}")
             else:
                 job.note(f"could not keep the job's files: {err}")
         if job.state is J.STAGINGOUT:
@@ -467,13 +468,13 @@ class JobRunner:
         return details.get("reason") if isinstance(details, dict) else None
 
     def _finish(self, job: Job) -> None:
-        if job.ended_by == "RUNTIME_EXCEEDED":
-            job.fail("RUNTIME_EXCEEDED", f"the job ran longer than its Runtime of "
+        if job.ended_by == Reason.RUNTIME_EXCEEDED:
+            job.fail(Reason.RUNTIME_EXCEEDED, f"the job ran longer than its Runtime of "
                                          f"{job.description.runtime} s and was stopped")
         elif job.exit_code is None:
-            job.fail("NONZERO_EXIT", "the job left no exit code (killed, or out of memory?)")
+            job.fail(Reason.NONZERO_EXIT, "the job left no exit code (killed, or out of memory?)")
         elif job.exit_code != 0 and not job.description.ignore_nonzero_exit:
-            job.fail("NONZERO_EXIT", f"User application exited with non-zero exit code: "
+            job.fail(Reason.NONZERO_EXIT, f"User application exited with non-zero exit code: "
                                      f"<{job.exit_code}>.")
         else:
             job.lifecycle.advance(J.SUCCESSFUL)
@@ -481,4 +482,4 @@ class JobRunner:
     def abort(self, job: Job) -> None:
         """Abort a job: it ends FAILED with JOB_ABORTED (its files are still kept)."""
         if not job.state.terminal:
-            job.fail("JOB_ABORTED", "Job aborted.")
+            job.fail(Reason.JOB_ABORTED, "Job aborted.")

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from base.errors import GridvmError
+from base.reasons import Reason
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,10 @@ for _state, _targets in list(INSTANCE_TRANSITIONS.items()):
 
 #: Why a phase ends when its deadline passes.
 INSTANCE_TIMEOUT_REASONS = {
-    _I.STAGING: "IMAGE_UNAVAILABLE",
-    _I.BOOTING: "BOOT_TIMEOUT",
-    _I.CONNECTING: "TSI_UNREACHABLE",
-    _I.DRAINING: "HYPERVISOR_ERROR",
+    _I.STAGING: Reason.IMAGE_UNAVAILABLE,
+    _I.BOOTING: Reason.BOOT_TIMEOUT,
+    _I.CONNECTING: Reason.TSI_UNREACHABLE,
+    _I.DRAINING: Reason.HYPERVISOR_ERROR,
 }
 
 
@@ -91,10 +92,10 @@ JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     _J.FAILED: frozenset(),
 }
 JOB_TIMEOUT_REASONS = {
-    _J.STAGINGIN: "STAGING_FAILED",
-    _J.QUEUED: "TSI_UNREACHABLE",
-    _J.RUNNING: "RUNTIME_EXCEEDED",
-    _J.STAGINGOUT: "STAGING_FAILED",
+    _J.STAGINGIN: Reason.STAGING_FAILED,
+    _J.QUEUED: Reason.TSI_UNREACHABLE,
+    _J.RUNNING: Reason.RUNTIME_EXCEEDED,
+    _J.STAGINGOUT: Reason.STAGING_FAILED,
 }
 
 
@@ -212,7 +213,7 @@ class Lifecycle:
     def _expired(self, state: enum.Enum, seconds: float) -> None:
         self._timer = None
         if self.state is state:
-            reason = self.timeout_reasons.get(state, "HYPERVISOR_ERROR")
+            reason = self.timeout_reasons.get(state, Reason.HYPERVISOR_ERROR)
             log.info("deadline of %s passed after %g s: %s", state.name, seconds, reason)
             self.fail(reason, f"{state.name.lower()} took longer than {seconds:g} s")
 

@@ -160,7 +160,7 @@ def transfer_failed(job, what: str, fail_on_error: bool, err: TransferFailed) ->
     """Record a failed transfer on ``job``: it fails ``STAGING_FAILED`` (True: stop), or
     with ``FailOnError`` false the log notes it (False: go on)."""
     if fail_on_error:
-        job.fail("STAGING_FAILED", f"{what}: {err}")
+        job.fail(Reason.STAGING_FAILED, f"{what}: {err}")
         return True
     job.note(f"{what} failed, ignored (FailOnError false): {err}")
     return False

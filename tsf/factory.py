@@ -280,12 +280,12 @@ class TargetSystemFactory(service.Service):
         except InstanceFailed as err:
             job.fail(err.reason, str(err))
         except RepositoryError as err:
-            job.fail(getattr(err, "reason", "IMAGE_UNAVAILABLE"), str(err))
+            job.fail(getattr(err, "reason", Reason.IMAGE_UNAVAILABLE), str(err))
         except JobDescriptionError as err:
-            job.fail("BAD_REQUEST", str(err))
+            job.fail(Reason.BAD_REQUEST, str(err))
         except Exception as err:
             log.exception("job %s", job.job_id)
-            job.fail("HYPERVISOR_ERROR", f"{type(err).__name__}: {err}")
+            job.fail(Reason.HYPERVISOR_ERROR, f"{type(err).__name__}: {err}")
         finally:
             self._running.pop(job.job_id, None)
             job.settle()
@@ -343,7 +343,7 @@ class TargetSystemFactory(service.Service):
             job.rejections = [r.to_dict() for r in rejected]
             reasons = "; ".join(f"{r.ref}: " + ", ".join(x.message for x in r.reasons)
                                 for r in rejected[:10])
-            job.fail("NO_MATCHING_IMAGE", "no image fits the job's requirements"
+            job.fail(Reason.NO_MATCHING_IMAGE, "no image fits the job's requirements"
                      + (f" ({reasons})" if reasons else " (no image is visible to you)"))
             return None
         best = result.best
@@ -397,7 +397,7 @@ class TargetSystemFactory(service.Service):
             self._reserve(suitable[0], job)
             return suitable[0]
         if full:
-            raise InstanceFailed("QUOTA_EXCEEDED", full)
+            raise InstanceFailed(Reason.QUOTA_EXCEEDED, full)
         target = self._new_target(caller.user, caller, image, vcpus, memory)
         self._reserve(target, job)
         job.note(f"booting instance {target.instance_id} ({vcpus} vCPU, {memory} MiB)")
@@ -516,7 +516,7 @@ class TargetSystemFactory(service.Service):
             except RepositoryError as err:
                 raise InstanceFailed(err.reason, str(err)) from None
             if not verdict.trusted:
-                raise InstanceFailed("IMAGE_UNTRUSTED", f"{image.name} is no longer trusted: "
+                raise InstanceFailed(Reason.IMAGE_UNTRUSTED, f"{image.name} is no longer trusted: "
                                      f"{verdict.message}")
             log.info("image %s trusted before boot: %s", image.name, verdict.message)
 
@@ -606,7 +606,7 @@ class TargetSystemFactory(service.Service):
                                                        result)[1])
                 counts["resumed"] += 1
             elif target is not None:
-                job.fail(target.lifecycle.reason or "SERVER_RESTARTED",
+                job.fail(target.lifecycle.reason or Reason.SERVER_RESTARTED,
                          f"its target system failed: {target.lifecycle.message}")
                 job.settle()
             elif job.state.name == "READY" and job.description.client_stage_in:

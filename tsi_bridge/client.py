@@ -23,6 +23,7 @@ from typing import BinaryIO
 
 from twisted.internet import defer, threads
 
+from base.reasons import Reason
 from tsi_bridge import protocol
 from tsi_bridge.callbacks import CallbackListener
 from tsi_bridge.channels import TSIWorker
@@ -266,7 +267,7 @@ class TSIClient:
     def _ours(self, bssid: str) -> None:
         if bssid not in self.submitted:
             raise TSIError(f"job {bssid} was not submitted through this client",
-                           reason="BAD_REQUEST")
+                           reason=Reason.BAD_REQUEST)
 
     @_deferred
     async def abort_job(self, bssid: str) -> None:
@@ -332,7 +333,7 @@ class TSIClient:
                 pieces.append(piece)
                 size += len(piece)
                 if size > max_bytes:
-                    raise TSIError(f"{path} is larger than {max_bytes} bytes", "BAD_REQUEST")
+                    raise TSIError(f"{path} is larger than {max_bytes} bytes", Reason.BAD_REQUEST)
                 if len(piece) < self.chunk_size:
                     return
 
@@ -418,7 +419,7 @@ class TSIClient:
         while bssid in await self.get_status_listing():
             if deadline is not None and self.reactor.seconds() >= deadline:
                 raise TSIError(f"job {bssid} still running after {timeout:g} s",
-                               reason="RUNTIME_EXCEEDED")
+                               reason=Reason.RUNTIME_EXCEEDED)
             await _sleep(self.reactor, poll_interval)
 
     @_deferred

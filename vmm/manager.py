@@ -24,6 +24,7 @@ from pathlib import Path
 from twisted.application import service
 from twisted.internet import defer, threads
 
+from base.reasons import Reason
 from vmm import context, ports
 from vmm.domain import (
     ControllerConfig,
@@ -189,7 +190,7 @@ class VirtualMachineManager(service.Service):
             directory.mkdir(parents=True, exist_ok=False)
         except FileExistsError:
             raise VMMError(f"instance {spec.instance_id} exists already",
-                           reason="BAD_REQUEST") from None
+                           reason=Reason.BAD_REQUEST) from None
         directory.chmod(0o755)
         created = False
         try:

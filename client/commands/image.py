@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from base.reasons import Reason
 from client.errors import EXIT_USAGE, CliError
 
 
@@ -93,7 +94,7 @@ def _search(args: argparse.Namespace) -> int:
         if rejected and not args.json:
             count = f"{len(rejected)} visible image" + ("s" if len(rejected) > 1 else "")
             message = f"no image matches ({count} rejected, above)"
-        raise CliError(message, EXIT_NOT_FOUND, reason="NO_MATCHING_IMAGE")
+        raise CliError(message, EXIT_NOT_FOUND, reason=Reason.NO_MATCHING_IMAGE)
     return 0
 
 

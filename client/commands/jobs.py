@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from base.reasons import Reason
 from client.commands import add_command
 from client.errors import (
     EXIT_FAILED,
@@ -106,17 +107,17 @@ def read_job_file(path: str) -> dict[str, Any]:
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text()
     except OSError as err:
-        raise CliError(f"{name}: {err.strerror}", EXIT_USAGE, reason="BAD_REQUEST") from None
+        raise CliError(f"{name}: {err.strerror}", EXIT_USAGE, reason=Reason.BAD_REQUEST) from None
     except UnicodeDecodeError:
-        raise CliError(f"{name}: not a text file", EXIT_USAGE, reason="BAD_REQUEST") from None
+        raise CliError(f"{name}: not a text file", EXIT_USAGE, reason=Reason.BAD_REQUEST) from None
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as err:
         raise CliError(f"{name}: not valid JSON: line {err.lineno} column {err.colno}: "
-                       f"{err.msg}", EXIT_USAGE, reason="BAD_REQUEST") from None
+                       f"{err.msg}", EXIT_USAGE, reason=Reason.BAD_REQUEST) from None
     if not isinstance(doc, dict):
         raise CliError(f"{name}: a job description is a JSON object", EXIT_USAGE,
-                       reason="BAD_REQUEST")
+                       reason=Reason.BAD_REQUEST)
     return doc
 
 
@@ -130,16 +131,16 @@ def read_inputs(specs: list[str]) -> dict[str, bytes]:
         path = Path(local)
         if not path.is_file():
             what = "is not a file" if path.exists() else "no such file"
-            raise CliError(f"--input {local}: {what}", EXIT_USAGE, reason="BAD_REQUEST")
+            raise CliError(f"--input {local}: {what}", EXIT_USAGE, reason=Reason.BAD_REQUEST)
         name = name or path.name
         if name in inputs:
             raise CliError(f"--input: two files named {name}", EXIT_USAGE,
-                           reason="BAD_REQUEST")
+                           reason=Reason.BAD_REQUEST)
         try:
             inputs[name] = path.read_bytes()
         except OSError as err:
             raise CliError(f"--input {local}: {err.strerror}", EXIT_USAGE,
-                           reason="BAD_REQUEST") from None
+                           reason=Reason.BAD_REQUEST) from None
     return inputs
 
 
@@ -363,7 +364,7 @@ def _abort(args: argparse.Namespace) -> int:
 def _keep(args: argparse.Namespace) -> int:
     if args.days <= 0:
         raise CliError(f"--days must be positive, got {args.days:g}", EXIT_USAGE,
-                       reason="BAD_REQUEST")
+                       reason=Reason.BAD_REQUEST)
     until = datetime.now(UTC) + timedelta(days=args.days)
     text = until.strftime("%Y-%m-%dT%H:%M:%S+0000")
     site = connect(args)

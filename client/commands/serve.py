@@ -15,6 +15,7 @@ import json
 import logging
 import sys
 
+from base.reasons import Reason
 from client.errors import EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE, CliError
 
 
@@ -45,7 +46,7 @@ def _config(args: argparse.Namespace):
         config = load_config(args.config)
         config.trust_policy()  # an unreadable anchors file is a configuration error
     except ConfigError as err:
-        raise CliError(str(err), EXIT_USAGE, reason="BAD_REQUEST") from None
+        raise CliError(str(err), EXIT_USAGE, reason=Reason.BAD_REQUEST) from None
     return config
 
 
@@ -55,13 +56,13 @@ def _password(args: argparse.Namespace) -> str:
     elif sys.stdin.isatty():
         password = getpass.getpass(f"password for {args.add_user}: ")
         if getpass.getpass("again: ") != password:
-            raise CliError("the passwords differ", EXIT_USAGE, reason="BAD_REQUEST")
+            raise CliError("the passwords differ", EXIT_USAGE, reason=Reason.BAD_REQUEST)
     else:
         raise CliError("no terminal to ask for a password: use --password-stdin", EXIT_USAGE,
-                       reason="BAD_REQUEST")
+                       reason=Reason.BAD_REQUEST)
     if len(password) < 8:
         raise CliError("a password needs at least 8 characters", EXIT_USAGE,
-                       reason="BAD_REQUEST")
+                       reason=Reason.BAD_REQUEST)
     return password
 
 
@@ -73,7 +74,7 @@ def _manage_users(args: argparse.Namespace, config) -> int:
         if args.remove_user:
             if not users.remove(args.remove_user):
                 raise CliError(f"no user {args.remove_user} in {config.users_file}", 3,
-                               reason="NOT_FOUND")
+                               reason=Reason.NOT_FOUND)
             print(f"removed {args.remove_user} from {config.users_file}")
             return 0
         user = User(args.add_user, hash_password(_password(args)), tuple(args.group),
@@ -81,7 +82,7 @@ def _manage_users(args: argparse.Namespace, config) -> int:
         parse_user(user.name, user.to_dict())  # the same checks as reading the file
         users.put(user)
     except UsersFileError as err:
-        raise CliError(str(err), EXIT_USAGE, reason="BAD_REQUEST") from None
+        raise CliError(str(err), EXIT_USAGE, reason=Reason.BAD_REQUEST) from None
     print(f"{args.add_user} ({args.role}) written to {config.users_file}")
     return 0
 

@@ -22,6 +22,7 @@ from twisted.internet import defer
 from twisted.python import failure
 from twisted.web import resource, server
 
+from base.reasons import Reason
 from tsf.rest.auth import Authenticator, Principal
 from tsf.rest.http import (
     OCTET,
@@ -154,9 +155,9 @@ class RestApp:
             allowed.add(route.method)
         if allowed:
             raise RestError(405, f"{method} is not supported here; use "
-                                 f"{', '.join(sorted(allowed))}", "BAD_REQUEST",
+                                 f"{', '.join(sorted(allowed))}", Reason.BAD_REQUEST,
                             {"Allow": ", ".join(sorted(allowed))})
-        raise RestError(404, f"no such resource: /{'/'.join(segments)}", "NOT_FOUND")
+        raise RestError(404, f"no such resource: /{'/'.join(segments)}", Reason.NOT_FOUND)
 
     async def handle(self, request: server.Request, base: str) -> Response:
         principal = await self.authenticator.authenticate(request.getHeader(b"authorization"))
@@ -202,7 +203,7 @@ class CoreResource(resource.Resource):
             log.error("%s %s failed:\n%s", request.method.decode(), request.uri.decode(
                 "utf-8", "replace"), reason.getTraceback())
             err = RestError(500, f"internal error: {type(err).__name__}: {err}",
-                            "HYPERVISOR_ERROR")
+                            Reason.HYPERVISOR_ERROR)
         response = Response(err.status, json=err.body(), headers=dict(err.headers))
         return response
 

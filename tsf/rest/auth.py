@@ -24,6 +24,7 @@ from pathlib import Path
 from twisted.internet import threads
 
 from base.identity import Caller
+from base.reasons import Reason
 from tsf.rest.http import RestError
 from tsf.users import User, UsersFile, verify_password
 
@@ -50,7 +51,7 @@ class Principal:
     def caller(self) -> Caller:
         if self.user is None:
             raise RestError(401, "authentication required: send Basic or Bearer credentials",
-                            "NOT_AUTHORIZED", {"WWW-Authenticate": 'Basic realm="gridvm"'})
+                            Reason.NOT_AUTHORIZED, {"WWW-Authenticate": 'Basic realm="gridvm"'})
         return self.user.caller
 
 
@@ -131,11 +132,11 @@ class Authenticator:
         if scheme.lower() == "bearer":
             return self._bearer(value)
         raise RestError(403, f"unsupported authentication scheme {scheme!r}: use Basic or "
-                             "Bearer", "NOT_AUTHORIZED")
+                             "Bearer", Reason.NOT_AUTHORIZED)
 
     async def _basic(self, value: str) -> Principal:
         denied = RestError(403, "Authentication failed: wrong user name or password",
-                           "NOT_AUTHORIZED")
+                           Reason.NOT_AUTHORIZED)
         key = hashlib.sha256(value.encode()).digest()
         cached = self._verified.get(key)
         if cached and cached[0] > time.monotonic():
@@ -161,9 +162,9 @@ class Authenticator:
         try:
             claims = self.tokens.verify(value)
         except ValueError as err:
-            raise RestError(403, f"Authentication failed: {err}", "NOT_AUTHORIZED") from None
+            raise RestError(403, f"Authentication failed: {err}", Reason.NOT_AUTHORIZED) from None
         user = self.users.get(str(claims.get("sub")))
         if user is None:
             raise RestError(403, "Authentication failed: the token's user no longer exists",
-                            "NOT_AUTHORIZED")
+                            Reason.NOT_AUTHORIZED)
         return Principal(user, "BEARER", token_renewable=bool(claims.get("renewable")))

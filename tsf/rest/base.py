@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+from base.reasons import Reason
 from tsf.rest.app import Call, RestApp
 from tsf.rest.http import TEXT, Response, RestError, int_param, iso, link, str_param
 
@@ -54,7 +55,7 @@ async def get_token(call: Call) -> Response:
     call.caller  # noqa: B018 (401 for the anonymous caller)
     if principal.method == "BEARER" and not principal.token_renewable:
         raise RestError(403, "this token is not renewable: authenticate with a password or "
-                             "a renewable token to get a new one", "NOT_AUTHORIZED")
+                             "a renewable token to get a new one", Reason.NOT_AUTHORIZED)
     lifetime = int_param(call.args, "lifetime", 0, 0, 10 ** 8)
     renewable = (str_param(call.args, "renewable") or "false").lower() == "true"
     token = call.app.context["tokens"].issue(principal.user.name, lifetime, renewable)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from twisted.internet import threads
 
+from base.reasons import Reason
 from image_repo.errors import ImageNotFound, RepositoryError
 from target_system.jobdesc import JobDescriptionError, parse_job
 from tsf.factory import InstanceBusy, NotFound
@@ -58,7 +59,7 @@ async def delete_instance(call: Call, instance_id: str) -> Response:
     except NotFound:
         raise not_found(f"no instance {instance_id}") from None
     except InstanceBusy as err:
-        raise RestError(409, str(err), "BAD_REQUEST") from None
+        raise RestError(409, str(err), Reason.BAD_REQUEST) from None
     return Response.no_content()
 
 

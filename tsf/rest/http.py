@@ -16,6 +16,8 @@ from typing import Any
 
 from twisted.web import server
 
+from base.reasons import Reason
+
 JSON = "application/json"
 OCTET = "application/octet-stream"
 TEXT = "text/plain; charset=utf-8"
@@ -39,17 +41,17 @@ class RestError(Exception):
         return doc
 
 
-_DEFAULT_REASONS = {400: "BAD_REQUEST", 401: "NOT_AUTHORIZED", 403: "NOT_AUTHORIZED",
-                    404: "NOT_FOUND", 405: "BAD_REQUEST", 406: "BAD_REQUEST",
-                    413: "BAD_REQUEST", 416: "BAD_REQUEST"}
+_DEFAULT_REASONS = {400: Reason.BAD_REQUEST, 401: Reason.NOT_AUTHORIZED, 403: Reason.NOT_AUTHORIZED,
+                    404: Reason.NOT_FOUND, 405: Reason.BAD_REQUEST, 406: Reason.BAD_REQUEST,
+                    413: Reason.BAD_REQUEST, 416: Reason.BAD_REQUEST}
 
 
 def bad_request(message: str) -> RestError:
-    return RestError(400, message, "BAD_REQUEST")
+    return RestError(400, message, Reason.BAD_REQUEST)
 
 
 def not_found(message: str) -> RestError:
-    return RestError(404, message, "NOT_FOUND")
+    return RestError(404, message, Reason.NOT_FOUND)
 
 
 #: Bytes read and written at a time when a body is streamed.

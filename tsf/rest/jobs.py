@@ -10,6 +10,7 @@ from urllib.parse import unquote
 
 from twisted.internet import threads
 
+from base.reasons import Reason
 from image_repo.errors import RepositoryError
 from target_system.jobdesc import JobDescription, JobDescriptionError, parse_job
 from tsf.factory import NotFound
@@ -195,7 +196,7 @@ async def job_action(call: Call, job_id: str, action: str) -> Response:
     else:
         if not job.state.terminal:
             raise RestError(409, f"job {job_id} is {job.state.name}: only a finished job can "
-                                 "be restarted (abort it first)", "BAD_REQUEST")
+                                 "be restarted (abort it first)", Reason.BAD_REQUEST)
         factory.restart(job.job_id, call.caller)
     return Response.no_content()
 

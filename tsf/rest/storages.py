@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 
+from base.reasons import Reason
 from target_system.jobfiles import FileMissing, JobFiles, PathError, WrongKind, confine
 from tsf.rest.app import Call, RestApp
 from tsf.rest.http import (
@@ -129,7 +130,7 @@ async def _download(call: Call, store, rel: str) -> Response:
     entry = await store.stat(rel)
     if entry.is_dir:
         raise RestError(406, f"{rel or '/'} is a directory: ask for application/json to list "
-                             "it", "BAD_REQUEST")
+                             "it", Reason.BAD_REQUEST)
     size = entry.size
     start, end, partial = 0, size - 1, False
     header = call.header("range")
@@ -137,7 +138,8 @@ async def _download(call: Call, store, rel: str) -> Response:
         match = _RANGE.match(header.strip())
         if not match or match.groups() == ("", ""):
             raise RestError(416, f"unsupported Range {header!r}: use bytes=a-b, bytes=a- or "
-                                 "bytes=-n", "BAD_REQUEST", {"Content-Range": f"bytes */{size}"})
+                                 "bytes=-n", Reason.BAD_REQUEST,
+                            {"Content-Range": f"bytes */{size}"})
         first, last = match.groups()
         if first:
             start = int(first)
@@ -146,7 +148,7 @@ async def _download(call: Call, store, rel: str) -> Response:
             start = max(0, size - int(last))
         if start >= size or start > end:
             raise RestError(416, f"Range {header!r} is outside the file ({size} bytes)",
-                            "BAD_REQUEST", {"Content-Range": f"bytes */{size}"})
+                            Reason.BAD_REQUEST, {"Content-Range": f"bytes */{size}"})
         partial = True
     length = max(0, end - start + 1)
     headers = {"Accept-Ranges": "bytes"}
