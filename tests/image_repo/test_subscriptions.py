@@ -52,8 +52,8 @@ def publish(ca, root: Path, base: str, images: dict[str, bytes], **options) -> b
     entries = []
     for identifier, data in images.items():
         (root / f"{identifier}.qcow2").write_bytes(data)
-        entries.append(image_entry(identifier, f"{base}{identifier}.qcow2", data,
-                                   version=options.pop(f"version_{identifier.replace('-', '_')}", "1")))
+        version = options.pop(f"version_{identifier.replace('-', '_')}", "1")
+        entries.append(image_entry(identifier, f"{base}{identifier}.qcow2", data, version))
     signer = options.pop("signer", "endorser")
     return ca.sign(list_document(ca, entries, **options), root / "list.smime",
                    signer).read_bytes()
@@ -150,7 +150,7 @@ def test_a_malformed_list_names_the_key(ca, tmp_path):
         accept(signed(body), ATLAS, anchors(ca), NOW)
     body["hv:imagelist"]["hv:images"] = []
     del body["hv:imagelist"]["dc:date:expires"]
-    with pytest.raises(BadRequest, match="hv:imagelist.dc:date:expires"):
+    with pytest.raises(BadRequest, match=r"hv:imagelist\.dc:date:expires"):
         accept(signed(body), ATLAS, anchors(ca), NOW)
     with pytest.raises(BadRequest, match="imagelist: is not JSON"):
         accept(ca.sign(b"{oops", tmp_path / "j.smime").read_bytes(), ATLAS, anchors(ca), NOW)
