@@ -22,11 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sickle import Sickle  # noqa: E402
+from sickle import Sickle
 
-from image_repo.oaipmh import ANONYMOUS, OaiProvider, ProviderInfo  # noqa: E402
-from image_repo.repository import ImageRepository  # noqa: E402
-from tests.image_repo.oai_catalogue import anonymous_visible, fill, serve_provider  # noqa: E402
+from image_repo.oaipmh import ANONYMOUS, OaiProvider, ProviderInfo
+from image_repo.repository import ImageRepository
+from tests.image_repo.oai_catalogue import anonymous_visible, fill, serve_provider
 
 
 def timed(action, rounds: int) -> tuple[float, int]:
