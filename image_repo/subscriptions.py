@@ -15,11 +15,12 @@ others; the :class:`SyncReport` says what happened to each.
 
 from __future__ import annotations
 
+import copy
 import re
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from image_repo.errors import BadRequest, ImageUntrusted
 from image_repo.imagelist import ImageList, ListedImage
 from image_repo.models import SubscriptionRow
 from image_repo.schema import ARCHITECTURES, NAME_PATTERN
+from image_repo.trust import utc_iso
 
 OWNER_PREFIX = "subscription:"
 _FORMATS = {"qcow2": "qcow2", "qcow": "qcow2", "raw": "raw", "img": "raw", "iso": "iso"}
@@ -99,7 +101,7 @@ def accept(message: bytes, subscription: Subscription, anchors: Sequence[x509.Ce
         raise ImageUntrusted(f"the list names its endorser {image_list.endorser.dn}, but "
                              f"{signed.signer_dn} signed it", "hv:endorser.hv:x509.hv:dn")
     if image_list.expires <= now:
-        raise ImageUntrusted(f"the list expired at {imagelist.utc_iso(image_list.expires)}",
+        raise ImageUntrusted(f"the list expired at {utc_iso(image_list.expires)}",
                              "dc:date:expires")
     return image_list
 
@@ -167,8 +169,6 @@ def _content_type(listed: ListedImage) -> str:
 
 
 def _copy(doc: Any) -> Any:
-    import copy
-
     return copy.deepcopy(doc)
 
 
@@ -285,8 +285,6 @@ def _state(row: SubscriptionRow) -> SubscriptionState:
 
 
 def _utc(stamp: datetime | None) -> datetime | None:
-    from datetime import UTC
-
     return stamp if stamp is None or stamp.tzinfo else stamp.replace(tzinfo=UTC)
 
 

@@ -38,6 +38,8 @@ from target_system.transfers import TransferPolicy, fetch_url
 from tsf.config import ConfigError, SiteConfig
 
 log = logging.getLogger("gridvm.subscriptions")
+#: seconds between checks whether an accepted list has expired
+EXPIRY_CHECK_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -73,14 +75,13 @@ def refresh(repository, spec: SubscriptionSpec, policy: TransferPolicy,
     try:
         with tempfile.TemporaryDirectory(prefix="gridvm-subscription-") as scratch:
             path = Path(scratch) / "list"
-            fetch_url(subscription.url, path, policy)
+            fetch_url(subscription.url, path, TransferPolicy(
+                policy.url_prefixes, smime.MAX_MESSAGE, policy.timeout))
             message = path.read_bytes()
         image_list = accept(message, subscription, spec.anchors, now)
     except GridvmError as err:
         save_state(repository, subscription, now, error=str(err))
-        state = load_state(repository, subscription.name)
-        if state is not None and state.expires is not None and state.expires <= now:
-            expire(repository, subscription, lambda line: log.warning("%s: %s", prefix, line))
+        expire_due(repository, [spec], now)
         raise
     log.info("%s: list %s version %s by %s accepted, %d image(s), expires %s", prefix,
              image_list.identifier, image_list.version or "-", image_list.endorser.dn,
@@ -95,6 +96,16 @@ def refresh(repository, spec: SubscriptionSpec, policy: TransferPolicy,
                error="; ".join(f"{i}: {why}" for i, why in report.failed) or None)
     log.info("%s: %s", prefix, report.summary())
     return report
+
+
+def expire_due(repository, specs: list[SubscriptionSpec], now: datetime.datetime) -> None:
+    """Blocking: delete the images of every subscription whose accepted list has expired."""
+    for spec in specs:
+        state = load_state(repository, spec.subscription.name)
+        if state is not None and state.expires is not None and state.expires <= now:
+            expire(repository, spec.subscription,
+                   lambda line, name=spec.subscription.name:
+                   log.warning("subscription %s: %s", name, line))
 
 
 class SubscriptionRefresher(service.Service):
@@ -118,6 +129,18 @@ class SubscriptionRefresher(service.Service):
                 lambda failure: log.error("subscription loop ended: %s",
                                           failure.getTraceback()))
             self._loops.append(loop)
+        if self.specs:  # between refreshes, a list may expire
+            loop = task.LoopingCall(self._expiry_tick)
+            loop.clock = self.reactor
+            loop.start(EXPIRY_CHECK_S, now=False)
+            self._loops.append(loop)
+
+    def _expiry_tick(self) -> defer.Deferred:
+        d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+                                      expire_due, self.repository, self.specs, self.clock())
+        d.addErrback(lambda failure: log.error("expiry check failed:\n%s",
+                                               failure.getTraceback()))
+        return d
 
     def _tick(self, spec: SubscriptionSpec) -> defer.Deferred:
         d = self.refresh_now(spec)

@@ -210,3 +210,24 @@ def test_subscriptions_in_site_toml_are_checked():
     with pytest.raises(ConfigError, match="oai_page_size"):
         config_from_dict({"exchange": {"oai_page_size": 0}})
 
+
+
+@pytest_twisted.ensureDeferred
+async def test_past_the_lists_expiry_the_refresher_deletes_its_images(exchange_site, caplog):
+    """(Runs last: it ends the subscription's images.)"""
+    from datetime import timedelta
+
+    from tsf.exchange import expire_due
+
+    site, http = exchange_site
+    state = await threads.deferToThread(load_state, site.repository, "demo-list")
+    later = state.expires + timedelta(seconds=1)
+    with caplog.at_level(logging.INFO, logger="gridvm.subscriptions"):
+        await threads.deferToThread(expire_due, site.repository, site.subscriptions.specs,
+                                    later)
+    assert "deleted demo-list.img-a:1: the list has expired" in caplog.text
+    answer = await http("GET", "images")
+    assert not [i for i in answer.json()["images"] if i["owner"] == "subscription:demo-list"]
+    match = await http("POST", "images/match",
+                       json={"requirements": {"image": "demo-list.img-a"}})
+    assert match.json()["candidates"] == []
