@@ -79,7 +79,7 @@ def export_bundle(repository: ImageRepository, ref: str, caller: Caller,
     if not chain or chain[0].status == "deleted":
         raise ImageNotFound(f"{ref} is deleted: nothing to export")
     chain.reverse()
-    images, blobs = [], {}
+    images = []
     for record in chain:
         doc = record.to_dict()
         doc.pop("id")
@@ -89,7 +89,7 @@ def export_bundle(repository: ImageRepository, ref: str, caller: Caller,
         images.append({"id": record.id, "document": doc,
                        "endorsements": [e.endorsement().to_dict() for e in
                                         record.endorsements]})
-        blobs.update(repository.content_paths(record.id, caller).items())
+        repository.content_paths(record.id, caller)  # ImageUnavailable: a blob is missing
     manifest = {"format": FORMAT, "exported": utc_iso(datetime.now(UTC)), "images": images}
     destination = Path(destination)
     partial = destination.with_name(destination.name + ".part")

@@ -25,7 +25,10 @@ from target_system.transfers import TransferPolicy, fetch_url
 from tests.image_repo.conftest import ADMIN, ALICE, BOB
 from tests.image_repo.hepix import ThrowawayCA, image_entry, list_document, serve
 
-NOW = datetime.now(UTC).replace(microsecond=0)
+
+def now() -> datetime:
+    """Now (the CA is made after collection: a time taken at import would precede it)."""
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +69,7 @@ ATLAS = Subscription("atlas-list", "http://127.0.0.1/list.smime", vo="atlas",
 def test_a_signed_list_is_verified_downloaded_and_registered_for_its_vo(repo, ca, site):
     root, base, fetch = site
     message = publish(ca, root, base, {"img-a": b"A" * 1000, "img-b": b"B" * 2000})
-    image_list = accept(message, ATLAS, anchors(ca), NOW)
+    image_list = accept(message, ATLAS, anchors(ca), now())
     assert image_list.endorser.dn == ca.endorser_dn and len(image_list.images) == 2
     lines: list[str] = []
     report = sync(repo, ATLAS, image_list, fetch, lines.append)
@@ -87,9 +90,9 @@ def test_a_signed_list_is_verified_downloaded_and_registered_for_its_vo(repo, ca
 def test_changed_images_become_versions_and_images_that_left_are_deprecated(repo, ca, site):
     root, base, fetch = site
     first = publish(ca, root, base, {"img-a": b"A1", "img-b": b"B1"})
-    sync(repo, ATLAS, accept(first, ATLAS, anchors(ca), NOW), fetch)
+    sync(repo, ATLAS, accept(first, ATLAS, anchors(ca), now()), fetch)
     second = publish(ca, root, base, {"img-a": b"A2"}, version_img_a="2")
-    report = sync(repo, ATLAS, accept(second, ATLAS, anchors(ca), NOW), fetch)
+    report = sync(repo, ATLAS, accept(second, ATLAS, anchors(ca), now()), fetch)
     assert report.registered == ["atlas-list.img-a:2"]
     assert sorted(report.deprecated) == ["atlas-list.img-a:1", "atlas-list.img-b:1"]
     status = {r.ref: r.status for r in repo.list(ADMIN)}
@@ -98,7 +101,7 @@ def test_changed_images_become_versions_and_images_that_left_are_deprecated(repo
     assert repo.get("atlas-list.img-a:2", ADMIN).base_id == repo.get("atlas-list.img-a:1",
                                                                      ADMIN).id
     third = publish(ca, root, base, {"img-a": b"A2", "img-b": b"B1"})
-    report = sync(repo, ATLAS, accept(third, ATLAS, anchors(ca), NOW), fetch)
+    report = sync(repo, ATLAS, accept(third, ATLAS, anchors(ca), now()), fetch)
     assert report.reactivated == ["atlas-list.img-b:1"]
 
 
@@ -106,12 +109,12 @@ def test_a_wrong_checksum_or_size_fails_that_image_only(repo, ca, site):
     root, base, fetch = site
     message = publish(ca, root, base, {"good": b"G" * 10, "bad": b"original"})
     (root / "bad.qcow2").write_bytes(b"tampered")  # same size, other bytes
-    report = sync(repo, ATLAS, accept(message, ATLAS, anchors(ca), NOW), fetch)
+    report = sync(repo, ATLAS, accept(message, ATLAS, anchors(ca), now()), fetch)
     assert report.registered == ["atlas-list.good:1"]
     [(identifier, why)] = report.failed
     assert identifier == "bad" and "sha512" in why
     (root / "bad.qcow2").write_bytes(b"longer than listed")
-    report = sync(repo, ATLAS, accept(message, ATLAS, anchors(ca), NOW), fetch)
+    report = sync(repo, ATLAS, accept(message, ATLAS, anchors(ca), now()), fetch)
     assert "bytes, the list says 8" in report.failed[0][1]
     assert [r.name for r in repo.list(ADMIN)] == ["atlas-list.good"]
 
@@ -121,23 +124,23 @@ def test_signature_signer_endorser_and_expiry_are_checked(ca, site):
     good = publish(ca, root, base, {"x": b"x"})
     tampered = good.replace(b'"dc:title": "test list"', b'"dc:title": "evil list"')
     with pytest.raises(ImageUntrusted, match="does not verify: digest failure"):
-        accept(tampered, ATLAS, anchors(ca), NOW)
+        accept(tampered, ATLAS, anchors(ca), now())
     stranger = publish(ca, root, base, {"x": b"x"}, signer="stranger")
     with pytest.raises(ImageUntrusted, match="does not verify: self-signed certificate"):
-        accept(stranger, ATLAS, anchors(ca), NOW)
+        accept(stranger, ATLAS, anchors(ca), now())
     with pytest.raises(ImageUntrusted, match="certificate has expired"):
-        accept(good, ATLAS, anchors(ca), NOW + timedelta(days=5))
+        accept(good, ATLAS, anchors(ca), now() + timedelta(days=5))
     other = Subscription("s", "u", endorser_dn="/C=DE/O=Test Grid/CN=Someone Else")
     with pytest.raises(ImageUntrusted, match="not by /C=DE/O=Test Grid/CN=Someone Else"):
-        accept(good, other, anchors(ca), NOW)
+        accept(good, other, anchors(ca), now())
     claims = publish(ca, root, base, {"x": b"x"}, endorser_dn="/O=Other/CN=Ghost")
     with pytest.raises(ImageUntrusted, match="names its endorser /O=Other/CN=Ghost"):
-        accept(claims, ATLAS, anchors(ca), NOW)
-    expired = publish(ca, root, base, {"x": b"x"}, expires=NOW - timedelta(hours=1))
+        accept(claims, ATLAS, anchors(ca), now())
+    expired = publish(ca, root, base, {"x": b"x"}, expires=now() - timedelta(hours=1))
     with pytest.raises(ImageUntrusted, match="the list expired"):
-        accept(expired, ATLAS, anchors(ca), NOW)
+        accept(expired, ATLAS, anchors(ca), now())
     with pytest.raises(ImageUntrusted, match="does not verify"):
-        accept(b"not a message at all", ATLAS, anchors(ca), NOW)
+        accept(b"not a message at all", ATLAS, anchors(ca), now())
 
 
 def test_a_malformed_list_names_the_key(ca, tmp_path):
@@ -147,25 +150,25 @@ def test_a_malformed_list_names_the_key(ca, tmp_path):
     body = json.loads(list_document(ca, [image_entry("x", "http://h/x", b"x")]))
     body["hv:imagelist"]["hv:images"][0]["hv:image"]["sl:checksum:sha512"] = "abc"
     with pytest.raises(BadRequest, match=r"hv:images\[0\].hv:image.sl:checksum:sha512"):
-        accept(signed(body), ATLAS, anchors(ca), NOW)
+        accept(signed(body), ATLAS, anchors(ca), now())
     body["hv:imagelist"]["hv:images"] = []
     del body["hv:imagelist"]["dc:date:expires"]
     with pytest.raises(BadRequest, match=r"hv:imagelist\.dc:date:expires"):
-        accept(signed(body), ATLAS, anchors(ca), NOW)
+        accept(signed(body), ATLAS, anchors(ca), now())
     with pytest.raises(BadRequest, match="imagelist: is not JSON"):
-        accept(ca.sign(b"{oops", tmp_path / "j.smime").read_bytes(), ATLAS, anchors(ca), NOW)
+        accept(ca.sign(b"{oops", tmp_path / "j.smime").read_bytes(), ATLAS, anchors(ca), now())
     many = json.loads(list_document(ca, [image_entry("x", "http://h/x", b"x")] *
                                     (imagelist.MAX_IMAGES + 1)))
     with pytest.raises(BadRequest, match="at most 5000"):
-        accept(signed(many), ATLAS, anchors(ca), NOW)
+        accept(signed(many), ATLAS, anchors(ca), now())
 
 
 def test_past_the_lists_expiry_its_images_are_deleted_and_not_matched(repo, ca, site):
     root, base, fetch = site
     message = publish(ca, root, base, {"img-a": b"A"})
-    image_list = accept(message, ATLAS, anchors(ca), NOW)
+    image_list = accept(message, ATLAS, anchors(ca), now())
     sync(repo, ATLAS, image_list, fetch)
-    save_state(repo, ATLAS, NOW, image_list=image_list)
+    save_state(repo, ATLAS, now(), image_list=image_list)
     state = load_state(repo, "atlas-list")
     assert state.expires == image_list.expires and state.error is None
     assert [c.ref for c in repo.match({"image": "atlas-list.img-a"}, ALICE).candidates] == [
@@ -173,7 +176,7 @@ def test_past_the_lists_expiry_its_images_are_deleted_and_not_matched(repo, ca, 
     assert expire(repo, ATLAS) == ["atlas-list.img-a:1"]
     assert repo.match({}, ALICE).candidates == []
     assert repo.list(ADMIN, include_deleted=True)[0].status == "deleted"
-    save_state(repo, ATLAS, NOW, error="the list expired")
+    save_state(repo, ATLAS, now(), error="the list expired")
     assert load_state(repo, "atlas-list").error == "the list expired"
 
 
@@ -197,7 +200,7 @@ def test_gridvm_exports_a_signed_list_another_site_subscribes_to(repo, ca, site,
     exported = imagelist.build(
         [record], imagelist.Endorser(smime.slash_dn(endorser.subject),
                                      smime.slash_dn(endorser.issuer)),
-        identifier="site-a-public", created=NOW, expires=NOW + timedelta(days=1),
+        identifier="site-a-public", created=now(), expires=now() + timedelta(days=1),
         url_of=lambda r, name: f"{base}{name}")
     message = smime.sign(exported.to_json(), endorser, key)
     other = ImageRepository(database_url.replace("catalogue.sqlite", "other.sqlite")
@@ -205,7 +208,7 @@ def test_gridvm_exports_a_signed_list_another_site_subscribes_to(repo, ca, site,
                             tmp_path / "other-store")
     try:
         subscription = Subscription("site-a", "u")
-        report = sync(other, subscription, accept(message, subscription, anchors(ca), NOW),
+        report = sync(other, subscription, accept(message, subscription, anchors(ca), now()),
                       fetch)
         assert report.registered == [f"site-a.{record.name}:1"], report.failed
         copy = other.get(f"site-a.{record.name}", ADMIN)
