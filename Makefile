@@ -12,7 +12,7 @@ setup-test:
 
 ## Set everything up, build the demo image, boot it and run the main job end to end.
 demo: setup
-	$(PY) -m client.cli demo
+	$(PY) -m gridvm demo
 
 ## Set everything up and run the whole test suite (real VMs included).
 test: setup-test

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import tsi_bridge
-from image_repo.builder import debian, metadata, pack, rootfs
-from image_repo.builder.errors import BuildError
+from image_builder import debian, metadata, pack, rootfs
+from image_builder.errors import BuildError
 
 __all__ = ["KINDS", "BuildError", "BuiltImage", "build_image"]
 

@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from image_builder.debian import Package
 from image_repo import schema
-from image_repo.builder.debian import Package
 
 
 def sha512_file(path: Path) -> str:
