@@ -171,8 +171,12 @@ class Hardware:
 
 @document
 class Boot:
-    """Direct kernel boot: the content files to boot and the kernel command line."""
+    """How the image boots: directly from a kernel (the content files to boot and the kernel
+    command line), or from a disk with its own bootloader."""
 
+    mode: Literal["kernel", "bootloader"] | None = spec(
+        None, doc="kernel: direct kernel boot; bootloader: the disk boots itself (a standard "
+        "cloud image). Default: kernel when boot.kernel is given, else bootloader")
     kernel: str | None = spec(None, doc="content file with role kernel (Glance kernel_id)")
     initrd: str | None = spec(None, doc="content file with role initrd (Glance ramdisk_id)")
     cmdline: str | None = spec(None, doc="kernel command line (Glance os_command_line)")
@@ -206,7 +210,8 @@ class Origin:
                                        doc="hypervisor the image is made for")
     virtual_hardware: Hardware | None = spec(None, doc="default size of an instance")
     minimal_hardware: Hardware | None = spec(None, doc="least an instance needs to work")
-    boot: Boot | None = spec(None, doc="direct kernel boot (kernel, initrd, command line)")
+    boot: Boot | None = spec(None, doc="direct kernel boot (kernel, initrd, command line) or "
+                             "a disk's own bootloader")
 
     def check(self, path: str) -> None:
         files = {}
@@ -224,6 +229,7 @@ class Origin:
                 if role not in roles:
                     raise BadRequest(f"content type {self.content_type!r} needs a content file "
                                      f"with role {role!r}", join(path, "content"))
+        self._check_boot_mode(path, roles)
         if self.boot is not None:
             for key in ("kernel", "initrd"):
                 name = getattr(self.boot, key)
@@ -235,6 +241,33 @@ class Origin:
                 if files[name].role != key:
                     raise BadRequest(f"{name!r} has role {files[name].role!r}, not {key!r}",
                                      where)
+        self._check_hardware(path)
+
+    @property
+    def boot_mode(self) -> str:
+        """``kernel`` or ``bootloader``: as stated, else kernel when a content file has role
+        kernel."""
+        if self.boot is not None and self.boot.mode is not None:
+            return self.boot.mode
+        return "kernel" if any(ref.role == "kernel" for ref in self.content) else "bootloader"
+
+    def _check_boot_mode(self, path: str, roles: set[str]) -> None:
+        if self.boot is None or self.boot.mode is None:
+            return
+        where = join(join(path, "boot"), "mode")
+        if self.boot.mode == "kernel":
+            if self.content and "kernel" not in roles:
+                raise BadRequest("boot mode 'kernel' needs a content file with role 'kernel'",
+                                 where)
+            return
+        if self.boot.kernel or self.boot.initrd:
+            raise BadRequest("boot mode 'bootloader' boots the disk itself: leave out "
+                             "boot.kernel and boot.initrd (or use mode 'kernel')", where)
+        if self.content_type not in ("qcow2", "raw"):
+            raise BadRequest(f"boot mode 'bootloader' needs a qcow2 or raw disk, not content "
+                             f"type {self.content_type!r}", where)
+
+    def _check_hardware(self, path: str) -> None:
         if self.virtual_hardware and self.minimal_hardware:
             for key in ("vcpus", "memory_mib", "disk_gib"):
                 default = getattr(self.virtual_hardware, key)
@@ -347,6 +380,13 @@ class TsiSetup:
                              doc="group jobs run as")
     workdir_root: str | None = spec(None, check=_absolute_path_problem,
                                     doc="directory below which job directories are made")
+    contextualization: Literal["gridvm", "cloud-init"] | None = spec(
+        None, doc="how the agent gets into the guest: gridvm (the image starts gridvm's agent "
+        "from its own files; default) or cloud-init (a NoCloud medium creates the job user "
+        "and starts the agent it carries; the image needs cloud-init and python3)")
+    boot_timeout_s: int | None = spec(None, minimum=1, maximum=3600,
+                                      doc="longest the guest may take from start to the "
+                                      "agent's first answer (default: the site's)")
 
 
 # --------------------------------------------------------------------------- document --------
@@ -361,6 +401,20 @@ class ImageMetadata:
     semantic: Semantic = spec(default_factory=Semantic, doc="ViCE table III")
     idb: Idb = spec(default_factory=Idb, doc="applications and resource limits")
     tsi: TsiSetup | None = spec(None, doc="TSI agent set-up")
+
+    def check(self, path: str) -> None:
+        if self.tsi is None or self.tsi.contextualization != "cloud-init":
+            return
+        where = join(join(path, "tsi"), "contextualization")
+        names = {p.name.lower() for p in self.semantic.software} | {
+            a.name.lower() for a in self.idb.applications}
+        for needed in ("cloud-init", "python3"):
+            if needed not in names:
+                raise BadRequest(f"contextualization 'cloud-init' starts the agent with python3 "
+                                 f"through cloud-init: list {needed!r} in semantic.software "
+                                 f"(or idb.applications)", where)
+        if self.origin.runtime_technology == "container":
+            raise BadRequest("contextualization 'cloud-init' is for virtual machines", where)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document (without empty or unset fields)."""

@@ -21,6 +21,7 @@ from twisted.internet import defer, task
 
 from base.errors import GridvmError
 from base.reasons import Reason
+from target_system.contextualization import image_deadlines, medium_files
 from target_system.images import boot_spec
 from target_system.lifecycle import InstanceState, Lifecycle, Transition, instance_lifecycle
 from tsi_bridge.ca import CertificateAuthority, IssuedCertificate
@@ -154,6 +155,7 @@ class TargetSystem:
     keep_idle: bool = False  #: never ended for being idle (a warm pool's instance)
 
     def __post_init__(self) -> None:
+        self.deadlines = image_deadlines(self.deadlines, self.image.metadata)
         if self.lifecycle is None:
             self.lifecycle = instance_lifecycle(self.reactor, self.deadlines.as_states())
         self.lifecycle.listeners.append(self._on_transition)
@@ -229,6 +231,9 @@ class TargetSystem:
             self.credentials.ca, self.credentials.server, self.instance_id,
             job_user=self.settings.user, job_group=self.settings.group,
             workdir_root=self.settings.workdir_root, listen_port=self.settings.port)
+        files = medium_files(self.image.metadata, self.instance_id, files,
+                             job_user=self.settings.user, job_group=self.settings.group,
+                             workdir_root=self.settings.workdir_root)
         self.instance_cert_pem = issued.cert_pem
         tls = self.credentials.client_tls(issued.cert_pem)
         self.tsi = TSIClient(self.reactor, "127.0.0.1", host_port, tls=tls,

@@ -67,7 +67,8 @@ class ConfigObject:
 
 @dataclass(eq=True)
 class OSConfig(ConfigObject):
-    """Direct kernel boot: kernel, optional initrd, command line."""
+    """Direct kernel boot (kernel, optional initrd, command line), or firmware boot from
+    the devices in ``boot_devices`` (e.g. ``["hd"]``: a disk with its own bootloader)."""
 
     root_name = "os"
     arch: str = "x86_64"
@@ -75,6 +76,7 @@ class OSConfig(ConfigObject):
     kernel: str | None = None
     initrd: str | None = None
     cmdline: str | None = None
+    boot_devices: list[str] = field(default_factory=list)
 
     def format_dom(self) -> etree._Element:
         os_el = etree.Element("os")
@@ -84,6 +86,8 @@ class OSConfig(ConfigObject):
         for tag in ("kernel", "initrd", "cmdline"):
             if getattr(self, tag) is not None:
                 _text(os_el, tag, getattr(self, tag))
+        for dev in self.boot_devices:
+            etree.SubElement(os_el, "boot", dev=dev)
         return os_el
 
     def parse_dom(self, element: etree._Element) -> None:
@@ -94,6 +98,7 @@ class OSConfig(ConfigObject):
         for tag in ("kernel", "initrd", "cmdline"):
             child = element.find(tag)
             setattr(self, tag, child.text if child is not None else None)
+        self.boot_devices = [boot.get("dev", "") for boot in element.findall("boot")]
 
 
 @dataclass(eq=True)

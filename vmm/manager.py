@@ -58,14 +58,20 @@ class ImageFile:
 
 @dataclass(frozen=True)
 class BootSpec:
-    """How an image boots: direct kernel boot, optionally with a root disk."""
+    """How an image boots: direct kernel boot, optionally with a root disk, or (no kernel)
+    from a disk with its own bootloader."""
 
-    kernel: ImageFile
+    kernel: ImageFile | None
     cmdline: str
     initrd: ImageFile | None = None
     disk: ImageFile | None = None
     disk_format: str = "qcow2"
     arch: str = "x86_64"
+
+    def __post_init__(self) -> None:
+        if self.kernel is None and self.disk is None:
+            raise VMMError("an image without a kernel must have a disk to boot from",
+                           reason=Reason.BAD_REQUEST)
 
 
 @dataclass
@@ -231,11 +237,11 @@ class VirtualMachineManager(service.Service):
                  ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()))
         return instance
 
-    def _stage(self, spec: InstanceSpec, directory: Path) -> tuple[list[DiskConfig], Path,
-                                                                   Path | None]:
+    def _stage(self, spec: InstanceSpec, directory: Path) -> tuple[list[DiskConfig],
+                                                                   Path | None, Path | None]:
         """Blocking: cache the base files, create the overlay and the medium."""
         boot = spec.boot
-        kernel = self.cache.ensure(boot.kernel.path, boot.kernel.sha512)
+        kernel = self.cache.ensure(boot.kernel.path, boot.kernel.sha512) if boot.kernel else None
         initrd = self.cache.ensure(boot.initrd.path, boot.initrd.sha512) if boot.initrd else None
         disks: list[DiskConfig] = []
         targets = iter(("vda", "vdb", "vdc"))
@@ -251,15 +257,19 @@ class VirtualMachineManager(service.Service):
         return disks, kernel, initrd
 
     def domain_config(self, spec: InstanceSpec, name: str, directory: Path,
-                      disks: list[DiskConfig], kernel: Path, initrd: Path | None,
+                      disks: list[DiskConfig], kernel: Path | None, initrd: Path | None,
                       host_port: int) -> DomainConfig:
-        cmdline = spec.boot.cmdline
+        if kernel is None:  # the disk's own bootloader
+            os_config = OSConfig(arch=spec.boot.arch, boot_devices=["hd"])
+        else:
+            os_config = OSConfig(arch=spec.boot.arch, kernel=str(kernel),
+                                 initrd=str(initrd) if initrd else None,
+                                 cmdline=spec.boot.cmdline)
         return DomainConfig(
             name=name,
             memory_kib=spec.memory_mib * 1024,
             vcpus=spec.vcpus,
-            os=OSConfig(arch=spec.boot.arch, kernel=str(kernel),
-                        initrd=str(initrd) if initrd else None, cmdline=cmdline),
+            os=os_config,
             tb_cache_mib=self.tb_cache_mib,
             devices=[*disks, SerialFileConfig(path=str(directory / "console.log")),
                      RngConfig(), MemballoonConfig(), ControllerConfig("usb", "none")],

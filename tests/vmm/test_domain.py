@@ -129,3 +129,17 @@ def test_parser_does_not_expand_entities():
 def test_parser_reports_malformed_xml():
     with pytest.raises(ValueError, match="invalid XML"):
         parse_xml("<domain><name></domain>")
+
+
+def test_a_disk_with_its_own_bootloader_boots_from_hd_without_a_kernel():
+    config = full_config()
+    config.os = OSConfig(boot_devices=["hd"])
+    root = etree.fromstring(config.to_xml().encode())
+    os_el = root.find("os")
+    assert [b.get("dev") for b in os_el.findall("boot")] == ["hd"]
+    assert os_el.find("kernel") is None and os_el.find("initrd") is None
+    assert os_el.find("cmdline") is None
+    assert DomainConfig.from_xml(config.to_xml()) == config
+    # the isolated network is the same as for a direct kernel boot
+    assert UserNetConfig.from_qemu_args(
+        [a.get("value") for a in root.iter(f"{{{QEMU_NS}}}arg")]) == config.network

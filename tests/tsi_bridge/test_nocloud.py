@@ -1,0 +1,99 @@
+"""The cloud-init NoCloud medium: what cloud-init reads from it, and the agent it carries."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pycdlib
+
+from tsi_bridge.context import agent_context_files
+from tsi_bridge.nocloud import (
+    AGENT_UNIT,
+    MOUNT_POINT,
+    QEMU_DEFAULT_MAC,
+    agent_sources,
+    meta_data,
+    nocloud_files,
+    user_data,
+)
+from vmm.context import VOLUME_LABEL, build_medium, read_medium
+
+
+def agent_files() -> dict[str, bytes]:
+    return agent_context_files(agent_cert_pem=b"CERT", agent_key_pem=b"KEY", ca_pem=b"CA",
+                               server_cert_pem=b"SERVER", callback_port=40002,
+                               job_user="gridvm", workdir_root="/home/gridvm/jobs")
+
+
+def cloud_config(data: bytes) -> dict:
+    header, _, body = data.partition(b"\n")
+    assert header == b"#cloud-config"
+    return json.loads(body)  # JSON is YAML: cloud-init reads it as cloud-config
+
+
+def test_meta_data_names_a_fresh_instance_and_its_hostname():
+    assert json.loads(meta_data("abc123")) == {"instance-id": "abc123",
+                                               "local-hostname": "gridvm-abc123"}
+
+
+def test_user_data_creates_the_job_user_and_starts_the_agent_from_the_medium():
+    config = cloud_config(user_data(job_user="gridvm", job_group=None,
+                                    workdir_root="/home/gridvm/jobs"))
+    assert config["users"] == [{"name": "gridvm", "gecos": "gridvm jobs", "shell": "/bin/bash",
+                                "lock_passwd": True, "homedir": "/home/gridvm"}]
+    assert "groups" not in config
+    mkdir, chown, mount, agent = config["runcmd"]
+    assert mkdir == ["mkdir", "-p", MOUNT_POINT, "/home/gridvm/jobs"]
+    assert chown == ["chown", "gridvm:gridvm", "/home/gridvm/jobs"]
+    assert mount == ["mount", "-o", "ro", "/dev/disk/by-id/virtio-gridvm-ctx", MOUNT_POINT]
+    assert agent[:3] == ["systemd-run", f"--unit={AGENT_UNIT}", "--property=Restart=always"]
+    assert f"--setenv=PYTHONPATH={MOUNT_POINT}/lib" in agent
+    assert agent[-5:] == ["python3", "-m", "tsi_bridge.agent", "--config",
+                          f"{MOUNT_POINT}/tsi/agent.conf"]
+
+
+def test_a_separate_job_group_is_created_and_made_primary():
+    config = cloud_config(user_data(job_user="jobs", job_group="vo", workdir_root="/w"))
+    assert config["groups"] == ["vo"]
+    assert config["users"][0]["primary_group"] == "vo"
+    assert config["runcmd"][1] == ["chown", "jobs:vo", "/w"]
+
+
+def test_the_medium_is_labelled_cidata_and_carries_nocloud_files_agent_and_config(tmp_path):
+    files = nocloud_files("abc123", agent_files(), job_user="gridvm", job_group=None,
+                          workdir_root="/home/gridvm/jobs")
+    medium = build_medium(files, tmp_path / "context.iso")
+    iso = pycdlib.PyCdlib()
+    iso.open(str(medium))
+    try:
+        assert iso.pvd.volume_identifier.decode().strip() == VOLUME_LABEL == "cidata"
+    finally:
+        iso.close()
+    content = read_medium(medium)
+    assert content == files
+    assert json.loads(content["meta-data"])["instance-id"] == "abc123"
+    network = json.loads(content["network-config"])
+    assert network["version"] == 1
+    assert network["config"][0]["mac_address"] == QEMU_DEFAULT_MAC
+    assert network["config"][0]["subnets"] == [
+        {"type": "static", "address": "10.0.2.15/24", "gateway": "10.0.2.2"}]
+    assert json.loads(content["tsi/agent.conf"])["callback_port"] == 40002
+    assert "lib/tsi_bridge/agent/server.py" in content
+
+
+def test_the_shipped_agent_sources_are_complete_on_the_standard_library_alone(tmp_path):
+    for rel, data in agent_sources().items():
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    assert not any("client" in rel or "context" in rel for rel in agent_sources())
+    # -S -E: no site-packages, no PYTHONPATH; only the medium's lib directory
+    code = ("import sys; sys.path.insert(0, 'lib'); import tsi_bridge.agent.__main__, "
+            "tsi_bridge.agent.server, tsi_bridge.agent.tls; "
+            "print(tsi_bridge.agent.server.__file__)")
+    result = subprocess.run([sys.executable, "-S", "-E", "-c", code], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(tmp_path / "lib/tsi_bridge/agent/server.py")

@@ -1,0 +1,42 @@
+"""Booting a disk with its own bootloader (a standard cloud image): the domain it gets."""
+
+from pathlib import Path
+
+import pytest
+from twisted.internet.task import Clock
+
+from base.reasons import Reason
+from vmm.domain import DiskConfig
+from vmm.errors import VMMError
+from vmm.manager import BootSpec, ImageFile, InstanceSpec, VirtualMachineManager
+
+DISK = ImageFile(Path("/images/disk.qcow2"), "0" * 128)
+
+
+def test_a_bootloader_disk_boots_from_hd_through_the_firmware(tmp_path):
+    manager = VirtualMachineManager(hypervisor=None, state_dir=tmp_path, reactor=Clock())
+    spec = InstanceSpec(boot=BootSpec(kernel=None, cmdline="", disk=DISK), instance_id="abc",
+                        callback_port=40002)
+    root = DiskConfig(source=str(tmp_path / "overlay.qcow2"), serial="gridvm-root")
+    config = manager.domain_config(spec, "gridvm-abc", tmp_path, [root], None, None, 40001)
+    assert config.os.kernel is None and config.os.initrd is None and config.os.cmdline is None
+    assert config.os.boot_devices == ["hd"]
+    assert config.disks()[0].target == "vda"
+    xml = config.to_xml()
+    assert "<boot dev=\"hd\"/>" in xml and "<kernel>" not in xml
+    assert "restrict=on" in xml and "guestfwd=tcp:10.0.2.100:40002" in xml
+
+
+def test_a_kernel_boot_keeps_its_kernel_and_has_no_boot_device(tmp_path):
+    manager = VirtualMachineManager(hypervisor=None, state_dir=tmp_path, reactor=Clock())
+    spec = InstanceSpec(boot=BootSpec(kernel=DISK, cmdline="quiet"), instance_id="abc")
+    config = manager.domain_config(spec, "gridvm-abc", tmp_path, [], Path("/c/vmlinuz"), None,
+                                   40001)
+    assert config.os.kernel == "/c/vmlinuz" and config.os.cmdline == "quiet"
+    assert config.os.boot_devices == []
+
+
+def test_an_image_with_neither_kernel_nor_disk_cannot_boot():
+    with pytest.raises(VMMError) as err:
+        BootSpec(kernel=None, cmdline="")
+    assert err.value.reason == Reason.BAD_REQUEST
