@@ -32,7 +32,7 @@ from tsi_bridge.tls import TLSConfig
 from vmm import ports
 from vmm.errors import VMMError
 from vmm.hypervisor import DomainEvent
-from vmm.manager import Instance, InstanceSpec, VirtualMachineManager
+from vmm.manager import Instance, InstanceSpec, VirtualMachineManager, console_tail
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +159,17 @@ class TargetSystem:
         if self.lifecycle is None:
             self.lifecycle = instance_lifecycle(self.reactor, self.deadlines.as_states())
         self.lifecycle.listeners.append(self._on_transition)
+        self.lifecycle.timeout_detail = self._console_excerpt
         if self.settings is None:
             self.settings = TsiSettings.from_metadata(self.image.metadata)
+
+    def _console_excerpt(self, state: InstanceState) -> str:
+        """The end of the guest's console log, for a boot that never reached the agent."""
+        if state not in (S.BOOTING, S.CONNECTING):
+            return ""
+        tail = console_tail(self.vmm.instance_dir(self.instance_id) / "console.log", 5)
+        text = " | ".join(line.strip() for line in tail.splitlines() if line.strip())
+        return f"console: {text[-400:]}" if text else "console: (empty)"
 
     # -- state -----------------------------------------------------------------------------
     @property

@@ -131,6 +131,8 @@ class Lifecycle:
     reason: str | None = None
     message: str = ""
     listeners: list[Listener] = field(default_factory=list)
+    #: what to add to a passed deadline's message (e.g. the guest's console), by state
+    timeout_detail: Callable[[enum.Enum], str] | None = None
     _timer: object = None
 
     def __post_init__(self) -> None:
@@ -215,7 +217,9 @@ class Lifecycle:
         if self.state is state:
             reason = self.timeout_reasons.get(state, Reason.HYPERVISOR_ERROR)
             log.info("deadline of %s passed after %g s: %s", state.name, seconds, reason)
-            self.fail(reason, f"{state.name.lower()} took longer than {seconds:g} s")
+            detail = self.timeout_detail(state) if self.timeout_detail else ""
+            self.fail(reason, f"{state.name.lower()} took longer than {seconds:g} s"
+                      + (f"; {detail}" if detail else ""))
 
     def cancel(self) -> None:
         """Disarm the deadline (when the owner goes away)."""

@@ -4,8 +4,9 @@ target system.
 NoCloud reads ``meta-data`` (instance-id, hostname), ``user-data`` and ``network-config``
 from the root of any file system labelled ``cidata``.  The user-data creates the job user
 and its working directory, mounts the medium itself (the virtio disk with serial
-``gridvm-ctx``) and starts the gridvm TSI agent **from the medium** under systemd with
-``Restart=always``: the agent is stdlib Python, so no gridvm code needs to be in the image.
+``gridvm-ctx``) and starts the gridvm TSI agent **from the medium** as a transient systemd
+unit with ``Restart=always``: the agent is stdlib Python, so no gridvm code needs to be in
+the image.
 The agent's configuration, certificate and key are the same files as for gridvm's own
 images (``tsi_bridge.context``), under ``tsi/``.
 """
@@ -13,6 +14,7 @@ images (``tsi_bridge.context``), under ``tsi/``.
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import tsi_bridge
@@ -55,27 +57,29 @@ def network_config(mac: str = QEMU_DEFAULT_MAC) -> bytes:
 
 def user_data(*, job_user: str, job_group: str | None, workdir_root: str,
               config_path: str = "tsi/agent.conf") -> bytes:
-    """``#cloud-config`` creating the job user and starting the agent from the medium."""
+    """``#cloud-config`` creating the job user and starting the agent from the medium.
+
+    It all happens in ``bootcmd``, the first thing cloud-init's network stage runs: waiting
+    for the ``users``/``runcmd`` modules of the later stages would cost a minute and more of
+    emulated boot time.  The commands are idempotent (bootcmd runs on every boot).
+    """
     group = job_group or job_user
-    agent = ["systemd-run", f"--unit={AGENT_UNIT}", "--property=Restart=always",
-             "--property=RestartSec=1", f"--setenv=PYTHONPATH={MOUNT_POINT}/{AGENT_LIB}",
-             "--setenv=PYTHONDONTWRITEBYTECODE=1", "--setenv=LANG=C.UTF-8",
-             "python3", "-m", "tsi_bridge.agent", "--config", f"{MOUNT_POINT}/{config_path}"]
-    config = {
-        "users": [{"name": job_user, "gecos": "gridvm jobs", "shell": "/bin/bash",
-                   "lock_passwd": True, "homedir": f"/home/{job_user}"}],
-        "groups": [group] if group != job_user else [],
-        "runcmd": [
-            ["mkdir", "-p", MOUNT_POINT, workdir_root],
-            ["chown", f"{job_user}:{group}", workdir_root],
-            ["mount", "-o", "ro", f"/dev/disk/by-id/virtio-{MEDIUM_SERIAL}", MOUNT_POINT],
-            agent,
-        ],
-    }
-    if group != job_user:
-        config["users"][0]["primary_group"] = group
-    else:
-        del config["groups"]
+    user, group, workdir, ctx = (shlex.quote(v) for v in (job_user, group, workdir_root,
+                                                          MOUNT_POINT))
+    agent = shlex.join([
+        "systemd-run", f"--unit={AGENT_UNIT}", "--property=Restart=always",
+        "--property=RestartSec=1", f"--setenv=PYTHONPATH={MOUNT_POINT}/{AGENT_LIB}",
+        "--setenv=PYTHONDONTWRITEBYTECODE=1", "--setenv=LANG=C.UTF-8",
+        "python3", "-m", "tsi_bridge.agent", "--config", f"{MOUNT_POINT}/{config_path}"])
+    config = {"bootcmd": [
+        f"getent group {group} >/dev/null || groupadd {group}",
+        f"id -u {user} >/dev/null 2>&1 || useradd --create-home --gid {group} "
+        f"--shell /bin/bash --comment 'gridvm jobs' {user}",
+        f"mkdir -p {ctx} {workdir}",
+        f"chown {user}:{group} {workdir}",
+        f"mountpoint -q {ctx} || mount -o ro /dev/disk/by-id/virtio-{MEDIUM_SERIAL} {ctx}",
+        f"systemctl is-active -q {AGENT_UNIT} || {agent}",
+    ]}
     # JSON is YAML: cloud-init parses it as cloud-config after the header line.
     return b"#cloud-config\n" + json.dumps(config, indent=2).encode() + b"\n"
 

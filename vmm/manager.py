@@ -128,6 +128,9 @@ class AdoptedDomain:
     instance: Instance | None
 
 
+_TERMINAL_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
 def console_tail(path: Path, lines: int = 20) -> str:
     try:
         with open(path, "rb") as f:
@@ -136,7 +139,8 @@ def console_tail(path: Path, lines: int = 20) -> str:
             text = f.read().decode(errors="replace")
     except OSError:
         return ""
-    return "\n".join(text.replace("\r", "").splitlines()[-lines:])
+    text = _TERMINAL_ESCAPE.sub("", text.replace("\r", ""))  # systemd colours its status
+    return "\n".join(text.splitlines()[-lines:])
 
 
 class VirtualMachineManager(service.Service):

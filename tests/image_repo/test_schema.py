@@ -268,3 +268,72 @@ def test_docs_examples_validate():
 def test_boot_without_kernel_is_allowed_for_disk_images():
     meta = validate(variant(builder_document(), **{"origin.boot": {"cmdline": "quiet"}}))
     assert meta.origin.boot == Boot(cmdline="quiet")
+
+
+# --- standard cloud images: boot mode and contextualization ----------------------------------
+
+def cloud_document() -> dict:
+    """A qcow2 disk with its own bootloader, contextualized by cloud-init."""
+    disk = b"disk-bytes"
+    doc = variant(builder_document(), **{
+        "general.name": "debian12-cloud",
+        "origin.content_type": "qcow2",
+        "origin.content": [{"role": "disk", "file": "disk.qcow2", "sha512": sha512(disk),
+                            "size": len(disk)}],
+        "origin.boot": {"mode": "bootloader"},
+        "tsi.contextualization": "cloud-init",
+        "tsi.boot_timeout_s": 300,
+    })
+    doc["semantic"]["software"].append({"name": "cloud-init", "version": "22.4.2"})
+    return doc
+
+
+def test_a_cloud_image_boots_with_its_bootloader_and_takes_cloud_init():
+    meta = validate(cloud_document())
+    assert meta.origin.boot_mode == "bootloader"
+    assert meta.tsi.contextualization == "cloud-init"
+    assert meta.tsi.boot_timeout_s == 300
+
+
+def test_boot_mode_is_implied_by_a_kernel_file():
+    assert validate(builder_document()).origin.boot_mode == "kernel"
+    doc = cloud_document()
+    del doc["origin"]["boot"]
+    assert validate(doc).origin.boot_mode == "bootloader"
+
+
+@pytest.mark.parametrize(("changes", "path", "words"), [
+    ({"origin.boot.mode": "pxe"}, "origin.boot.mode", "'kernel'"),
+    ({"origin.boot.mode": "kernel"}, "origin.boot.mode", "role 'kernel'"),
+    ({"origin.boot.kernel": "disk.qcow2"}, "origin.boot.mode", "leave out boot.kernel"),
+    ({"origin.content_type": "raw"}, None, None),
+    ({"tsi.contextualization": "ignition"}, "tsi.contextualization", "'cloud-init'"),
+    ({"tsi.boot_timeout_s": 0}, "tsi.boot_timeout_s", "at least 1"),
+])
+def test_boot_mode_and_contextualization_errors_name_the_key(changes, path, words):
+    doc = variant(cloud_document(), **changes)
+    if path is None:  # a raw disk boots with its bootloader as well
+        assert validate(doc).origin.boot_mode == "bootloader"
+        return
+    err = error_of(doc)
+    assert err.path == path, str(err)
+    assert words in str(err)
+
+
+def test_a_bootloader_needs_a_disk_image():
+    doc = variant(builder_document(), **{"origin.boot": {"mode": "bootloader"}})
+    err = error_of(doc)
+    assert err.path == "origin.boot.mode"
+    assert "qcow2 or raw disk" in str(err)
+
+
+@pytest.mark.parametrize("missing", ["python3", "cloud-init"])
+def test_cloud_init_contextualization_needs_python3_and_cloud_init_stated(missing):
+    doc = cloud_document()
+    doc["semantic"]["software"] = [p for p in doc["semantic"]["software"]
+                                   if p["name"] != missing]
+    doc["idb"]["applications"] = [a for a in doc["idb"]["applications"]
+                                  if a["name"] != missing]
+    err = error_of(doc)
+    assert err.path == "tsi.contextualization"
+    assert repr(missing) in str(err)

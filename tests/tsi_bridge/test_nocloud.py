@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 
@@ -41,24 +42,30 @@ def test_meta_data_names_a_fresh_instance_and_its_hostname():
 def test_user_data_creates_the_job_user_and_starts_the_agent_from_the_medium():
     config = cloud_config(user_data(job_user="gridvm", job_group=None,
                                     workdir_root="/home/gridvm/jobs"))
-    assert config["users"] == [{"name": "gridvm", "gecos": "gridvm jobs", "shell": "/bin/bash",
-                                "lock_passwd": True, "homedir": "/home/gridvm"}]
-    assert "groups" not in config
-    mkdir, chown, mount, agent = config["runcmd"]
-    assert mkdir == ["mkdir", "-p", MOUNT_POINT, "/home/gridvm/jobs"]
-    assert chown == ["chown", "gridvm:gridvm", "/home/gridvm/jobs"]
-    assert mount == ["mount", "-o", "ro", "/dev/disk/by-id/virtio-gridvm-ctx", MOUNT_POINT]
-    assert agent[:3] == ["systemd-run", f"--unit={AGENT_UNIT}", "--property=Restart=always"]
-    assert f"--setenv=PYTHONPATH={MOUNT_POINT}/lib" in agent
-    assert agent[-5:] == ["python3", "-m", "tsi_bridge.agent", "--config",
+    assert list(config) == ["bootcmd"]  # the earliest stage with the network up
+    group, user, mkdir, chown, mount, agent = config["bootcmd"]
+    assert group == "getent group gridvm >/dev/null || groupadd gridvm"
+    assert user == ("id -u gridvm >/dev/null 2>&1 || useradd --create-home --gid gridvm "
+                    "--shell /bin/bash --comment 'gridvm jobs' gridvm")
+    assert mkdir == f"mkdir -p {MOUNT_POINT} /home/gridvm/jobs"
+    assert chown == "chown gridvm:gridvm /home/gridvm/jobs"
+    assert mount == (f"mountpoint -q {MOUNT_POINT} || mount -o ro "
+                     f"/dev/disk/by-id/virtio-gridvm-ctx {MOUNT_POINT}")
+    words = shlex.split(agent.split(" || ", 1)[1])
+    assert words[:3] == ["systemd-run", f"--unit={AGENT_UNIT}", "--property=Restart=always"]
+    assert f"--setenv=PYTHONPATH={MOUNT_POINT}/lib" in words
+    assert words[-5:] == ["python3", "-m", "tsi_bridge.agent", "--config",
                           f"{MOUNT_POINT}/tsi/agent.conf"]
+    for command in config["bootcmd"]:  # every command is valid shell
+        subprocess.run(["sh", "-n", "-c", command], check=True)
 
 
-def test_a_separate_job_group_is_created_and_made_primary():
-    config = cloud_config(user_data(job_user="jobs", job_group="vo", workdir_root="/w"))
-    assert config["groups"] == ["vo"]
-    assert config["users"][0]["primary_group"] == "vo"
-    assert config["runcmd"][1] == ["chown", "jobs:vo", "/w"]
+def test_values_are_quoted_for_the_shell_and_a_job_group_is_used():
+    config = cloud_config(user_data(job_user="jobs", job_group="vo",
+                                    workdir_root="/w/a dir;x"))
+    assert config["bootcmd"][0] == "getent group vo >/dev/null || groupadd vo"
+    assert "--gid vo" in config["bootcmd"][1]
+    assert config["bootcmd"][3] == "chown jobs:vo '/w/a dir;x'"
 
 
 def test_the_medium_is_labelled_cidata_and_carries_nocloud_files_agent_and_config(tmp_path):

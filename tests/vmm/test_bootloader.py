@@ -8,7 +8,7 @@ from twisted.internet.task import Clock
 from base.reasons import Reason
 from vmm.domain import DiskConfig
 from vmm.errors import VMMError
-from vmm.manager import BootSpec, ImageFile, InstanceSpec, VirtualMachineManager
+from vmm.manager import BootSpec, ImageFile, InstanceSpec, VirtualMachineManager, console_tail
 
 DISK = ImageFile(Path("/images/disk.qcow2"), "0" * 128)
 
@@ -40,3 +40,10 @@ def test_an_image_with_neither_kernel_nor_disk_cannot_boot():
     with pytest.raises(VMMError) as err:
         BootSpec(kernel=None, cmdline="")
     assert err.value.reason == Reason.BAD_REQUEST
+
+
+def test_the_console_tail_has_no_terminal_colours(tmp_path):
+    log = tmp_path / "console.log"
+    log.write_bytes(b"[\x1b[0;32m  OK  \x1b[0m] Started \x1b[0;1;39mcloud-init\x1b[0m.\r\n"
+                    b"\x1b[K[   12.5] login\r\n")
+    assert console_tail(log) == "[  OK  ] Started cloud-init.\n[   12.5] login"

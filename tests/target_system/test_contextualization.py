@@ -1,0 +1,74 @@
+"""Cloud images in the target system: boot mode, contextualization medium, deadlines."""
+
+from pathlib import Path
+
+import pytest
+from twisted.internet.task import Clock
+
+from base.errors import GridvmError
+from base.reasons import Reason
+from target_system.contextualization import image_deadlines, medium_files
+from target_system.images import boot_spec
+from target_system.instance import Deadlines
+from target_system.lifecycle import InstanceState, instance_lifecycle
+
+SHA = "0" * 128
+CLOUD = {"origin": {"content_type": "qcow2", "boot": {"mode": "bootloader"},
+                    "content": [{"role": "disk", "file": "disk.qcow2", "sha512": SHA}]},
+         "tsi": {"contextualization": "cloud-init", "boot_timeout_s": 300}}
+KERNEL = {"origin": {"content_type": "kernel+initramfs", "boot": {"cmdline": "quiet"},
+                     "content": [{"role": "kernel", "file": "vmlinuz", "sha512": SHA},
+                                 {"role": "initrd", "file": "initrd.img", "sha512": SHA}]}}
+AGENT_FILES = {"tsi/agent.conf": b"{}", "tsi/agent.key": b"KEY"}
+
+
+def test_a_bootloader_image_boots_its_disk_without_a_kernel():
+    spec = boot_spec(CLOUD, {"disk.qcow2": Path("/s/disk.qcow2")})
+    assert spec.kernel is None and spec.initrd is None
+    assert spec.disk.path == Path("/s/disk.qcow2") and spec.disk_format == "qcow2"
+
+
+def test_a_kernel_image_keeps_direct_kernel_boot():
+    spec = boot_spec(KERNEL, {"vmlinuz": Path("/s/k"), "initrd.img": Path("/s/i")})
+    assert spec.kernel.path == Path("/s/k") and spec.cmdline == "quiet"
+
+
+@pytest.mark.parametrize(("metadata", "paths", "needed"), [
+    (KERNEL, {"initrd.img": Path("/s/i")}, "'kernel'"),
+    (CLOUD, {}, "'disk'"),
+])
+def test_a_missing_boot_file_is_a_clear_error_not_a_key_error(metadata, paths, needed):
+    with pytest.raises(GridvmError) as err:
+        boot_spec(metadata, paths)
+    assert err.value.reason == Reason.IMAGE_UNAVAILABLE
+    assert needed in str(err.value)
+
+
+def test_a_cloud_init_image_gets_a_nocloud_medium_around_the_agent_files():
+    files = medium_files(CLOUD, "abc", AGENT_FILES, job_user="gridvm", job_group=None,
+                         workdir_root="/home/gridvm/jobs")
+    assert {"meta-data", "user-data", "network-config"} <= set(files)
+    assert files["tsi/agent.key"] == b"KEY"
+    assert b'"instance-id": "abc"' in files["meta-data"]
+    assert medium_files(KERNEL, "abc", AGENT_FILES, job_user="gridvm", job_group=None,
+                        workdir_root="/w") == AGENT_FILES
+
+
+def test_the_image_can_stretch_the_boot_deadline_but_not_shorten_it():
+    site = Deadlines(booting=120)
+    assert image_deadlines(site, CLOUD).booting == 300
+    assert image_deadlines(Deadlines(booting=600), CLOUD).booting == 600
+    assert image_deadlines(site, KERNEL) is site
+
+
+def test_a_passed_deadline_says_what_the_console_showed():
+    clock = Clock()
+    life = instance_lifecycle(clock, {InstanceState.BOOTING: 10})
+    life.timeout_detail = lambda state: f"console: {state.name} stuck at 'Booting from ROM'"
+    life.advance(InstanceState.STAGING)
+    life.advance(InstanceState.BOOTING)
+    clock.advance(10)
+    assert life.state is InstanceState.FAILED
+    assert life.reason == Reason.BOOT_TIMEOUT
+    assert life.message == ("booting took longer than 10 s; console: BOOTING stuck at "
+                            "'Booting from ROM'")
