@@ -2,7 +2,8 @@
 
 ``build_image("initramfs")`` gives a cloud kernel + a zstd initramfs holding the whole root;
 ``build_image("qcow2")`` gives an ext4 root in a qcow2 disk, booted directly through the
-kernel with a tiny loader initramfs.  Both start busybox init, which mounts the
+kernel with a tiny loader initramfs; ``build_image("cloud")`` a standard cloud image
+(``image_builder.cloud``).  Both start busybox init, which mounts the
 contextualization medium, brings up user-mode networking, starts the TSI agent and reaps
 orphans.  Each build writes ``metadata.json`` ready for ``gridvm catalogue register``.
 """
@@ -25,7 +26,7 @@ from image_builder.errors import BuildError
 __all__ = ["KINDS", "BuildError", "BuiltImage", "build_image"]
 
 BUILDER_VERSION = "3"
-KINDS = ("initramfs", "qcow2")
+KINDS = ("initramfs", "qcow2", "cloud")
 GUEST_PACKAGES = [
     "busybox-static", "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib",
     "libc6", "libgcc-s1", "zlib1g", "libssl3", "libexpat1", "libffi8", "bash", "libtinfo6",
@@ -98,6 +99,8 @@ def build_image(kind: str = "initramfs", *, output_root: Path | None = None,
 
         output_root = gridvm_home() / "images"
     output_root = Path(output_root)
+    if kind == "cloud":
+        return _build_cloud(output_root, force)
     agent_package = Path(agent_package or Path(tsi_bridge.__file__).parent)
 
     kernel_name = debian.kernel_package_name()
@@ -135,6 +138,15 @@ def build_image(kind: str = "initramfs", *, output_root: Path | None = None,
         shutil.rmtree(work, ignore_errors=True)
     return BuiltImage(kind, key, directory, cached=False, seconds=time.monotonic() - started,
                       files=files)
+
+
+def _build_cloud(output_root: Path, force: bool) -> BuiltImage:
+    """A standard cloud image (cloud-init, python3, its own bootloader; no gridvm file)."""
+    from image_builder.cloud import build_cloud_image
+
+    image = build_cloud_image(output_root, force=force)
+    return BuiltImage("cloud", image.key, image.directory, cached=image.cached,
+                      seconds=image.seconds, files=[image.disk])
 
 
 def _assemble(kind: str, work: Path, packages: list[debian.Package], debs: list[Path],

@@ -16,7 +16,7 @@ import os
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -104,34 +104,41 @@ def build_cloud_image(output_root: Path | None = None, *, force: bool = False,
     key = cloud_key(packages)
     directory = Path(output_root) / f"debian12-cloud-{key[:12]}"
     if (directory / "build.json").exists() and not force:
-        info = json.loads((directory / "build.json").read_text())
-        return CloudImage(directory, directory / "disk.qcow2", key, cached=True,
-                          kernel_version=info["kernel"], python_version=info["python"],
-                          cloud_init_version=info["cloud_init"])
+        image = _read(directory, key, cached=True)
+        if not (directory / "metadata.json").exists():
+            write_metadata(image)
+        return image
     started = time.monotonic()
     work = Path(output_root) / f".cloud-{key[:12]}-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
-    (work / "out").mkdir(parents=True)
+    out = work / "out"
+    out.mkdir(parents=True)
     try:
         root = work / "root"
         bootstrap(root, packages)
         kernel_version, python_version, cloud_init_version = _versions(root)
-        disk_image(root, work / "out" / "disk.qcow2", kernel_version)
-        (work / "out" / "build.json").write_text(json.dumps(
+        disk_image(root, out / "disk.qcow2", kernel_version)
+        (out / "build.json").write_text(json.dumps(
             {"key": key, "kernel": kernel_version, "python": python_version,
              "cloud_init": cloud_init_version, "packages": list(packages)}, indent=2) + "\n")
+        write_metadata(_read(out, key, cached=False))
         if force and directory.exists():
             shutil.rmtree(directory)
         try:
-            (work / "out").rename(directory)
+            out.rename(directory)  # atomic: a half-built image never has this name
         except OSError:
             if not (directory / "build.json").exists():
                 raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return CloudImage(directory, directory / "disk.qcow2", key, cached=False,
-                      seconds=time.monotonic() - started, kernel_version=kernel_version,
-                      python_version=python_version, cloud_init_version=cloud_init_version)
+    return replace(_read(directory, key, cached=False), seconds=time.monotonic() - started)
+
+
+def _read(directory: Path, key: str, *, cached: bool) -> CloudImage:
+    info = json.loads((directory / "build.json").read_text())
+    return CloudImage(directory, directory / "disk.qcow2", key, cached=cached,
+                      kernel_version=info["kernel"], python_version=info["python"],
+                      cloud_init_version=info["cloud_init"])
 
 
 def bootstrap(root: Path, packages: tuple[str, ...]) -> None:

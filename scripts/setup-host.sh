@@ -27,6 +27,7 @@ PACKAGES=(
     qemu-system-x86 qemu-utils                                # the hypervisor
     libvirt-daemon-system libvirt-clients libvirt-dev pkg-config  # libvirt + libvirt-python build
     cpio zstd e2fsprogs                                       # guest image builder
+    mmdebstrap fdisk dosfstools mtools syslinux syslinux-common  # cloud images (own bootloader)
     socat                                                     # guest -> host TSI callback relay
     iproute2 procps
 )

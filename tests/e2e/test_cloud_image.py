@@ -3,14 +3,12 @@ no gridvm file) registered, matched by a job's requirements, booted through libv
 target system by the NoCloud medium, and running jobs through the agent the medium carried.
 """
 
-import json
-
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
 from base.reasons import Reason
-from image_builder.cloud import build_cloud_image, write_metadata
+from image_builder import build_image
 from target_system.lifecycle import InstanceState, JobState
 from tests.conftest import TEST_ROOT
 from tests.e2e.conftest import ALICE, CREATOR
@@ -22,17 +20,15 @@ pytestmark = pytest.mark.vm
 def cloud_image():
     """The cloud image, built once per machine (cached below TEST_ROOT by its recipe)."""
     TEST_ROOT.mkdir(mode=0o755, exist_ok=True)
-    image = build_cloud_image(TEST_ROOT / "images")
-    write_metadata(image)
-    return image
+    return build_image("cloud", output_root=TEST_ROOT / "images")
 
 
 def register(repository, image, **changes) -> str:
-    doc = json.loads((image.directory / "metadata.json").read_text())
+    doc = image.metadata
     for group, values in changes.items():
         doc[group].update(values)
         doc[group] = {k: v for k, v in doc[group].items() if v is not None}
-    return repository.register(doc, {image.disk.name: image.disk}, CREATOR).id
+    return repository.register(doc, {p.name: p for p in image.files}, CREATOR).id
 
 
 async def finished(factory, job, timeout=900.0):
@@ -49,7 +45,7 @@ async def test_a_cloud_image_becomes_a_target_system_and_runs_jobs(site, cloud_i
     await finished(factory, job)
     assert job.state is JobState.SUCCESSFUL, job.log
     out = (job.storage / "stdout").read_text() + (job.storage / "stderr").read_text()
-    assert cloud_image.cloud_init_version in out
+    assert cloud_image.metadata["idb"]["applications"][1]["version"] in out  # cloud-init's
     target = factory.instance(job.instance_id, ALICE)
     assert target.image.image_id == image_id
     assert target.state is InstanceState.READY
