@@ -13,7 +13,8 @@ from target_system.lifecycle import InstanceState, JobState
 from tests.conftest import TEST_ROOT
 from tests.e2e.conftest import ALICE, CREATOR
 
-pytestmark = pytest.mark.vm
+#: systemd + cloud-init under software emulation take minutes (image_builder.cloud)
+pytestmark = [pytest.mark.vm, pytest.mark.timeout(1800)]
 
 
 @pytest.fixture(scope="session")
