@@ -66,8 +66,12 @@ def user_data(*, job_user: str, job_group: str | None, workdir_root: str,
     group = job_group or job_user
     user, group, workdir, ctx = (shlex.quote(v) for v in (job_user, group, workdir_root,
                                                           MOUNT_POINT))
+    # --no-block and no default dependencies: cloud-init's network stage runs before
+    # sysinit.target, which a unit with default dependencies (and so systemd-run waiting for
+    # it) would wait for — a deadlock.
     agent = shlex.join([
-        "systemd-run", f"--unit={AGENT_UNIT}", "--property=Restart=always",
+        "systemd-run", "--no-block", f"--unit={AGENT_UNIT}",
+        "--property=DefaultDependencies=no", "--property=Restart=always",
         "--property=RestartSec=1", f"--setenv=PYTHONPATH={MOUNT_POINT}/{AGENT_LIB}",
         "--setenv=PYTHONDONTWRITEBYTECODE=1", "--setenv=LANG=C.UTF-8",
         "python3", "-m", "tsi_bridge.agent", "--config", f"{MOUNT_POINT}/{config_path}"])

@@ -52,7 +52,8 @@ def test_user_data_creates_the_job_user_and_starts_the_agent_from_the_medium():
     assert mount == (f"mountpoint -q {MOUNT_POINT} || mount -o ro "
                      f"/dev/disk/by-id/virtio-gridvm-ctx {MOUNT_POINT}")
     words = shlex.split(agent.split(" || ", 1)[1])
-    assert words[:3] == ["systemd-run", f"--unit={AGENT_UNIT}", "--property=Restart=always"]
+    assert words[:5] == ["systemd-run", "--no-block", f"--unit={AGENT_UNIT}",
+                         "--property=DefaultDependencies=no", "--property=Restart=always"]
     assert f"--setenv=PYTHONPATH={MOUNT_POINT}/lib" in words
     assert words[-5:] == ["python3", "-m", "tsi_bridge.agent", "--config",
                           f"{MOUNT_POINT}/tsi/agent.conf"]
