@@ -74,12 +74,18 @@ class BlobStore:
     @contextlib.contextmanager
     def staging(self) -> Iterator[Path]:
         """A private staging directory, removed when the block ends."""
-        directory = self.tmp / f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        directory.mkdir()
+        directory = self.open_staging()
         try:
             yield directory
         finally:
             shutil.rmtree(directory, ignore_errors=True)
+
+    def open_staging(self) -> Path:
+        """A new private staging directory that outlives a block (the caller removes it;
+        :meth:`recover` removes it once this process is gone)."""
+        directory = self.tmp / f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        directory.mkdir()
+        return directory
 
     def stage(self, source: Path, staging: Path, expected_sha512: str, expected_size: int,
               where: str | None = None) -> StagedBlob:
