@@ -26,7 +26,8 @@ from tsf.service import start_site
 from tsf.users import User, UsersFile, hash_password
 from vmm.hypervisor import Hypervisor
 
-PASSWORDS = {"alice": "alice-secret", "bob": "bob-secret", "root": "root-secret"}
+PASSWORDS = {"alice": "alice-secret", "bob": "bob-secret", "root": "root-secret",
+             "carol": "carol-secret", "dave": "dave-secret"}
 PUBLIC = "gridvm-debian12-initramfs"
 HIDDEN = "gridvm-debian12-qcow2"
 CREATOR = Caller.of("creator", groups=["images"])
@@ -37,6 +38,10 @@ def write_users(path) -> None:
     users.put(User("alice", hash_password(PASSWORDS["alice"]), ("users",), ("demo",)))
     users.put(User("bob", hash_password(PASSWORDS["bob"]), ("users",), ("demo",)))
     users.put(User("root", hash_password(PASSWORDS["root"]), ("admins",), (), "admin"))
+    users.put(User("carol", hash_password(PASSWORDS["carol"]), ("images",), ("demo",),
+                   "creator"))
+    users.put(User("dave", hash_password(PASSWORDS["dave"]), ("images",), ("demo",),
+                   "creator"))
 
 
 def register_images(repository, built_images) -> None:

@@ -1,14 +1,15 @@
 """The UNICORE REST site on Twisted web (``/<SITE>/rest/core``), as pyunicore 2.x uses it.
 
 ``build_site`` wires the resource families (one module each: ``base``, ``sites``, ``jobs``,
-``storages``, ``gridvm``) into a :class:`twisted.web.server.Site`.
+``storages``, ``gridvm``, ``images`` …) into a :class:`twisted.web.server.Site`.
 """
 
 from __future__ import annotations
 
 from twisted.web import resource, server
 
-from tsf.rest import base, gridvm, imagelists, jobs, oai, sites, storages
+from image_repo.uploads import Uploads
+from tsf.rest import base, gridvm, imagelists, images, jobs, oai, sites, storages
 from tsf.rest.app import CoreResource, Limits, RestApp
 from tsf.rest.auth import Authenticator, TokenIssuer
 from tsf.rest.http import BoundedRequest
@@ -29,8 +30,9 @@ def build_app(site_name: str, factory, authenticator: Authenticator, tokens: Tok
               limits: Limits | None = None, sizing: dict | None = None) -> RestApp:
     app = RestApp(site_name, authenticator, limits=limits or Limits())
     app.context.update(factory=factory, tokens=tokens, sites=SiteRegistry(factory.store),
+                       uploads=Uploads(factory.repository),
                        sizing=sizing or {"cpus": 4, "memory_mib": 8192, "runtime_s": 86400})
-    for family in (base, sites, jobs, storages, gridvm, oai, imagelists):
+    for family in (base, sites, jobs, storages, gridvm, images, oai, imagelists):
         family.install(app)
     return app
 
@@ -44,7 +46,7 @@ def build_site(app: RestApp) -> server.Site:
     rest_node.putChild(b"core", CoreResource(app, f"/{app.site_name}/rest/core"))
 
     class Request(BoundedRequest):
-        max_body = app.limits.max_upload
+        max_body = max(app.limits.max_upload, app.limits.max_image_file)
 
     site = server.Site(root)
     site.requestFactory = Request

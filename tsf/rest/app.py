@@ -65,6 +65,7 @@ class Route:
 class Limits:
     max_json: int = 1 << 20  #: bytes of a JSON request body
     max_upload: int = 256 << 20  #: bytes of one uploaded file
+    max_image_file: int = 4 << 30  #: bytes of one file of an image being registered
     max_page: int = 1000  #: largest ``num`` of a listing
 
 
