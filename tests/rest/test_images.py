@@ -8,9 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import shutil
 import socket
-import uuid
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
@@ -18,27 +16,11 @@ import pytest_twisted
 from twisted.internet import reactor, task, threads
 
 from image_repo.trust import ImageIdentity, create_endorsement
-from tests.conftest import TEST_ROOT
 from tests.image_repo.examples import builder_document
 from tests.image_repo.pki import make
-from tests.rest.conftest import PASSWORDS, Http, site_config, write_users
-from tsf.service import start_site
+from tests.rest.conftest import PASSWORDS
 
 MIB = 1 << 20
-
-
-@pytest_twisted.async_yield_fixture(scope="module")
-async def creators_site():
-    root = TEST_ROOT / f"creators-{uuid.uuid4().hex[:8]}"
-    root.mkdir(parents=True)
-    write_users(root / "users.json")
-    config = site_config(root, limits={"image_file_mib": 1, "image_quota_mib": 3})
-    site = await start_site(config, reactor)
-    try:
-        yield site, Http(site.http_base)
-    finally:
-        await site.stopService()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _files(tag: str) -> dict[str, bytes]:
