@@ -128,7 +128,10 @@ def import_bundle(repository: ImageRepository, source: str | Path, caller: Calle
         raise BundleError(f"is not a tar archive: {err}", "bundle") from None
     with archive, tempfile.TemporaryDirectory(prefix="gridvm-bundle-",
                                               dir=repository.store.tmp) as scratch:
-        manifest, blobs = _unpack(archive, Path(scratch), max_bytes)
+        try:
+            manifest, blobs = _unpack(archive, Path(scratch), max_bytes)
+        except tarfile.TarError as err:  # a truncated or damaged archive
+            raise BundleError(f"is damaged: {err}", "bundle") from None
         entries = _parse_manifest(manifest)
         return _register(repository, entries, blobs, caller, now)
 
