@@ -156,6 +156,12 @@ class Uploads:
                 return record
         return None
 
+    def check_quota(self, caller: Caller, needed: int) -> None:
+        """QuotaExceeded unless ``needed`` more bytes fit in the caller's quota."""
+        with self._lock:
+            mine = [p for p in self._pending.values() if p.caller.user == caller.user]
+        self._check_quota(caller, mine, {"": needed})
+
     def _check_quota(self, caller: Caller, mine: list[PendingRegistration],
                      new: dict[str, int]) -> None:
         if self.quota_bytes is None or caller.admin:

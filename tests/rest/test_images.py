@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import socket
+import tarfile
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 import pytest_twisted
 from twisted.internet import reactor, task, threads
 
+from base.identity import Caller
+from image_repo.bundle import export_bundle
+from image_repo.repository import ImageRepository
 from image_repo.trust import ImageIdentity, create_endorsement
 from tests.image_repo.examples import builder_document
 from tests.image_repo.pki import make
@@ -37,8 +42,6 @@ def _visible(site, name: str) -> list:
 
 
 def _root():
-    from base.identity import Caller
-
     return Caller.of("root", admin=True)
 
 
@@ -277,3 +280,35 @@ async def test_new_versions_applications_status_and_endorsements(creators_site):
     assert deleted.status_code == 200 and deleted.json()["status"] == "deleted"
     gone = await http("DELETE", "images/lineage:1", user="carol")
     assert gone.status_code == 400 and "already deleted" in gone.json()["errorMessage"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_bundles_export_and_import_over_rest(creators_site, tmp_path):
+    _site, http = creators_site
+    image = await _register(http, "bundled", _files("bundled"))
+    exported = await http("GET", f"images/{image['id']}/bundle", user="dave")
+    assert exported.status_code == 200, exported.text
+    assert exported.headers["content-type"] == "application/x-tar"
+    with tarfile.open(fileobj=io.BytesIO(exported.content)) as archive:
+        names = archive.getnames()
+    assert "gridvm-bundle.json" in names and len(names) == 3
+    again = await http("POST", "images/bundles", user="carol", content=exported.content)
+    assert again.status_code == 200 and again.json()["skipped"] == [image["id"]]
+
+    elsewhere = ImageRepository(f"sqlite:///{tmp_path / 'other.sqlite'}", tmp_path / "store")
+    files = _files("travelled")
+    paths = {name: tmp_path / name for name in files}
+    for name, data in files.items():
+        paths[name].write_bytes(data)
+    record = elsewhere.register(_document("travelled", files), paths, Caller.of("carol"))
+    export_bundle(elsewhere, record.id, Caller.of("carol"), tmp_path / "b.tar")
+    elsewhere.close()
+    data = (tmp_path / "b.tar").read_bytes()
+    refused = await http("POST", "images/bundles", user="alice", content=data)
+    assert refused.status_code == 403
+    damaged = await http("POST", "images/bundles", user="carol", content=data[:1000])
+    assert damaged.status_code == 400, damaged.text
+    imported = await http("POST", "images/bundles", user="carol", content=data)
+    assert imported.status_code == 201, imported.text
+    assert [i["id"] for i in imported.json()["imported"]] == [record.id]
+    assert (await http("GET", f"images/{record.id}", user="carol")).status_code == 200

@@ -15,7 +15,8 @@ predecessor's) and changes nothing.
 ``POST images/{ref}/applications`` / ``DELETE images/{ref}/applications/{name}[/{version}]``:
 a new version with one IDB application more or less.  ``POST images/{ref}/actions/deprecate``
 (or ``activate``), ``DELETE images/{ref}``.  ``POST images/{ref}/endorsements``,
-``DELETE images/{ref}/endorsements/{fingerprint}``.
+``DELETE images/{ref}/endorsements/{fingerprint}``.  ``GET images/{ref}/bundle``: the image
+and its bases as a bundle (image_repo.bundle); ``POST images/bundles``: import one.
 
 Only users with the ``creator`` or ``admin`` role may, and only within the image's
 permissions (image_repo.access); the repository and ``image_repo.uploads`` decide, these
@@ -25,13 +26,16 @@ handlers translate.
 from __future__ import annotations
 
 import io
+import os
+import shutil
 from collections.abc import Callable
-from typing import Any
+from typing import Any, BinaryIO
 
 from twisted.internet import threads
 
 from base.identity import Caller
 from base.reasons import Reason
+from image_repo import bundle
 from image_repo.errors import (
     ImageNotFound,
     ImageUnavailable,
@@ -43,9 +47,10 @@ from image_repo.errors import (
 from image_repo.repository import ImageRecord
 from image_repo.uploads import Outcome, PendingRegistration
 from tsf.rest.app import Call, RestApp
-from tsf.rest.http import JSON, Response, RestError, iso, link, str_param
+from tsf.rest.http import JSON, Response, RestError, Stream, iso, link, str_param
 
 MERGE_PATCH = "application/merge-patch+json"
+TAR = "application/x-tar"
 WRITER_ROLES = ("creator", "admin")
 
 
@@ -235,8 +240,74 @@ async def withdraw_endorsement(call: Call, ref: str, fingerprint: str) -> Respon
     return Response.no_content()
 
 
+async def export_bundle(call: Call, ref: str) -> Response:
+    """The image and its visible bases as a bundle (image_repo.bundle), streamed from a
+    file that is unlinked at once (nothing is left behind if the client goes away)."""
+    caller = call.caller
+    repository = call.app.context["factory"].repository
+
+    def export() -> tuple[BinaryIO, int, str]:
+        directory = repository.store.open_staging()
+        try:
+            path = bundle.export_bundle(repository, ref, caller, directory / "bundle.tar")
+            handle = path.open("rb")
+            return handle, path.stat().st_size, repository.get(ref, caller).ref
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    handle, size, image = await _blocking(export)
+
+    async def read(offset: int, count: int) -> bytes:
+        def pread() -> bytes:
+            data = os.pread(handle.fileno(), count, offset)
+            if offset + len(data) >= size:
+                handle.close()
+            return data
+
+        return await threads.deferToThread(pread)
+
+    name = image.replace(":", "-") + ".gridvm-bundle.tar"
+    return Response(stream=Stream(read, 0, size), headers={
+        "Content-Type": TAR, "Content-Disposition": f'attachment; filename="{name}"'})
+
+
+async def import_bundle(call: Call) -> Response:
+    """Register the images of an uploaded bundle (creators and administrators; the bundle's
+    bytes count against the caller's quota)."""
+    caller = _writer(call)
+    limit = call.app.limits.max_image_file
+    request = call.request
+    if getattr(request, "too_large", False) or getattr(request, "received", 0) > limit:
+        raise RestError(413, f"the bundle exceeds the limit of {limit} bytes "
+                             "(limits.image_file_mib)", Reason.BAD_REQUEST)
+    repository = call.app.context["factory"].repository
+    uploads = call.app.context["uploads"]
+    content = request.content or io.BytesIO()
+
+    def register() -> bundle.ImportResult:
+        content.seek(0, io.SEEK_END)
+        uploads.check_quota(caller, content.tell())
+        content.seek(0)
+        directory = repository.store.open_staging()
+        try:
+            path = directory / "upload.tar"
+            with path.open("wb") as target:
+                shutil.copyfileobj(content, target, 1 << 20)
+            return bundle.import_bundle(repository, path, caller, max_bytes=limit)
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    result = await _blocking(register)
+    return Response(201 if result.imported else 200, json={
+        "imported": [_image_doc(call, r) for r in result.imported],
+        "skipped": result.skipped, "endorsements": result.endorsements,
+        "leftOut": result.left_out})
+
+
 def install(app: RestApp) -> None:
     app.add("POST", "images", register_image)
+    app.add("POST", "images/bundles", import_bundle)
+    app.add("GET", "images/{ref}/bundle", export_bundle)
     app.add("GET", "images/uploads/{upload_id}", get_upload)
     app.add("DELETE", "images/uploads/{upload_id}", cancel_upload)
     app.add("PUT", "images/uploads/{upload_id}/files/{name}", put_upload_file)
