@@ -17,12 +17,13 @@ import base64
 import http.client
 import json
 import re
+import shutil
 import ssl
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote
 
 from client.errors import (
@@ -81,8 +82,10 @@ class Site:
     # -- HTTP --------------------------------------------------------------------------------
     def request(self, method: str, url: str, *, body: Any = None, data: Any = None,
                 accept: str = "application/json", headers: dict[str, str] | None = None,
-                expect: tuple[int, ...] = (200,), timeout: float | None = None) -> Response:
-        """One request; raises CliError unless the status is one of ``expect``."""
+                expect: tuple[int, ...] = (200,), timeout: float | None = None,
+                sink: BinaryIO | None = None) -> Response:
+        """One request; raises CliError unless the status is one of ``expect``.  With
+        ``sink``, a successful answer's body is copied there in blocks (``body`` is empty)."""
         if not self.base.startswith(("http://", "https://")):
             raise CliError(f"bad server URL {self.base!r}: expected http(s)://HOST:PORT/"
                            "<SITE>/rest/core", EXIT_USAGE)
@@ -104,7 +107,11 @@ class Site:
                                              headers=all_headers)
             with urllib.request.urlopen(request, timeout=timeout or self.timeout,
                                         context=self._context) as reply:
-                response = Response(reply.status, dict(reply.headers), reply.read())
+                if sink is not None and reply.status in expect:
+                    shutil.copyfileobj(reply, sink, DOWNLOAD_CHUNK)
+                    response = Response(reply.status, dict(reply.headers), b"")
+                else:
+                    response = Response(reply.status, dict(reply.headers), reply.read())
         except urllib.error.HTTPError as err:
             response = Response(err.code, dict(err.headers or {}), err.read())
         except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
@@ -254,6 +261,18 @@ class Site:
                             timeout=self.timeout + size / (16 << 20),
                             headers={"Content-Length": str(size),
                                      "Content-Type": "application/octet-stream"})
+
+    def export_image(self, ref: str, sink: BinaryIO) -> None:
+        """Write the bundle of an image (with its visible bases) into ``sink``."""
+        self.request("GET", f"images/{quote(ref, safe='')}/bundle", accept="application/x-tar",
+                     sink=sink, timeout=max(self.timeout, 600.0))
+
+    def import_bundle(self, stream, size: int) -> dict[str, Any]:
+        """Send a bundle (a binary file object of ``size`` bytes); what the site imported."""
+        return self.request("POST", "images/bundles", data=stream, expect=(200, 201),
+                            timeout=self.timeout + size / (16 << 20),
+                            headers={"Content-Length": str(size),
+                                     "Content-Type": "application/x-tar"}).json()
 
     def image_action(self, ref: str, action: str) -> dict[str, Any]:
         return self.request("POST", f"images/{quote(ref, safe='')}/actions/{action}",

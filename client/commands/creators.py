@@ -1,5 +1,5 @@
-"""``gridvm image register|new-version|app|deprecate|activate|delete|endorse|withdraw``:
-creators' work on a site's images over REST.
+"""``gridvm image register|new-version|app|deprecate|activate|delete|endorse|withdraw|export|
+import``: creators' work on a site's images over REST.
 
 ``register`` computes each file's sha512 and size itself, sends the document, then each file
 the site does not hold yet (with progress); ``--dry-run`` shows the validated document (for a
@@ -73,6 +73,16 @@ def register(image_commands: argparse._SubParsersAction) -> None:
                           "attach an endorsement (statement, signature, certificate)")
     endorse.add_argument("image", metavar="IMAGE")
     endorse.add_argument("endorsement", metavar="ENDORSEMENT.json")
+    export = add_command(image_commands, "export", _export,
+                         "download an image with its bases as a bundle (a tar)",
+                         json_flag=False)
+    export.add_argument("image", metavar="IMAGE")
+    export.add_argument("-o", "--output", required=True, metavar="FILE",
+                        help="the bundle file to write")
+    imported = add_command(image_commands, "import", _import,
+                           "register the images of a bundle on the site")
+    imported.add_argument("bundle", metavar="FILE")
+
     withdraw = add_command(image_commands, "withdraw", _withdraw,
                            "withdraw an endorsement by its certificate's fingerprint",
                            json_flag=False)
@@ -261,4 +271,46 @@ def _withdraw(args: argparse.Namespace) -> int:
 
     connect(args).withdraw_endorsement(args.image, args.fingerprint)
     print(f"endorsement {args.fingerprint} withdrawn from {args.image}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from client.settings import connect
+
+    target = Path(args.output)
+    partial = target.with_name(target.name + ".part")
+    site = connect(args)
+    try:
+        with partial.open("wb") as sink:
+            site.export_image(args.image, sink)
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
+    print(f"{args.image}: {target.stat().st_size} bytes written to {target}")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from client.output import print_json
+    from client.settings import connect
+    from client.transfer import ProgressReader
+
+    path = Path(args.bundle)
+    if not path.is_file():
+        raise CliError(f"{args.bundle} is not a file", EXIT_USAGE)
+    size = path.stat().st_size
+    site = connect(args)
+    with path.open("rb") as stream:
+        reader = ProgressReader(stream, size, path.name)
+        answer = site.import_bundle(reader, size)
+        reader.finish()
+    if args.json:
+        print_json(answer)
+        return 0
+    for image in answer.get("imported") or []:
+        print(f"imported {image.get('ref')} ({image.get('id')})")
+    for image_id in answer.get("skipped") or []:
+        print(f"already here: {image_id}")
+    for note in answer.get("leftOut") or []:
+        print(f"left out: {note}", file=sys.stderr)
     return 0

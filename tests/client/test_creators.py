@@ -120,3 +120,23 @@ async def test_upload_progress_is_drawn_on_a_terminal(creators_site, tmp_path):
     assert code == 0, screen
     assert out.startswith("registered cli-progress:1")
     assert "\rupload initrd.img:" in screen and "100%" in screen and "MiB/s" in screen
+
+
+@pytest_twisted.ensureDeferred
+async def test_export_then_import_a_bundle(creators_site, tmp_path):
+    site, _http = creators_site
+    cli = Cli(site.https_base)
+    meta, kernel, initrd = _prepare(tmp_path, "cli-bundle")
+    assert (await cli("image", "register", meta, kernel, initrd,
+                      user="carol")).returncode == 0
+    target = tmp_path / "out" / "cli-bundle.tar"
+    target.parent.mkdir()
+    exported = await cli("image", "export", "cli-bundle", "-o", str(target), user="carol")
+    assert exported.returncode == 0, exported.stderr
+    assert target.stat().st_size > 600_000 and not (tmp_path / "out" / "x.part").exists()
+    imported = await cli("image", "import", str(target), user="carol")
+    assert imported.returncode == 0, imported.stderr
+    assert imported.stdout.startswith("already here: ")
+    missing = await cli("image", "export", "no-such-image", "-o", str(target), user="carol")
+    assert missing.returncode == 3 and "no-such-image" in one_line_error(missing)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["cli-bundle.tar"]

@@ -59,7 +59,8 @@ def test_former_image_verbs_are_catalogue_verbs_and_some_site_verbs():
     commands = subcommands(build_parser())
     assert set(subcommands(commands["catalogue"])) >= catalogue.FORMER_IMAGE_VERBS
     site_verbs = set(subcommands(commands["image"]))
-    assert site_verbs == {"search", "app", "activate", *catalogue.SITE_IMAGE_VERBS}
+    assert site_verbs == {"search", "app", "activate", "export", "import",
+                          *catalogue.SITE_IMAGE_VERBS}
     for verb in catalogue.FORMER_IMAGE_VERBS - site_verbs:
         assert main(["image", verb]) == 2
 
