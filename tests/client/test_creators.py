@@ -30,6 +30,15 @@ def _prepare(tmp_path, name: str, kernel: bytes = b"K" * 3000,
     return str(meta), str(tmp_path / "vmlinuz"), str(tmp_path / "initrd.img")
 
 
+async def _registered(creators_site, tmp_path, name: str) -> Cli:
+    """A CLI against the site, once carol registered ``name`` with it."""
+    cli = Cli(creators_site[0].https_base)
+    meta, kernel, initrd = _prepare(tmp_path, name)
+    assert (await cli("image", "register", meta, kernel, initrd,
+                      user="carol")).returncode == 0
+    return cli
+
+
 @pytest_twisted.ensureDeferred
 async def test_register_hashes_sends_the_files_and_is_idempotent(creators_site, tmp_path):
     site, _http = creators_site
@@ -51,11 +60,7 @@ async def test_register_hashes_sends_the_files_and_is_idempotent(creators_site, 
 
 @pytest_twisted.ensureDeferred
 async def test_new_version_dry_run_diff_then_a_replaced_file(creators_site, tmp_path):
-    site, _http = creators_site
-    cli = Cli(site.https_base)
-    meta, kernel, initrd = _prepare(tmp_path, "cli-lineage")
-    assert (await cli("image", "register", meta, kernel, initrd,
-                      user="carol")).returncode == 0
+    cli = await _registered(creators_site, tmp_path, "cli-lineage")
     patch = tmp_path / "patch.json"
     patch.write_text(json.dumps({"general": {"title": "the second"}}))
     diff = await cli("image", "new-version", "cli-lineage", str(patch), "--dry-run",
@@ -124,11 +129,7 @@ async def test_upload_progress_is_drawn_on_a_terminal(creators_site, tmp_path):
 
 @pytest_twisted.ensureDeferred
 async def test_export_then_import_a_bundle(creators_site, tmp_path):
-    site, _http = creators_site
-    cli = Cli(site.https_base)
-    meta, kernel, initrd = _prepare(tmp_path, "cli-bundle")
-    assert (await cli("image", "register", meta, kernel, initrd,
-                      user="carol")).returncode == 0
+    cli = await _registered(creators_site, tmp_path, "cli-bundle")
     target = tmp_path / "out" / "cli-bundle.tar"
     target.parent.mkdir()
     exported = await cli("image", "export", "cli-bundle", "-o", str(target), user="carol")
