@@ -159,6 +159,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     which.add_argument("--cert", type=Path, metavar="CERT.pem")
     which.add_argument("--fingerprint", metavar="HEX")
 
+    export = command("export", _export, "write an image with its bases as a bundle",
+                     "Write IMAGE, its visible bases and their endorsements as a bundle (a "
+                     "tar, image_repo/bundle.py) that `gridvm image import` registers on a "
+                     "site with the ids kept, so that the endorsements still hold there.")
+    export.add_argument("image", metavar="IMAGE")
+    export.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
+
     verify = command("verify", _verify, "check an image's endorsements against trust anchors",
                      "Verify every endorsement of IMAGE (signature, files, expiry, "
                      "certificate) and whether an anchor vouches for its certificate: the "
@@ -446,6 +453,15 @@ def _new_version(args: argparse.Namespace) -> int:
         _print_json(record.to_dict())
     else:
         print(f"registered {record.ref} (id {record.id}, base {record.base_id})")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from image_repo.bundle import export_bundle
+
+    with opened(args) as repo:
+        path = export_bundle(repo, args.image, local_caller(args.vo), args.output)
+    print(f"{args.image}: {path.stat().st_size} bytes written to {path}")
     return 0
 
 
