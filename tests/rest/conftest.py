@@ -130,12 +130,12 @@ async def rest_site(built_images):
 @pytest_twisted.async_yield_fixture(scope="module")
 async def creators_site():
     """(service, Http for BASE over http) of a site without VM images, for creators' tests:
-    one image file at most 1 MiB, 3 MiB of images per user."""
+    other uploads at most 1 MiB, one image file at most 2 MiB, 3 MiB of images per user."""
     root = TEST_ROOT / f"creators-{uuid.uuid4().hex[:8]}"
     root.mkdir(parents=True)
     write_users(root / "users.json")
-    site = await start_site(site_config(root, limits={"image_file_mib": 1,
-                                                      "image_quota_mib": 3}), reactor)
+    site = await start_site(site_config(root, limits={
+        "max_upload_mib": 1, "image_file_mib": 2, "image_quota_mib": 3}), reactor)
     try:
         yield site, Http(site.http_base)
     finally:

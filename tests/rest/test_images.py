@@ -180,13 +180,17 @@ async def test_quota_and_file_limit_name_the_limit(creators_site):
     assert over.status_code == 413
     assert over.json()["reason"] == "QUOTA_EXCEEDED"
     assert "limits.image_quota_mib" in over.json()["errorMessage"]
-    big = b"b" * (MIB + 10)
+    big = b"b" * (2 * MIB + 10)
     doc["origin"]["content"][1].update(sha512=hashlib.sha512(big).hexdigest(), size=len(big))
     upload = (await http("POST", "images", user="dave", json=doc)).headers["location"]
     refused = await http("PUT", f"{upload}/files/initrd.img", user="dave", content=big)
     assert refused.status_code == 413 and "limits.image_file_mib" in refused.json()[
         "errorMessage"]
     assert (await http("DELETE", upload, user="dave")).status_code == 204
+    # an image file may be larger than other uploads (limits.max_upload_mib = 1)
+    files = {"vmlinuz": b"k" * 100, "initrd.img": b"i" * (MIB + MIB // 2)}
+    image = await _register(http, "roomy", files, user="dave")
+    assert image["ref"] == "roomy:1"
 
 
 @pytest_twisted.ensureDeferred

@@ -46,7 +46,9 @@ def build_site(app: RestApp) -> server.Site:
     rest_node.putChild(b"core", CoreResource(app, f"/{app.site_name}/rest/core"))
 
     class Request(BoundedRequest):
-        max_body = max(app.limits.max_upload, app.limits.max_image_file)
+        max_body = app.limits.max_upload
+        large_body = app.limits.max_image_file  # files of images and bundles being registered
+        large_paths = (b"/images/uploads/", b"/images/bundles")
 
     site = server.Site(root)
     site.requestFactory = Request
