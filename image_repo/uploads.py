@@ -216,6 +216,9 @@ class Uploads:
                                        f"metadata says {ref.sha512[:16]}…", where)
             target = pending.directory / name
             part.replace(target)
+        except FileNotFoundError:  # the staging directory went: expired or cancelled
+            raise UploadNotFound(f"registration {upload_id} ended while {name} arrived"
+                                 ) from None
         finally:
             part.unlink(missing_ok=True)
         with self._lock:

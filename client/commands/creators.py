@@ -166,7 +166,7 @@ def _show_preview(args: argparse.Namespace, preview: dict[str, Any]) -> int:
         print_json(new)
     else:
         old_text, new_text = _comparable(before), _comparable(new)
-        label = preview["predecessor"].get("ref", args.image)
+        label = preview["predecessor"].get("ref", "the predecessor")
         diff = list(difflib.unified_diff(old_text, new_text, label, f"{label} + patch",
                                          lineterm=""))
         print("\n".join(diff) if diff else "no change to the document")

@@ -53,6 +53,15 @@ async def test_register_hashes_sends_the_files_and_is_idempotent(creators_site, 
     result = await cli("image", "register", meta, kernel, initrd, user="carol")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("registered cli-image:1 (")
+    doc = json.loads((tmp_path / "metadata.json").read_text())
+    doc["general"]["title"] = "retitled"
+    (tmp_path / "metadata.json").write_text(json.dumps(doc))
+    follows = await cli("image", "register", meta, kernel, initrd, "--dry-run", user="carol")
+    assert follows.returncode == 0, follows.stderr
+    assert follows.stdout.startswith("--- cli-image:1") and '+    "title": "retitled"' in (
+        follows.stdout)
+    doc["general"]["title"] = shown["general"]["title"]
+    (tmp_path / "metadata.json").write_text(json.dumps(doc))
     assert "upload initrd.img: 100%" in result.stderr and "verified" in result.stderr
     again = await cli("image", "register", meta, kernel, initrd, user="carol")
     assert again.returncode == 0 and again.stdout.startswith("already registered cli-image:1")

@@ -127,11 +127,29 @@ def _preview(call: Call, document: dict[str, Any], caller: Caller) -> dict[str, 
                       for ref in meta.origin.content}}
 
 
+def _predecessor(record: ImageRecord | None) -> dict[str, Any]:
+    if record is None:
+        return {}
+    return {"predecessor": {"id": record.id, "ref": record.ref,
+                            "metadata": record.metadata.to_dict()}}
+
+
+def _newest(call: Call, document: dict[str, Any], caller: Caller) -> ImageRecord | None:
+    """The newest visible, not deleted image of the document's name (what it follows)."""
+    name = (document.get("general") or {}).get("name")
+    if not isinstance(name, str):
+        return None
+    records = call.app.context["factory"].repository.list(caller, name=name)
+    return records[-1] if records else None
+
+
 async def register_image(call: Call) -> Response:
     caller = _writer(call)
     document = call.json("metadata document")
     if _dry_run(call):
-        return Response(json=await _blocking(_preview, call, document, caller))
+        preview = await _blocking(_preview, call, document, caller)
+        newest = await _blocking(_newest, call, document, caller)
+        return Response(json={**preview, **_predecessor(newest)})
     outcome = await _blocking(call.app.context["uploads"].begin, document, caller)
     return _outcome(call, outcome)
 
@@ -148,8 +166,7 @@ async def new_version(call: Call, ref: str) -> Response:
     if _dry_run(call):
         source = await _blocking(repository.get, ref, caller)
         preview = await _blocking(_preview, call, document, caller)
-        return Response(json={**preview, "predecessor": {
-            "id": source.id, "ref": source.ref, "metadata": source.metadata.to_dict()}})
+        return Response(json={**preview, **_predecessor(source)})
     outcome = await _blocking(call.app.context["uploads"].begin, document, caller)
     return _outcome(call, outcome)
 
