@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import threading
 import time
@@ -208,6 +209,8 @@ class Uploads:
                     digest.update(chunk)
                     writer.write(chunk)
                     size += len(chunk)
+                writer.flush()
+                os.fsync(writer.fileno())
             if size != ref.size:
                 raise ChecksumMismatch(f"{name} has {size} bytes, the metadata says "
                                        f"{ref.size}", where)

@@ -129,3 +129,18 @@ def test_stored_bytes_counts_distinct_files_of_live_images(repo):
     repo.new_version("piecewise", {"general": {"title": "v2"}}, CREATOR)
     assert repo.stored_bytes("carol") == len(KERNEL) + len(INITRD)
     assert repo.stored_bytes("dave") == 0
+
+
+def test_files_staged_in_the_store_are_linked_and_still_verified(repo):
+    directory = repo.store.open_staging()
+    (directory / "vmlinuz").write_bytes(KERNEL)
+    (directory / "initrd.img").write_bytes(b"not the initrd")
+    files = {"vmlinuz": directory / "vmlinuz", "initrd.img": directory / "initrd.img"}
+    with pytest.raises(ChecksumMismatch, match="initrd.img"):
+        repo.register(_doc(), files, CREATOR)
+    assert repo.list(CREATOR) == [] and list(repo.store.digests()) == []
+    (directory / "initrd.img").write_bytes(INITRD)
+    record = repo.register(_doc(), files, CREATOR)
+    stored = repo.content_paths(record.id, CREATOR)["initrd.img"]
+    assert stored.stat().st_ino == (directory / "initrd.img").stat().st_ino  # linked
+    assert stored.read_bytes() == INITRD
