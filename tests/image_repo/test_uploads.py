@@ -136,7 +136,7 @@ def test_files_staged_in_the_store_are_linked_and_still_verified(repo):
     (directory / "vmlinuz").write_bytes(KERNEL)
     (directory / "initrd.img").write_bytes(b"not the initrd")
     files = {"vmlinuz": directory / "vmlinuz", "initrd.img": directory / "initrd.img"}
-    with pytest.raises(ChecksumMismatch, match="initrd.img"):
+    with pytest.raises(ChecksumMismatch, match=r"initrd\.img"):
         repo.register(_doc(), files, CREATOR)
     assert repo.list(CREATOR) == [] and list(repo.store.digests()) == []
     (directory / "initrd.img").write_bytes(INITRD)
