@@ -208,6 +208,7 @@ class Hypervisor:
         self._retry: IDelayedCall | None = None
         self._closing = False
         self._ever_connected = False
+        self._lost_because = ""
         self._status = ConnectionStatus(uri, False, time.time(), "not connected yet")
         self._shutdown_trigger = None
 
@@ -332,7 +333,8 @@ class Hypervisor:
             return  # an old connection, or our own close
         log.warning("lost the connection to %s (%s): reconnecting", self.uri, why)
         callback_id, self._conn, self._callback_id = self._callback_id, None, None
-        self._status = ConnectionStatus(self.uri, False, time.time(), f"connection lost: {why}",
+        self._lost_because = f"connection lost: {why}"
+        self._status = ConnectionStatus(self.uri, False, time.time(), self._lost_because,
                                         self._status.reconnects)
         self._pool.callInThread(_dispose, conn, callback_id)
         self._schedule_reconnect(self.backoff.initial)
@@ -349,7 +351,8 @@ class Hypervisor:
             following = self.backoff.after(delay)
             self._status = ConnectionStatus(
                 self.uri, False, self._status.since,
-                f"reconnecting (next attempt in {following:g} s): {failure.value}",
+                f"{self._lost_because}; reconnecting (next attempt in {following:g} s): "
+                f"{failure.value}",
                 self._status.reconnects)
             log.info("reconnecting to %s failed: %s; next attempt in %g s", self.uri,
                      failure.value, following)
