@@ -65,6 +65,7 @@ from image_repo.trust import (
     check_endorsement,
     parse_fingerprint,
 )
+from image_repo.versions import image_version
 
 #: status -> the statuses it may change to
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -538,7 +539,7 @@ class ImageRepository:
             if not version.isdigit():
                 raise BadRequest(f"expected an id, name or name:version, got {ref!r}", "image")
             candidates = list(session.scalars(select(ImageRow).where(
-                ImageRow.name == name, ImageRow.version == int(version))))
+                ImageRow.name == name, ImageRow.version == image_version(version))))
         else:
             rows = list(session.scalars(select(ImageRow).where(ImageRow.name == ref)
                                         .order_by(ImageRow.version.desc())))
