@@ -15,7 +15,7 @@ from twisted.internet import reactor, task
 from base.reasons import Reason
 from tests.rest.conftest import PUBLIC
 from tests.rest.test_api import NO_BOOT, submit
-from tsf.rest.http import MAX_JSON_DEPTH, Response
+from tsf.rest.http import MAX_JSON_DEPTH, OCTET, Response
 from tsf.rest.sites import FACTORY_ID
 
 
@@ -186,3 +186,24 @@ async def test_failed_logins_back_off_and_a_success_resets(rest_site):
     assert (await http("GET", "jobs", user="bob")).status_code == 200  # resets both
     typed_error(await http("GET", "jobs", auth=("bob", "wrong")), 403)  # free again
 
+
+
+@pytest_twisted.ensureDeferred
+async def test_header_octets_that_are_not_utf8_and_unusable_paths(rest_site):
+    """Found by the property tests: twisted.web's str header lookup failed on octets that are
+    not UTF-8, and the file system on names beyond its limits or lone surrogates."""
+    _site, http = rest_site
+    job = await submit(http)
+    storage = job.replace("/jobs/", "/storages/") + "-uspace"
+    answer = await http("PUT", f"{storage}/files/a.txt", content=b"hello",
+                        headers={"Content-Type": OCTET})
+    assert answer.status_code == 204
+    typed_error(await http("GET", f"{storage}/files/a.txt",
+                           headers={"Range": b"bytes=\xfe-", "Accept": OCTET}), 416)
+    assert (await http("GET", "jobs", headers={"Host": b"\xff"})).status_code == 200
+    for name in ("n" * 256, "/".join(["d" * 200] * 21)):
+        doc = typed_error(await http("GET", f"{storage}/files/{name}"), 400)
+        assert "at most 255" in doc["errorMessage"]
+    body = b'{"from": "\\ud800", "to": "b"}'  # a lone surrogate, valid JSON
+    doc = typed_error(await post_raw(http, f"{storage}/actions/copy", body), 400)
+    assert "Unicode" in doc["errorMessage"]

@@ -41,6 +41,13 @@ Handler = Callable[..., Awaitable[Response]]
 _HOST = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 
 
+def header_text(request: server.Request, name: str) -> str | None:
+    """A request header as text: its octets read as ISO-8859-1, so that any bytes a client
+    sends are some text (twisted.web's own str lookup fails on bytes that are not UTF-8)."""
+    value = request.getHeader(name.encode("ascii"))
+    return None if value is None else value.decode("latin-1")
+
+
 @dataclass(frozen=True)
 class Route:
     method: str
@@ -90,8 +97,7 @@ class Call:
         return "/".join([self.base, *(quote(p, safe="/-_.~") for p in parts)])
 
     def header(self, name: str) -> str | None:
-        value = self.request.getHeader(name)
-        return value if value is None else str(value)
+        return header_text(self.request, name)
 
     def wants_bytes(self) -> bool:
         """Accept decides JSON vs bytes (pyunicore sends Content-Type json on every GET)."""
@@ -183,7 +189,7 @@ class CoreResource(resource.Resource):
 
     def base_url(self, request: server.Request) -> str:
         scheme = "https" if request.isSecure() else "http"
-        host = (request.getHeader("host") or "").strip()
+        host = (header_text(request, "host") or "").strip()
         if not _HOST.match(host):
             address = request.getHost()
             host = f"{address.host}:{address.port}"
