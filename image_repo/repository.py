@@ -47,6 +47,7 @@ from image_repo.models import (
 )
 from image_repo.requirements import Requirements
 from image_repo.schema import (
+    NAME_PATTERN,
     Counters,
     ImageMetadata,
     Permissions,
@@ -76,6 +77,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 #: general fields the repository keeps; a new version does not inherit them
 KEPT_FIELDS = ("version", "status", "created", "updated", "counters", "ratings", "base_image")
 _ID = re.compile(r"[0-9a-f]{32}")
+_NAME = re.compile(NAME_PATTERN)
 _CHUNK = 500
 
 FileArg = str | Path
@@ -534,6 +536,8 @@ class ImageRepository:
                      write: bool = False) -> ImageRow:
         if _ID.fullmatch(ref):
             candidates = [row] if (row := session.get(ImageRow, ref)) else []
+        elif not _NAME.fullmatch(ref.rpartition(":")[0] or ref):
+            candidates = []  # no image has such a name (nor may PostgreSQL see a NUL)
         elif ":" in ref:
             name, _, version = ref.rpartition(":")
             if not version.isdigit():

@@ -3,7 +3,7 @@
 A version is split into numeric and alphabetic segments (``6.1.0-13`` -> 6, 1, 0, 13;
 ``3.12rc1`` -> 3, 12, "rc", 1).  Segments compare pairwise: numbers numerically, words
 alphabetically, a word before a number (so ``3.12rc1 < 3.12``), and a missing segment counts
-as 0 (so ``12 == 12.0``).  A number beyond 64 bits compares as the largest 64-bit one.
+as 0 (so ``12 == 12.0``); a number beyond 63 bits compares as the largest 63-bit one.
 
 Operators (``OPERATORS``):
 
@@ -29,9 +29,10 @@ from image_repo.errors import BadRequest
 
 _SEGMENT = re.compile(r"[0-9]+|[A-Za-z]+")
 Segment = int | str
-#: The largest number a version segment or an image version stands for (a 64-bit integer,
-#: what the database keeps).
+#: The largest number a version segment stands for; larger ones compare as it.
 MAX_NUMBER = (1 << 63) - 1
+#: The largest image version (the catalogue keeps it in an SQL INTEGER: 32 bits).
+MAX_IMAGE_VERSION = (1 << 31) - 1
 
 
 def _number(digits: str) -> int:
@@ -42,13 +43,12 @@ def _number(digits: str) -> int:
 
 def image_version(text: str, path: str = "image") -> int:
     """The version number of an image reference ``name:VERSION``; a :class:`BadRequest`
-    naming ``path`` unless it is decimal digits standing for at most :data:`MAX_NUMBER`."""
-    significant = text.lstrip("0") or "0"
-    if text.isascii() and text.isdigit() and len(significant) <= 19 and (
-            int(significant) <= MAX_NUMBER):
-        return int(significant)
-    raise BadRequest(f"an image version is a whole number of at most {MAX_NUMBER}, got "
-                     f"{text[:40]!r}", path)
+    naming ``path`` unless it is decimal digits standing for at most
+    :data:`MAX_IMAGE_VERSION`."""
+    if text.isascii() and text.isdigit() and _number(text) <= MAX_IMAGE_VERSION:
+        return _number(text)
+    raise BadRequest(f"an image version is a whole number of at most {MAX_IMAGE_VERSION}, "
+                     f"got {text[:40]!r}", path)
 
 
 @functools.total_ordering
