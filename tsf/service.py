@@ -25,6 +25,7 @@ from target_system.instance import Deadlines, HealthPolicy, SiteCredentials
 from target_system.store import StateStore
 from target_system.transfers import TransferPolicy
 from tsf.config import SiteConfig
+from tsf.exchange import ListSigner, SubscriptionRefresher, subscription_specs
 from tsf.factory import Quotas, TargetSystemFactory
 from tsf.rest import build_app, build_site
 from tsf.rest.app import Limits
@@ -132,6 +133,7 @@ class SiteService(service.MultiService):
         self.repository: ImageRepository | None = None
         self.vmm: VirtualMachineManager | None = None
         self.factory: TargetSystemFactory | None = None
+        self.subscriptions: SubscriptionRefresher | None = None
         self.users: UsersFile | None = None
         self.app = None
         self.http: ListeningService | None = None
@@ -188,6 +190,14 @@ class SiteService(service.MultiService):
                  "%(finished)d finished job(s)",
                  counts)
         self.factory.setServiceParent(self)
+        self.subscriptions = SubscriptionRefresher(
+            self.repository, subscription_specs(config), self.factory.transfers, reactor)
+        self.subscriptions.setServiceParent(self)
+        for spec in self.subscriptions.specs:
+            sub = spec.subscription
+            log.info("subscription %s: %s every %gs, for %s, signed by %s", sub.name, sub.url,
+                     spec.interval, sub.vo or "everyone", sub.endorser_dn or "any endorser "
+                     f"chaining to {len(spec.anchors)} anchor(s)")
         log.info("factory ready: quotas %d per user, %d in total; job files under %s",
                  config.quotas.per_user, config.quotas.total, config.storage)
         for pool in config.pool_specs():
@@ -208,6 +218,8 @@ class SiteService(service.MultiService):
             Limits(max_json=limits.max_json_kib << 10, max_upload=limits.max_upload_mib << 20),
             sizing={"cpus": limits.max_cpus, "memory_mib": limits.max_memory_mib,
                     "runtime_s": limits.max_runtime_s})
+        self.app.context.update(exchange=config.exchange,
+                                list_signer=ListSigner.from_config(config))
         sites = await self.app.context["sites"].load()
         log.info("%d UNICORE site(s) of earlier runs kept; jobs kept %s after submission", sites,
                  f"{limits.job_lifetime_days:g} days" if limits.job_lifetime_days

@@ -59,9 +59,9 @@ def test_registration_fills_in_the_repository_fields(repo, built):
 
 
 def test_schema_is_at_the_newest_revision_and_migrate_is_idempotent(repo):
-    assert current_revision(repo.engine) == "0004_endorsements"
+    assert current_revision(repo.engine) == "0005_subscriptions"
     migrate(repo.engine)
-    assert current_revision(repo.engine) == "0004_endorsements"
+    assert current_revision(repo.engine) == "0005_subscriptions"
 
 
 def test_wrong_checksum_registers_nothing(repo, built):
