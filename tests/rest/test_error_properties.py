@@ -161,7 +161,9 @@ def url_templates(paths: dict[str, str]) -> list[str]:
             f"{storage}/files/{{}}/{{}}", f"{storage}/actions/{{}}", "images/{}",
             f"images/{PUBLIC}:{{}}", "sites/{}", "sites/{}/jobs", "sites/{}/applications/{}",
             "factories/{}", f"factories/{FACTORY_ID}/applications/{{}}", "instances/{}",
-            "{}", "{}/{}", "token?lifetime={}", "jobs?offset={}&num={}"]
+            "{}", "{}/{}", "token?lifetime={}", "jobs?offset={}&num={}",
+            "oai?verb={}&identifier={}", "oai?verb=ListRecords&metadataPrefix={}&set={}",
+            "imagelists/selection?image={}&image={}", "imagelists/files/{}/{}"]
 
 
 def url(base_path: str, path: str) -> str:
