@@ -47,6 +47,7 @@ from image_repo.models import (
 )
 from image_repo.requirements import Requirements
 from image_repo.schema import (
+    NAME_PATTERN,
     Counters,
     ImageMetadata,
     Permissions,
@@ -66,6 +67,7 @@ from image_repo.trust import (
     check_endorsement,
     parse_fingerprint,
 )
+from image_repo.versions import image_version
 
 #: status -> the statuses it may change to
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -76,6 +78,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 #: general fields the repository keeps; a new version does not inherit them
 KEPT_FIELDS = ("version", "status", "created", "updated", "counters", "ratings", "base_image")
 _ID = re.compile(r"[0-9a-f]{32}")
+_NAME = re.compile(NAME_PATTERN)
 _CHUNK = 500
 
 FileArg = str | Path
@@ -634,12 +637,14 @@ class ImageRepository:
                      write: bool = False) -> ImageRow:
         if _ID.fullmatch(ref):
             candidates = [row] if (row := session.get(ImageRow, ref)) else []
+        elif not _NAME.fullmatch(ref.rpartition(":")[0] or ref):
+            candidates = []  # no image has such a name (nor may PostgreSQL see a NUL)
         elif ":" in ref:
             name, _, version = ref.rpartition(":")
             if not version.isdigit():
                 raise BadRequest(f"expected an id, name or name:version, got {ref!r}", "image")
             candidates = list(session.scalars(select(ImageRow).where(
-                ImageRow.name == name, ImageRow.version == int(version))))
+                ImageRow.name == name, ImageRow.version == image_version(version))))
         else:
             rows = list(session.scalars(select(ImageRow).where(ImageRow.name == ref)
                                         .order_by(ImageRow.version.desc())))

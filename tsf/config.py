@@ -37,6 +37,10 @@ Example (every value shown is the default; ``state_dir`` defaults to ``$GRIDVM_H
     max_memory_mib = 8192
     max_runtime_s = 86400
     token_lifetime_s = 43200          # default lifetime of issued tokens
+    login_failures_free = 3           # failed logins in a row per source address and per
+                                      # user name before each further one bars that key
+    login_backoff_s = 1.0             # for this long, doubling per failure (0 = no bars)
+    login_backoff_max_s = 300.0       # up to this long
     job_lifetime_days = 30            # a job and its files are destroyed this long after
                                       # submission (its owner may move terminationTime
                                       # within this span); 0 = kept until deleted
@@ -190,6 +194,9 @@ class LimitsSection:
     max_memory_mib: int = 8192
     max_runtime_s: int = 86400
     token_lifetime_s: int = 43200
+    login_failures_free: int = 3
+    login_backoff_s: float = 1.0
+    login_backoff_max_s: float = 300.0
     job_lifetime_days: float = 30.0
 
 

@@ -32,6 +32,7 @@ from tsf.factory import Quotas, TargetSystemFactory
 from tsf.rest import build_app, build_site
 from tsf.rest.app import Limits
 from tsf.rest.auth import Authenticator, TokenIssuer
+from tsf.rest.backoff import LoginBackoff
 from tsf.users import UsersFile
 from vmm.hypervisor import Hypervisor
 from vmm.manager import VirtualMachineManager
@@ -211,8 +212,11 @@ class SiteService(service.MultiService):
         limits = config.limits
         tokens = TokenIssuer.load_or_create(state / "token-secret", config.site.name,
                                             default_lifetime=limits.token_lifetime_s)
+        backoff = LoginBackoff(limits.login_failures_free, limits.login_backoff_s,
+                               limits.login_backoff_max_s)
         self.app = build_app(
-            config.site.name, self.factory, Authenticator(self.users, tokens), tokens,
+            config.site.name, self.factory, Authenticator(self.users, tokens, backoff=backoff),
+            tokens,
             Limits(max_json=limits.max_json_kib << 10, max_upload=limits.max_upload_mib << 20,
                    max_image_file=limits.image_file_mib << 20),
             sizing={"cpus": limits.max_cpus, "memory_mib": limits.max_memory_mib,

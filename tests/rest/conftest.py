@@ -8,6 +8,7 @@ Clients run in threads (pyunicore and httpx are blocking; the reactor serves mea
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import http.client
 import json
@@ -106,13 +107,14 @@ def site_config(root, **overrides):
     return config_from_dict(doc)
 
 
-@pytest_twisted.async_yield_fixture(scope="module")
-async def rest_site(built_images):
-    """(service, Http for BASE over http); the service tree is stopped afterwards."""
+@contextlib.asynccontextmanager
+async def running_site(built_images, **overrides):
+    """(service, Http for BASE over http) of a site configured by ``site_config(root,
+    **overrides)``; the service tree is stopped and its domains destroyed afterwards."""
     root = TEST_ROOT / f"rest-{uuid.uuid4().hex[:8]}"
     root.mkdir(parents=True)
     write_users(root / "users.json")
-    site = await start_site(site_config(root), reactor)
+    site = await start_site(site_config(root, **overrides), reactor)
     try:
         await threads.deferToThread(register_images, site.repository, built_images)
         site.factory.runner.poll_interval = 0.5
@@ -128,16 +130,16 @@ async def rest_site(built_images):
 
 
 @pytest_twisted.async_yield_fixture(scope="module")
+async def rest_site(built_images):
+    """(service, Http for BASE over http); the service tree is stopped afterwards."""
+    async with running_site(built_images) as pair:
+        yield pair
+
+
+@pytest_twisted.async_yield_fixture(scope="module")
 async def creators_site():
     """(service, Http for BASE over http) of a site without VM images, for creators' tests:
     other uploads at most 1 MiB, one image file at most 2 MiB, 3 MiB of images per user."""
-    root = TEST_ROOT / f"creators-{uuid.uuid4().hex[:8]}"
-    root.mkdir(parents=True)
-    write_users(root / "users.json")
-    site = await start_site(site_config(root, limits={
-        "max_upload_mib": 1, "image_file_mib": 2, "image_quota_mib": 3}), reactor)
-    try:
-        yield site, Http(site.http_base)
-    finally:
-        await site.stopService()
-        shutil.rmtree(root, ignore_errors=True)
+    async with running_site({}, limits={"max_upload_mib": 1, "image_file_mib": 2,
+                                        "image_quota_mib": 3}) as pair:
+        yield pair
