@@ -56,6 +56,7 @@ class PendingRegistration:
     directory: Path
     expires: float  #: seconds since the epoch
     received: dict[str, Path] = field(default_factory=dict)
+    committing: bool = False  #: every file is here; being registered now
 
     @property
     def missing(self) -> list[str]:
@@ -114,7 +115,8 @@ class Uploads:
         self.max_pending_per_user = max_pending_per_user
         self.clock = clock
         self._pending: dict[str, PendingRegistration] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  #: guards _pending
+        self._registering = threading.Lock()  #: one commit or idempotence check at a time
 
     # -- starting ---------------------------------------------------------------------------
 
@@ -125,13 +127,19 @@ class Uploads:
         meta = self.repository.preview(document, caller)
         wanted = comparable(meta, caller)
         key = _digest(wanted)
-        found = self._registered(meta, caller, wanted)
-        if found is not None:
-            return Outcome(image=found, existing=True)
-        expected = {ref.file: (i, ref) for i, ref in enumerate(meta.origin.content)
-                    if not self.repository.store.has(ref.sha512)}
-        if not expected:
-            return Outcome(image=self.repository.register(meta, (), caller))
+        with self._registering:  # an identical document committing now is found, not redone
+            found = self._registered(meta, caller, wanted)
+            if found is not None:
+                return Outcome(image=found, existing=True)
+            expected = {ref.file: (i, ref) for i, ref in enumerate(meta.origin.content)
+                        if not self.repository.store.has(ref.sha512)}
+            if not expected:
+                return Outcome(image=self.repository.register(meta, (), caller))
+            return self._wait_for(meta, caller, key, expected)
+
+    def _wait_for(self, meta: ImageMetadata, caller: Caller, key: str,
+                  expected: dict[str, tuple[int, ContentRef]]) -> Outcome:
+        """The pending registration of ``meta`` (a new one, or the one already waiting)."""
         with self._lock:
             for pending in self._pending.values():
                 if pending.key == key and pending.caller.user == caller.user:
@@ -230,11 +238,17 @@ class Uploads:
             pending.received[name] = target
             if pending.missing:
                 return Outcome(pending=pending)
-            del self._pending[upload_id]
+            if pending.committing:
+                raise UploadNotFound(f"registration {upload_id} is being registered by "
+                                     "another request")
+            pending.committing = True  # stays findable (by begin) until it is an image
         try:
-            image = self.repository.register(pending.document, dict(pending.received),
-                                             pending.caller)
+            with self._registering:
+                image = self.repository.register(pending.document, dict(pending.received),
+                                                 pending.caller)
         finally:
+            with self._lock:
+                self._pending.pop(upload_id, None)
             shutil.rmtree(pending.directory, ignore_errors=True)
         return Outcome(image=image)
 
@@ -242,13 +256,16 @@ class Uploads:
 
     def cancel(self, upload_id: str, caller: Caller) -> None:
         pending = self.get(upload_id, caller)
+        if pending.committing:
+            raise BadRequest(f"registration {upload_id} has all its files and is being "
+                             "registered: too late to cancel", "upload")
         self._discard([pending])
 
     def expire(self) -> list[str]:
         """Drop the pending registrations past their deadline; returns their ids."""
         now = self.clock()
         with self._lock:
-            gone = [p for p in self._pending.values() if p.expires <= now]
+            gone = [p for p in self._pending.values() if p.expires <= now and not p.committing]
         self._discard(gone)
         return [p.id for p in gone]
 

@@ -5,6 +5,8 @@ removed one at a time."""
 from __future__ import annotations
 
 import io
+import threading
+import time
 
 import pytest
 
@@ -144,3 +146,35 @@ def test_files_staged_in_the_store_are_linked_and_still_verified(repo):
     stored = repo.content_paths(record.id, CREATOR)["initrd.img"]
     assert stored.stat().st_ino == (directory / "initrd.img").stat().st_ino  # linked
     assert stored.read_bytes() == INITRD
+
+
+def test_an_identical_document_during_the_commit_finds_the_image(repo):
+    uploads = Uploads(repo)
+    pending = uploads.begin(_doc(), CREATOR).pending
+    _send(uploads, pending, "vmlinuz", KERNEL)
+    entered, release = threading.Event(), threading.Event()
+    register = repo.register
+
+    def slow_register(*args, **kwargs):
+        entered.set()
+        release.wait(10)
+        return register(*args, **kwargs)
+
+    repo.register = slow_register
+    committing = threading.Thread(target=_send, args=(uploads, pending, "initrd.img", INITRD))
+    committing.start()
+    assert entered.wait(10)
+    repo.register = register
+    with pytest.raises(BadRequest, match="too late to cancel"):
+        uploads.cancel(pending.id, CREATOR)
+    answers = []
+    again = threading.Thread(target=lambda: answers.append(uploads.begin(_doc(), CREATOR)))
+    again.start()
+    time.sleep(0.2)
+    release.set()
+    committing.join(10)
+    again.join(10)
+    [answer] = answers
+    assert answer.existing and answer.image is not None and answer.image.version == 1
+    assert [r.ref for r in repo.list(CREATOR)] == ["piecewise:1"]
+    assert uploads.pending() == []
