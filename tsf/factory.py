@@ -33,6 +33,7 @@ from base.reasons import Reason
 from image_repo.errors import RepositoryError
 from image_repo.repository import ImageRepository
 from image_repo.trust import TrustPolicy
+from target_system.drivers import TSIConnector, VirtualMachines, connect_tsi
 from target_system.instance import (
     Deadlines,
     HealthPolicy,
@@ -56,7 +57,6 @@ from target_system.transfers import (
     transfer_failed,
 )
 from tsf.pools import PoolSpec, check_specs, pool_name
-from vmm.manager import VirtualMachineManager
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class TargetSystemFactory(service.Service):
 
     name = "factory"
 
-    def __init__(self, repository: ImageRepository, vmm: VirtualMachineManager,
+    def __init__(self, repository: ImageRepository, vmm: VirtualMachines,
                  credentials: SiteCredentials, storage_root: Path, reactor, *,
                  quotas: Quotas | None = None, deadlines: Deadlines | None = None,
                  health: HealthPolicy | None = None, runner: JobRunner | None = None,
@@ -101,7 +101,8 @@ class TargetSystemFactory(service.Service):
                  expiry_interval: float = EXPIRY_INTERVAL,
                  transfers: TransferPolicy | None = None,
                  pools: Sequence[PoolSpec] = (), pool_interval: float = 10.0,
-                 trust: TrustPolicy | None = None):
+                 trust: TrustPolicy | None = None,
+                 tsi_connector: TSIConnector = connect_tsi):
         self.repository = repository
         self.vmm = vmm
         self.credentials = credentials
@@ -111,6 +112,7 @@ class TargetSystemFactory(service.Service):
         self.deadlines = deadlines or Deadlines()
         self.health = health or HealthPolicy()
         self.runner = runner or JobRunner(reactor)
+        self.tsi_connector = tsi_connector  #: makes the TSI links to instances' agents
         self.store = store
         #: whom the site trusts to endorse images, and whether images must be endorsed
         self.trust = trust or TrustPolicy()
@@ -409,7 +411,7 @@ class TargetSystemFactory(service.Service):
         target = TargetSystem(
             instance_id=uuid.uuid4().hex[:12], owner=owner, image=image, vmm=self.vmm,
             credentials=self.credentials, reactor=self.reactor, vcpus=vcpus, memory_mib=memory,
-            deadlines=self.deadlines, health=self.health,
+            deadlines=self.deadlines, health=self.health, tsi_connector=self.tsi_connector,
             extra_context={f"init.d/{name}": script
                            for name, script in self.context_hooks.items()},
             admit=self._trust_check(image, caller) if self.trust.require else None)
@@ -571,7 +573,7 @@ class TargetSystemFactory(service.Service):
             target = TargetSystem.restore(
                 row, image, alive.pop(row["id"], None), vmm=self.vmm,
                 credentials=self.credentials, reactor=self.reactor, deadlines=self.deadlines,
-                health=self.health)
+                health=self.health, tsi_connector=self.tsi_connector)
             target.keep_idle = pool_name(target.owner) is not None
             self.instances[target.instance_id] = target
             self._persist_instance(target)
