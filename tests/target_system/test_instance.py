@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from base.reasons import Reason
@@ -24,9 +23,7 @@ from target_system.jobdesc import parse_job
 from target_system.jobs import Job, JobRunner
 from target_system.lifecycle import InstanceState, JobState
 from target_system.store import instance_snapshot
-from tests.fakes import run_until
-from tests.fakes.hypervisor import FakeVirtualMachines
-from tests.fakes.tsi import FakeTSINetwork
+from tests.fakes.parts import FakeParts
 from tests.image_repo.examples import builder_document
 from vmm.errors import GuestCrashed
 
@@ -42,13 +39,11 @@ def credentials(tmp_path_factory) -> SiteCredentials:
     return SiteCredentials.load_or_create(tmp_path_factory.mktemp("ca"))
 
 
-class Site:
-    """A clock, the fake VM manager and TSI network, and target systems on them."""
+class Site(FakeParts):
+    """The fake parts, and target systems on them."""
 
     def __init__(self, directory: Path, credentials: SiteCredentials):
-        self.clock = Clock()
-        self.network = FakeTSINetwork(self.clock)
-        self.vms = FakeVirtualMachines(self.clock, directory / "vms", self.network)
+        super().__init__(directory / "vms")
         self.credentials = credentials
 
     def options(self, **overrides) -> dict:
@@ -66,15 +61,6 @@ class Site:
         self.wait(self.vms.boot_seconds)
         assert target.state is S.READY
         return target
-
-    def wait(self, seconds: float, step: float = 0.25) -> None:
-        """Let ``seconds`` pass in small steps (``Clock.advance`` runs what falls due in
-        one jump all at its end, so timers set meanwhile would start late)."""
-        whole, rest = divmod(seconds, step)
-        self.clock.pump([step] * int(whole) + ([rest] if rest > 1e-9 else []))
-
-    def agent(self, target: TargetSystem):
-        return self.network.agents[target.vm.host_port]
 
 
 @pytest.fixture
@@ -203,16 +189,18 @@ async def test_missed_pings_beyond_the_budget_fail_the_instance_and_its_jobs(sit
                                                     "Arguments": ["600"]}),
               reactor=site.clock, storage=tmp_path / "job")
     ran = JobRunner(site.clock).run(job, target)
-    await run_until(site.clock, lambda: job.state is JobState.RUNNING, step=0.05)
+    await site.run_until(lambda: job.state is JobState.RUNNING, step=0.05)
     assert target.state is S.BUSY
     site.agent(target).stop_answering()
-    # pings at +15, +30, +45 each time out after 5 s: the third miss is at +50
-    site.wait(ready_at + 49.9 - site.clock.seconds())
+    # pings go out every 15 s from READY and time out after 5 s: the third one from now
+    # is the third miss
+    third = ready_at + 15 * (int((site.clock.seconds() - ready_at) // 15) + 3) + 5
+    site.wait(third - 0.1 - site.clock.seconds())
     assert target.state is S.BUSY and target.describe()["health"]["missedPings"] == 2
     site.wait(0.2)
     assert (target.state, target.lifecycle.reason) == (S.FAILED, Reason.TSI_LOST)
     assert "3 pings in a row failed" in target.lifecycle.message
-    await run_until(site.clock, lambda: ran.called)
+    await site.run_until(lambda: ran.called)
     assert (job.state, job.lifecycle.reason) == (JobState.FAILED, Reason.TSI_LOST)
     assert not target.jobs and job.finished.called
     assert_gone(site, target)
