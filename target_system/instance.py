@@ -5,8 +5,10 @@ a fresh certificate for the instance, puts the agent's configuration on the
 contextualization medium, opens the instance's callback port, boots the VM (readiness is a
 mutual-TLS probe of the agent), then creates a TSI worker and pings it.  Every phase has a
 deadline; any failure ends in FAILED with a reason code, and the VM, its files and its ports
-are gone.  While READY or BUSY, a ping every ``health_interval`` seconds with a budget of
-missed pings, plus libvirt's lifecycle events, decide whether it is still alive.
+are gone.  While READY or BUSY, a ping every ``HealthPolicy.interval`` seconds with a budget
+of missed pings, plus its domain's lifecycle events (``vmm.watch``), decide whether it is
+still alive; it ends when idle too long or at the end of its lease.  ``reconnect()`` takes
+it back after a server restart through the same TSI connect path as the bring-up.
 """
 
 from __future__ import annotations
@@ -252,7 +254,7 @@ class TargetSystem:
         await self._reach_agent(self.reactor.seconds() + self.deadlines.connecting,
                                 S.CONNECTING)
         life.advance(S.READY)
-        self._watch_health()
+        self._pings.start()
         if self.health.lease:
             self._lease_timer.arm(self.health.lease, self._lease_expired)
 
@@ -342,7 +344,7 @@ class TargetSystem:
             await self._teardown()
             return self
         log.info("instance %s reconnected after the restart", self.instance_id)
-        self._watch_health()
+        self._pings.start()
         if self.state is S.READY:
             self._arm_idle()
         return self
@@ -364,9 +366,6 @@ class TargetSystem:
             tail = self.vm.console_tail(3).replace("\n", " | ")
             self.lifecycle.fail(Reason.GUEST_CRASHED, f"the VM stopped ({event.event.name.lower()})"
                                                  f"; console: {tail[-300:]}")
-
-    def _watch_health(self) -> None:
-        self._pings.start()
 
     def _lost(self, message: str) -> None:
         if self.usable:
