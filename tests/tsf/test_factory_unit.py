@@ -16,6 +16,7 @@ from target_system.lifecycle import InstanceState, JobState
 from tests.fakes.parts import FakeParts
 from tests.image_repo.examples import builder_document, write_files
 from tsf.factory import InstanceBusy, NotFound, Quotas, TargetSystemFactory
+from tsf.pools import PoolSpec
 from vmm.errors import GuestCrashed
 
 ALICE = Caller.of("alice", groups=["users"])
@@ -33,7 +34,7 @@ def credentials(tmp_path_factory) -> SiteCredentials:
 class Site(FakeParts):
     """A factory on the fake parts and a real catalogue holding alice's image."""
 
-    def __init__(self, directory, credentials, quotas: Quotas):
+    def __init__(self, directory, credentials, quotas: Quotas, **options):
         super().__init__(directory / "vms")
         self.repository = ImageRepository(sqlite_url(directory / "catalogue.sqlite"),
                                           directory / "store")
@@ -44,7 +45,8 @@ class Site(FakeParts):
             self.repository, self.vms, credentials, directory / "storage", self.clock,
             quotas=quotas, deadlines=Deadlines(staging=60, booting=30, connecting=20),
             health=HealthPolicy(interval=15, ping_timeout=5, idle_timeout=None),
-            runner=JobRunner(self.clock, poll_interval=1.0), tsi_connector=self.network)
+            runner=JobRunner(self.clock, poll_interval=1.0), tsi_connector=self.network,
+            **options)
 
     async def finished(self, job):
         await self.run_until(lambda: job.finished.called)
@@ -61,6 +63,7 @@ def site(tmp_path, credentials):
     yield site
     for target in site.factory.list_instances(Caller.of("root", admin=True)):
         target.terminate("test over")
+    site.wait(1)
     site.repository.close()
 
 
@@ -118,6 +121,48 @@ async def test_jobs_beyond_the_quotas_fail_quota_exceeded(tmp_path, credentials)
         assert len(site.vms.specs) == 1 and running.state is J.RUNNING
     finally:
         site.repository.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_at_the_quota_a_job_shares_the_least_loaded_instance(tmp_path, credentials):
+    site = Site(tmp_path, credentials, Quotas(per_user=1, total=4))
+    site.network.job_seconds = None
+    try:
+        first, second = site.factory.submit(JOB, ALICE), site.factory.submit(JOB, ALICE)
+        target = await site.running(first)
+        await site.run_until(lambda: second.state is J.RUNNING)
+        assert second.instance_id == target.instance_id and len(site.vms.specs) == 1
+        # whichever was matched second (the catalogue answers in threads) shares
+        assert any(f"sharing instance {target.instance_id}" in line
+                   for job in (first, second) for line in job.log)
+        assert target.jobs == {first.job_id, second.job_id}
+    finally:
+        site.repository.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_job_takes_a_warm_pool_instance_and_the_pool_boots_another(tmp_path,
+                                                                           credentials):
+    site = Site(tmp_path, credentials, Quotas(per_user=2, total=2), pool_interval=10,
+                pools=[PoolSpec("warm", image="gridvm-debian12-initramfs", idle=1)])
+    admin = Caller.of("root", admin=True)
+    site.factory.startService()
+    try:
+        await site.run_until(lambda: [t.state for t in site.factory.list_instances(admin)]
+                             == [InstanceState.READY])
+        (warm,) = site.factory.list_instances(admin)
+        assert warm.owner == "pool:warm" and warm.keep_idle
+        job = await site.finished(site.factory.submit(JOB, ALICE))
+        assert job.state is J.SUCCESSFUL and job.instance_id == warm.instance_id
+        assert warm.owner == "alice" and not warm.keep_idle
+        assert any("from pool warm" in line for line in job.log)
+        await site.run_until(lambda: len(site.vms.instances) == 2)
+        assert [t.owner for t in site.factory.list_instances(admin)] == ["alice", "pool:warm"]
+    finally:
+        await site.factory.stopService()
+        site.wait(1)  # an instance still booting is taken down on the next turn
+        site.repository.close()
+    assert site.vms.instances == {}
 
 
 @pytest_twisted.ensureDeferred
