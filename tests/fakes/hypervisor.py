@@ -4,8 +4,8 @@ A boot takes ``staging_seconds`` then ``boot_seconds`` of clock time (0: at once
 the spec's ``on_phase`` "booting" in between as the real one does, and plugs an agent in
 at the spec's host port on the ``FakeTSINetwork``; a boot that would outlast the spec's
 ``boot_timeout`` fails with ``BootTimeout`` at that time.  ``fail_next_boot(error)`` makes
-a boot fail, ``crash(instance_id)`` kills a domain; watchers see STARTED, STOPPED and the
-crash's events as libvirt reports them.
+a boot fail, ``destroy_error`` every destroy, ``crash(instance_id)`` kills a domain;
+watchers see STARTED, STOPPED and the crash's events as libvirt reports them.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ class FakeVirtualMachines:
         self.specs: list[InstanceSpec] = []  #: every boot asked for, in order
         self.destroyed: list[str] = []  #: every destroy asked for, in order
         self._failures: list[VMMError] = []
+        #: set: every destroy fails with it and the domain runs on (the hypervisor is away)
+        self.destroy_error: VMMError | None = None
         self._watchers: dict[str, list[Watcher]] = {}
         self._booting: dict[str, defer.Deferred] = {}
 
@@ -110,6 +112,8 @@ class FakeVirtualMachines:
 
     def destroy(self, instance_id: str) -> defer.Deferred:
         self.destroyed.append(instance_id)
+        if self.destroy_error is not None:
+            return defer.fail(self.destroy_error)
         pause = self._booting.get(instance_id)
         if pause is not None:
             pause.cancel()

@@ -25,7 +25,7 @@ from target_system.lifecycle import InstanceState, JobState
 from target_system.store import instance_snapshot
 from tests.fakes.parts import FakeParts
 from tests.image_repo.examples import builder_document
-from vmm.errors import GuestCrashed
+from vmm.errors import GuestCrashed, HypervisorError
 
 S = InstanceState
 IMAGE = ImageToBoot("img1", "gridvm-debian12-initramfs", builder_document(),
@@ -249,6 +249,15 @@ def test_the_lease_ends_even_a_busy_instance(site):
     site.wait(1)
     assert target.state is S.TERMINATED and target.lifecycle.message == "lease expired"
     assert_gone(site, target)
+
+
+def test_an_instance_whose_vm_cannot_be_destroyed_is_never_terminated(site):
+    target = site.ready()
+    site.vms.destroy_error = HypervisorError("not connected to qemu:///system")
+    outcome(target.terminate("done"))
+    assert (target.state, target.lifecycle.reason) == (S.FAILED, Reason.HYPERVISOR_ERROR)
+    assert "could not be destroyed" in target.lifecycle.message
+    assert target.instance_id in site.vms.instances
 
 
 # -- domain events -----------------------------------------------------------------------
