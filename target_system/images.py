@@ -24,7 +24,7 @@ def boot_spec(metadata: ImageMetadata, paths: Mapping[str, Path]) -> BootSpec:
 
 
 def built_image_boot_spec(built) -> BootSpec:
-    """The boot spec of an image straight out of ``image_repo.builder.build_image``."""
+    """The boot spec of an image straight out of ``image_builder.build_image``."""
     metadata = validate(built.metadata)
     return boot_spec(metadata, {ref.file: built.directory / ref.file
                                 for ref in metadata.origin.content})
