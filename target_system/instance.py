@@ -23,6 +23,7 @@ from twisted.internet import defer, task
 
 from base.errors import GridvmError
 from base.reasons import Reason
+from image_repo.schema import ImageMetadata
 from target_system.drivers import TSIConnector, TSILink, VirtualMachines, connect_tsi
 from target_system.health import HealthCheck, HealthPolicy, Timer
 from target_system.images import boot_spec
@@ -65,12 +66,12 @@ class TsiSettings:
     workdir_root: str = "/home/gridvm/jobs"
 
     @classmethod
-    def from_metadata(cls, metadata: Mapping[str, Any]) -> TsiSettings:
-        tsi = metadata.get("tsi") or {}
+    def from_metadata(cls, metadata: ImageMetadata | None) -> TsiSettings:
         settings = cls()
+        tsi = metadata.tsi if metadata is not None else None
         for key in ("port", "tls_required", "user", "group", "workdir_root"):
-            if tsi.get(key) is not None:
-                setattr(settings, key, tsi[key])
+            if tsi is not None and getattr(tsi, key) is not None:
+                setattr(settings, key, getattr(tsi, key))
         return settings
 
 
@@ -102,11 +103,12 @@ class SiteCredentials:
 
 @dataclass
 class ImageToBoot:
-    """What the factory hands over: an image's metadata and where its files are."""
+    """What the factory hands over: an image's metadata and where its files are
+    (``metadata`` is None for the image of a recovered instance that is gone)."""
 
     image_id: str
     name: str
-    metadata: Mapping[str, Any]
+    metadata: ImageMetadata | None
     paths: Mapping[str, Path]
 
 

@@ -359,10 +359,10 @@ class TargetSystemFactory(service.Service):
         return [t for t in self.instances.values() if not t.lifecycle.terminal]
 
     def _size(self, job: Job, image: ImageToBoot) -> tuple[int, int]:
-        hardware = image.metadata.get("origin", {}).get("virtual_hardware") or {}
-        vcpus = max(job.description.cpus or 1, hardware.get("vcpus") or 1)
+        hardware = image.metadata and image.metadata.origin.virtual_hardware
+        vcpus = max(job.description.cpus or 1, (hardware and hardware.vcpus) or 1)
         memory = max(-(-(job.description.memory or 0) // (1 << 20)),
-                      hardware.get("memory_mib") or DEFAULT_MEMORY_MIB)
+                      (hardware and hardware.memory_mib) or DEFAULT_MEMORY_MIB)
         return vcpus, memory
 
     def _load(self, target: TargetSystem) -> int:
@@ -569,7 +569,7 @@ class TargetSystemFactory(service.Service):
                 image = await threads.deferToThread(self._load_image, row["image_id"], admin)
             except RepositoryError as err:
                 log.warning("instance %s: its image is gone: %s", row["id"], err)
-                image = ImageToBoot(row["image_id"], row["image_name"], {}, {})
+                image = ImageToBoot(row["image_id"], row["image_name"], None, {})
             target = TargetSystem.restore(
                 row, image, alive.pop(row["id"], None), vmm=self.vmm,
                 credentials=self.credentials, reactor=self.reactor, deadlines=self.deadlines,
@@ -627,7 +627,7 @@ class TargetSystemFactory(service.Service):
     def _load_image(self, image_id: str, caller: Caller) -> ImageToBoot:
         record = self.repository.get(image_id, caller)
         paths = self.repository.content_paths(image_id, caller)
-        return ImageToBoot(record.id, record.name, record.metadata.to_dict(), paths)
+        return ImageToBoot(record.id, record.name, record.metadata, paths)
 
     def detach(self) -> defer.Deferred:
         """Stop tracking everything without ending it: VMs and their jobs keep running and

@@ -11,6 +11,7 @@ import pytest_twisted
 from twisted.python.failure import Failure
 
 from base.reasons import Reason
+from image_repo.schema import validate
 from target_system.instance import (
     Deadlines,
     HealthPolicy,
@@ -28,7 +29,7 @@ from tests.image_repo.examples import builder_document
 from vmm.errors import GuestCrashed, HypervisorError
 
 S = InstanceState
-IMAGE = ImageToBoot("img1", "gridvm-debian12-initramfs", builder_document(),
+IMAGE = ImageToBoot("img1", "gridvm-debian12-initramfs", validate(builder_document()),
                     {"vmlinuz": Path("/nowhere/vmlinuz"), "initrd.img": Path("/nowhere/initrd")})
 DEADLINES = Deadlines(staging=60, booting=30, connecting=20, draining=10)
 QUIET = HealthPolicy(interval=15, missed_budget=3, ping_timeout=5, idle_timeout=None)
