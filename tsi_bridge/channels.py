@@ -276,5 +276,34 @@ class TSIWorker:
 
         return self._run("PUTFILECHUNK", timeout, operation)
 
+    def get_stream(self, message: bytes, sink: Callable[[bytes], Awaitable[object]],
+                   stall: float, timeout: float) -> defer.Deferred:
+        """GRIDVM_GETDIRECTORY: ``TSI_OK\\nTSI_STREAM``, frames on the data channel (each
+        handed to ``sink``; none may take longer than ``stall``), an empty frame, then the
+        final reply.  Fires with the final reply's payload (the report)."""
+
+        async def frame(length: int) -> bytes:
+            return await self.data.read_exactly(length).addTimeout(stall, self.reactor)
+
+        async def operation():
+            self.command.transport.write(message)
+            header = await self._reply()
+            if header.payload != protocol.STREAM_HEADER:
+                raise protocol.ProtocolError(f"stream: unexpected reply {header.payload!r}")
+            while True:
+                (length,) = protocol.FRAME.unpack(await frame(protocol.FRAME.size))
+                if length == 0:
+                    break
+                if length > protocol.MAX_FRAME:
+                    raise protocol.ProtocolError(f"stream frame of {length} bytes")
+                await sink(await frame(length))
+            final = await self.command.next_message().addTimeout(stall, self.reactor)
+            reply = protocol.parse_reply(final)
+            if not reply.ok:
+                raise TSICommandFailed(reply.error or "TSI_FAILED")
+            return reply.payload
+
+        return self._run("GRIDVM_GETDIRECTORY", timeout, operation)
+
     def close(self) -> None:
         self.discard("closed")
