@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import tarfile
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from twisted.internet import defer, threads
 
@@ -71,13 +72,12 @@ def extract_archive(archive: Path, destination: Path) -> StageOutResult:
     """Extract ``archive`` into ``destination`` with the ``data`` filter, member by member;
     whatever is in the way of a member (from an earlier run) is replaced."""
     result = StageOutResult()
-    root = str(destination.resolve())
+    root = destination.resolve()
     with tarfile.open(archive, "r:", encoding="utf-8", errors="surrogateescape") as tar:
         for member in tar:
             name = protocol.escape_name(os.fsencode(member.name))
             try:
-                member = tarfile.data_filter(member, root)
-                _clear_way(Path(root) / member.name, member)
+                _clear_way(root, member)
                 tar.extract(member, root, filter="data")
             except (tarfile.TarError, OSError) as err:
                 result.notes.append(f"not kept: {name} ({err})")
@@ -88,23 +88,55 @@ def extract_archive(archive: Path, destination: Path) -> StageOutResult:
     return result
 
 
-def _clear_way(target: Path, member: tarfile.TarInfo) -> None:
-    if member.isdir() and target.is_dir() and not target.is_symlink():
+def _clear_way(root: Path, member: tarfile.TarInfo) -> None:
+    """Remove what an earlier run left where ``member`` goes (a link is removed, never
+    followed), if that place is inside ``root``; the filter judges the member itself."""
+    parts = PurePosixPath(member.name.lstrip("/")).parts
+    if not parts or ".." in parts:
         return
-    if target.is_dir() and not target.is_symlink():
-        shutil.rmtree(target)
-    elif target.is_symlink() or target.exists():
+    target = root.joinpath(*parts)
+    parent = target.parent.resolve()
+    if not (parent == root or parent.is_relative_to(root)):
+        return
+    if target.is_symlink():
         target.unlink()
+    elif target.is_dir():
+        if not member.isdir():
+            shutil.rmtree(target)
+    elif target.exists():
+        target.unlink()
+
+
+#: Prints (NUL-terminated) every symbolic link below the current directory that leads
+#: outside it: LS shows a link as its target, so this is how the file-by-file path sees them.
+_LINKS_OUT = ("root=$(pwd -P) && find . -type l -print0 | while IFS= read -r -d '' p; do "
+              'r=$(readlink -f -- "$p"); case "$r" in "$root"/*) ;; *) printf "%s\\0" "$p";; '
+              "esac; done")
+
+
+async def _links_out(tsi, workdir: str) -> set[str]:
+    """Relative paths of the links out, spelled as LS spells them (CR/LF as ``?``)."""
+    try:
+        output = await tsi.execute_script(f"cd {shlex.quote(workdir)} && {_LINKS_OUT}")
+    except TSICommandFailed:
+        return set()
+    return {name.removeprefix("./").replace("\n", "?").replace("\r", "?")
+            for name in output.split("\0") if name.strip()}
 
 
 async def _file_by_file(tsi, workdir: str, storage: Path) -> StageOutResult:
     result = StageOutResult()
     root = storage.resolve()
     wanted = []
+    links_out = await _links_out(tsi, workdir)
     for entry in await tsi.ls(workdir, "R"):
         if entry.is_dir or not entry.path.startswith(workdir + "/"):
             continue
         rel = entry.path[len(workdir) + 1:]
+        if rel in links_out:
+            result.notes.append(f"not copied: {rel} (symbolic link to outside the job "
+                                "directory)")
+            continue
         if entry.permissions and not entry.permissions.startswith("-"):
             result.notes.append(f"not copied: {rel} (not a regular file)")
             continue

@@ -469,6 +469,10 @@ def format_ls_entry(info: FileInfo) -> str:
             f"-{info.permissions} {info.owner} {info.group}")
 
 
+#: The first letter of ``stat.filemode``: regular file, directory, link, FIFO, socket, devices.
+_FILE_TYPES = tuple("-dlpscb")
+
+
 def parse_ls(payload: str) -> list[FileInfo]:
     """The entries of an LS payload (``START_LISTING`` ... ``END_LISTING``)."""
     lines = payload.split("\n")
@@ -476,7 +480,7 @@ def parse_ls(payload: str) -> list[FileInfo]:
         raise ProtocolError(f"LS reply without START_LISTING/END_LISTING: {payload[:200]!r}")
     entries: list[FileInfo] = []
     for line in lines[lines.index("START_LISTING") + 1: lines.index("END_LISTING")]:
-        if line.startswith("--") and entries:
+        if line[:1] == "-" and line[1:2] in _FILE_TYPES and entries:
             fields = line[1:].split(" ")
             entries[-1].permissions = fields[0]
             entries[-1].owner = fields[1] if len(fields) > 1 else ""

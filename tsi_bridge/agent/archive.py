@@ -42,9 +42,10 @@ class _Writer:
             self.flush()
 
     def flush(self) -> None:
-        view = memoryview(self.buffer)
-        while view:
-            view = view[os.write(self.out_fd, view):]
+        with memoryview(self.buffer) as view:
+            done = 0
+            while done < len(view):
+                done += os.write(self.out_fd, view[done:])
         self.buffer.clear()
 
     def report(self, kind: str, rel: str, detail: str) -> None:

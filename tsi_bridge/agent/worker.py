@@ -425,8 +425,9 @@ def _archive_child(path: str, tar_write: int, report_write: int) -> int:
     """The forked child of GRIDVM_GETDIRECTORY (already the request's user)."""
     try:
         archive.write_archive(path, tar_write, report_write)
-    except OSError as err:
-        line = protocol.format_report_line("ERROR", os.fsencode(path), str(err))
+    except Exception as err:  # reported, whatever it is: the child has no log
+        line = protocol.format_report_line("ERROR", os.fsencode(path),
+                                           f"{type(err).__name__}: {err}")
         with contextlib.suppress(OSError):
             os.write(report_write, (line + "\n").encode())
         return 1
