@@ -51,7 +51,7 @@ FIRST_POLL = 0.05
 #: Notes about single files a stage-out could not keep that go into the job's log.
 MAX_NOTES = 50
 #: An instance whose job directories have less space free is retired after a job.
-MIN_FREE_SPACE = 64 * 1024 * 1024
+MIN_FREE_SPACE = 16 * 1024 * 1024
 
 
 @dataclass
