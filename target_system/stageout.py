@@ -95,6 +95,8 @@ def _clear_way(root: Path, member: tarfile.TarInfo) -> None:
     if not parts or ".." in parts:
         return
     target = root.joinpath(*parts)
+    if not os.path.lexists(target):
+        return
     parent = target.parent.resolve()
     if not (parent == root or parent.is_relative_to(root)):
         return
