@@ -72,6 +72,7 @@ class Job:
     exit_code: int | None = None
     ended_by: str | None = None  #: the agent's reason when it ended the job itself
     exit_problem: str | None = None  #: why there is no exit code, when that is known
+    kept: bool = False  #: its files are in site storage and gone from the guest
     log: list[str] = field(default_factory=list)
     rejections: list[dict] = field(default_factory=list)  #: why-not per image (no match)
     site_id: str | None = None  #: the UNICORE site (``/sites/{id}``) it was submitted to
@@ -486,6 +487,7 @@ class JobRunner:
         """The job's files are in site storage: free the guest's disk for the next job."""
         if target.tsi is None or not target.usable or not job.workdir:
             return
+        job.kept = True  # from now on its files are served from site storage
         try:
             await target.tsi.execute_script(f"rm -rf -- {shlex.quote(job.workdir)}")
         except TSIError as err:

@@ -133,15 +133,22 @@ class CommandChannel(Channel):
 
 
 class DataChannel(Channel):
+    #: Bytes buffered before reading pauses (a stream faster than its consumer).
+    HIGH_WATER = 16 * 1024 * 1024
+
     def __init__(self, tls: bool) -> None:
         super().__init__(tls)
         self.buffer = bytearray()
         self._wanted = 0
         self._waiter: defer.Deferred | None = None
+        self._paused = False
 
     def dataReceived(self, data: bytes) -> None:
         quick_ack(self.socket)
         self.buffer += data
+        if len(self.buffer) > self.HIGH_WATER and not self._paused and self.transport:
+            self._paused = True
+            self.transport.pauseProducing()
         self._deliver()
 
     def _deliver(self) -> None:
@@ -149,6 +156,9 @@ class DataChannel(Channel):
             data = bytes(self.buffer[: self._wanted])
             del self.buffer[: self._wanted]
             waiter, self._waiter = self._waiter, None
+            if self._paused and len(self.buffer) <= self.HIGH_WATER // 2:
+                self._paused = False
+                self.transport.resumeProducing()
             waiter.callback(data)
 
     def read_exactly(self, length: int) -> defer.Deferred:
