@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from twisted.internet import defer, task
 
 from target_system.stageout import stage_out
+from tests.support.local_agent import AgentProcess
 from tsi_bridge.client import TSIClient
-from tsi_bridge.local_agent import AgentProcess
 
 
 def make_files(directory: Path, count: int, size: int) -> None:
@@ -71,7 +71,7 @@ async def vm_rates(count: int, size: int) -> dict[str, float]:
 
     from base.db import make_engine, sqlite_url
     from base.identity import Caller
-    from image_repo.builder import build_image
+    from image_builder import build_image
     from image_repo.repository import ImageRepository
     from target_system.instance import HealthPolicy, SiteCredentials
     from tsf.factory import TargetSystemFactory
