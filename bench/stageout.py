@@ -73,7 +73,7 @@ async def vm_rates(count: int, size: int) -> dict[str, float]:
     from base.identity import Caller
     from image_builder import build_image
     from image_repo.repository import ImageRepository
-    from target_system.instance import HealthPolicy, SiteCredentials
+    from target_system.instance import Deadlines, HealthPolicy, SiteCredentials
     from tsf.factory import TargetSystemFactory
     from vmm.hypervisor import Hypervisor
     from vmm.manager import VirtualMachineManager
@@ -91,6 +91,7 @@ async def vm_rates(count: int, size: int) -> dict[str, float]:
     await vmm.start()
     factory = TargetSystemFactory(repository, vmm, SiteCredentials.load_or_create(root / "ca"),
                                   root / "storage", reactor,
+                                  deadlines=Deadlines(staging=600, booting=600, connecting=300),
                                   health=HealthPolicy(interval=5, idle_timeout=None))
     factory.runner.poll_interval = 0.5
     code = (f"import os\nos.mkdir('many')\nfor n in range({count}):\n"
@@ -130,6 +131,7 @@ def main() -> None:
     async def go(reactor):
         with tempfile.TemporaryDirectory(prefix="gridvm-bench-stageout-") as base:
             figures.update(await local_rates(reactor, Path(base), args.files, args.size))
+        print(json.dumps(figures, sort_keys=True, default=lambda v: round(v, 3)), flush=True)
         if args.vm:
             figures.update(await vm_rates(args.files, args.size))
         figures.update(report(figures))

@@ -408,7 +408,8 @@ class TargetSystem:
     async def has_room(self, minimum: int) -> bool:
         """Whether the job directories' file system has ``minimum`` bytes free (one that
         reports no size, like ramfs, counts as roomy); if not, the instance is retired."""
-        assert self.tsi is not None
+        if self.tsi is None:
+            return True
         space = await self.tsi.df(self.settings.workdir_root)
         if space["TOTAL"] <= 0 or space["FREE"] >= minimum:
             return True

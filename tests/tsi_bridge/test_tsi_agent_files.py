@@ -114,9 +114,11 @@ async def test_directory_stream_keeps_regular_files_and_reports_the_rest(job_age
         with pytest.raises(TSICommandFailed, match="Is a directory"):
             await client.get_file_chunk(str(job / "sub"), 0, 10)
 
-        with pytest.raises(TSICommandFailed):
-            await client.get_directory(str(jobs / "missing"), str(archive))
+        with pytest.raises(TSICommandFailed, match="Not a directory"):
+            await client.get_directory(str(job / "a.txt"), str(archive))
         assert client.streams is True  # a failure of our agent, not a missing command
+        empty = await client.get_directory(str(jobs / "missing"), str(archive))
+        assert (empty.files, empty.problems) == (0, [])  # like LS: nothing there
         assert await client.ping() == "11.2.1"
     finally:
         await client.close()

@@ -119,15 +119,19 @@ def _add_link(out: _Writer, root: str, dir_fd: int, name: str, rel: str,
 
 def write_archive(root: str, out_fd: int, report_fd: int) -> None:
     """Write the tar stream of directory ``root`` to ``out_fd``, the report to ``report_fd``
-    (ending with a ``TOTAL <files> <bytes>`` line).  Raises OSError if ``root`` itself
-    cannot be opened."""
+    (ending with a ``TOTAL <files> <bytes>`` line).  A missing ``root`` is an empty archive
+    (as LS lists nothing for it); raises OSError if ``root`` cannot be opened otherwise."""
     root = os.path.realpath(root)
     out = _Writer(out_fd, report_fd)
-    dir_fd = os.open(root, _DIR_FLAGS)
     try:
-        _add_directory(out, root, dir_fd, "", 0)
-    finally:
-        os.close(dir_fd)
+        dir_fd = os.open(root, _DIR_FLAGS)
+    except FileNotFoundError:
+        dir_fd = None
+    if dir_fd is not None:
+        try:
+            _add_directory(out, root, dir_fd, "", 0)
+        finally:
+            os.close(dir_fd)
     out.write(bytes(2 * BLOCK))
     out.flush()
     data = f"TOTAL {out.files} {out.bytes}\n".encode()
