@@ -314,12 +314,14 @@ class JobRunner:
         """Keep the job's files, free its slot, settle its final state."""
         if target.usable and job.workdir and job.state in (J.STAGINGOUT, J.FAILED):
             await self._stage_out(job, target)
-        if target.usable and job.workdir:
+        if job.state is J.STAGINGOUT:
+            self._finish(job)  # its files are kept: the outcome is known
+        if target.usable and job.workdir:  # housekeeping before the instance is reused
+            if job.kept:
+                await self._remove_workdir(job, target)
             await self._check_room(job, target)
         target.listeners.remove(listener)
         target.release(job.job_id)
-        if job.state is J.STAGINGOUT:
-            self._finish(job)
         job.settle()
 
     async def _check_room(self, job: Job, target: TargetSystem) -> None:
@@ -433,8 +435,8 @@ class JobRunner:
             log.info("abort of %s: %s", job.bssid, err)  # finished meanwhile: fine
 
     async def _stage_out(self, job: Job, target: TargetSystem) -> None:
-        """Exit code, then the job directory into site storage (``stageout``), Exports,
-        and the directory removed from the guest once its files are kept."""
+        """Exit code, then the job directory into site storage (``stageout``) and Exports;
+        ``job.kept`` once its files are there (the wind-up then removes it from the guest)."""
         assert job.workdir
         workdir = job.workdir
 
@@ -461,7 +463,7 @@ class JobRunner:
             job.note(f"... and {len(result.notes) - MAX_NOTES} more not copied")
         if job.state is J.STAGINGOUT:
             await self._export(job)
-        await self._remove_workdir(job, target)
+        job.kept = True  # from now on its files are served from site storage
 
     async def _read_exit_code(self, job: Job, tsi, workdir: str) -> None:
         """The exit code from its file; our agent's record says when the file could not be
@@ -487,7 +489,6 @@ class JobRunner:
         """The job's files are in site storage: free the guest's disk for the next job."""
         if target.tsi is None or not target.usable or not job.workdir:
             return
-        job.kept = True  # from now on its files are served from site storage
         try:
             await target.tsi.execute_script(f"rm -rf -- {shlex.quote(job.workdir)}")
         except TSIError as err:
