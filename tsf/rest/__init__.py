@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from twisted.web import resource, server
 
-from tsf.rest import base, gridvm, jobs, sites, storages
+from tsf.rest import base, gridvm, imagelists, jobs, oai, sites, storages
 from tsf.rest.app import CoreResource, Limits, RestApp
 from tsf.rest.auth import Authenticator, TokenIssuer
 from tsf.rest.http import BoundedRequest
@@ -30,7 +30,7 @@ def build_app(site_name: str, factory, authenticator: Authenticator, tokens: Tok
     app = RestApp(site_name, authenticator, limits=limits or Limits())
     app.context.update(factory=factory, tokens=tokens, sites=SiteRegistry(factory.store),
                        sizing=sizing or {"cpus": 4, "memory_mib": 8192, "runtime_s": 86400})
-    for family in (base, sites, jobs, storages, gridvm):
+    for family in (base, sites, jobs, storages, gridvm, oai, imagelists):
         family.install(app)
     return app
 
