@@ -375,7 +375,7 @@ class TargetSystemFactory(service.Service):
         suitable = sorted(
             (t for t in self._live()
              if t.owner == caller.user and t.image.image_id == image.image_id
-             and t.state is not InstanceState.DRAINING
+             and t.state is not InstanceState.DRAINING and not t.retiring
              and t.vcpus >= vcpus and t.memory_mib >= memory),
             key=self._load)
         if suitable and self._load(suitable[0]) < suitable[0].vcpus:
