@@ -33,6 +33,7 @@ from base.reasons import Reason
 from image_repo.errors import RepositoryError
 from image_repo.repository import ImageRepository
 from image_repo.trust import TrustPolicy
+from target_system.drivers import TSIConnector, VirtualMachines, connect_tsi
 from target_system.instance import (
     Deadlines,
     HealthPolicy,
@@ -56,7 +57,6 @@ from target_system.transfers import (
     transfer_failed,
 )
 from tsf.pools import PoolSpec, check_specs, pool_name
-from vmm.manager import VirtualMachineManager
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class TargetSystemFactory(service.Service):
 
     name = "factory"
 
-    def __init__(self, repository: ImageRepository, vmm: VirtualMachineManager,
+    def __init__(self, repository: ImageRepository, vmm: VirtualMachines,
                  credentials: SiteCredentials, storage_root: Path, reactor, *,
                  quotas: Quotas | None = None, deadlines: Deadlines | None = None,
                  health: HealthPolicy | None = None, runner: JobRunner | None = None,
@@ -101,7 +101,8 @@ class TargetSystemFactory(service.Service):
                  expiry_interval: float = EXPIRY_INTERVAL,
                  transfers: TransferPolicy | None = None,
                  pools: Sequence[PoolSpec] = (), pool_interval: float = 10.0,
-                 trust: TrustPolicy | None = None):
+                 trust: TrustPolicy | None = None,
+                 tsi_connector: TSIConnector = connect_tsi):
         self.repository = repository
         self.vmm = vmm
         self.credentials = credentials
@@ -111,6 +112,7 @@ class TargetSystemFactory(service.Service):
         self.deadlines = deadlines or Deadlines()
         self.health = health or HealthPolicy()
         self.runner = runner or JobRunner(reactor)
+        self.tsi_connector = tsi_connector  #: makes the TSI links to instances' agents
         self.store = store
         #: whom the site trusts to endorse images, and whether images must be endorsed
         self.trust = trust or TrustPolicy()
@@ -357,10 +359,10 @@ class TargetSystemFactory(service.Service):
         return [t for t in self.instances.values() if not t.lifecycle.terminal]
 
     def _size(self, job: Job, image: ImageToBoot) -> tuple[int, int]:
-        hardware = image.metadata.get("origin", {}).get("virtual_hardware") or {}
-        vcpus = max(job.description.cpus or 1, hardware.get("vcpus") or 1)
+        hardware = image.metadata and image.metadata.origin.virtual_hardware
+        vcpus = max(job.description.cpus or 1, (hardware and hardware.vcpus) or 1)
         memory = max(-(-(job.description.memory or 0) // (1 << 20)),
-                      hardware.get("memory_mib") or DEFAULT_MEMORY_MIB)
+                      (hardware and hardware.memory_mib) or DEFAULT_MEMORY_MIB)
         return vcpus, memory
 
     def _load(self, target: TargetSystem) -> int:
@@ -373,7 +375,7 @@ class TargetSystemFactory(service.Service):
         suitable = sorted(
             (t for t in self._live()
              if t.owner == caller.user and t.image.image_id == image.image_id
-             and t.state is not InstanceState.DRAINING
+             and t.state is not InstanceState.DRAINING and not t.retiring
              and t.vcpus >= vcpus and t.memory_mib >= memory),
             key=self._load)
         if suitable and self._load(suitable[0]) < suitable[0].vcpus:
@@ -409,7 +411,7 @@ class TargetSystemFactory(service.Service):
         target = TargetSystem(
             instance_id=uuid.uuid4().hex[:12], owner=owner, image=image, vmm=self.vmm,
             credentials=self.credentials, reactor=self.reactor, vcpus=vcpus, memory_mib=memory,
-            deadlines=self.deadlines, health=self.health,
+            deadlines=self.deadlines, health=self.health, tsi_connector=self.tsi_connector,
             extra_context={f"init.d/{name}": script
                            for name, script in self.context_hooks.items()},
             admit=self._trust_check(image, caller) if self.trust.require else None)
@@ -567,11 +569,11 @@ class TargetSystemFactory(service.Service):
                 image = await threads.deferToThread(self._load_image, row["image_id"], admin)
             except RepositoryError as err:
                 log.warning("instance %s: its image is gone: %s", row["id"], err)
-                image = ImageToBoot(row["image_id"], row["image_name"], {}, {})
+                image = ImageToBoot(row["image_id"], row["image_name"], None, {})
             target = TargetSystem.restore(
                 row, image, alive.pop(row["id"], None), vmm=self.vmm,
                 credentials=self.credentials, reactor=self.reactor, deadlines=self.deadlines,
-                health=self.health)
+                health=self.health, tsi_connector=self.tsi_connector)
             target.keep_idle = pool_name(target.owner) is not None
             self.instances[target.instance_id] = target
             self._persist_instance(target)
@@ -625,7 +627,7 @@ class TargetSystemFactory(service.Service):
     def _load_image(self, image_id: str, caller: Caller) -> ImageToBoot:
         record = self.repository.get(image_id, caller)
         paths = self.repository.content_paths(image_id, caller)
-        return ImageToBoot(record.id, record.name, record.metadata.to_dict(), paths)
+        return ImageToBoot(record.id, record.name, record.metadata, paths)
 
     def detach(self) -> defer.Deferred:
         """Stop tracking everything without ending it: VMs and their jobs keep running and

@@ -46,20 +46,20 @@ def find_job(call: Call, job_id: str):
 async def resolve_container_image(call: Call, desc: JobDescription) -> None:
     """A CONTAINER job whose IMAGE_URL names a visible image runs in that image (matching by
     name); any other IMAGE_URL is matched against the images' ``origin.source_url``."""
-    if desc.application != "CONTAINER" or not desc.image_url:
+    url = desc.requirements.container_image_url
+    if desc.application != "CONTAINER" or not url:
         return
     repository = call.app.context["factory"].repository
 
     def lookup():
         try:
-            return repository.get(desc.image_url, call.caller)
+            return repository.get(url, call.caller)
         except (RepositoryError, ValueError):
             return None
 
     record = await threads.deferToThread(lookup)
     if record is not None and record.status != "deleted":
-        desc.image = record.name if desc.image_url == record.name else record.ref
-        desc.image_url = None
+        desc.run_in_image(record.name if url == record.name else record.ref)
 
 
 def same_site_imports(call: Call, desc: JobDescription) -> None:
