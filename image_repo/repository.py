@@ -442,7 +442,10 @@ class ImageRepository:
         if not isinstance(patch, Mapping):
             raise BadRequest("a change must be a JSON object (a merge patch)", "patch")
         changed = merge_patch(doc, patch)
-        if changed.get("general", {}).get("name") != source.name:
+        if not isinstance(changed.get("general"), Mapping):
+            raise BadRequest("expected an object (a merge patch changes it key by key)",
+                             "general")
+        if changed["general"].get("name") != source.name:
             raise BadRequest("a new version keeps the name; register a new image instead",
                              "general.name")
         for key in KEPT_FIELDS:

@@ -178,3 +178,14 @@ def test_an_identical_document_during_the_commit_finds_the_image(repo):
     assert answer.existing and answer.image is not None and answer.image.version == 1
     assert [r.ref for r in repo.list(CREATOR)] == ["piecewise:1"]
     assert uploads.pending() == []
+
+
+def test_a_patch_replacing_general_by_a_non_object_names_general(repo):
+    uploads = Uploads(repo)
+    pending = uploads.begin(_doc(), CREATOR).pending
+    _send(uploads, pending, "vmlinuz", KERNEL)
+    _send(uploads, pending, "initrd.img", INITRD)
+    for value in ([], "x", 3):
+        with pytest.raises(BadRequest) as err:
+            repo.derive("piecewise", {"general": value}, CREATOR)
+        assert err.value.path == "general"
