@@ -12,19 +12,20 @@ setup-test:
 
 ## Set everything up, build the demo image, boot it and run the main job end to end.
 demo: setup
-	$(PY) -m client.cli demo
+	$(PY) -m gridvm demo
 
 ## Set everything up and run the whole test suite (real VMs included).
-test: setup-test
-	$(PY) -m ruff check .
+test: setup-test lint
 	GRIDVM_TEST_POSTGRES_URL="$$(cat /var/lib/gridvm/test-postgres-url)" $(PY) -m pytest -p no:cacheprovider
 
 ## Fast tests only (no VM boots).
 unit: setup
 	$(PY) -m pytest -p no:cacheprovider -m "not vm"
 
+## ruff (style, complexity) and the layer contract of architecture.md (import-linter).
 lint:
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports
 
 ## Benchmarks: each prints ratios against a baseline measured in the same run, then one JSON line.
 bench: setup

@@ -28,7 +28,7 @@ from twisted.internet import defer, task
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from image_repo.builder import build_image
+from image_builder import build_image
 from target_system.images import built_image_boot_spec
 from vmm import ports
 from vmm.hypervisor import Hypervisor

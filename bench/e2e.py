@@ -31,7 +31,7 @@ from boot import bare_qemu_boot  # the same baseline as bench/boot.py
 
 from base.db import make_engine, sqlite_url
 from base.identity import Caller
-from image_repo.builder import build_image
+from image_builder import build_image
 from image_repo.repository import ImageRepository
 from target_system.images import built_image_boot_spec
 from target_system.instance import HealthPolicy, SiteCredentials

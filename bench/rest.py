@@ -34,7 +34,7 @@ from twisted.internet import defer, task, threads
 from twisted.web import resource, server, static
 
 from base.identity import Caller
-from image_repo.builder import build_image
+from image_builder import build_image
 from target_system.lifecycle import JobState
 from tsf.config import config_from_dict
 from tsf.service import start_site

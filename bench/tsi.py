@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from twisted.internet import defer, task
 
+from tests.support.local_agent import AgentProcess
 from tsi_bridge.ca import CertificateAuthority
 from tsi_bridge.client import TSIClient
-from tsi_bridge.local_agent import AgentProcess
 from tsi_bridge.tls import TLSConfig
 
 OFFICIAL = {"handshake_ms": 1005.0, "ping_ms": 44.0, "scripts_per_s": 22.7}

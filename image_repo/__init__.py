@@ -1,1 +1,1 @@
-"""Image repository: metadata, blob store, catalogue, matching, the image builder."""
+"""Image repository: metadata, blob store, catalogue, matching, endorsements and trust."""

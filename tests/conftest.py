@@ -9,7 +9,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from image_repo.builder import build_image
+from image_builder import build_image
 from vmm.hypervisor import Hypervisor
 from vmm.manager import VirtualMachineManager
 

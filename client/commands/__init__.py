@@ -1,4 +1,4 @@
-"""Sub-command groups of the gridvm CLI; each module has ``register(subparsers)``."""
+"""The site commands of ``gridvm`` (over REST); each module has ``register(subparsers)``."""
 
 from __future__ import annotations
 

@@ -111,7 +111,5 @@ def bash_script(root: argparse.ArgumentParser) -> str:
 
 
 def _completion(args: argparse.Namespace) -> int:
-    from client.cli import build_parser
-
-    print(bash_script(build_parser()), end="")
+    print(bash_script(args.root_parser), end="")
     return 0

@@ -18,7 +18,8 @@ from twisted.internet import threads
 
 from tests.rest.conftest import PASSWORDS, rest_site  # noqa: F401  (the module's site)
 
-GRIDVM = str(Path(sys.executable).parent / "gridvm")
+#: the ``gridvm`` command of this tree (the console script runs ``gridvm.cli:main`` too)
+GRIDVM = [sys.executable, "-m", "gridvm"]
 #: the tree these tests belong to: the virtualenv's editable install may point elsewhere
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,7 +40,7 @@ def cli_env(base: str | None, user: str | None = "alice", **extra: str) -> dict[
 
 def run_cli(args, env: dict[str, str], cwd=None, stdin: str | None = None,
             timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([GRIDVM, *args], env=env, cwd=cwd, input=stdin, capture_output=True,
+    return subprocess.run([*GRIDVM, *args], env=env, cwd=cwd, input=stdin, capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -47,7 +48,7 @@ def run_on_terminal(args, env: dict[str, str], timeout: float = 180) -> tuple[in
     """Run with stderr on a pseudo-terminal: (exit code, stdout, what the terminal got)."""
     main, terminal = pty.openpty()
     try:
-        done = subprocess.run([GRIDVM, *args], env=env, stdout=subprocess.PIPE,
+        done = subprocess.run([*GRIDVM, *args], env=env, stdout=subprocess.PIPE,
                               stderr=terminal, text=True, timeout=timeout)
         os.close(terminal)
         terminal = -1

@@ -71,13 +71,15 @@ def complete(script: str, words: list[str]) -> list[str]:
     (["gridvm", "image", "se"], ["search"]),
     (["gridvm", "submit", "--wa"], ["--wait"]),
     (["gridvm", "image", "search", "--req"], ["--require"]),
-    (["gridvm", "image", "build", "--kind", "q"], ["qcow2"]),
+    (["gridvm", "image", ""], ["search"]),
+    (["gridvm", "cat"], ["catalogue"]),
+    (["gridvm", "catalogue", "build", "--kind", "q"], ["qcow2"]),
     (["gridvm", "completion", ""], ["bash"]),
-    (["gridvm", "image", "end"], ["endorse"]),
-    (["gridvm", "image", "w"], ["withdraw"]),
-    (["gridvm", "image", "verify", "--an"], ["--anchors"]),
-    (["gridvm", "image", "match", "--require-e"], ["--require-endorsement"]),
-    (["gridvm", "image", "endorse", "--ke"], ["--key", "--key-password-stdin"]),
+    (["gridvm", "catalogue", "end"], ["endorse"]),
+    (["gridvm", "catalogue", "w"], ["withdraw"]),
+    (["gridvm", "catalogue", "verify", "--an"], ["--anchors"]),
+    (["gridvm", "catalogue", "match", "--require-e"], ["--require-endorsement"]),
+    (["gridvm", "catalogue", "endorse", "--ke"], ["--key", "--key-password-stdin"]),
 ])
 def test_bash_completion(words, expected):
     result = run_cli(["completion", "bash"], cli_env(None, None))

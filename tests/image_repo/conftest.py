@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import uuid
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -17,8 +14,6 @@ from base.identity import Caller
 from image_repo.repository import ImageRepository
 
 from .examples import builder_document, write_files
-
-ROOT = Path(__file__).resolve().parents[2]
 
 ALICE = Caller.of("alice", groups=["physics"], vos=["atlas"])
 BOB = Caller.of("bob", groups=["physics"], vos=["cms"])
@@ -72,30 +67,8 @@ def pki():
 
 
 @pytest.fixture
-def gridvm(database_url, tmp_path):
-    """Run ``gridvm image …`` in a subprocess against this test's catalogue and a private
-    GRIDVM_HOME; ``stdin`` is the command's input.  PYTHONPATH pins the code to this tree
-    (the virtualenv's editable install may point at another checkout)."""
-    env = {**os.environ, "GRIDVM_HOME": str(tmp_path / "home"), "GRIDVM_DB_URL": database_url,
-           "PYTHONPATH": str(ROOT)}
-
-    def run(*args: str, cwd: Path = tmp_path,
-            stdin: str | None = None) -> subprocess.CompletedProcess:
-        result = subprocess.run([sys.executable, "-m", "client.cli", "image", *args],
-                                capture_output=True, text=True, timeout=120, env=env, cwd=cwd,
-                                input=stdin, check=False)
-        assert "Traceback" not in result.stderr, result.stderr
-        if result.returncode != 0:
-            assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-        return result
-
-    run.env = env
-    return run
-
-
-@pytest.fixture
 def build_dir(tmp_path):
-    """What `gridvm image build` leaves behind: metadata.json, vmlinuz, initrd.img."""
+    """What `gridvm catalogue build` leaves behind: metadata.json, vmlinuz, initrd.img."""
     directory = tmp_path / "build"
     write_files(directory, {"vmlinuz": b"kernel-bytes", "initrd.img": b"initrd-bytes"})
     (directory / "metadata.json").write_text(json.dumps(builder_document(), indent=2))

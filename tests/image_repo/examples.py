@@ -26,7 +26,7 @@ def write_files(directory: Path, contents: dict[str, bytes]) -> list[Path]:
 def builder_document(kernel: bytes = b"kernel-bytes", initrd: bytes = b"initrd-bytes",
                      name: str = "gridvm-debian12-initramfs") -> dict:
     """What `gridvm image build` writes next to vmlinuz and initrd.img (the structure of
-    image_repo.builder.metadata.builder_metadata; docs/image-metadata.md shows it)."""
+    image_builder.metadata.builder_metadata; docs/image-metadata.md shows it)."""
     return {
         "general": {
             "name": name,

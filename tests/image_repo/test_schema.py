@@ -60,8 +60,8 @@ def test_round_trip_keeps_the_document():
 
 def test_the_builders_own_metadata_validates(tmp_path):
     """The contract with `gridvm image build`: its metadata.json registers as it is."""
-    metadata = pytest.importorskip("image_repo.builder.metadata")
-    debian = pytest.importorskip("image_repo.builder.debian")
+    metadata = pytest.importorskip("image_builder.metadata")
+    debian = pytest.importorskip("image_builder.debian")
     files = {}
     for role, name in (("kernel", "vmlinuz"), ("initrd", "initrd.img"), ("disk", "disk.qcow2")):
         files[role] = tmp_path / name

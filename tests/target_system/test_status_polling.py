@@ -8,9 +8,9 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 
 from target_system.jobs import JobRunner
+from tests.support.local_agent import AgentProcess
 from tsi_bridge.client import TSIClient
 from tsi_bridge.errors import TSIError
-from tsi_bridge.local_agent import AgentProcess
 
 
 @pytest.fixture

@@ -42,7 +42,7 @@ def test_anchors_that_cannot_be_used_are_one_line_errors(tmp_path, pki):
     config = tmp_path / "site.toml"
     config.write_text(f'[trust]\nanchors = "{tmp_path / "junk.pem"}"\n'
                       "require_endorsement = true\n")
-    result = subprocess.run([sys.executable, "-m", "client.cli", "serve", "-c", str(config),
+    result = subprocess.run([sys.executable, "-m", "gridvm", "serve", "-c", str(config),
                              "--print-config"], capture_output=True, text=True, cwd=ROOT,
                             timeout=60, check=False)
     assert result.returncode == 2

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tsi_bridge.local_agent import AgentProcess
+from tests.support.local_agent import AgentProcess
 
 
 @pytest.fixture

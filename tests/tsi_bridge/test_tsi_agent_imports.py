@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from tsi_bridge.local_agent import REPO
+from tests.support.local_agent import REPO
 
 PROBE = """
 import json, sys

@@ -13,10 +13,10 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
+from tests.support.local_agent import REPO
 from tsi_bridge.client import TSIClient
 from tsi_bridge.context import instance_context_files
 from tsi_bridge.errors import TSICommandFailed
-from tsi_bridge.local_agent import REPO
 from tsi_bridge.readiness import probe_agent
 from tsi_bridge.tls import TLSConfig
 

@@ -12,7 +12,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from image_repo.builder.errors import BuildError
+from image_builder.errors import BuildError
 
 KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
 

@@ -4,7 +4,7 @@
 ``build_image("qcow2")`` gives an ext4 root in a qcow2 disk, booted directly through the
 kernel with a tiny loader initramfs.  Both start busybox init, which mounts the
 contextualization medium, brings up user-mode networking, starts the TSI agent and reaps
-orphans.  Each build writes ``metadata.json`` ready for ``gridvm image register``.
+orphans.  Each build writes ``metadata.json`` ready for ``gridvm catalogue register``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import tsi_bridge
-from image_repo.builder import debian, metadata, pack, rootfs
-from image_repo.builder.errors import BuildError
+from image_builder import debian, metadata, pack, rootfs
+from image_builder.errors import BuildError
 
 __all__ = ["KINDS", "BuildError", "BuiltImage", "build_image"]
 

@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from image_builder.debian import Package
 from image_repo import schema
-from image_repo.builder.debian import Package
 
 
 def sha512_file(path: Path) -> str:
@@ -31,7 +31,7 @@ def builder_metadata(*, name: str, kind: str, files: dict[str, Path], cmdline: s
     """Metadata for a freshly built image; owner, version and dates come at registration.
 
     The document is checked against the repository's schema before it is returned, so a
-    build never writes metadata that ``gridvm image register`` would refuse.
+    build never writes metadata that ``gridvm catalogue register`` would refuse.
     """
     by_name = {p.name: p for p in packages}
 

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from image_repo.builder import BuildError, build_image
-from image_repo.builder.metadata import upstream_version
-from image_repo.builder.rootfs import module_load_order
+from image_builder import BuildError, build_image
+from image_builder.metadata import upstream_version
+from image_builder.rootfs import module_load_order
 from tests.conftest import TEST_ROOT
 
 
@@ -91,7 +91,7 @@ def test_same_inputs_are_not_rebuilt(built_images):
 
 def test_cli_build_reports_a_cached_image_as_json(built_images, monkeypatch):
     result = subprocess.run(
-        [sys.executable, "-m", "client.cli", "image", "build", "--kind", "qcow2", "--json",
+        [sys.executable, "-m", "gridvm", "catalogue", "build", "--kind", "qcow2", "--json",
          "--output", str(TEST_ROOT / "images")],
         capture_output=True, text=True, timeout=600,
     )
@@ -102,7 +102,7 @@ def test_cli_build_reports_a_cached_image_as_json(built_images, monkeypatch):
 
 
 def test_cli_rejects_an_unknown_kind():
-    result = subprocess.run([sys.executable, "-m", "client.cli", "image", "build", "--kind",
+    result = subprocess.run([sys.executable, "-m", "gridvm", "catalogue", "build", "--kind",
                              "floppy"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "invalid choice" in result.stderr and "Traceback" not in result.stderr
@@ -113,7 +113,7 @@ def test_built_image_registers_as_it_is(built_images, tmp_path, kind):
     image = built_images[kind]
     files = [str(image.directory / ref["file"]) for ref in image.metadata["origin"]["content"]]
     result = subprocess.run(
-        [sys.executable, "-m", "client.cli", "image", "register", str(image.metadata_path),
+        [sys.executable, "-m", "gridvm", "catalogue", "register", str(image.metadata_path),
          *files, "--db", f"sqlite:///{tmp_path}/catalogue.sqlite", "--store",
          str(tmp_path / "store"), "--json"],
         capture_output=True, text=True, timeout=120,

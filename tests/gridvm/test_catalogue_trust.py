@@ -1,4 +1,4 @@
-"""``gridvm image endorse|withdraw|verify``, ``show`` with endorsements and ``match --anchors
+"""``gridvm catalogue endorse|withdraw|verify``, ``show`` with endorsements and ``match --anchors
 --require-endorsement`` as an endorser runs them: real keys, both catalogue back ends."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ IMAGE = "gridvm-debian12-initramfs:1"
 
 
 @pytest.fixture
-def registered(gridvm, build_dir):
-    result = gridvm("register", str(build_dir / "metadata.json"))
+def registered(catalogue, build_dir):
+    result = catalogue("register", str(build_dir / "metadata.json"))
     assert result.returncode == 0, result.stderr
     return IMAGE
 
@@ -34,75 +34,75 @@ def files(tmp_path, pki):
         stranger=str(pki.bundle(directory, "stranger.pem", pki.stranger)))
 
 
-def test_endorse_verify_show_match_withdraw(gridvm, registered, files, pki, tmp_path):
+def test_endorse_verify_show_match_withdraw(catalogue, registered, files, pki, tmp_path):
     ec = pki.endorsers["ec"]
-    result = gridvm("endorse", registered, "--cert", files.cert, "--key", files.key,
+    result = catalogue("endorse", registered, "--cert", files.cert, "--key", files.key,
                     "--expires", "2099-01-31")
     assert result.returncode == 0, result.stderr
     assert result.stdout == (f"endorsed {IMAGE} as {ec.dn} until 2099-01-31T00:00:00Z "
                              f"(certificate {ec.fingerprint[:16]})\n")
 
-    trusted = gridvm("verify", registered, "--anchors", files.ca)
+    trusted = catalogue("verify", registered, "--anchors", files.ca)
     assert trusted.returncode == 0, trusted.stderr
     lines = trusted.stdout.splitlines()
     assert lines[0].startswith(f"{IMAGE} (id ") and lines[0].endswith("): trusted")
     assert lines[1].split(None, 1) == [
         "ENDORSED", f"endorsed by {ec.dn} until 2099-01-31T00:00:00Z"]
-    as_json = json.loads(gridvm("verify", registered, "--anchors", files.ca, "--json").stdout)
+    as_json = json.loads(catalogue("verify", registered, "--anchors", files.ca, "--json").stdout)
     assert (as_json["ref"], as_json["trusted"], as_json["endorsers"]) == (IMAGE, True, [ec.dn])
 
-    untrusted = gridvm("verify", registered, "--anchors", files.stranger)
+    untrusted = catalogue("verify", registered, "--anchors", files.stranger)
     assert untrusted.returncode == 1
     assert "NOT trusted" in untrusted.stdout and "UNTRUSTED_ENDORSER" in untrusted.stdout
     assert untrusted.stderr == (f"gridvm: IMAGE_UNTRUSTED: {IMAGE} is not trusted by "
                                 f"{files.stranger}: endorsed by {ec.dn}, whom this site does "
                                 "not trust\n")
 
-    header, row = gridvm("list").stdout.splitlines()
+    header, row = catalogue("list").stdout.splitlines()
     assert header.split()[6] == "ENDORSED" and " 1 until 2099-01-31 " in row
 
-    [shown] = json.loads(gridvm("show", registered).stdout)["endorsements"]
+    [shown] = json.loads(catalogue("show", registered).stdout)["endorsements"]
     assert (shown["endorser"], shown["fingerprint"]) == (ec.dn, ec.fingerprint)
     assert shown["certificate"] == ec.cert_pem.decode()
     assert base64.b64decode(shown["signature"])
 
     requirements = tmp_path / "req.json"
     requirements.write_text(json.dumps({"os": {"distro": "debian"}}))
-    fits = gridvm("match", str(requirements), "--anchors", files.ca, "--require-endorsement")
+    fits = catalogue("match", str(requirements), "--anchors", files.ca, "--require-endorsement")
     assert fits.returncode == 0, fits.stderr
     assert f"1. {IMAGE}" in fits.stdout
-    refused = gridvm("match", str(requirements), "--anchors", files.stranger,
+    refused = catalogue("match", str(requirements), "--anchors", files.stranger,
                      "--require-endorsement")
     assert refused.returncode == 3
     assert f"  {IMAGE}: endorsed by {ec.dn}, whom this site does not trust" in refused.stdout
     assert refused.stderr.startswith("gridvm: NO_MATCHING_IMAGE: no image matches")
-    plain = gridvm("match", str(requirements))  # no policy: as before
+    plain = catalogue("match", str(requirements))  # no policy: as before
     assert plain.returncode == 0 and f"1. {IMAGE}" in plain.stdout
 
-    withdrawn = gridvm("withdraw", registered, "--cert", files.cert)
+    withdrawn = catalogue("withdraw", registered, "--cert", files.cert)
     assert withdrawn.returncode == 0, withdrawn.stderr
     assert withdrawn.stdout == (f"withdrew the endorsement of {IMAGE} by {ec.dn} "
                                 f"(certificate {ec.fingerprint[:16]})\n")
-    gone = gridvm("verify", registered, "--anchors", files.ca)
+    gone = catalogue("verify", registered, "--anchors", files.ca)
     assert gone.returncode == 1 and gone.stderr.endswith(": not endorsed\n")
 
-    again = gridvm("endorse", registered, "--cert", files.cert, "--key", files.key,
+    again = catalogue("endorse", registered, "--cert", files.cert, "--key", files.key,
                    "--days", "10", "--json")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["fingerprint"] == ec.fingerprint
-    by_print = gridvm("withdraw", registered, "--fingerprint", ec.fingerprint[:10])
+    by_print = catalogue("withdraw", registered, "--fingerprint", ec.fingerprint[:10])
     assert by_print.returncode == 0, by_print.stderr
 
 
-def test_an_encrypted_key_needs_its_passphrase(gridvm, registered, files, pki):
+def test_an_encrypted_key_needs_its_passphrase(catalogue, registered, files, pki):
     args = ("endorse", registered, "--cert", files.locked_cert, "--key", files.locked_key)
-    result = gridvm(*args)  # stdin is no terminal: nobody to ask
+    result = catalogue(*args)  # stdin is no terminal: nobody to ask
     assert result.returncode == 2
     assert result.stderr == (f"gridvm: BAD_REQUEST: {files.locked_key} is encrypted: give its "
                              "passphrase with --key-password-stdin\n")
-    wrong = gridvm(*args, "--key-password-stdin", stdin="open up\n")
+    wrong = catalogue(*args, "--key-password-stdin", stdin="open up\n")
     assert wrong.returncode == 2 and "cannot read the private key" in wrong.stderr
-    right = gridvm(*args, "--key-password-stdin", stdin="sesame\n")
+    right = catalogue(*args, "--key-password-stdin", stdin="sesame\n")
     assert right.returncode == 0, right.stderr
     assert pki.endorsers["ed25519"].dn in right.stdout
 
@@ -115,7 +115,7 @@ def test_an_encrypted_key_needs_its_passphrase(gridvm, registered, files, pki):
     (("--cert", "MISSING"), 2, "/nonexistent/cert.pem: No such file or directory"),
     (("--cert", "JUNK"), 2, "certificate: is not a PEM certificate"),
 ])
-def test_endorse_errors_are_one_line(gridvm, registered, files, extra, code, words):
+def test_endorse_errors_are_one_line(catalogue, registered, files, extra, code, words):
     options = {"--cert": files.cert, "--key": files.key}
     names = {"RSA": files.rsa_key, "MISSING": "/nonexistent/cert.pem", "JUNK": files.junk}
     flag, value = extra
@@ -124,13 +124,13 @@ def test_endorse_errors_are_one_line(gridvm, registered, files, extra, code, wor
     args = [x for pair in options.items() for x in pair]
     if flag not in options:
         args += [flag, value]
-    result = gridvm("endorse", registered, *args)
+    result = catalogue("endorse", registered, *args)
     assert result.returncode == code
     assert words in result.stderr
-    assert json.loads(gridvm("show", registered).stdout)["endorsements"] == []
+    assert json.loads(catalogue("show", registered).stdout)["endorsements"] == []
 
 
-def test_other_errors_are_one_line(gridvm, registered, files):
+def test_other_errors_are_one_line(catalogue, registered, files):
     cases = [
         (("endorse", "no-such-image", "--cert", files.cert, "--key", files.key), 3,
          "no image 'no-such-image' is visible"),
@@ -142,5 +142,5 @@ def test_other_errors_are_one_line(gridvm, registered, files):
          "--anchors and --require-endorsement go together"),
     ]
     for args, code, words in cases:
-        result = gridvm(*args)
+        result = catalogue(*args)
         assert (result.returncode, words in result.stderr) == (code, True), (args, result)

@@ -1,4 +1,5 @@
-"""The ``gridvm`` command line: one sub-command group per module in ``client.commands``."""
+"""The ``gridvm`` command: the site commands of ``client.commands`` (over REST) and this
+package's local ones (``catalogue``, ``serve``, ``demo``), one group per module."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from client.commands import completion, config, demo, image, instances, jobs, serve
+from client.commands import completion, config, image, instances, jobs
 from client.errors import EXIT_CODES, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, CliError
+from gridvm import catalogue, demo, serve
 
-COMMAND_GROUPS = (jobs, image, instances, config, completion, demo, serve)
+COMMAND_GROUPS = (jobs, image, instances, config, completion, catalogue, demo, serve)
 
 EPILOG = """\
 connection: --url/GRIDVM_URL, --user/GRIDVM_USER, --password-stdin/GRIDVM_PASSWORD,
@@ -30,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.set_defaults(root_parser=parser)  # for `gridvm completion`
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     for group in COMMAND_GROUPS:
@@ -38,11 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = argparse.Namespace(verbose=0, command=None)
     try:
+        catalogue.refuse_former_form(argv)
+        args = build_parser().parse_args(argv)
+        level = logging.WARNING - 10 * min(args.verbose, 2)
+        logging.basicConfig(level=level,
+                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
         return int(args.func(args) or 0)
     except CliError as err:
         print(f"gridvm: {err.one_line()}", file=sys.stderr)
@@ -62,7 +68,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gridvm: internal error: {type(err).__name__}: {text} (-v shows where)",
               file=sys.stderr)
         return EXIT_FAILED
-
-
-if __name__ == "__main__":
-    sys.exit(main())

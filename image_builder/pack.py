@@ -6,7 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from image_repo.builder.errors import BuildError
+from image_builder.errors import BuildError
 
 
 def _check(cmd: list[str], **kwargs) -> None:

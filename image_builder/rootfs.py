@@ -13,7 +13,7 @@ import subprocess
 from importlib import resources
 from pathlib import Path
 
-from image_repo.builder.errors import BuildError
+from image_builder.errors import BuildError
 
 #: Kernel modules the guest loads (their dependencies are added in load order).
 GUEST_MODULES = (
@@ -33,7 +33,7 @@ PRUNE_DIRS = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/loc
 
 
 def guest_file(name: str) -> bytes:
-    return resources.files("image_repo.builder.guest").joinpath(name).read_bytes()
+    return resources.files("image_builder.guest").joinpath(name).read_bytes()
 
 
 def module_load_order(modules_dir: Path, wanted: tuple[str, ...]) -> list[str]:

@@ -18,7 +18,7 @@ from tests.conftest import TEST_ROOT
 
 
 def gridvm(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "client.cli", *args], input=stdin,
+    return subprocess.run([sys.executable, "-m", "gridvm", *args], input=stdin,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -77,7 +77,7 @@ def test_serve_answers_and_shuts_down_cleanly(state):
                    "--password-stdin", stdin="carol-password\n")
     assert added.returncode == 0, added.stderr
     assert (root / "users.json").stat().st_mode & 0o077 == 0
-    process = subprocess.Popen([sys.executable, "-m", "client.cli", "serve", "-c", str(config)],
+    process = subprocess.Popen([sys.executable, "-m", "gridvm", "serve", "-c", str(config)],
                                stderr=subprocess.PIPE, text=True)
     try:
         lines, bases = [], []

@@ -15,7 +15,7 @@ def test_demo_runs_the_main_job_end_to_end():
     home = TEST_ROOT / "demo-home"
     home.mkdir(parents=True, exist_ok=True)
     home.chmod(0o755)
-    result = subprocess.run([sys.executable, "-m", "client.cli", "demo"],
+    result = subprocess.run([sys.executable, "-m", "gridvm", "demo"],
                             env={**os.environ, "GRIDVM_HOME": str(home)},
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -1,4 +1,4 @@
-"""The main job, end to end on this machine.
+"""``gridvm demo``: the README's main job, end to end on this machine.
 
 Build the demo image (cached), start a gridvm site (REST over HTTPS on 127.0.0.1), register
 the image, and submit through the UNICORE REST API a job that states image *requirements*
@@ -10,8 +10,8 @@ Prints each state as the client sees it, the job's output and the phase timings.
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import time
 
 from twisted.internet import defer, task
@@ -32,6 +32,15 @@ DEMO_JOB = {
     "Resources": {"OperatingSystem": "debian", "OperatingSystemVersion": ">=12",
                   "CPUs": 1, "Memory": "256M", "Runtime": "5min"},
 }
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    demo = commands.add_parser(
+        "demo", help="build the demo image, boot it and run the main job end to end"
+    )
+    demo.add_argument("--kind", choices=("initramfs", "qcow2"), default="initramfs")
+    demo.add_argument("--uri", default="qemu:///system", help="libvirt URI")
+    demo.set_defaults(func=lambda args: run_demo(kind=args.kind, uri=args.uri))
 
 
 def say(message: str) -> None:
@@ -56,7 +65,7 @@ async def _demo(reactor, kind: str, uri: str) -> None:
     from twisted.internet import threads
 
     from client.api import Site
-    from image_repo.builder import BuildError, build_image
+    from image_builder import BuildError, build_image
     from tsf.config import config_from_dict
     from tsf.service import start_site
     from tsf.users import User, hash_password
@@ -150,7 +159,3 @@ def run_demo(kind: str = "initramfs", uri: str = "qemu:///system") -> int:
     if failure:
         raise failure[0]
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(run_demo())

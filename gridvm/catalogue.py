@@ -1,6 +1,7 @@
-"""``gridvm image register|list|show|match|new-version|deprecate|delete|endorse|withdraw|
-verify``: the catalogue commands for image creators and endorsers, working on the local
-catalogue and blob store.
+"""``gridvm catalogue build|register|list|show|match|new-version|deprecate|delete|endorse|
+withdraw|verify``: the commands of image creators and endorsers, working on this machine —
+the guest image builder, a local catalogue and blob store — not on a site (the site's
+images are ``gridvm image search``).
 
 The catalogue is ``--db URL``, else ``$GRIDVM_DB_URL``, else the SQLite file
 ``$GRIDVM_HOME/catalogue.sqlite``; the store is ``--store DIR``, else ``$GRIDVM_HOME/store``.
@@ -21,7 +22,7 @@ import os
 import pwd
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +38,29 @@ EXIT_BY_REASON = {
     Reason.IMAGE_UNTRUSTED: EXIT_FAILED,
 }
 DEFAULT_DAYS = 365
+#: The local commands that were ``gridvm image VERB`` and are now ``gridvm catalogue VERB``.
+FORMER_IMAGE_VERBS = frozenset({"build", "register", "list", "show", "match", "new-version",
+                                "deprecate", "delete", "endorse", "withdraw", "verify"})
 
 
-def add_commands(image_commands: argparse._SubParsersAction) -> None:
-    """Add the catalogue sub-commands to ``gridvm image``."""
+def refuse_former_form(argv: Sequence[str]) -> None:
+    """A usage error naming the new command for a former local ``gridvm image VERB …``."""
+    words = [word for word in argv if not word.startswith("-")]
+    if len(words) > 1 and words[0] == "image" and words[1] in FORMER_IMAGE_VERBS:
+        raise CliError(f"`gridvm image {words[1]}` moved: use `gridvm catalogue {words[1]}` "
+                       "(local image work; a site's images: `gridvm image search`)", EXIT_USAGE)
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    group = commands.add_parser(
+        "catalogue", help="build images and manage a local catalogue (image creators)",
+        description="Build guest images and register, match and endorse them in a catalogue "
+        "on this machine (--db).  A site's images: `gridvm image search`.")
+    catalogue_commands = group.add_subparsers(dest="catalogue_command",
+                                              metavar="CATALOGUE_COMMAND")
+    catalogue_commands.required = True
+    _add_build(catalogue_commands)
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--db", metavar="URL", default=None,
                         help="catalogue URL (default: $GRIDVM_DB_URL or SQLite in $GRIDVM_HOME)")
@@ -52,8 +72,8 @@ def add_commands(image_commands: argparse._SubParsersAction) -> None:
 
     def command(name: str, handler, help_text: str,
                 description: str = "") -> argparse.ArgumentParser:
-        parser = image_commands.add_parser(name, parents=[common], help=help_text,
-                                           description=description or help_text)
+        parser = catalogue_commands.add_parser(name, parents=[common], help=help_text,
+                                               description=description or help_text)
         parser.set_defaults(func=handler)
         return parser
 
@@ -137,6 +157,21 @@ def add_commands(image_commands: argparse._SubParsersAction) -> None:
     verify.add_argument("image", metavar="IMAGE")
     verify.add_argument("--anchors", type=Path, required=True, metavar="BUNDLE.pem",
                         help="PEM bundle of the endorser or CA certificates to trust")
+
+
+def _add_build(catalogue_commands: argparse._SubParsersAction) -> None:
+    build = catalogue_commands.add_parser(
+        "build",
+        help="build a small guest image from Debian packages (cached)",
+        description="Assemble a guest (cloud kernel, busybox, python3, the gridvm TSI agent) "
+        "and write it with a metadata file ready for `gridvm catalogue register`.",
+    )
+    build.add_argument("--kind", choices=("initramfs", "qcow2"), default="initramfs")
+    build.add_argument("--output", type=Path, default=None, help="image directory "
+                       "(default: the build cache under $GRIDVM_HOME/images)")
+    build.add_argument("--force", action="store_true", help="rebuild even if cached")
+    build.add_argument("--json", action="store_true", help="print the result as JSON")
+    build.set_defaults(func=_build)
 
 
 # --------------------------------------------------------------------------- plumbing --------
@@ -283,6 +318,25 @@ def _print_json(value: Any) -> None:
 
 
 # --------------------------------------------------------------------------- commands --------
+
+def _build(args: argparse.Namespace) -> int:
+    from image_builder import BuildError, build_image
+
+    try:
+        built = build_image(args.kind, output_root=args.output, force=args.force)
+    except BuildError as err:
+        raise CliError(str(err), EXIT_USAGE if err.bad_input else EXIT_FAILED,
+                       reason=err.reason) from None
+    if args.json:
+        _print_json(built.summary())
+    else:
+        state = "cached" if built.cached else f"built in {built.seconds:.1f} s"
+        print(f"{built.kind} image {built.key[:12]} ({state})")
+        print(f"  metadata: {built.metadata_path}")
+        for path in built.files:
+            print(f"  {path.name}: {path}")
+    return 0
+
 
 def _register(args: argparse.Namespace) -> int:
     doc = read_json(args.metadata)

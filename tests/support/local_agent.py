@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]  # the directory holding tsi_bridge/
+REPO = Path(__file__).resolve().parents[2]  # the directory holding tsi_bridge/
 
 
 class AgentProcess:
