@@ -38,7 +38,7 @@ from client.errors import (
 TERMINAL = ("SUCCESSFUL", "FAILED")
 _EXIT_BY_STATUS = {400: EXIT_USAGE, 401: EXIT_AUTH, 403: EXIT_AUTH, 404: EXIT_NOT_FOUND,
                    406: EXIT_USAGE, 409: EXIT_USAGE, 413: EXIT_USAGE, 415: EXIT_USAGE,
-                   416: EXIT_USAGE}
+                   416: EXIT_USAGE, 429: EXIT_AUTH}
 #: The factory's log notes that name the instance chosen for a job (before it runs there).
 _INSTANCE_NOTE = re.compile(r"\b(?:booting|reusing|sharing|waiting for) instance ([0-9a-f]+)\b")
 #: Downloads larger than this are fetched in ``Range`` pieces of this size.

@@ -145,3 +145,20 @@ class SequenceRow(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[int] = mapped_column(BigInteger)
+
+
+class SubscriptionRow(Base):
+    """The state of one image-list subscription (image_repo.subscriptions): the list last
+    accepted, until when it holds, and the outcome of the last refresh."""
+
+    __tablename__ = "image_subscriptions"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    list_identifier: Mapped[str | None] = mapped_column(String(255))
+    list_version: Mapped[str | None] = mapped_column(String(64))
+    endorser: Mapped[str | None] = mapped_column(Text)  # signer DN, one-line form
+    expires: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    refreshed: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    checked: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    error: Mapped[str | None] = mapped_column(Text)  # why the last refresh failed

@@ -47,6 +47,7 @@ from image_repo.models import (
 )
 from image_repo.requirements import Requirements
 from image_repo.schema import (
+    NAME_PATTERN,
     Counters,
     ImageMetadata,
     Permissions,
@@ -65,6 +66,7 @@ from image_repo.trust import (
     check_endorsement,
     parse_fingerprint,
 )
+from image_repo.versions import image_version
 
 #: status -> the statuses it may change to
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -75,6 +77,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 #: general fields the repository keeps; a new version does not inherit them
 KEPT_FIELDS = ("version", "status", "created", "updated", "counters", "ratings", "base_image")
 _ID = re.compile(r"[0-9a-f]{32}")
+_NAME = re.compile(NAME_PATTERN)
 _CHUNK = 500
 
 FileArg = str | Path
@@ -135,6 +138,16 @@ def _iso(stamp: datetime) -> str:
     return stamp.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+@dataclass(frozen=True)
+class KeptIdentity:
+    """What an imported image keeps from where it was registered first."""
+
+    id: str
+    version: int
+    created: datetime
+    base_id: str | None = None
+
+
 @dataclass
 class _Prepared:
     """A validated registration waiting for its catalogue rows."""
@@ -178,17 +191,34 @@ class ImageRepository:
         return self.register_many([(metadata, files)], caller)[0]
 
     def register_many(self, items: Sequence[tuple[ImageMetadata | Mapping[str, Any], Files]],
-                      caller: Caller) -> list[ImageRecord]:
-        """Register several images in one transaction: all of them or none."""
+                      caller: Caller, *,
+                      kept: Sequence[KeptIdentity] | None = None) -> list[ImageRecord]:
+        """Register several images in one transaction: all of them or none.
+
+        ``kept`` (one per item; bundle imports) keeps each image's id, version (above the
+        newest of its name here), creation time and base (when that is here already).
+        """
         prepared = [self._prepare(metadata, files) for metadata, files in items]
         with self.store.staging() as staging:
             staged = self._stage(prepared, staging)
             with self.store.locked(), session_scope(self._sessions) as session:
-                records = self._insert(session, prepared, caller)
+                records = self._insert(session, prepared, caller, kept)
                 with self.store.placing(staged):  # new blobs go again if the commit fails
                     self._before_commit()
                     session.commit()
         return records
+
+    @staticmethod
+    def _kept_version(session: Session, keep: KeptIdentity, name: str,
+                      before: dict | None) -> int:
+        if not _ID.fullmatch(keep.id):
+            raise BadRequest(f"expected 32 hex digits, got {keep.id!r}", "id")
+        if session.get(ImageRow, keep.id) is not None:
+            raise BadRequest(f"an image with id {keep.id} is in the catalogue already", "id")
+        if before and keep.version <= before["version"]:
+            raise BadRequest(f"{name} has version {before['version']} here already; "
+                             f"{keep.version} cannot follow it", "general.version")
+        return keep.version
 
     def _before_commit(self) -> None:
         """Hook between placing blobs and committing (tests interrupt registration here)."""
@@ -237,8 +267,8 @@ class ImageRepository:
                                                       where=f"origin.content[{i}]")
         return list(staged.values())
 
-    def _insert(self, session: Session, prepared: list[_Prepared],
-                caller: Caller) -> list[ImageRecord]:
+    def _insert(self, session: Session, prepared: list[_Prepared], caller: Caller,
+                kept: Sequence[KeptIdentity] | None = None) -> list[ImageRecord]:
         now = self._clock()
         names = sorted({item.meta.general.name for item in prepared})
         latest = self._latest_rows(session, names)
@@ -248,6 +278,9 @@ class ImageRepository:
             meta, general = item.meta, item.meta.general
             before = latest.get(general.name)
             version = before["version"] + 1 if before else 1
+            keep = kept[offset] if kept else None
+            if keep is not None:
+                version = self._kept_version(session, keep, general.name, before)
             if before and not access.can_write(caller, before["owner"], before["group_name"],
                                                before["mode"], before["vos"]):
                 raise NotAuthorized(f"the name {general.name!r} is taken by images you may not "
@@ -265,15 +298,20 @@ class ImageRepository:
                     not (before and general.group == before["group_name"]):
                 raise NotAuthorized(f"you are not a member of group {general.group!r}",
                                     "general.group")
-            if general.base_image is not None:
+            if keep is not None:
+                earlier = {k.id for k in kept[:offset]} if kept else set()
+                base_id = keep.base_id if keep.base_id and (
+                    keep.base_id in earlier or session.get(ImageRow, keep.base_id)) else None
+            elif general.base_image is not None:
                 base_id = self._resolve(session, general.base_image, caller).id
             else:
                 base_id = before["id"] if before else None
-            image_id = uuid.uuid4().hex
+            image_id = keep.id if keep is not None else uuid.uuid4().hex
+            created = keep.created if keep is not None else now
             general.version, general.status, general.owner, general.group = (
                 version, "active", owner, group)
             general.permissions = general.permissions or access.DEFAULT_PERMISSIONS
-            general.created = general.updated = _iso(now)
+            general.created, general.updated = _iso(created), _iso(now)
             general.base_image, general.counters, general.ratings = base_id, None, []
             mode = access.mode_of(general.permissions)
             limits = meta.idb.resource_limits
@@ -291,7 +329,7 @@ class ImageRepository:
                 "limit_memory_mib": limits.memory_mib if limits else None,
                 "limit_disk_gib": limits.disk_gib if limits else None,
                 "limit_runtime_s": limits.runtime_s if limits else None,
-                "deployments": 0, "exports": 0, "created": now, "updated": now,
+                "deployments": 0, "exports": 0, "created": created, "updated": now,
                 "change_seq": seq + offset, "document": meta.to_dict(),
             })
             files += [{"image_id": image_id, "file": r.file, "role": r.role, "sha512": r.sha512,
@@ -308,7 +346,7 @@ class ImageRepository:
                                     "vos": frozenset(meta.semantic.vos)}
             records.append(ImageRecord(
                 id=image_id, name=general.name, version=version, status="active", owner=owner,
-                group=group, permissions=general.permissions, base_id=base_id, created=now,
+                group=group, permissions=general.permissions, base_id=base_id, created=created,
                 updated=now, metadata=meta))
         for model, rows in ((ImageRow, images), (ImageFileRow, files),
                             (ImageApplicationRow, apps), (ImageLabelRow, labels)):
@@ -533,12 +571,14 @@ class ImageRepository:
                      write: bool = False) -> ImageRow:
         if _ID.fullmatch(ref):
             candidates = [row] if (row := session.get(ImageRow, ref)) else []
+        elif not _NAME.fullmatch(ref.rpartition(":")[0] or ref):
+            candidates = []  # no image has such a name (nor may PostgreSQL see a NUL)
         elif ":" in ref:
             name, _, version = ref.rpartition(":")
             if not version.isdigit():
                 raise BadRequest(f"expected an id, name or name:version, got {ref!r}", "image")
             candidates = list(session.scalars(select(ImageRow).where(
-                ImageRow.name == name, ImageRow.version == int(version))))
+                ImageRow.name == name, ImageRow.version == image_version(version))))
         else:
             rows = list(session.scalars(select(ImageRow).where(ImageRow.name == ref)
                                         .order_by(ImageRow.version.desc())))

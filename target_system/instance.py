@@ -415,9 +415,12 @@ class TargetSystem:
         elif self.state is not S.DRAINING:
             self.lifecycle.fail(Reason.HYPERVISOR_ERROR, why or "terminated before it was ready")
             return
-        await self._teardown()
-        if self.state is S.DRAINING:
+        destroyed = await self._teardown()
+        if self.state is S.DRAINING and destroyed:
             self.lifecycle.advance(S.TERMINATED, why)
+        elif self.state is S.DRAINING:  # its domain may still run: never TERMINATED then
+            self.lifecycle.fail(Reason.HYPERVISOR_ERROR, "its VM could not be destroyed (the "
+                                "site retries after reconnecting to the hypervisor)")
 
     def detach(self) -> defer.Deferred:
         """Let go of the instance without ending it (the server stops; the VM and its jobs
@@ -432,7 +435,8 @@ class TargetSystem:
         client, self.tsi = self.tsi, None
         return client.close() if client is not None else defer.succeed(None)
 
-    async def _teardown(self) -> None:
+    async def _teardown(self) -> bool:
+        """Stop everything and destroy the VM; False when the VM could not be destroyed."""
         for loop in (self._health_loop,):
             if loop is not None and loop.running:
                 loop.stop()
@@ -445,14 +449,17 @@ class TargetSystem:
                 await client.close()
             except Exception:
                 log.exception("closing the TSI link of %s", self.instance_id)
-        await self._destroy_vm()
+        destroyed = await self._destroy_vm()
         self.lifecycle.cancel()
+        return destroyed
 
-    async def _destroy_vm(self) -> None:
+    async def _destroy_vm(self) -> bool:
         try:
             await self.vmm.destroy(self.instance_id)
-        except VMMError:
-            log.exception("destroying instance %s", self.instance_id)
+        except VMMError as err:
+            log.error("destroying instance %s: %s", self.instance_id, err)
+            return False
+        return True
 
     @staticmethod
     def _cancel(timer) -> None:

@@ -10,6 +10,7 @@ from what runs in it.
 from __future__ import annotations
 
 import base64
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +57,10 @@ JOB_TYPES = {"batch": "BATCH", "normal": "BATCH", "on_login_node": "ON_LOGIN_NOD
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _UNITS_TIME = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _UNITS_MEM = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+#: Bounds of the numbers a description may give: far above any VM, far below overflow.
+MAX_COUNT = 1 << 20  #: CPUs, Nodes
+MAX_RUNTIME_S = 1 << 32  #: Runtime, seconds
+MAX_BYTES = 1 << 60  #: Memory, Disk
 
 
 def _bool(path: str, value: Any) -> bool:
@@ -74,14 +79,30 @@ def _str(path: str, value: Any) -> str:
     raise JobDescriptionError(path, f"expected a string, got {type(value).__name__}")
 
 
-def _int(path: str, value: Any, minimum: int = 0) -> int:
+def _within(path: str, number: float, maximum: int) -> float:
+    """``number`` when it is a number no larger than ``maximum`` (so not NaN or infinite)."""
+    if math.isnan(number) or number > maximum:
+        raise JobDescriptionError(path, f"must be a number of at most {maximum}")
+    return number
+
+
+def _float(text: str) -> float | None:
+    """The number in ``text``; None when there is none (``"nan"`` is none either)."""
     try:
-        number = int(float(value)) if isinstance(value, str) else value
+        number = float(text)
     except ValueError:
-        number = None
+        return None
+    return None if math.isnan(number) else number
+
+
+def _int(path: str, value: Any, minimum: int = 0, maximum: int = MAX_COUNT) -> int:
+    number = value
+    if isinstance(value, str):
+        parsed = _float(value)
+        number = None if parsed is None else int(_within(path, parsed, maximum))
     if not isinstance(number, int) or isinstance(number, bool) or number < minimum:
         raise JobDescriptionError(path, f"expected a whole number >= {minimum}, got {value!r}")
-    return number
+    return int(_within(path, number, maximum))
 
 
 def parse_runtime(path: str, value: Any) -> int:
@@ -99,7 +120,7 @@ def parse_runtime(path: str, value: Any) -> int:
         seconds = float(match.group(1)) * factor
     if seconds <= 0:
         raise JobDescriptionError(path, "must be positive")
-    return int(seconds)
+    return int(_within(path, seconds, MAX_RUNTIME_S))
 
 
 def parse_memory(path: str, value: Any) -> int:
@@ -110,10 +131,10 @@ def parse_memory(path: str, value: Any) -> int:
         match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtTbB]?)(?:i?[bB])?\s*", str(value))
         if not match:
             raise JobDescriptionError(path, f"expected bytes or a size like 512M, 1G: {value!r}")
-        size = int(float(match.group(1)) * _UNITS_MEM[match.group(2).lower()])
+        size = float(match.group(1)) * _UNITS_MEM[match.group(2).lower()]
     if size <= 0:
         raise JobDescriptionError(path, "must be positive")
-    return size
+    return int(_within(path, size, MAX_BYTES))
 
 
 #: Where server-side imports may come from: http(s) URLs (if the site allows them) and

@@ -34,6 +34,10 @@ Example (every value shown is the default; ``state_dir`` defaults to ``$GRIDVM_H
     max_memory_mib = 8192
     max_runtime_s = 86400
     token_lifetime_s = 43200          # default lifetime of issued tokens
+    login_failures_free = 3           # failed logins in a row per source address and per
+                                      # user name before each further one bars that key
+    login_backoff_s = 1.0             # for this long, doubling per failure (0 = no bars)
+    login_backoff_max_s = 300.0       # up to this long
     job_lifetime_days = 30            # a job and its files are destroyed this long after
                                       # submission (its owner may move terminationTime
                                       # within this span); 0 = kept until deleted
@@ -63,6 +67,22 @@ Example (every value shown is the default; ``state_dir`` defaults to ``$GRIDVM_H
     missed_budget = 3
     idle_timeout = 600                # seconds an idle instance lives; 0 = forever
     lease = 0                         # seconds an instance lives at most; 0 = no limit
+
+    [[subscriptions]]                 # HEPiX image lists the site follows (none by
+    name = "egi-atlas"                # default): images owned by "subscription:<name>"
+    url = "https://lists.example.org/atlas.smime"   # under transfers.url_prefixes, as are
+                                      # the image URLs it lists
+    anchors = ""                      # PEM bundle the signer must chain to; "" = trust.anchors
+    endorser_dn = ""                  # the one signer accepted (/C=../O=../CN=..); "" = any
+    vo = "atlas"                      # the VO the images are published for; "" = everyone
+    refresh_s = 3600                  # seconds between fetches
+
+    [exchange]                        # OAI-PMH and the image lists this site publishes
+    admin_email = "gridvm@localhost"  # OAI-PMH Identify
+    oai_page_size = 100               # records per OAI-PMH list response
+    list_certificate = ""             # PEM signing the site's image lists; "" = a
+    list_key = ""                     # self-signed one, made on first start
+    list_lifetime_days = 28           # dc:date:expires of a published list
 
     [trust]                           # image endorsements (docs/image-metadata.md)
     anchors = ""                      # PEM bundle: endorser certificates trusted as they
@@ -122,6 +142,25 @@ class PoolSection:
 
 
 @dataclass
+class SubscriptionSection:
+    name: str = ""
+    url: str = ""
+    anchors: str = ""
+    endorser_dn: str = ""
+    vo: str = ""
+    refresh_s: float = 3600.0
+
+
+@dataclass
+class ExchangeSection:
+    admin_email: str = "gridvm@localhost"
+    oai_page_size: int = 100
+    list_certificate: str = ""
+    list_key: str = ""
+    list_lifetime_days: float = 28.0
+
+
+@dataclass
 class HttpSection:
     host: str = "127.0.0.1"
     port: int = 8080
@@ -149,6 +188,9 @@ class LimitsSection:
     max_memory_mib: int = 8192
     max_runtime_s: int = 86400
     token_lifetime_s: int = 43200
+    login_failures_free: int = 3
+    login_backoff_s: float = 1.0
+    login_backoff_max_s: float = 300.0
     job_lifetime_days: float = 30.0
 
 
@@ -185,6 +227,8 @@ class SiteConfig:
     transfers: TransfersSection = field(default_factory=TransfersSection)
     pools: list = field(default_factory=list)  #: PoolSection per [[pools]] table
     trust: TrustSection = field(default_factory=TrustSection)
+    subscriptions: list = field(default_factory=list)  #: SubscriptionSection per table
+    exchange: ExchangeSection = field(default_factory=ExchangeSection)
 
     # -- derived paths ---------------------------------------------------------------------
     @property
@@ -222,8 +266,9 @@ class SiteConfig:
 
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {f.name: dict(vars(getattr(self, f.name))) for f in fields(self)
-                               if f.name != "pools"}
+                               if f.name not in ("pools", "subscriptions")}
         doc["pools"] = [dict(vars(p)) for p in self.pools]
+        doc["subscriptions"] = [dict(vars(s)) for s in self.subscriptions]
         return doc
 
     def trust_policy(self, clock=None):
@@ -271,11 +316,12 @@ def config_from_dict(doc: dict[str, Any]) -> SiteConfig:
     for name, values in doc.items():
         if name not in sections:
             raise ConfigError(f"unknown section [{name}]; known: {', '.join(sections)}")
-        if name == "pools":
+        if name in ("pools", "subscriptions"):
             if not isinstance(values, list):
-                raise ConfigError("pools must be an array of tables: [[pools]]")
-            config.pools = [_section(PoolSection, f"pools[{i}]", table)
-                            for i, table in enumerate(values)]
+                raise ConfigError(f"{name} must be an array of tables: [[{name}]]")
+            kind = PoolSection if name == "pools" else SubscriptionSection
+            setattr(config, name, [_section(kind, f"{name}[{i}]", table)
+                                   for i, table in enumerate(values)])
             continue
         setattr(config, name, _section(type(getattr(config, name)), name, values))
     try:
@@ -288,10 +334,37 @@ def config_from_dict(doc: dict[str, Any]) -> SiteConfig:
                               "prefix with a host and a path (e.g. https://data.example.org/)")
     if not config.site.name.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"site.name must be letters, digits, - and _: {config.site.name!r}")
+    _check_subscriptions(config)
     if config.trust.require_endorsement and not config.trust.anchors:
         raise ConfigError("trust.require_endorsement needs trust.anchors (a PEM bundle of "
                           "the endorsers or CAs this site trusts)")
     return config
+
+
+def _check_subscriptions(config: SiteConfig) -> None:
+    import re
+
+    seen = set()
+    for i, sub in enumerate(config.subscriptions):
+        where = f"subscriptions[{i}]"
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", sub.name):
+            raise ConfigError(f"{where}.name must be 1-64 letters, digits, - and _, got "
+                              f"{sub.name!r}")
+        if sub.name in seen:
+            raise ConfigError(f"{where}.name: {sub.name!r} is there twice")
+        seen.add(sub.name)
+        if not any(sub.url.startswith(p) for p in config.transfers.url_prefixes):
+            raise ConfigError(f"{where}.url: {sub.url!r} is not under transfers.url_prefixes "
+                              f"({', '.join(config.transfers.url_prefixes) or 'none'})")
+        if not (sub.anchors or config.trust.anchors):
+            raise ConfigError(f"{where}.anchors: a list must be verified; name a PEM bundle "
+                              "here or in trust.anchors")
+        if sub.refresh_s < 10:
+            raise ConfigError(f"{where}.refresh_s must be at least 10 seconds")
+    if not 1 <= config.exchange.oai_page_size <= 1000:
+        raise ConfigError("exchange.oai_page_size must be from 1 to 1000")
+    if bool(config.exchange.list_certificate) != bool(config.exchange.list_key):
+        raise ConfigError("exchange.list_certificate and exchange.list_key go together")
 
 
 def load_config(path: str | Path | None) -> SiteConfig:

@@ -25,10 +25,12 @@ from target_system.instance import Deadlines, HealthPolicy, SiteCredentials
 from target_system.store import StateStore
 from target_system.transfers import TransferPolicy
 from tsf.config import SiteConfig
+from tsf.exchange import ListSigner, SubscriptionRefresher, subscription_specs
 from tsf.factory import Quotas, TargetSystemFactory
 from tsf.rest import build_app, build_site
 from tsf.rest.app import Limits, Sizing
 from tsf.rest.auth import Authenticator, TokenIssuer
+from tsf.rest.backoff import LoginBackoff
 from tsf.users import UsersFile
 from vmm.hypervisor import Hypervisor
 from vmm.manager import VirtualMachineManager
@@ -131,6 +133,7 @@ class SiteService(service.MultiService):
         self.repository: ImageRepository | None = None
         self.vmm: VirtualMachineManager | None = None
         self.factory: TargetSystemFactory | None = None
+        self.subscriptions: SubscriptionRefresher | None = None
         self.users: UsersFile | None = None
         self.app = None
         self.http: ListeningService | None = None
@@ -187,6 +190,14 @@ class SiteService(service.MultiService):
                  "%(finished)d finished job(s)",
                  counts)
         self.factory.setServiceParent(self)
+        self.subscriptions = SubscriptionRefresher(
+            self.repository, subscription_specs(config), self.factory.transfers, reactor)
+        self.subscriptions.setServiceParent(self)
+        for spec in self.subscriptions.specs:
+            sub = spec.subscription
+            log.info("subscription %s: %s every %gs, for %s, signed by %s", sub.name, sub.url,
+                     spec.interval, sub.vo or "everyone", sub.endorser_dn or "any endorser "
+                     f"chaining to {len(spec.anchors)} anchor(s)")
         log.info("factory ready: quotas %d per user, %d in total; job files under %s",
                  config.quotas.per_user, config.quotas.total, config.storage)
         for pool in config.pool_specs():
@@ -199,10 +210,14 @@ class SiteService(service.MultiService):
         limits = config.limits
         tokens = TokenIssuer.load_or_create(state / "token-secret", config.site.name,
                                             default_lifetime=limits.token_lifetime_s)
+        backoff = LoginBackoff(limits.login_failures_free, limits.login_backoff_s,
+                               limits.login_backoff_max_s)
         self.app = build_app(
-            config.site.name, self.factory, Authenticator(self.users, tokens), tokens,
+            config.site.name, self.factory, Authenticator(self.users, tokens, backoff=backoff),
+            tokens,
             Limits(max_json=limits.max_json_kib << 10, max_upload=limits.max_upload_mib << 20),
-            sizing=Sizing(limits.max_cpus, limits.max_memory_mib, limits.max_runtime_s))
+            sizing=Sizing(limits.max_cpus, limits.max_memory_mib, limits.max_runtime_s),
+            exchange=config.exchange, list_signer=ListSigner.from_config(config))
         sites = await self.factory.sites.load()
         log.info("%d UNICORE site(s) of earlier runs kept; jobs kept %s after submission", sites,
                  f"{limits.job_lifetime_days:g} days" if limits.job_lifetime_days

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -47,6 +48,13 @@ def hash_password(password: str) -> str:
                             dklen=32)
     b64 = base64.b64encode
     return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+@functools.cache
+def dummy_password_hash() -> str:
+    """The hash of a random password, checked against when a user name is unknown: a wrong
+    name then costs the same scrypt work as a wrong password, so timing reveals no names."""
+    return hash_password(secrets.token_urlsafe(16))
 
 
 def verify_password(password: str, stored: str) -> bool:

@@ -421,7 +421,7 @@ def test_migration_0004_upgrades_a_0003_catalogue(database_url, files, pki, tmp_
         old = ImageRepository(engine, tmp_path / "store", upgrade=False)
         record = old.register(builder_document(), files, ALICE)
         migrate(engine)
-        assert current_revision(engine) == "0004_endorsements"
+        assert current_revision(engine) == "0005_subscriptions"
         repo = ImageRepository(engine, tmp_path / "store")
         assert repo.get(record.id, ALICE).endorsements == []
         repo.endorse(record.ref, endorsement(pki.endorsers["ec"], record).to_dict(), ALICE)

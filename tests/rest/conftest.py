@@ -8,6 +8,7 @@ Clients run in threads (pyunicore and httpx are blocking; the reactor serves mea
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import http.client
 import json
@@ -101,13 +102,14 @@ def site_config(root, **overrides):
     return config_from_dict(doc)
 
 
-@pytest_twisted.async_yield_fixture(scope="module")
-async def rest_site(built_images):
-    """(service, Http for BASE over http); the service tree is stopped afterwards."""
+@contextlib.asynccontextmanager
+async def running_site(built_images, **overrides):
+    """(service, Http for BASE over http) of a site configured by ``site_config(root,
+    **overrides)``; the service tree is stopped and its domains destroyed afterwards."""
     root = TEST_ROOT / f"rest-{uuid.uuid4().hex[:8]}"
     root.mkdir(parents=True)
     write_users(root / "users.json")
-    site = await start_site(site_config(root), reactor)
+    site = await start_site(site_config(root, **overrides), reactor)
     try:
         await threads.deferToThread(register_images, site.repository, built_images)
         site.factory.runner.poll_interval = 0.5
@@ -120,3 +122,10 @@ async def rest_site(built_images):
             await hypervisor.destroy(name)
         await hypervisor.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest_twisted.async_yield_fixture(scope="module")
+async def rest_site(built_images):
+    """(service, Http for BASE over http); the service tree is stopped afterwards."""
+    async with running_site(built_images) as pair:
+        yield pair

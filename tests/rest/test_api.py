@@ -38,6 +38,8 @@ async def test_base_resource_links_are_absolute_and_roles_follow_credentials(res
     assert doc["client"]["role"]["selected"] == "user"
     assert doc["client"]["xlogin"]["UID"] == "alice"
     assert doc["server"]["version"] == "10.2.0"
+    hypervisor = doc["server"]["gridvm"]["hypervisor"]
+    assert hypervisor["connected"] is True and hypervisor["message"] == ""
     for name in ("jobs", "storages", "factories", "sites"):
         assert doc["_links"][name]["href"] == f"{http.base}/{name}"
 

@@ -103,7 +103,7 @@ def test_migration_0003_keeps_the_jobs_of_an_earlier_schema(tmp_path):
             "'SUCCESSFUL', '', '{\"Executable\": \"true\"}', '/tmp/x', '[]', '[]', '[]', "
             "10.0, 11.0)"))
     migrate(engine)
-    assert current_revision(engine) == "0004_endorsements"
+    assert current_revision(engine) == "0005_subscriptions"
     with engine.connect() as connection:
         rows = connection.execute(text("SELECT id, site_id, termination FROM jobs")).all()
         assert [tuple(r) for r in rows] == [("old1", None, None)]

@@ -11,22 +11,13 @@ from vmm.errors import HypervisorError
 from vmm.hypervisor import DomainState, Hypervisor, LifecycleEvent
 from vmm.manager import VirtualMachineManager
 
-NODE = "<node><cpu><mhz>2000</mhz></cpu><memory>8388608</memory></node>"
 
-
-@pytest.fixture
-def test_uri(tmp_path):
-    """A fresh test driver per test (test:///default is shared by the whole process)."""
-    node = tmp_path / "node.xml"
-    node.write_text(NODE)
-    return f"test://{node}"
-
-
-def config(name: str, instance_id: str = "") -> DomainConfig:
+def config(name: str, instance_id: str = "", site: str = "") -> DomainConfig:
     return DomainConfig(
         name=name, os=OSConfig(kernel="/k"), network=UserNetConfig(host_port=4000),
-        metadata=GridvmMetadata(instance_id=instance_id, host_port=4000, callback_port=4001,
-                                labels={"owner": "alice"}) if instance_id else None,
+        metadata=GridvmMetadata(instance_id=instance_id, site=site, host_port=4000,
+                                callback_port=4001, labels={"owner": "alice"})
+        if instance_id else None,
     )
 
 
@@ -115,7 +106,7 @@ async def test_adoption_finds_gridvm_domains_only(test_uri, tmp_path):
     vmm = VirtualMachineManager(hv, tmp_path / "state", reactor=reactor)
     await hv.connect()
     try:
-        await hv.create(config("gridvm-0001", instance_id="0001"))
+        await hv.create(config("gridvm-0001", instance_id="0001", site=vmm.site_id))
         await hv.create(config("gridvm-stranger"))  # our prefix, but not our metadata
         await hv.create(config("someone-else", instance_id="x"))
         (tmp_path / "state" / "instances" / "0001").mkdir(parents=True)

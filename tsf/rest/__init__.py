@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from twisted.web import resource, server
 
+from tsf.config import ExchangeSection
+from tsf.exchange import ListSigner
 from tsf.factory import TargetSystemFactory
-from tsf.rest import base, gridvm, jobs, sites, storages
+from tsf.rest import base, gridvm, imagelists, jobs, oai, sites, storages
 from tsf.rest.app import CoreResource, Limits, RestApp, Sizing
 from tsf.rest.auth import Authenticator, TokenIssuer
 from tsf.rest.http import BoundedRequest
@@ -27,10 +29,12 @@ class _NotFound(resource.Resource):
 
 def build_app(site_name: str, factory: TargetSystemFactory, authenticator: Authenticator,
               tokens: TokenIssuer, limits: Limits | None = None,
-              sizing: Sizing | None = None) -> RestApp:
+              sizing: Sizing | None = None, exchange: ExchangeSection | None = None,
+              list_signer: ListSigner | None = None) -> RestApp:
     app = RestApp(site_name, authenticator, factory, tokens, factory.sites,
-                  limits=limits or Limits(), sizing=sizing or Sizing())
-    for family in (base, sites, jobs, storages, gridvm):
+                  limits=limits or Limits(), sizing=sizing or Sizing(), exchange=exchange,
+                  list_signer=list_signer)
+    for family in (base, sites, jobs, storages, gridvm, oai, imagelists):
         family.install(app)
     return app
 

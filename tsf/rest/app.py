@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -27,7 +28,9 @@ from twisted.web import resource, server
 from base.errors import GridvmError
 from base.reasons import Reason
 from image_repo.repository import ImageRepository
+from tsf.config import ExchangeSection
 from tsf.errors import InstanceBusy
+from tsf.exchange import ListSigner
 from tsf.factory import TargetSystemFactory
 from tsf.rest.auth import Authenticator, Principal, TokenIssuer
 from tsf.rest.http import (
@@ -46,6 +49,13 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[..., Awaitable[Response]]
 _HOST = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
+
+
+def header_text(request: server.Request, name: str) -> str | None:
+    """A request header as text: its octets read as ISO-8859-1, so that any bytes a client
+    sends are some text (twisted.web's own str lookup fails on bytes that are not UTF-8)."""
+    value = request.getHeader(name.encode("ascii"))
+    return None if value is None else value.decode("latin-1")
 
 
 @dataclass(frozen=True)
@@ -106,8 +116,7 @@ class Call:
         return "/".join([self.base, *(quote(p, safe="/-_.~") for p in parts)])
 
     def header(self, name: str) -> str | None:
-        value = self.request.getHeader(name)
-        return value if value is None else str(value)
+        return header_text(self.request, name)
 
     def wants_bytes(self) -> bool:
         """Accept decides JSON vs bytes (pyunicore sends Content-Type json on every GET)."""
@@ -157,6 +166,8 @@ class RestApp:
     sites: SiteRegistry
     limits: Limits = field(default_factory=Limits)
     sizing: Sizing = field(default_factory=Sizing)
+    exchange: ExchangeSection | None = None  #: what OAI-PMH and the image lists publish
+    list_signer: ListSigner | None = None  #: signs the image lists
     routes: list[Route] = field(default_factory=list)
     started: float = field(default_factory=time.time)
 
@@ -188,7 +199,9 @@ class RestApp:
         raise RestError(404, f"no such resource: /{'/'.join(segments)}", Reason.NOT_FOUND)
 
     async def handle(self, request: server.Request, base: str) -> Response:
-        principal = await self.authenticator.authenticate(request.getHeader(b"authorization"))
+        address = request.getClientAddress()
+        principal = await self.authenticator.authenticate(request.getHeader(b"authorization"),
+                                                          getattr(address, "host", None))
         segments = [unquote(s.decode("utf-8", "replace")) for s in request.postpath]
         if segments and segments[-1] == "" and len(segments) > 0:
             segments = segments[:-1]  # ".../files/" is ".../files": no redirects
@@ -208,7 +221,7 @@ class CoreResource(resource.Resource):
 
     def base_url(self, request: server.Request) -> str:
         scheme = "https" if request.isSecure() else "http"
-        host = (request.getHeader("host") or "").strip()
+        host = (header_text(request, "host") or "").strip()
         if not _HOST.match(host):
             address = request.getHost()
             host = f"{address.host}:{address.port}"
@@ -221,7 +234,7 @@ class CoreResource(resource.Resource):
         d = defer.Deferred.fromCoroutine(self.app.handle(request, self.base_url(request)))
         d.addErrback(self._error, request)
         d.addCallback(self._write, request, gone, started)
-        d.addErrback(lambda f: log.error("writing a response failed: %s", f.getTraceback()))
+        d.addErrback(self._write_failed, request, gone)
         return server.NOT_DONE_YET
 
     @staticmethod
@@ -230,12 +243,21 @@ class CoreResource(resource.Resource):
         if isinstance(err, GridvmError) and (status := _status_of(err)):
             err = RestError(status, str(err), err.reason)
         if not isinstance(err, RestError):
-            log.error("%s %s failed:\n%s", request.method.decode(), request.uri.decode(
-                "utf-8", "replace"), reason.getTraceback())
-            err = RestError(500, f"internal error: {type(err).__name__}: {err}",
-                            Reason.HYPERVISOR_ERROR)
-        response = Response(err.status, json=err.body(), headers=dict(err.headers))
-        return response
+            err = _internal_error(reason, request, "failed")
+        return Response(err.status, json=err.body(), headers=dict(err.headers))
+
+    @classmethod
+    def _write_failed(cls, reason: failure.Failure, request: server.Request,
+                      gone: list) -> None:
+        """A response that could not be written: 500 when nothing was sent yet, else the
+        connection is closed (the client sees a short body, never a hanging request)."""
+        err = _internal_error(reason, request, "could not be answered")
+        if gone or request.finished:
+            return
+        if request.startedWriting:
+            request.loseConnection()
+            return
+        cls._write(Response(err.status, json=err.body()), request, gone, time.perf_counter())
 
     @staticmethod
     def _write(response: Response, request: server.Request, gone: list, started: float) -> None:
@@ -277,6 +299,16 @@ _STATUS = {Reason.BAD_REQUEST: 400, Reason.NOT_AUTHORIZED: 403, Reason.NOT_FOUND
 def _status_of(err: GridvmError) -> int | None:
     """The HTTP status of a domain error (None: an unexpected one, answered 500)."""
     return 409 if isinstance(err, InstanceBusy) else _STATUS.get(err.reason)
+
+
+def _internal_error(reason: failure.Failure, request: server.Request, what: str) -> RestError:
+    """A defect: its traceback goes to the log under an incident id, the client gets that id
+    and ``INTERNAL_ERROR`` — never the exception's text."""
+    incident = secrets.token_hex(4)
+    log.error("%s %s %s (incident %s):\n%s", request.method.decode("ascii", "replace"),
+              request.uri.decode("utf-8", "replace"), what, incident, reason.getTraceback())
+    return RestError(500, f"internal error (incident {incident}): the site's log has the "
+                          "details", Reason.INTERNAL_ERROR)
 
 
 class _Backpressure:

@@ -33,7 +33,9 @@ from tsf.rest.jobs import find_job
 from tsf.rest.sites import paging_links
 
 SUFFIX = USPACE_SUFFIX
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$")
+#: Where a byte position of 19 digits or more lies: beyond any file.
+_BEYOND = 1 << 63
 
 
 def _job_of(call: Call, storage_id: str):
@@ -128,6 +130,14 @@ async def get_file(call: Call, storage_id: str, path: list[str]) -> Response:
     return Response(json=doc, headers={"Accept-Ranges": "bytes"})
 
 
+def _position(digits: str) -> int | None:
+    """A byte position of a Range (None when absent); one of 19 digits or more lies beyond
+    every file, however many digits it has."""
+    if not digits:
+        return None
+    return int(digits) if len(digits.lstrip("0")) < 19 else _BEYOND
+
+
 async def _download(call: Call, store, rel: str) -> Response:
     entry = await store.stat(rel)
     if entry.is_dir:
@@ -142,12 +152,12 @@ async def _download(call: Call, store, rel: str) -> Response:
             raise RestError(416, f"unsupported Range {header!r}: use bytes=a-b, bytes=a- or "
                                  "bytes=-n", Reason.BAD_REQUEST,
                             {"Content-Range": f"bytes */{size}"})
-        first, last = match.groups()
-        if first:
-            start = int(first)
-            end = min(int(last), size - 1) if last else size - 1
+        first, last = (_position(text) for text in match.groups())
+        if first is not None:
+            start = first
+            end = min(last, size - 1) if last is not None else size - 1
         else:
-            start = max(0, size - int(last))
+            start = max(0, size - last)
         if start >= size or start > end:
             raise RestError(416, f"Range {header!r} is outside the file ({size} bytes)",
                             Reason.BAD_REQUEST, {"Content-Range": f"bytes */{size}"})

@@ -1,0 +1,278 @@
+"""Image bundles: one image with its lineage, files and endorsements in one tar archive.
+
+Layout (an uncompressed POSIX tar; a gzip-compressed one is read too)::
+
+    gridvm-bundle.json    {"format": "gridvm-bundle/1", "exported": "…Z",
+                           "images": [{"id": "…", "document": {…}, "endorsements": [{…}]},
+                                      …]}            oldest base first, the image last
+    blobs/<sha512>        each content file once, named by its sha512
+
+:func:`export_bundle` writes the image and every base the caller may see that is not
+deleted.  :func:`import_bundle` checks everything before it registers anything: the archive
+(regular files only, known names, bounded count and size), the manifest (strictly), each
+blob's sha512 while it is unpacked, each endorsement's signature (one that expired since
+is left out and reported); then it registers the images in one transaction keeping their
+ids, versions, creation times and lineage, and attaches the endorsements.  An image that
+is here already (same id, same content) is skipped, so importing twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from base.identity import Caller
+from image_repo.errors import BadRequest, ChecksumMismatch, ImageNotFound, ImageUntrusted
+from image_repo.repository import ImageRecord, ImageRepository, KeptIdentity
+from image_repo.schema import validate
+from image_repo.trust import Endorsement, ImageIdentity, check_endorsement, utc_iso
+
+FORMAT = "gridvm-bundle/1"
+MANIFEST = "gridvm-bundle.json"
+MAX_MANIFEST = 8 << 20
+MAX_IMAGES = 64  #: images in one bundle (an image and its bases)
+MAX_ENDORSEMENTS = 32  #: per image
+DEFAULT_MAX_BYTES = 64 << 30
+_BLOB = re.compile(r"blobs/([0-9a-f]{128})")
+_ID = re.compile(r"[0-9a-f]{32}")
+_CHUNK = 1 << 20
+#: general fields a bundle carries but an import sets itself
+_SET_ON_IMPORT = ("version", "status", "created", "updated", "counters", "ratings",
+                  "base_image")
+
+
+class BundleError(BadRequest):
+    """A damaged or malformed bundle; the message names what is wrong."""
+
+
+@dataclass
+class ImportResult:
+    """What an import did."""
+
+    imported: list[ImageRecord] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  #: ids here already
+    endorsements: int = 0
+    left_out: list[str] = field(default_factory=list)  #: endorsements that expired, why
+
+
+@dataclass(frozen=True)
+class _Entry:
+    id: str
+    document: dict[str, Any]
+    endorsements: tuple[Endorsement, ...]
+
+
+# --------------------------------------------------------------------------- export ----------
+
+def export_bundle(repository: ImageRepository, ref: str, caller: Caller,
+                  destination: str | Path) -> Path:
+    """Write the bundle of ``ref`` (and its visible, not deleted bases) to ``destination``."""
+    chain = [r for r in repository.lineage(ref, caller) if r.status != "deleted"]
+    if not chain or chain[0].status == "deleted":
+        raise ImageNotFound(f"{ref} is deleted: nothing to export")
+    chain.reverse()
+    images = []
+    for record in chain:
+        doc = record.to_dict()
+        doc.pop("id")
+        doc.pop("endorsements")
+        if record.base_id:
+            doc["general"]["base_image"] = record.base_id
+        images.append({"id": record.id, "document": doc,
+                       "endorsements": [e.endorsement().to_dict() for e in
+                                        record.endorsements]})
+        repository.content_paths(record.id, caller)  # ImageUnavailable: a blob is missing
+    manifest = {"format": FORMAT, "exported": utc_iso(datetime.now(UTC)), "images": images}
+    destination = Path(destination)
+    partial = destination.with_name(destination.name + ".part")
+    digests = {ref.sha512: repository.store.path(ref.sha512) for record in chain
+               for ref in record.metadata.origin.content}
+    with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as archive:
+        data = json.dumps(manifest, indent=1, sort_keys=True).encode()
+        info = tarfile.TarInfo(MANIFEST)
+        info.size, info.mtime, info.mode = len(data), int(datetime.now(UTC).timestamp()), 0o644
+        archive.addfile(info, io.BytesIO(data))
+        for digest, path in sorted(digests.items()):
+            archive.add(path, arcname=f"blobs/{digest}", recursive=False,
+                        filter=_plain_member)
+    partial.replace(destination)
+    return destination
+
+
+def _plain_member(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mode = 0o644
+    return info
+
+
+# --------------------------------------------------------------------------- import ----------
+
+def import_bundle(repository: ImageRepository, source: str | Path, caller: Caller, *,
+                  max_bytes: int = DEFAULT_MAX_BYTES,
+                  now: datetime | None = None) -> ImportResult:
+    """Verify the bundle at ``source`` and register its images (see the module text)."""
+    now = now or datetime.now(UTC)
+    source = Path(source)
+    try:
+        archive = tarfile.open(source, "r:*")  # noqa: SIM115 (closed by the with below)
+    except (tarfile.TarError, OSError) as err:
+        raise BundleError(f"is not a tar archive: {err}", "bundle") from None
+    with archive, tempfile.TemporaryDirectory(prefix="gridvm-bundle-",
+                                              dir=repository.store.tmp) as scratch:
+        manifest, blobs = _unpack(archive, Path(scratch), max_bytes)
+        entries = _parse_manifest(manifest)
+        return _register(repository, entries, blobs, caller, now)
+
+
+def _unpack(archive: tarfile.TarFile, scratch: Path,
+            max_bytes: int) -> tuple[bytes, dict[str, Path]]:
+    manifest: bytes | None = None
+    blobs: dict[str, Path] = {}
+    total = 0
+    for count, member in enumerate(archive, 1):
+        if count > MAX_IMAGES * 16 + 1:
+            raise BundleError(f"holds more than {MAX_IMAGES * 16 + 1} members", "bundle")
+        if not member.isfile():
+            raise BundleError(f"member {member.name!r} is not a regular file", "bundle")
+        total += member.size
+        if total > max_bytes:
+            raise BundleError(f"is larger than {max_bytes} bytes", "bundle")
+        stream = archive.extractfile(member)
+        if stream is None:
+            raise BundleError(f"member {member.name!r} cannot be read", "bundle")
+        if member.name == MANIFEST:
+            if manifest is not None or member.size > MAX_MANIFEST:
+                raise BundleError(f"{MANIFEST} is there twice or larger than {MAX_MANIFEST} "
+                                  "bytes", "bundle")
+            manifest = stream.read()
+            continue
+        found = _BLOB.fullmatch(member.name)
+        if found is None:
+            raise BundleError(f"unexpected member {member.name!r} (expected {MANIFEST} and "
+                              "blobs/<sha512>)", "bundle")
+        digest = found.group(1)
+        if digest in blobs:
+            raise BundleError(f"member {member.name!r} is there twice", "bundle")
+        target = scratch / digest
+        hasher = hashlib.sha512()
+        with target.open("wb") as out:
+            while piece := stream.read(_CHUNK):
+                hasher.update(piece)
+                out.write(piece)
+        if hasher.hexdigest() != digest:
+            raise ChecksumMismatch(f"member {member.name[:22]}… is damaged: its sha512 is "
+                                   f"{hasher.hexdigest()[:16]}…", "bundle")
+        blobs[digest] = target
+    if manifest is None:
+        raise BundleError(f"has no {MANIFEST}", "bundle")
+    return manifest, blobs
+
+
+def _parse_manifest(data: bytes) -> list[_Entry]:
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BundleError(f"is not JSON: {err}", MANIFEST) from None
+    if not isinstance(doc, dict) or set(doc) != {"format", "exported", "images"}:
+        raise BundleError("expected the keys format, exported and images", MANIFEST)
+    if doc["format"] != FORMAT:
+        raise BundleError(f"is {doc['format']!r}, expected {FORMAT!r}", f"{MANIFEST}.format")
+    images = doc["images"]
+    if not isinstance(images, list) or not 1 <= len(images) <= MAX_IMAGES:
+        raise BundleError(f"expected 1 to {MAX_IMAGES} images", f"{MANIFEST}.images")
+    entries = []
+    for i, item in enumerate(images):
+        where = f"{MANIFEST}.images[{i}]"
+        if not isinstance(item, dict) or set(item) != {"id", "document", "endorsements"}:
+            raise BundleError("expected the keys id, document and endorsements", where)
+        if not isinstance(item["id"], str) or not _ID.fullmatch(item["id"]):
+            raise BundleError("expected 32 hex digits", f"{where}.id")
+        if not isinstance(item["document"], dict):
+            raise BundleError("expected an object", f"{where}.document")
+        endorsements = item["endorsements"]
+        if not isinstance(endorsements, list) or len(endorsements) > MAX_ENDORSEMENTS:
+            raise BundleError(f"expected at most {MAX_ENDORSEMENTS} endorsements",
+                              f"{where}.endorsements")
+        try:
+            parsed = tuple(Endorsement.from_dict(e) for e in endorsements)
+        except BadRequest as err:
+            raise BundleError(str(err), f"{where}.endorsements") from None
+        entries.append(_Entry(item["id"], item["document"], parsed))
+    return entries
+
+
+def _register(repository: ImageRepository, entries: list[_Entry], blobs: dict[str, Path],
+              caller: Caller, now: datetime) -> ImportResult:
+    result = ImportResult()
+    items, kept, attach = [], [], []
+    for i, entry in enumerate(entries):
+        where = f"{MANIFEST}.images[{i}].document"
+        try:
+            meta = validate(entry.document)
+        except BadRequest as err:
+            raise BundleError(str(err), where) from None
+        general = meta.general
+        if general.version is None or general.created is None:
+            raise BundleError("a bundled image has its version and creation time",
+                              f"{where}.general")
+        existing = _existing(repository, entry.id)
+        if existing is not None:
+            if existing.metadata.origin.content != meta.origin.content:
+                raise BundleError(f"an image with id {entry.id} and other content is here "
+                                  "already", f"{MANIFEST}.images[{i}].id")
+            result.skipped.append(entry.id)
+            continue
+        files = {}
+        for j, ref in enumerate(meta.origin.content):
+            if ref.sha512 in blobs:
+                files[ref.file] = blobs[ref.sha512]
+            elif not repository.store.has(ref.sha512):
+                raise BundleError(f"has no blob for {ref.file!r}",
+                                  f"{where}.origin.content[{j}]")
+        identity = ImageIdentity(entry.id, general.name, general.version,
+                                 {ref.file: ref.sha512 for ref in meta.origin.content})
+        for endorsement in entry.endorsements:
+            try:
+                check_endorsement(endorsement, identity, now)
+            except ImageUntrusted as err:
+                if "expired" not in err.message:
+                    raise ImageUntrusted(f"{identity.ref}: an endorsement does not verify: "
+                                         f"{err.message}", f"{MANIFEST}.images[{i}]") from None
+                result.left_out.append(f"{identity.ref}: {err.message}")
+                continue
+            attach.append((entry.id, endorsement))
+        doc = meta.to_dict()
+        base_id = general.base_image
+        for key in _SET_ON_IMPORT:
+            doc["general"].pop(key, None)
+        if not caller.admin:  # the importer owns what it imports
+            doc["general"].pop("owner", None)
+            doc["general"].pop("group", None)
+        items.append((doc, files))
+        kept.append(KeptIdentity(entry.id, general.version,
+                                 datetime.fromisoformat(general.created.replace("Z", "+00:00")),
+                                 base_id))
+    if items:
+        result.imported = repository.register_many(items, caller, kept=kept)
+    for image_id, endorsement in attach:
+        repository.endorse(image_id, endorsement, caller)
+        result.endorsements += 1
+    if attach:
+        result.imported = [repository.get(r.id, caller) for r in result.imported]
+    return result
+
+
+def _existing(repository: ImageRepository, image_id: str) -> ImageRecord | None:
+    try:
+        return repository.get(image_id, Caller.of("gridvm-bundle", admin=True))
+    except ImageNotFound:
+        return None
