@@ -25,6 +25,8 @@ from twisted.internet import defer, task, threads
 from twisted.python import failure
 
 from base.reasons import Reason
+from image_repo.matching import find_application
+from image_repo.schema import ImageMetadata
 from target_system.instance import InstanceFailed, TargetSystem
 from target_system.jobdesc import JobDescription, JobDescriptionError
 from target_system.lifecycle import JobState, Lifecycle, Transition, job_lifecycle
@@ -164,34 +166,32 @@ class Job:
         }
 
 
-def resolve_application(job: JobDescription, metadata: Mapping[str, Any]) -> tuple[str, list[str],
-                                                                                  dict[str, str]]:
-    """The command line and environment of a job, with IDB applications resolved."""
+def resolve_application(job: JobDescription, metadata: ImageMetadata | None
+                        ) -> tuple[str, list[str], dict[str, str]]:
+    """The command line and environment of a job, its application looked up in the image's
+    IDB by :func:`~image_repo.matching.find_application`, the lookup matching used (an
+    image that lists no applications runs the application by its name, as it matched)."""
     if job.application == "CONTAINER":
         command = job.parameters.get("COMMAND") or job.executable
         if not command:
             raise JobDescriptionError("Parameters.COMMAND", "a CONTAINER job needs a COMMAND")
         return command, list(job.arguments), {}
-    if job.application:
-        wanted = job.application.lower()
-        apps = [a for a in (metadata.get("idb") or {}).get("applications", [])
-                if a["name"].lower() == wanted]
-        if job.application_version:
-            exact = [a for a in apps if a.get("version") == job.application_version]
-            apps = exact or [a for a in apps
-                             if str(a.get("version", "")).startswith(job.application_version)]
-        if not apps:
+    wanted = job.wanted_application
+    if wanted is not None:
+        if metadata is not None and not metadata.idb.applications:
+            return job.executable or wanted.name, list(job.arguments), {}
+        app = find_application(metadata, wanted.name, wanted.constraint) if metadata else None
+        if app is None:
+            version = f" {wanted.version}" if wanted.version else ""
             raise JobDescriptionError("ApplicationName",
-                                      f"{job.application} is not in the image's IDB")
-        app = apps[0]
-        executable = job.executable or app.get("executable") or app["name"]
-        return executable, [*app.get("arguments", []), *job.arguments], dict(
-            app.get("environment") or {})
+                                      f"{wanted.name}{version} is not in the image's IDB")
+        executable = job.executable or app.executable or app.name
+        return executable, [*app.arguments, *job.arguments], dict(app.environment)
     assert job.executable
     return job.executable, list(job.arguments), {}
 
 
-def job_script(job: JobDescription, workdir: str, metadata: Mapping[str, Any]) -> str:
+def job_script(job: JobDescription, workdir: str, metadata: ImageMetadata | None) -> str:
     """The user script UNICORE/X would send: environment, cd, the command, exit code."""
     executable, arguments, app_env = resolve_application(job, metadata)
     q = shlex.quote

@@ -28,6 +28,7 @@ from base.reasons import Reason
 from image_repo.errors import RepositoryError
 from image_repo.repository import ImageRepository
 from image_repo.trust import TrustPolicy
+from target_system.drivers import TSIConnector, VirtualMachines, connect_tsi
 from target_system.instance import (
     Deadlines,
     HealthPolicy,
@@ -49,7 +50,6 @@ from tsf.placement import Action, Need, Quotas, choose
 from tsf.pools import PoolKeeper, PoolSpec
 from tsf.registry import InstanceRegistry
 from tsf.sites import SiteRegistry
-from vmm.manager import VirtualMachineManager
 
 __all__ = ["InstanceBusy", "NotFound", "Quotas", "TargetSystemFactory"]
 
@@ -61,7 +61,7 @@ class TargetSystemFactory(service.MultiService):
 
     name = "factory"
 
-    def __init__(self, repository: ImageRepository, vmm: VirtualMachineManager,
+    def __init__(self, repository: ImageRepository, vmm: VirtualMachines,
                  credentials: SiteCredentials, storage_root: Path, reactor, *,
                  quotas: Quotas | None = None, deadlines: Deadlines | None = None,
                  health: HealthPolicy | None = None, runner: JobRunner | None = None,
@@ -71,7 +71,8 @@ class TargetSystemFactory(service.MultiService):
                  expiry_interval: float = EXPIRY_INTERVAL,
                  transfers: TransferPolicy | None = None,
                  pools: Sequence[PoolSpec] = (), pool_interval: float = 10.0,
-                 trust: TrustPolicy | None = None):
+                 trust: TrustPolicy | None = None,
+                 tsi_connector: TSIConnector = connect_tsi):
         super().__init__()
         self.repository = repository
         self.vmm = vmm
@@ -83,7 +84,8 @@ class TargetSystemFactory(service.MultiService):
         self.registry = InstanceRegistry(
             repository, vmm, credentials, reactor, quotas=quotas or Quotas(),
             deadlines=deadlines or Deadlines(), health=health or HealthPolicy(), store=store,
-            trust=trust or TrustPolicy(), context_hooks=context_hooks or {})
+            trust=trust or TrustPolicy(), context_hooks=context_hooks or {},
+            tsi_connector=tsi_connector)
         self.keep_on_stop = False  #: stopService detaches instead of terminating
         self.transfers = transfers or TransferPolicy()
         self.sites = SiteRegistry(store)  #: the UNICORE sites jobs are submitted to

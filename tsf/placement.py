@@ -78,10 +78,10 @@ class Need:
 
 
 def _size(job: Job, image: ImageToBoot) -> tuple[int, int]:
-    hardware = image.metadata.get("origin", {}).get("virtual_hardware") or {}
-    vcpus = max(job.description.cpus or 1, hardware.get("vcpus") or 1)
+    hardware = image.metadata and image.metadata.origin.virtual_hardware
+    vcpus = max(job.description.cpus or 1, (hardware and hardware.vcpus) or 1)
     memory = max(-(-(job.description.memory or 0) // (1 << 20)),
-                  hardware.get("memory_mib") or DEFAULT_MEMORY_MIB)
+                  (hardware and hardware.memory_mib) or DEFAULT_MEMORY_MIB)
     return vcpus, memory
 
 

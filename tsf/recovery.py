@@ -43,11 +43,12 @@ async def recover(factory: TargetSystemFactory, adopted) -> dict[str, int]:
             image = await threads.deferToThread(registry._load_image, row["image_id"], admin)
         except RepositoryError as err:
             log.warning("instance %s: its image is gone: %s", row["id"], err)
-            image = ImageToBoot(row["image_id"], row["image_name"], {}, {})
+            image = ImageToBoot(row["image_id"], row["image_name"], None, {})
         target = TargetSystem.restore(
             row, image, alive.pop(row["id"], None), vmm=registry.vmm,
             credentials=registry.credentials, reactor=factory.reactor,
-            deadlines=registry.deadlines, health=registry.health)
+            deadlines=registry.deadlines, health=registry.health,
+            tsi_connector=registry.tsi_connector)
         target.keep_idle = pool_name(target.owner) is not None
         registry.add(target)
         await target.reconnect()

@@ -21,6 +21,7 @@ from base.reasons import Reason
 from image_repo.errors import RepositoryError
 from image_repo.repository import ImageRepository
 from image_repo.trust import TrustPolicy
+from target_system.drivers import TSIConnector, VirtualMachines
 from target_system.instance import (
     Deadlines,
     HealthPolicy,
@@ -33,7 +34,6 @@ from target_system.jobdesc import JobDescription
 from target_system.jobs import Job
 from target_system.store import StateStore
 from tsf.placement import Quotas
-from vmm.manager import VirtualMachineManager
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +41,11 @@ log = logging.getLogger(__name__)
 class InstanceRegistry:
     """Every target system of this run by id, live or ended, and who waits for which."""
 
-    def __init__(self, repository: ImageRepository, vmm: VirtualMachineManager,
+    def __init__(self, repository: ImageRepository, vmm: VirtualMachines,
                  credentials: SiteCredentials, reactor, *, quotas: Quotas,
                  deadlines: Deadlines, health: HealthPolicy, store: StateStore | None,
-                 trust: TrustPolicy, context_hooks: Mapping[str, bytes]):
+                 trust: TrustPolicy, context_hooks: Mapping[str, bytes],
+                 tsi_connector: TSIConnector):
         self.repository = repository
         self.vmm = vmm
         self.credentials = credentials
@@ -57,6 +58,7 @@ class InstanceRegistry:
         self.trust = trust
         #: site start-up hooks put on every instance's medium as init.d/<name>
         self.context_hooks = dict(context_hooks)
+        self.tsi_connector = tsi_connector  #: makes the TSI links to instances' agents
         self.instances: dict[str, TargetSystem] = {}
         self._reserved: dict[str, set[str]] = {}  #: instance id -> jobs waiting for it
 
@@ -90,7 +92,7 @@ class InstanceRegistry:
         target = TargetSystem(
             instance_id=uuid.uuid4().hex[:12], owner=owner, image=image, vmm=self.vmm,
             credentials=self.credentials, reactor=self.reactor, vcpus=vcpus, memory_mib=memory,
-            deadlines=self.deadlines, health=self.health,
+            deadlines=self.deadlines, health=self.health, tsi_connector=self.tsi_connector,
             extra_context={f"init.d/{name}": script
                            for name, script in self.context_hooks.items()},
             admit=self._trust_check(image, caller) if self.trust.require else None)
@@ -154,24 +156,24 @@ class InstanceRegistry:
     def _load_image(self, image_id: str, caller: Caller) -> ImageToBoot:
         record = self.repository.get(image_id, caller)
         paths = self.repository.content_paths(image_id, caller)
-        return ImageToBoot(record.id, record.name, record.metadata.to_dict(), paths)
+        return ImageToBoot(record.id, record.name, record.metadata, paths)
 
     async def resolve_container_image(self, desc: JobDescription, caller: Caller) -> None:
         """A CONTAINER job whose IMAGE_URL names a visible image runs in that image (matching
         by name); any other IMAGE_URL is matched against the images' ``origin.source_url``."""
-        if desc.application != "CONTAINER" or not desc.image_url:
+        url = desc.requirements.container_image_url
+        if desc.application != "CONTAINER" or not url:
             return
 
         def lookup():
             try:
-                return self.repository.get(desc.image_url, caller)
+                return self.repository.get(url, caller)
             except (RepositoryError, ValueError):
                 return None
 
         record = await threads.deferToThread(lookup)
         if record is not None and record.status != "deleted":
-            desc.image = record.name if desc.image_url == record.name else record.ref
-            desc.image_url = None
+            desc.run_in_image(record.name if url == record.name else record.ref)
 
     def visible_images(self, caller: Caller) -> list:
         """Blocking: the caller's usable images (call in a thread) — on a site that requires

@@ -90,6 +90,11 @@ class DomainEvent:
         return (self.event is LifecycleEvent.CRASHED or
                 (self.event is LifecycleEvent.STOPPED and self.detail in STOPPED_UNEXPECTEDLY))
 
+    @property
+    def stopped(self) -> bool:
+        """The domain no longer runs (it stopped or crashed, whatever the cause)."""
+        return self.event in (LifecycleEvent.STOPPED, LifecycleEvent.CRASHED)
+
 
 EventListener = Callable[[DomainEvent], None]
 ReconnectListener = Callable[[], defer.Deferred | None]

@@ -315,7 +315,7 @@ class VirtualMachineManager(service.Service):
         stopped: list[DomainEvent] = []
 
         def on_event(event: DomainEvent) -> None:
-            if event.domain == instance.domain and event.event.name in ("STOPPED", "CRASHED"):
+            if event.stopped:
                 stopped.append(event)
 
         race = ProbeRace(self.reactor, probe, "127.0.0.1", instance.host_port,
@@ -338,11 +338,11 @@ class VirtualMachineManager(service.Service):
                     f"{spec.boot_timeout:g} s ({race.last_failure}); console: "
                     f"{_one_line(instance.console_tail(5))}")
 
-        self.hypervisor.add_listener(on_event)
+        unwatch = self.watch(instance.instance_id, on_event)
         try:
             return await race.run(still_booting)
         finally:
-            self.hypervisor.remove_listener(on_event)
+            unwatch()
 
     def _crashed(self, instance: Instance, what: str) -> GuestCrashed:
         return GuestCrashed(f"{what}; console: {crash_summary(instance.console_tail(200))}")
@@ -354,6 +354,20 @@ class VirtualMachineManager(service.Service):
             except HypervisorError:
                 log.exception("could not destroy %s after a failed boot", name)
         shutil.rmtree(directory, ignore_errors=True)
+
+    # -- events --------------------------------------------------------------------------
+    def watch(self, instance_id: str, callback: Callable[[DomainEvent], None]
+              ) -> Callable[[], None]:
+        """Hand ``callback`` every lifecycle event of the instance's domain, on the reactor
+        thread, from now on; returns the call that ends the subscription (harmless twice)."""
+        domain = self.domain_name(instance_id)
+
+        def on_event(event: DomainEvent) -> None:
+            if event.domain == domain:
+                callback(event)
+
+        self.hypervisor.add_listener(on_event)
+        return lambda: self.hypervisor.remove_listener(on_event)
 
     # -- the end of an instance ----------------------------------------------------------
     def destroy(self, instance_id: str) -> defer.Deferred:

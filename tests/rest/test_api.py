@@ -142,6 +142,25 @@ async def test_bad_input_is_400_naming_the_problem_and_creates_nothing(rest_site
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_bad_image_requirement_is_400_at_submit_naming_the_key(rest_site):
+    """Image requirements are read when the job is posted: a value matching would refuse is
+    a 400 naming the UNICORE key, never a 201 for a job that fails later."""
+    site, http = rest_site
+    before = len(site.factory.jobs)
+    for key, value in (("CPUArchitecture", "sparc9"), ("OperatingSystemVersion", "banana"),
+                       ("Runtime", "2months")):
+        answer = await http("POST", "jobs", json={**NO_BOOT, "Resources": {
+            "Image": PUBLIC, key: value}})
+        message = error_of(answer, 400)
+        assert f"Resources.{key}" in message and value in message, message
+        assert answer.json()["reason"] == "BAD_REQUEST"
+    answer = await http("POST", "images/match", json={
+        "Executable": "x", "Resources": {"CPUArchitecture": "sparc9"}})
+    assert "Resources.CPUArchitecture" in error_of(answer, 400)
+    assert len(site.factory.jobs) == before
+
+
+@pytest_twisted.ensureDeferred
 async def test_pending_job_inputs_listing_range_and_confinement(rest_site):
     site, http = rest_site
     job = await submit(http)

@@ -9,17 +9,19 @@ from twisted.internet import task
 
 from base.identity import Caller
 from base.reasons import Reason
+from image_repo.schema import validate
 from target_system.instance import ImageToBoot
 from target_system.jobdesc import parse_job
 from target_system.jobs import Job
 from target_system.lifecycle import InstanceState
+from tests.image_repo.examples import builder_document
 from tsf.placement import Action, Need, Quotas, Skip, choose
 from tsf.pools import PoolSpec
 
 S = InstanceState
 ALICE = Caller.of("alice", vos=["demo"])
-DEBIAN = ImageToBoot("img-debian", "debian", {}, {})
-ALPINE = ImageToBoot("img-alpine", "alpine", {}, {})
+DEBIAN = ImageToBoot("img-debian", "debian", None, {})
+ALPINE = ImageToBoot("img-alpine", "alpine", None, {})
 QUOTAS = Quotas(per_user=2, total=4)
 
 
@@ -148,7 +150,8 @@ def test_the_need_is_the_larger_of_the_job_and_the_images_hardware():
     job = Job(owner="alice", reactor=clock, storage=Path("/nonexistent"),
               description=parse_job({"Executable": "true",
                                      "Resources": {"CPUs": 2, "Memory": "100M"}}))
-    image = ImageToBoot("img", "big", {"origin": {"virtual_hardware": {
-        "vcpus": 1, "memory_mib": 512}}}, {})
+    doc = builder_document()
+    doc["origin"]["virtual_hardware"] = {"vcpus": 1, "memory_mib": 512}
+    image = ImageToBoot("img", "big", validate(doc), {})
     assert Need.of(job, ALICE, image) == Need(ALICE, "img", 2, 512)
-    assert Need.of(job, ALICE, ImageToBoot("img", "bare", {}, {})).memory_mib == 256
+    assert Need.of(job, ALICE, ImageToBoot("img", "bare", None, {})).memory_mib == 256

@@ -125,6 +125,31 @@ async def test_adoption_finds_gridvm_domains_only(test_uri, tmp_path):
 
 
 @pytest_twisted.ensureDeferred
+async def test_watch_hands_over_one_instances_events_until_unsubscribed(test_uri, tmp_path):
+    hv = Hypervisor(test_uri, reactor)
+    vmm = VirtualMachineManager(hv, tmp_path / "state", reactor=reactor)
+    mine, later = [], []
+    unwatch = vmm.watch("0001", mine.append)
+    await hv.connect()
+    try:
+        await hv.create(config("gridvm-0001", instance_id="0001"))
+        await hv.create(config("gridvm-0002", instance_id="0002"))  # another instance
+        await hv.destroy("gridvm-0001")
+        await wait_for(lambda: len(mine) >= 2)
+        assert [(e.domain, e.event) for e in mine] == [
+            ("gridvm-0001", LifecycleEvent.STARTED), ("gridvm-0001", LifecycleEvent.STOPPED)]
+        assert mine[1].stopped and not mine[0].stopped
+        unwatch()
+        unwatch()  # harmless twice
+        vmm.watch("0001", later.append)
+        await hv.create(config("gridvm-0001", instance_id="0001"))
+        await wait_for(lambda: later)
+        assert len(mine) == 2
+    finally:
+        await hv.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_calls_are_serialised_off_the_reactor(test_uri):
     hv = Hypervisor(test_uri, reactor)
     await hv.connect()
