@@ -2,9 +2,9 @@
 
 :func:`choose` answers with a :class:`Decision`, trying in this order:
 
-1. **reuse** the least loaded instance of the job's owner and image that is big enough and
-   not DRAINING, when it has a free slot (an instance runs as many jobs at once as it has
-   vCPUs);
+1. **reuse** the least loaded instance of the job's owner and image that is big enough,
+   not DRAINING and not retiring, when it has a free slot (an instance runs as many jobs
+   at once as it has vCPUs);
 2. **take from a pool** a fitting warm-pool instance that serves the caller (the most
    advanced in its bring-up), when the owner is within their quota;
 3. **boot** a new instance within the per-user and site-wide quotas;
@@ -60,6 +60,8 @@ class Instance(Protocol):
     def vcpus(self) -> int: ...
     @property
     def memory_mib(self) -> int: ...
+    @property
+    def retiring(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,13 @@ class SameImage(InstanceFilter):
 class NotDraining(InstanceFilter):
     def why_not(self, instance, need):
         return "is DRAINING" if instance.state is InstanceState.DRAINING else None
+
+
+class NotRetiring(InstanceFilter):
+    """An instance retired (e.g. its disk is nearly full) takes no new job."""
+
+    def why_not(self, instance, need):
+        return f"is retiring ({instance.retiring})" if instance.retiring else None
 
 
 class BigEnough(InstanceFilter):
@@ -155,7 +164,8 @@ class SiteQuota(BootQuota):
         return f"the site runs {live} instances, its limit is {quotas.total}"
 
 
-OWN_FILTERS: tuple[InstanceFilter, ...] = (SameImage(), NotDraining(), BigEnough())
+OWN_FILTERS: tuple[InstanceFilter, ...] = (SameImage(), NotDraining(), NotRetiring(),
+                                           BigEnough())
 QUOTAS: tuple[BootQuota, ...] = (PerUserQuota(), SiteQuota())
 
 

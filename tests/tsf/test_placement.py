@@ -35,6 +35,7 @@ class Live:
     state: InstanceState = S.READY
     vcpus: int = 1
     memory_mib: int = 256
+    retiring: str | None = None
 
 
 def need(vcpus: int = 1, memory_mib: int = 256, caller: Caller = ALICE) -> Need:
@@ -69,6 +70,12 @@ def test_draining_too_small_and_other_images_are_skipped_with_why():
                                                       "needs 2 vCPU and 1024 MiB")))
     # the job's log line names the instance the factory booted
     assert decision.note("new1") == "booting instance new1 (2 vCPU, 1024 MiB)"
+
+
+def test_a_retiring_instance_takes_no_new_job():
+    decision = place([Live("full-disk", retiring="only 10 of 100 bytes free")])
+    assert decision.action is Action.BOOT
+    assert decision.skipped == (Skip("full-disk", ("is retiring (only 10 of 100 bytes free)",)),)
 
 
 def test_other_users_instances_are_neither_used_nor_mentioned():
