@@ -125,7 +125,7 @@ async def test_a_disconnect_mid_upload_leaves_nothing_visible(creators_site):
     state = await http("GET", upload, user="carol")
     assert state.status_code == 200 and state.json()["missing"] == ["initrd.img"]
     assert _visible(site, "cut") == []
-    [pending] = [p for p in site.app.context["uploads"].pending() if p.id == upload_id]
+    [pending] = [p for p in site.app.uploads.pending() if p.id == upload_id]
     assert sorted(p.name for p in pending.directory.iterdir()) == ["vmlinuz"]
     cancelled = await http("DELETE", upload, user="carol")
     assert cancelled.status_code == 204 and not pending.directory.exists()

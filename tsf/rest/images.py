@@ -119,7 +119,7 @@ def _outcome(call: Call, outcome: Outcome) -> Response:
 
 
 def _preview(call: Call, document: dict[str, Any], caller: Caller) -> dict[str, Any]:
-    repository = call.app.context["factory"].repository
+    repository = call.app.repository
     meta = repository.preview(document, caller)
     return {"dryRun": True, "metadata": meta.to_dict(),
             "files": {ref.file: {"size": ref.size, "sha512": ref.sha512,
@@ -139,7 +139,7 @@ def _newest(call: Call, document: dict[str, Any], caller: Caller) -> ImageRecord
     name = (document.get("general") or {}).get("name")
     if not isinstance(name, str):
         return None
-    records = call.app.context["factory"].repository.list(caller, name=name)
+    records = call.app.repository.list(caller, name=name)
     return records[-1] if records else None
 
 
@@ -150,7 +150,7 @@ async def register_image(call: Call) -> Response:
         preview = await _blocking(_preview, call, document, caller)
         newest = await _blocking(_newest, call, document, caller)
         return Response(json={**preview, **_predecessor(newest)})
-    outcome = await _blocking(call.app.context["uploads"].begin, document, caller)
+    outcome = await _blocking(call.app.uploads.begin, document, caller)
     return _outcome(call, outcome)
 
 
@@ -161,25 +161,25 @@ async def new_version(call: Call, ref: str) -> Response:
         raise RestError(415, f"a new version is a JSON merge patch: send Content-Type "
                              f"{MERGE_PATCH}, not {content_type or 'none'}", Reason.BAD_REQUEST)
     patch = call.json("merge patch")
-    repository = call.app.context["factory"].repository
+    repository = call.app.repository
     document = await _blocking(repository.derive, ref, patch, caller)
     if _dry_run(call):
         source = await _blocking(repository.get, ref, caller)
         preview = await _blocking(_preview, call, document, caller)
         return Response(json={**preview, **_predecessor(source)})
-    outcome = await _blocking(call.app.context["uploads"].begin, document, caller)
+    outcome = await _blocking(call.app.uploads.begin, document, caller)
     return _outcome(call, outcome)
 
 
 async def get_upload(call: Call, upload_id: str) -> Response:
     caller = call.caller
-    pending = await _blocking(call.app.context["uploads"].get, upload_id, caller)
+    pending = await _blocking(call.app.uploads.get, upload_id, caller)
     return Response(json=_pending_doc(call, pending))
 
 
 async def cancel_upload(call: Call, upload_id: str) -> Response:
     caller = call.caller
-    await _blocking(call.app.context["uploads"].cancel, upload_id, caller)
+    await _blocking(call.app.uploads.cancel, upload_id, caller)
     return Response.no_content()
 
 
@@ -194,7 +194,7 @@ async def put_upload_file(call: Call, upload_id: str, name: str) -> Response:
     content.seek(0, io.SEEK_END)
     length = content.tell()
     content.seek(0)
-    outcome = await _blocking(call.app.context["uploads"].receive, upload_id, name, content,
+    outcome = await _blocking(call.app.uploads.receive, upload_id, name, content,
                               length, caller)
     if outcome.image is not None:
         return _outcome(call, outcome)
@@ -209,21 +209,21 @@ async def image_action(call: Call, ref: str, action: str) -> Response:
         raise RestError(404, f"no action {action!r}; actions: {', '.join(statuses)}",
                         Reason.NOT_FOUND)
     call.json(f"{action} parameters")
-    repository = call.app.context["factory"].repository
+    repository = call.app.repository
     record = await _blocking(repository.set_status, ref, statuses[action], caller)
     return Response(json=_image_doc(call, record))
 
 
 async def delete_image(call: Call, ref: str) -> Response:
     caller = _writer(call)
-    record = await _blocking(call.app.context["factory"].repository.delete, ref, caller)
+    record = await _blocking(call.app.repository.delete, ref, caller)
     return Response(json=_image_doc(call, record))
 
 
 async def add_application(call: Call, ref: str) -> Response:
     caller = _writer(call)
     application = call.json("application")
-    repository = call.app.context["factory"].repository
+    repository = call.app.repository
     record = await _blocking(repository.add_application, ref, application, caller)
     return Response(201, json=_image_doc(call, record),
                     headers={"Location": call.url("images", record.id)})
@@ -232,7 +232,7 @@ async def add_application(call: Call, ref: str) -> Response:
 async def remove_application(call: Call, ref: str, name: str,
                              version: str | None = None) -> Response:
     caller = _writer(call)
-    repository = call.app.context["factory"].repository
+    repository = call.app.repository
     record = await _blocking(repository.remove_application, ref, name, version, caller)
     return Response(json=_image_doc(call, record),
                     headers={"Location": call.url("images", record.id)})
@@ -241,7 +241,7 @@ async def remove_application(call: Call, ref: str, name: str,
 async def attach_endorsement(call: Call, ref: str) -> Response:
     caller = _writer(call)
     endorsement = call.json("endorsement")
-    repository = call.app.context["factory"].repository
+    repository = call.app.repository
     stored = await _blocking(repository.endorse, ref, endorsement, caller)
     record = await _blocking(repository.get, ref, caller)
     doc = {k: v for k, v in stored.to_dict().items()
@@ -252,7 +252,7 @@ async def attach_endorsement(call: Call, ref: str) -> Response:
 
 async def withdraw_endorsement(call: Call, ref: str, fingerprint: str) -> Response:
     caller = _writer(call)
-    repository = call.app.context["factory"].repository
+    repository = call.app.repository
     await _blocking(repository.withdraw, ref, fingerprint, caller)
     return Response.no_content()
 
@@ -261,7 +261,7 @@ async def export_bundle(call: Call, ref: str) -> Response:
     """The image and its visible bases as a bundle (image_repo.bundle), streamed from a
     file that is unlinked at once (nothing is left behind if the client goes away)."""
     caller = call.caller
-    repository = call.app.context["factory"].repository
+    repository = call.app.repository
 
     def export() -> tuple[BinaryIO, int, str]:
         directory = repository.store.open_staging()
@@ -297,8 +297,8 @@ async def import_bundle(call: Call) -> Response:
     if getattr(request, "too_large", False) or getattr(request, "received", 0) > limit:
         raise RestError(413, f"the bundle exceeds the limit of {limit} bytes "
                              "(limits.image_file_mib)", Reason.BAD_REQUEST)
-    repository = call.app.context["factory"].repository
-    uploads = call.app.context["uploads"]
+    repository = call.app.repository
+    uploads = call.app.uploads
     content = request.content or io.BytesIO()
 
     def register() -> bundle.ImportResult:
