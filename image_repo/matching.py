@@ -17,6 +17,11 @@ adds :class:`TrustFilter`: an image no trusted endorsement vouches for now is re
 
 Each :class:`Reason` carries a machine code, the metadata path, the required and offered
 values and a sentence fit to show a grid user, e.g. ``os.version 11 < required 12``.
+
+One IDB lookup, :func:`select_application`, decides both whether an image provides a wanted
+application (:class:`ApplicationFilter`) and which of its IDB entries a job runs
+(:func:`find_application`, used by the job runner), so an image that matches never fails
+the job for want of the application.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from base.identity import Caller
 from base.reasons import Reason as Failure
@@ -33,8 +38,9 @@ from image_repo import access
 from image_repo.errors import NoMatchingImage
 from image_repo.index import UNSTATED, CatalogueIndex, ImageProfile
 from image_repo.requirements import Requirements
+from image_repo.schema import Application, ImageMetadata
 from image_repo.trust import TrustPolicy
-from image_repo.versions import OPERATORS
+from image_repo.versions import OPERATORS, Constraint, Version
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,39 @@ class Rejection:
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "ref": self.ref,
                 "reasons": [r.to_dict() for r in self.reasons]}
+
+
+# --------------------------------------------------------------------------- IDB lookup ------
+
+class IdbEntry(Protocol):
+    """An IDB application: the index's summary of it or the metadata's full entry."""
+
+    name: str
+
+    @property
+    def parsed(self) -> Version | None: ...
+
+
+Entry = TypeVar("Entry", bound=IdbEntry)
+
+
+def select_application(entries: Iterable[Entry], name: str,
+                       constraint: Constraint | None) -> Entry | None:
+    """The first entry named ``name`` (case-insensitively) whose version satisfies
+    ``constraint``; an entry that states no version satisfies any constraint."""
+    wanted = name.lower()
+    for entry in entries:
+        if entry.name.lower() == wanted and (
+                constraint is None or entry.parsed is None or constraint.holds(entry.parsed)):
+            return entry
+    return None
+
+
+def find_application(metadata: ImageMetadata, name: str,
+                     constraint: Constraint | None) -> Application | None:
+    """The IDB application of an image that a job asking for ``name`` (with a version
+    ``constraint``) runs; None when the image does not provide it."""
+    return select_application(metadata.idb.applications, name, constraint)
 
 
 # --------------------------------------------------------------------------- filters ---------
@@ -194,11 +233,9 @@ class ApplicationFilter(ImageFilter):
                                     provided, f"application {wanted.name} is not provided "
                                     f"(provides {provided})"))
                 continue
-            if wanted.constraint is None:
+            if select_application(entries, wanted.name, wanted.constraint) is not None:
                 continue
             versions = [e.parsed for e in entries]
-            if any(v is None or wanted.constraint.holds(v) for v in versions):
-                continue
             offered = ", ".join(str(v) for v in versions)
             if len(versions) == 1:
                 term = wanted.constraint.failing(versions[0])
@@ -467,4 +504,4 @@ def _visible(image: ImageProfile, caller: Caller) -> bool:
 
 
 __all__ = ["FILTERS", "Candidate", "ImageFilter", "MatchResult", "Matcher", "Reason",
-           "Rejection", "TrustFilter", "rank_key"]
+           "Rejection", "TrustFilter", "find_application", "rank_key", "select_application"]

@@ -65,6 +65,8 @@ _SECOND = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 MAX_ARGUMENT = 1024
 MAX_ARGUMENTS = 8
+#: A character XML 1.0 cannot carry (control characters, surrogates, U+FFFE/U+FFFF).
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _BATCH_FACTOR = 4
 
 
@@ -205,6 +207,8 @@ class OaiProvider:
         for key, values in arguments.items():
             if len(values) != 1:
                 raise OaiError("badArgument", f"{key} is given {len(values)} times")
+            if _NOT_XML.search(key) or _NOT_XML.search(values[0]):
+                raise OaiError("badArgument", "an argument holds characters XML cannot carry")
             if len(values[0]) > MAX_ARGUMENT or len(key) > 64:
                 raise OaiError("badArgument", f"{key[:64]} is longer than {MAX_ARGUMENT} "
                                               "characters")

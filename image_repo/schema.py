@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from image_repo.errors import BadRequest
 from image_repo.strict import document, from_json, join, spec, to_json
+from image_repo.versions import Version
 
 SCHEMA_VERSION = 1
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}"
@@ -335,6 +336,11 @@ class Application:
     arguments: list[str] = spec(default_factory=list, doc="default arguments")
     environment: dict[str, str] = spec(default_factory=dict, doc="environment variables")
     description: str | None = spec(None, doc="free text")
+
+    @property
+    def parsed(self) -> Version | None:
+        """``version`` as a comparable :class:`~image_repo.versions.Version`."""
+        return Version(self.version) if self.version else None
 
 
 @document

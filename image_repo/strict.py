@@ -117,48 +117,65 @@ def from_json(cls: type[T], value: Any, path: str = "") -> T:
 
 def _convert(tp: Any, value: Any, path: str, meta: Any) -> Any:
     origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
     if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        members = [a for a in args if a is not type(None)]
-        if len(members) != 1:  # pragma: no cover - the schema uses Optional[X] only
-            raise TypeError(f"unsupported union {tp}")
-        return _convert(members[0], value, path, meta)
+        return _convert_optional(tp, value, path, meta)
     if origin is Literal:
-        if value not in args or type(value) is not type(args[0]):
-            choices = ", ".join(repr(a) for a in args)
-            raise BadRequest(f"expected one of {choices}, got {describe(value)}", path)
-        return value
+        return _convert_literal(typing.get_args(tp), value, path)
     if origin is list:
-        if not isinstance(value, list):
-            raise BadRequest(f"expected a list, got {describe(value)}", path)
-        items = [_convert(args[0], item, join(path, i), {}) for i, item in enumerate(value)]
-        _constrain(items, path, meta)
-        return items
+        return _convert_list(typing.get_args(tp)[0], value, path, meta)
     if origin is dict:
         if not isinstance(value, dict):
             raise BadRequest(f"expected an object, got {describe(value)}", path)
-        return {k: _convert(args[1], v, join(path, k), {}) for k, v in value.items()}
+        item_type = typing.get_args(tp)[1]
+        return {k: _convert(item_type, v, join(path, k), {}) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return from_json(tp, value, path)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise BadRequest(f"expected true or false, got {describe(value)}", path)
-    elif tp is int:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise BadRequest(f"expected an integer, got {describe(value)}", path)
-    elif tp is float:
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise BadRequest(f"expected a number, got {describe(value)}", path)
-        value = float(value)
-    elif tp is str:
-        if not isinstance(value, str):
-            raise BadRequest(f"expected a string, got {describe(value)}", path)
-    else:  # pragma: no cover - programming error in a schema
-        raise TypeError(f"unsupported type {tp} at {path}")
+    value = _convert_scalar(tp, value, path)
     _constrain(value, path, meta)
     return value
+
+
+def _convert_optional(tp: Any, value: Any, path: str, meta: Any) -> Any:
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    members = [a for a in args if a is not type(None)]
+    if len(members) != 1:  # pragma: no cover - the schema uses Optional[X] only
+        raise TypeError(f"unsupported union {tp}")
+    return _convert(members[0], value, path, meta)
+
+
+def _convert_literal(choices: tuple[Any, ...], value: Any, path: str) -> Any:
+    if value not in choices or type(value) is not type(choices[0]):
+        listed = ", ".join(repr(a) for a in choices)
+        raise BadRequest(f"expected one of {listed}, got {describe(value)}", path)
+    return value
+
+
+def _convert_list(item_type: Any, value: Any, path: str, meta: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise BadRequest(f"expected a list, got {describe(value)}", path)
+    items = [_convert(item_type, item, join(path, i), {}) for i, item in enumerate(value)]
+    _constrain(items, path, meta)
+    return items
+
+
+#: scalar type -> (accepts the JSON value, what the error says is expected)
+_SCALARS: dict[type, tuple[Callable[[Any], bool], str]] = {
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    float: (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number"),
+    str: (lambda v: isinstance(v, str), "a string"),
+}
+
+
+def _convert_scalar(tp: Any, value: Any, path: str) -> Any:
+    if tp not in _SCALARS:  # pragma: no cover - programming error in a schema
+        raise TypeError(f"unsupported type {tp} at {path}")
+    accepts, expected = _SCALARS[tp]
+    if not accepts(value):
+        raise BadRequest(f"expected {expected}, got {describe(value)}", path)
+    return float(value) if tp is float else value
 
 
 def _constrain(value: Any, path: str, meta: Any) -> None:

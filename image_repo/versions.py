@@ -3,7 +3,7 @@
 A version is split into numeric and alphabetic segments (``6.1.0-13`` -> 6, 1, 0, 13;
 ``3.12rc1`` -> 3, 12, "rc", 1).  Segments compare pairwise: numbers numerically, words
 alphabetically, a word before a number (so ``3.12rc1 < 3.12``), and a missing segment counts
-as 0 (so ``12 == 12.0``).
+as 0 (so ``12 == 12.0``); a number beyond 63 bits compares as the largest 63-bit one.
 
 Operators (``OPERATORS``):
 
@@ -27,8 +27,28 @@ from dataclasses import dataclass
 
 from image_repo.errors import BadRequest
 
-_SEGMENT = re.compile(r"\d+|[A-Za-z]+")
+_SEGMENT = re.compile(r"[0-9]+|[A-Za-z]+")
 Segment = int | str
+#: The largest number a version segment stands for; larger ones compare as it.
+MAX_NUMBER = (1 << 63) - 1
+#: The largest image version (the catalogue keeps it in an SQL INTEGER: 32 bits).
+MAX_IMAGE_VERSION = (1 << 31) - 1
+
+
+def _number(digits: str) -> int:
+    """A numeric segment, at most :data:`MAX_NUMBER` (never converts thousands of digits)."""
+    significant = digits.lstrip("0") or "0"
+    return min(int(significant), MAX_NUMBER) if len(significant) <= 19 else MAX_NUMBER
+
+
+def image_version(text: str, path: str = "image") -> int:
+    """The version number of an image reference ``name:VERSION``; a :class:`BadRequest`
+    naming ``path`` unless it is decimal digits standing for at most
+    :data:`MAX_IMAGE_VERSION`."""
+    if text.isascii() and text.isdigit() and _number(text) <= MAX_IMAGE_VERSION:
+        return _number(text)
+    raise BadRequest(f"an image version is a whole number of at most {MAX_IMAGE_VERSION}, "
+                     f"got {text[:40]!r}", path)
 
 
 @functools.total_ordering
@@ -40,7 +60,7 @@ class Version:
     def __init__(self, text: str | int):
         self.text = str(text)
         self.segments: tuple[Segment, ...] = tuple(
-            int(s) if s.isdigit() else s.lower() for s in _SEGMENT.findall(self.text)
+            _number(s) if s.isdigit() else s.lower() for s in _SEGMENT.findall(self.text)
         )
 
     def compare(self, other: Version, width: int | None = None) -> int:

@@ -7,24 +7,28 @@ a NoCloud medium that creates the job user and starts the agent the medium carri
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING
 
+from image_repo.schema import ImageMetadata
 from tsi_bridge.nocloud import nocloud_files
+
+if TYPE_CHECKING:
+    from target_system.instance import Deadlines
 
 GRIDVM = "gridvm"
 CLOUD_INIT = "cloud-init"
 
 
-def contextualization(metadata: Mapping[str, Any]) -> str:
+def contextualization(metadata: ImageMetadata | None) -> str:
     """``gridvm`` (the default) or ``cloud-init``, from the metadata's ``tsi`` group."""
-    return (metadata.get("tsi") or {}).get("contextualization") or GRIDVM
+    tsi = metadata.tsi if metadata is not None else None
+    return (tsi.contextualization if tsi is not None else None) or GRIDVM
 
 
-def medium_files(metadata: Mapping[str, Any], instance_id: str, agent_files: dict[str, bytes],
-                 *, job_user: str, job_group: str | None, workdir_root: str
-                 ) -> dict[str, bytes]:
+def medium_files(metadata: ImageMetadata | None, instance_id: str,
+                 agent_files: dict[str, bytes], *, job_user: str, job_group: str | None,
+                 workdir_root: str) -> dict[str, bytes]:
     """The files of the instance's medium: the agent's configuration as it is for gridvm's
     own images, wrapped in NoCloud's meta-data/user-data/network-config for cloud-init."""
     if contextualization(metadata) != CLOUD_INIT:
@@ -33,10 +37,11 @@ def medium_files(metadata: Mapping[str, Any], instance_id: str, agent_files: dic
                          workdir_root=workdir_root)
 
 
-def image_deadlines(deadlines, metadata: Mapping[str, Any]):
+def image_deadlines(deadlines: Deadlines, metadata: ImageMetadata | None) -> Deadlines:
     """The site's deadlines, with BOOTING stretched to the image's ``tsi.boot_timeout_s``
     when that is longer (cloud-init under software emulation boots slower)."""
-    stated = (metadata.get("tsi") or {}).get("boot_timeout_s")
+    tsi = metadata.tsi if metadata is not None else None
+    stated = tsi.boot_timeout_s if tsi is not None else None
     if stated and stated > deadlines.booting:
         return replace(deadlines, booting=float(stated))
     return deadlines

@@ -5,15 +5,17 @@ a fresh certificate for the instance, puts the agent's configuration on the
 contextualization medium, opens the instance's callback port, boots the VM (readiness is a
 mutual-TLS probe of the agent), then creates a TSI worker and pings it.  Every phase has a
 deadline; any failure ends in FAILED with a reason code, and the VM, its files and its ports
-are gone.  While READY or BUSY, a ping every ``health_interval`` seconds with a budget of
-missed pings, plus libvirt's lifecycle events, decide whether it is still alive.
+are gone.  While READY or BUSY, a ping every ``HealthPolicy.interval`` seconds with a budget
+of missed pings, plus its domain's lifecycle events (``vmm.watch``), decide whether it is
+still alive; it ends when idle too long or at the end of its lease.  ``reconnect()`` takes
+it back after a server restart through the same TSI connect path as the bring-up.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +23,19 @@ from twisted.internet import defer, task
 
 from base.errors import GridvmError
 from base.reasons import Reason
+from image_repo.schema import ImageMetadata
 from target_system.contextualization import image_deadlines, medium_files
+from target_system.drivers import TSIConnector, TSILink, VirtualMachines, connect_tsi
+from target_system.health import HealthCheck, HealthPolicy, Timer
 from target_system.images import boot_spec
 from target_system.lifecycle import InstanceState, Lifecycle, Transition, instance_lifecycle
 from tsi_bridge.ca import CertificateAuthority, IssuedCertificate
-from tsi_bridge.client import TSIClient
 from tsi_bridge.context import instance_context_files
 from tsi_bridge.readiness import probe_agent
 from tsi_bridge.tls import TLSConfig
 from vmm import ports
 from vmm.errors import VMMError
-from vmm.hypervisor import DomainEvent
-from vmm.manager import Instance, InstanceSpec, VirtualMachineManager, console_tail
+from vmm.manager import DomainEvent, Instance, InstanceSpec
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +57,6 @@ class Deadlines:
 
 
 @dataclass
-class HealthPolicy:
-    interval: float = 15.0  #: seconds between pings while READY/BUSY
-    missed_budget: int = 3  #: consecutive failed pings that fail the instance
-    ping_timeout: float = 10.0
-    idle_timeout: float | None = 600.0  #: READY without jobs this long → terminate
-    lease: float | None = None  #: the instance ends this long after READY, whatever it does
-
-
-@dataclass
 class TsiSettings:
     """The TSI setup of an image (its metadata's ``tsi`` group), with gridvm's defaults."""
 
@@ -73,12 +67,12 @@ class TsiSettings:
     workdir_root: str = "/home/gridvm/jobs"
 
     @classmethod
-    def from_metadata(cls, metadata: Mapping[str, Any]) -> TsiSettings:
-        tsi = metadata.get("tsi") or {}
+    def from_metadata(cls, metadata: ImageMetadata | None) -> TsiSettings:
         settings = cls()
+        tsi = metadata.tsi if metadata is not None else None
         for key in ("port", "tls_required", "user", "group", "workdir_root"):
-            if tsi.get(key) is not None:
-                setattr(settings, key, tsi[key])
+            if tsi is not None and getattr(tsi, key) is not None:
+                setattr(settings, key, getattr(tsi, key))
         return settings
 
 
@@ -110,64 +104,72 @@ class SiteCredentials:
 
 @dataclass
 class ImageToBoot:
-    """What the factory hands over: an image's metadata and where its files are."""
+    """What the factory hands over: an image's metadata and where its files are
+    (``metadata`` is None for the image of a recovered instance that is gone)."""
 
     image_id: str
     name: str
-    metadata: Mapping[str, Any]
+    metadata: ImageMetadata | None
     paths: Mapping[str, Path]
 
 
-@dataclass
 class TargetSystem:
-    """One VM instance and the TSI link to its agent."""
+    """One VM instance and the TSI link to its agent.
 
-    instance_id: str
-    owner: str
-    image: ImageToBoot
-    vmm: VirtualMachineManager
-    credentials: SiteCredentials
-    reactor: Any
-    vcpus: int = 1
-    memory_mib: int = 256
-    deadlines: Deadlines = field(default_factory=Deadlines)
-    health: HealthPolicy = field(default_factory=HealthPolicy)
-    labels: dict[str, str] = field(default_factory=dict)
-    #: extra files for the contextualization medium, e.g. site start-up hooks ``init.d/NAME``
-    #: (run as root in the guest before the agent starts)
-    extra_context: dict[str, bytes] = field(default_factory=dict)
-    #: a last check once the image is staged, right before the VM is created (the factory
-    #: re-checks the image's trust here); raising InstanceFailed refuses the boot
-    admit: Callable[[], Awaitable[None]] | None = None
-    lifecycle: Lifecycle = None  # type: ignore[assignment]
-    tsi: TSIClient | None = None
-    vm: Instance | None = None
-    instance_cert_pem: bytes | None = None
-    settings: TsiSettings = None  # type: ignore[assignment]
-    jobs: set[str] = field(default_factory=set)  #: ids of jobs running here
-    listeners: list[Callable[[TargetSystem, Transition], None]] = field(default_factory=list)
-    _missed: int = 0
-    _health_loop: task.LoopingCall | None = None
-    _idle_timer: Any = None
-    _lease_timer: Any = None
-    _started: defer.Deferred | None = None
-    detached: bool = False  #: let go of (server stopping), the VM keeps running
-    keep_idle: bool = False  #: never ended for being idle (a warm pool's instance)
+    ``vmm`` boots, watches and removes the VM (a :class:`~target_system.drivers.
+    VirtualMachines`); ``tsi_connector`` makes the TSI link to its agent (the real
+    :func:`~target_system.drivers.connect_tsi` unless a test hands in a fake).
+    """
 
-    def __post_init__(self) -> None:
-        self.deadlines = image_deadlines(self.deadlines, self.image.metadata)
-        if self.lifecycle is None:
-            self.lifecycle = instance_lifecycle(self.reactor, self.deadlines.as_states())
+    def __init__(self, *, instance_id: str, owner: str, image: ImageToBoot,
+                 vmm: VirtualMachines, credentials: SiteCredentials, reactor,
+                 vcpus: int = 1, memory_mib: int = 256, deadlines: Deadlines | None = None,
+                 health: HealthPolicy | None = None, labels: Mapping[str, str] | None = None,
+                 extra_context: Mapping[str, bytes] | None = None,
+                 admit: Callable[[], Awaitable[None]] | None = None,
+                 settings: TsiSettings | None = None,
+                 tsi_connector: TSIConnector = connect_tsi):
+        self.instance_id, self.owner, self.image = instance_id, owner, image
+        self.vmm, self.credentials, self.reactor = vmm, credentials, reactor
+        self.vcpus, self.memory_mib = vcpus, memory_mib
+        self.deadlines = image_deadlines(deadlines or Deadlines(), image.metadata)
+        self.health = health or HealthPolicy()
+        self.labels = dict(labels or {})
+        #: extra files for the contextualization medium, e.g. site start-up hooks
+        #: ``init.d/NAME`` (run as root in the guest before the agent starts)
+        self.extra_context = dict(extra_context or {})
+        #: a last check once the image is staged, right before the VM is created (the
+        #: factory re-checks the image's trust here); raising InstanceFailed refuses the boot
+        self.admit = admit
+        self.settings = settings or TsiSettings.from_metadata(image.metadata)
+        self.tsi_connector = tsi_connector
+        self.lifecycle: Lifecycle = instance_lifecycle(reactor, self.deadlines.as_states())
         self.lifecycle.listeners.append(self._on_transition)
         self.lifecycle.timeout_detail = self._console_excerpt
-        if self.settings is None:
-            self.settings = TsiSettings.from_metadata(self.image.metadata)
+        self.tsi: TSILink | None = None
+        self.vm: Instance | None = None
+        self.instance_cert_pem: bytes | None = None
+        self.jobs: set[str] = set()  #: ids of jobs running here
+        self.listeners: list[Callable[[TargetSystem, Transition], None]] = []
+        self.detached = False  #: let go of (server stopping), the VM keeps running
+        self.keep_idle = False  #: never ended for being idle (a warm pool's instance)
+        self.retiring: str | None = None  #: why it takes no new job (it ends after its last one)
+        self._pings = HealthCheck(reactor, self.health, instance_id,
+                                  lambda: self.tsi.ping(), self._lost)
+        self._idle_timer = Timer(reactor)
+        self._lease_timer = Timer(reactor)
+        self._unwatch: Callable[[], None] | None = None
+        self._started: defer.Deferred | None = None
+
+    def __repr__(self) -> str:
+        return (f"<TargetSystem {self.instance_id} of {self.owner} ({self.image.name}, "
+                f"{self.state.name})>")
 
     def _console_excerpt(self, state: InstanceState) -> str:
         """The end of the guest's console log, for a boot that never reached the agent."""
         if state not in (S.BOOTING, S.CONNECTING):
             return ""
-        tail = console_tail(self.vmm.instance_dir(self.instance_id) / "console.log", 5)
+        tail = self.vmm.console_tail(self.instance_id, 5)
         text = " | ".join(line.strip() for line in tail.splitlines() if line.strip())
         return f"console: {text[-400:]}" if text else "console: (empty)"
 
@@ -186,7 +188,7 @@ class TargetSystem:
             "id": self.instance_id, "owner": self.owner, "image": self.image.name,
             "imageId": self.image.image_id, "state": self.state.name,
             "reason": self.lifecycle.reason, "message": self.lifecycle.message,
-            "health": {"missedPings": self._missed, "budget": self.health.missed_budget},
+            "health": {"missedPings": self._pings.missed, "budget": self.health.missed_budget},
             "jobs": sorted(self.jobs), "created": self.lifecycle.entered.get("REQUESTED"),
             "phases": {k: round(v, 3) for k, v in self.lifecycle.phase_seconds().items()},
             "domain": self.vm.domain if self.vm else None,
@@ -196,6 +198,8 @@ class TargetSystem:
         log.info("instance %s: %s -> %s%s", self.instance_id, transition.previous.name,
                  transition.state.name,
                  f" ({transition.reason}: {transition.message})" if transition.reason else "")
+        if transition.state not in (S.READY, S.BUSY):
+            self._pings.stop()
         for listener in list(self.listeners):
             listener(self, transition)
         if transition.state is S.FAILED and not self.detached:
@@ -226,9 +230,9 @@ class TargetSystem:
                                  self.lifecycle.message or "the instance did not start")
         return self
 
-    def _still(self, state: InstanceState) -> None:
-        """Stop the bring-up if a deadline (or a crash) moved the instance on."""
-        if self.state is not state:
+    def _still(self, *states: InstanceState) -> None:
+        """Stop the bring-up (or reconnect) if a deadline or a crash moved the instance on."""
+        if self.state not in states:
             raise InstanceFailed(self.lifecycle.reason or Reason.HYPERVISOR_ERROR,
                                  self.lifecycle.message)
 
@@ -244,11 +248,8 @@ class TargetSystem:
                              job_user=self.settings.user, job_group=self.settings.group,
                              workdir_root=self.settings.workdir_root)
         self.instance_cert_pem = issued.cert_pem
+        callback_port = self._open_tsi(host_port)
         tls = self.credentials.client_tls(issued.cert_pem)
-        self.tsi = TSIClient(self.reactor, "127.0.0.1", host_port, tls=tls,
-                             user=self.settings.user, groups="NONE",
-                             connect_timeout=10.0, request_timeout=120.0)
-        callback_port = self.tsi.start()
         spec = InstanceSpec(
             boot=boot_spec(self.image.metadata, self.image.paths), image=self.image.image_id,
             instance_id=self.instance_id, vcpus=self.vcpus, memory_mib=self.memory_mib,
@@ -260,27 +261,18 @@ class TargetSystem:
             probe=lambda host, port: probe_agent(self.reactor, host, port, tls, timeout=5.0),
             on_phase=lambda phase: defer.Deferred.fromCoroutine(self._staged()),
         )
-        self.vmm.hypervisor.add_listener(self._on_domain_event)
+        self._watch_domain()
         self.vm = await self.vmm.boot(spec)
         if self.state is not S.BOOTING:  # a deadline passed while the boot finished
             await self._destroy_vm()
             self._still(S.BOOTING)
         life.advance(S.CONNECTING)
-        while True:
-            try:
-                await self.tsi.ping().addTimeout(self.health.ping_timeout, self.reactor)
-                break
-            except Exception as err:
-                self._still(S.CONNECTING)
-                log.debug("instance %s: TSI not reachable yet: %s", self.instance_id, err)
-                await task.deferLater(self.reactor, 0.5, lambda: None)
-        self._still(S.CONNECTING)
+        await self._reach_agent(self.reactor.seconds() + self.deadlines.connecting,
+                                S.CONNECTING)
         life.advance(S.READY)
-        self._health_loop = task.LoopingCall(self._check_health)
-        self._health_loop.clock = self.reactor
-        self._health_loop.start(self.health.interval, now=False)
+        self._pings.start()
         if self.health.lease:
-            self._lease_timer = self.reactor.callLater(self.health.lease, self._lease_expired)
+            self._lease_timer.arm(self.health.lease, self._lease_expired)
 
     async def _staged(self) -> None:
         """The image is staged: admit the boot (or fail the instance), then BOOTING."""
@@ -293,6 +285,33 @@ class TargetSystem:
                 raise
             self._still(S.STAGING)
         self.lifecycle.advance(S.BOOTING)
+
+    # -- the TSI link (bring-up and reconnect) ---------------------------------------------
+    def _open_tsi(self, host_port: int, callback_port: int = 0) -> int:
+        """Make the TSI link to the agent behind ``host_port``, pinned to the instance's
+        certificate, and open its callback listener; returns the callback port."""
+        assert self.instance_cert_pem is not None
+        tls = self.credentials.client_tls(self.instance_cert_pem)
+        self.tsi = self.tsi_connector(self.reactor, host_port, tls, user=self.settings.user,
+                                      callback_port=callback_port)
+        return self.tsi.start()
+
+    async def _reach_agent(self, deadline: float, *states: InstanceState) -> None:
+        """Ping until the agent answers: TSI_UNREACHABLE once ``deadline`` passes, the
+        instance's own reason once it leaves ``states`` (a phase deadline, a crash)."""
+        assert self.tsi is not None
+        while True:
+            try:
+                await self.tsi.ping().addTimeout(self.health.ping_timeout, self.reactor)
+                break
+            except Exception as err:
+                self._still(*states)
+                if self.reactor.seconds() >= deadline:
+                    raise InstanceFailed(Reason.TSI_UNREACHABLE,
+                                         f"no answer from the agent: {err}") from err
+                log.debug("instance %s: TSI not reachable yet: %s", self.instance_id, err)
+                await task.deferLater(self.reactor, 0.5, lambda: None)
+        self._still(*states)
 
     # -- after a server restart -------------------------------------------------------------
     @classmethod
@@ -320,8 +339,8 @@ class TargetSystem:
 
     async def _reconnect(self) -> TargetSystem:
         if self.state not in (S.READY, S.BUSY):
-            self.lifecycle.fail(Reason.SERVER_RESTARTED, f"the server restarted while the instance "
-                                                    f"was {self.state.name}")
+            self.lifecycle.fail(Reason.SERVER_RESTARTED, f"the server restarted while the "
+                                f"instance was {self.state.name}")
         elif self.vm is None:
             self.lifecycle.fail(Reason.GUEST_CRASHED, "the VM vanished while the server was down")
         elif not self.instance_cert_pem:
@@ -329,65 +348,49 @@ class TargetSystem:
         if self.lifecycle.terminal:
             await self._teardown()
             return self
-        assert self.vm is not None and self.instance_cert_pem is not None
-        tls = self.credentials.client_tls(self.instance_cert_pem)
-        self.tsi = TSIClient(self.reactor, "127.0.0.1", self.vm.host_port, tls=tls,
-                             callback_port=self.vm.callback_port or 0,
-                             user=self.settings.user, groups="NONE", connect_timeout=10.0,
-                             request_timeout=120.0)
-        self.vmm.hypervisor.add_listener(self._on_domain_event)
-        deadline = self.reactor.seconds() + self.deadlines.connecting
+        assert self.vm is not None
+        self._watch_domain()
         try:
-            self.tsi.start()
-            while True:
-                try:
-                    await self.tsi.ping().addTimeout(self.health.ping_timeout, self.reactor)
-                    break
-                except Exception as err:
-                    if self.reactor.seconds() >= deadline or self.lifecycle.terminal:
-                        raise InstanceFailed(Reason.TSI_UNREACHABLE, f"no answer from the agent "
-                                             f"after the restart: {err}") from err
-                    await task.deferLater(self.reactor, 0.5, lambda: None)
+            self._open_tsi(self.vm.host_port, self.vm.callback_port or 0)
+            await self._reach_agent(self.reactor.seconds() + self.deadlines.connecting,
+                                    S.READY, S.BUSY)
         except Exception as err:
-            self.lifecycle.fail(getattr(err, "reason", Reason.TSI_UNREACHABLE), str(err))
+            self.lifecycle.fail(getattr(err, "reason", None) or Reason.TSI_UNREACHABLE,
+                                f"after the restart: {err}")
             await self._teardown()
             return self
         log.info("instance %s reconnected after the restart", self.instance_id)
-        self._health_loop = task.LoopingCall(self._check_health)
-        self._health_loop.clock = self.reactor
-        self._health_loop.start(self.health.interval, now=False)
+        self._pings.start()
         if self.state is S.READY:
             self._arm_idle()
         return self
 
     # -- health ----------------------------------------------------------------------------
+    def _watch_domain(self) -> None:
+        if self._unwatch is None:
+            self._unwatch = self.vmm.watch(self.instance_id, self._on_domain_event)
+
+    def _unwatch_domain(self) -> None:
+        unwatch, self._unwatch = self._unwatch, None
+        if unwatch is not None:
+            unwatch()
+
     def _on_domain_event(self, event: DomainEvent) -> None:
-        if self.vm is None or event.domain != self.vm.domain:
+        if self.vm is None:
             return
-        if event.event.name in ("STOPPED", "CRASHED") and self.state in (
-                S.CONNECTING, S.READY, S.BUSY):
+        if event.stopped and self.state in (S.CONNECTING, S.READY, S.BUSY):
             tail = self.vm.console_tail(3).replace("\n", " | ")
             self.lifecycle.fail(Reason.GUEST_CRASHED, f"the VM stopped ({event.event.name.lower()})"
                                                  f"; console: {tail[-300:]}")
 
-    async def _check_health(self) -> None:
-        if not self.usable or self.tsi is None:
-            return
-        try:
-            await self.tsi.ping().addTimeout(self.health.ping_timeout, self.reactor)
-            self._missed = 0
-        except Exception as err:
-            self._missed += 1
-            log.warning("instance %s: ping %d/%d failed: %s", self.instance_id, self._missed,
-                        self.health.missed_budget, err)
-            if self._missed >= self.health.missed_budget and self.usable:
-                self.lifecycle.fail(Reason.TSI_LOST, f"{self._missed} pings in a row failed: {err}")
+    def _lost(self, message: str) -> None:
+        if self.usable:
+            self.lifecycle.fail(Reason.TSI_LOST, message)
 
     def _arm_idle(self) -> None:
-        self._cancel(self._idle_timer)
-        self._idle_timer = None
+        self._idle_timer.cancel()
         if self.health.idle_timeout and not self.jobs and not self.keep_idle:
-            self._idle_timer = self.reactor.callLater(self.health.idle_timeout, self._idle)
+            self._idle_timer.arm(self.health.idle_timeout, self._idle)
 
     def _idle(self) -> None:
         if self.state is S.READY and not self.jobs and not self.keep_idle:
@@ -406,15 +409,30 @@ class TargetSystem:
             raise InstanceFailed(self.lifecycle.reason or Reason.TSI_UNREACHABLE,
                                  f"instance {self.instance_id} is {self.state.name}")
         self.jobs.add(job_id)
-        self._cancel(self._idle_timer)
+        self._idle_timer.cancel()
         if self.state is S.READY:
             self.lifecycle.advance(S.BUSY)
 
     def release(self, job_id: str) -> None:
-        """A job ended here: BUSY → READY when it was the last."""
+        """A job ended here: BUSY → READY when it was the last (ended if retiring)."""
         self.jobs.discard(job_id)
         if not self.jobs and self.state is S.BUSY:
             self.lifecycle.advance(S.READY)
+        if not self.jobs and self.retiring and self.usable:
+            self.terminate(self.retiring)
+
+    async def has_room(self, minimum: int) -> bool:
+        """Whether the job directories' file system has ``minimum`` bytes free (one that
+        reports no size, like ramfs, counts as roomy); if not, the instance is retired."""
+        if self.tsi is None:
+            return True
+        space = await self.tsi.df(self.settings.workdir_root)
+        if space["TOTAL"] <= 0 or space["FREE"] >= minimum:
+            return True
+        self.retiring = (f"only {space['FREE']} of {space['TOTAL']} bytes free for job "
+                         f"directories (it keeps {minimum})")
+        log.info("instance %s retired: %s", self.instance_id, self.retiring)
+        return False
 
     # -- the end ---------------------------------------------------------------------------
     def terminate(self, why: str = "") -> defer.Deferred:
@@ -429,49 +447,49 @@ class TargetSystem:
         elif self.state is not S.DRAINING:
             self.lifecycle.fail(Reason.HYPERVISOR_ERROR, why or "terminated before it was ready")
             return
-        await self._teardown()
-        if self.state is S.DRAINING:
+        destroyed = await self._teardown()
+        if self.state is S.DRAINING and destroyed:
             self.lifecycle.advance(S.TERMINATED, why)
+        elif self.state is S.DRAINING:  # its domain may still run: never TERMINATED then
+            self.lifecycle.fail(Reason.HYPERVISOR_ERROR, "its VM could not be destroyed (the "
+                                "site retries after reconnecting to the hypervisor)")
 
     def detach(self) -> defer.Deferred:
         """Let go of the instance without ending it (the server stops; the VM and its jobs
         keep running and are re-adopted at the next start)."""
         self.detached = True
-        if self._health_loop is not None and self._health_loop.running:
-            self._health_loop.stop()
-        self._cancel(self._idle_timer)
-        self._cancel(self._lease_timer)
-        self.lifecycle.cancel()
-        self.vmm.hypervisor.remove_listener(self._on_domain_event)
+        self._stop_watching()
         client, self.tsi = self.tsi, None
         return client.close() if client is not None else defer.succeed(None)
 
-    async def _teardown(self) -> None:
-        for loop in (self._health_loop,):
-            if loop is not None and loop.running:
-                loop.stop()
-        self._cancel(self._idle_timer)
-        self._cancel(self._lease_timer)
-        self.vmm.hypervisor.remove_listener(self._on_domain_event)
+    def _stop_watching(self) -> None:
+        """No more pings, timers, deadlines or domain events."""
+        self._pings.stop()
+        self._idle_timer.cancel()
+        self._lease_timer.cancel()
+        self.lifecycle.cancel()
+        self._unwatch_domain()
+
+    async def _teardown(self) -> bool:
+        """Stop everything and destroy the VM; False when the VM could not be destroyed."""
+        self._stop_watching()
         if self.tsi is not None:
             client, self.tsi = self.tsi, None
             try:
                 await client.close()
             except Exception:
                 log.exception("closing the TSI link of %s", self.instance_id)
-        await self._destroy_vm()
+        destroyed = await self._destroy_vm()
         self.lifecycle.cancel()
+        return destroyed
 
-    async def _destroy_vm(self) -> None:
+    async def _destroy_vm(self) -> bool:
         try:
             await self.vmm.destroy(self.instance_id)
-        except VMMError:
-            log.exception("destroying instance %s", self.instance_id)
-
-    @staticmethod
-    def _cancel(timer) -> None:
-        if timer is not None and timer.active():
-            timer.cancel()
+        except VMMError as err:
+            log.error("destroying instance %s: %s", self.instance_id, err)
+            return False
+        return True
 
 
 class InstanceFailed(GridvmError):

@@ -3,19 +3,24 @@
 Values are accepted the lenient UNICORE way (booleans as ``"true"``/``"false"``, numbers as
 strings, ``Runtime`` and ``Memory`` with units, ``Environment`` as a list or an object);
 keys are not: an unknown key is an error naming it, so a typo never silently drops a
-requirement.  The result separates what picks the image (:attr:`JobDescription.requirements`)
-from what runs in it.
+requirement.  The result separates what picks the image (:attr:`JobDescription.requirements`,
+image_repo's :class:`~image_repo.requirements.Requirements`, checked here once, so a value
+image_repo refuses is an error naming its UNICORE key at submit) from what runs in it.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from base.errors import GridvmError
 from base.reasons import Reason
+from image_repo.errors import BadRequest
+from image_repo.requirements import ApplicationRequirement, Requirements
 
 
 class JobDescriptionError(GridvmError, ValueError):
@@ -54,8 +59,13 @@ EXPORT_KEYS = {"From", "To", "FailOnError", "Credentials", "ExtraParameters"}
 JOB_TYPES = {"batch": "BATCH", "normal": "BATCH", "on_login_node": "ON_LOGIN_NODE",
              "interactive": "ON_LOGIN_NODE"}
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_UNITS_TIME = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+#: UNICORE's time units: a unit given is a prefix of one of these words ("m" is minutes)
+_UNITS_TIME = {"seconds": 1, "minutes": 60, "hours": 3600, "days": 86400}
 _UNITS_MEM = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+#: Bounds of the numbers a description may give: far above any VM, far below overflow.
+MAX_COUNT = 1 << 20  #: CPUs, Nodes
+MAX_RUNTIME_S = 1 << 32  #: Runtime, seconds
+MAX_BYTES = 1 << 60  #: Memory, Disk
 
 
 def _bool(path: str, value: Any) -> bool:
@@ -74,32 +84,56 @@ def _str(path: str, value: Any) -> str:
     raise JobDescriptionError(path, f"expected a string, got {type(value).__name__}")
 
 
-def _int(path: str, value: Any, minimum: int = 0) -> int:
-    try:
-        number = int(float(value)) if isinstance(value, str) else value
-    except ValueError:
-        number = None
-    if not isinstance(number, int) or isinstance(number, bool) or number < minimum:
-        raise JobDescriptionError(path, f"expected a whole number >= {minimum}, got {value!r}")
+def _within(path: str, number: float, maximum: int) -> float:
+    """``number`` when it is a number no larger than ``maximum`` (so not NaN or infinite)."""
+    if math.isnan(number) or number > maximum:
+        raise JobDescriptionError(path, f"must be a number of at most {maximum}")
     return number
 
 
+def _float(text: str) -> float | None:
+    """The number in ``text``; None when there is none (``"nan"`` is none either)."""
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return None if math.isnan(number) else number
+
+
+def _int(path: str, value: Any, minimum: int = 0, maximum: int = MAX_COUNT) -> int:
+    number = value
+    if isinstance(value, str):
+        parsed = _float(value)
+        number = None if parsed is None else int(_within(path, parsed, maximum))
+    if not isinstance(number, int) or isinstance(number, bool) or number < minimum:
+        raise JobDescriptionError(path, f"expected a whole number >= {minimum}, got {value!r}")
+    return int(_within(path, number, maximum))
+
+
 def parse_runtime(path: str, value: Any) -> int:
-    """Seconds from ``3600``, ``"3600"``, ``"10min"``, ``"2h"``, ``"1d"`` (unit by prefix)."""
+    """Seconds from ``3600``, ``"3600"``, ``"30s"``, ``"10min"``/``"10m"``, ``"2h"``/``"2hours"``,
+    ``"1d"``: as in UNICORE, the unit is a prefix of seconds, minutes, hours or days, so
+    ``"2months"`` or ``"2x"`` is an error, not a guess."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         seconds = float(value)
     else:
         match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
-        unit = match.group(2).lower() if match else "?"
-        factor = 1 if unit == "" else next(
-            (f for prefix, f in _UNITS_TIME.items() if unit.startswith(prefix)), None)
+        factor = _time_unit(match.group(2)) if match else None
         if match is None or factor is None:
-            raise JobDescriptionError(path, f"expected seconds or a time like 10min, 2h: "
-                                            f"{value!r}")
+            raise JobDescriptionError(path, "expected seconds or a time in seconds, minutes, "
+                                            f"hours or days, like 10min or 2h: {value!r}")
         seconds = float(match.group(1)) * factor
     if seconds <= 0:
         raise JobDescriptionError(path, "must be positive")
-    return int(seconds)
+    return int(_within(path, seconds, MAX_RUNTIME_S))
+
+
+def _time_unit(unit: str) -> int | None:
+    """Seconds per ``unit`` (empty: seconds), or None when it names no UNICORE time unit."""
+    unit = unit.lower()
+    if not unit:
+        return 1
+    return next((factor for word, factor in _UNITS_TIME.items() if word.startswith(unit)), None)
 
 
 def parse_memory(path: str, value: Any) -> int:
@@ -110,10 +144,10 @@ def parse_memory(path: str, value: Any) -> int:
         match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtTbB]?)(?:i?[bB])?\s*", str(value))
         if not match:
             raise JobDescriptionError(path, f"expected bytes or a size like 512M, 1G: {value!r}")
-        size = int(float(match.group(1)) * _UNITS_MEM[match.group(2).lower()])
+        size = float(match.group(1)) * _UNITS_MEM[match.group(2).lower()]
     if size <= 0:
         raise JobDescriptionError(path, "must be positive")
-    return size
+    return int(_within(path, size, MAX_BYTES))
 
 
 #: Where server-side imports may come from: http(s) URLs (if the site allows them) and
@@ -183,12 +217,8 @@ class JobDescription:
     memory: int | None = None  #: bytes
     disk: int | None = None  #: bytes
     nodes: int | None = None
-    image: str | None = None
-    image_url: str | None = None
-    os_distro: str | None = None
-    os_version: str | None = None
-    architecture: str | None = None
-    vo: str | None = None
+    #: what the image must offer, from ApplicationName/Version, IMAGE_URL and Resources
+    requirements: Requirements = field(default_factory=Requirements)
     imports: list[InputFile] = field(default_factory=list)
     exports: list[OutputFile] = field(default_factory=list)
     client_stage_in: bool = False
@@ -198,37 +228,14 @@ class JobDescription:
     raw: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def requirements(self) -> dict[str, Any]:
-        """The image requirements, in image_repo's requirement document form."""
-        req: dict[str, Any] = {}
-        if self.image:
-            req["image"] = self.image
-        if self.image_url:
-            req["container_image_url"] = self.image_url
-        if self.os_distro:
-            req["os"] = {"distro": self.os_distro}
-            if self.os_version:
-                req["os"]["version"] = self.os_version
-        elif self.os_version:
-            req["os"] = {"version": self.os_version}
-        if self.architecture:
-            req["architecture"] = self.architecture
-        if self.application and self.application != "CONTAINER":
-            app: dict[str, str] = {"name": self.application}
-            if self.application_version:
-                app["version"] = self.application_version
-            req["applications"] = [app]
-        if self.cpus:
-            req["cpus"] = self.cpus
-        if self.memory:
-            req["memory_mib"] = -(-self.memory // (1 << 20))
-        if self.disk:
-            req["disk_gib"] = -(-self.disk // (1 << 30))
-        if self.runtime:
-            req["runtime_s"] = self.runtime
-        if self.vo:
-            req["vo"] = self.vo
-        return req
+    def wanted_application(self) -> ApplicationRequirement | None:
+        """The IDB application the job runs (ApplicationName, ApplicationVersion), if any."""
+        return self.requirements.applications[0] if self.requirements.applications else None
+
+    def run_in_image(self, ref: str) -> None:
+        """Run a CONTAINER job in the catalogue image its IMAGE_URL names (``ref``)."""
+        self.requirements = dataclasses.replace(self.requirements, image=ref,
+                                                container_image_url=None)
 
 
 def _check_keys(path: str, value: dict, allowed: set[str]) -> None:
@@ -272,11 +279,8 @@ def parse_job(doc: Any) -> JobDescription:
         job.application = _str("ApplicationName", doc["ApplicationName"])
     if "ApplicationVersion" in doc:
         job.application_version = _str("ApplicationVersion", doc["ApplicationVersion"])
-    if job.application == "CONTAINER":
-        job.image_url = job.parameters.get("IMAGE_URL")
-        if not job.image_url:
-            raise JobDescriptionError("Parameters.IMAGE_URL",
-                                      "a CONTAINER application needs IMAGE_URL")
+    if job.application == "CONTAINER" and not job.parameters.get("IMAGE_URL"):
+        raise JobDescriptionError("Parameters.IMAGE_URL", "a CONTAINER application needs IMAGE_URL")
     for key, attr in (("Stdout", "stdout"), ("Stderr", "stderr"), ("Stdin", "stdin")):
         if key in doc:
             setattr(job, attr, _relative_path(key, _str(key, doc[key])))
@@ -293,6 +297,7 @@ def parse_job(doc: Any) -> JobDescription:
     if "User postcommand" in doc:
         job.postcommand = _str("User postcommand", doc["User postcommand"])
     _resources(job, doc.get("Resources", {}))
+    job.requirements = _requirements(job, doc.get("Resources", {}))
     _imports(job, doc.get("Imports", []))
     _exports(job, doc.get("Exports", []))
     if not job.executable and not job.application:
@@ -354,11 +359,50 @@ def _resources(job: JobDescription, res: Any) -> None:
             job.memory = parse_memory(f"Resources.{key}", res[key])
     if "Disk" in res:
         job.disk = parse_memory("Resources.Disk", res["Disk"])
-    for key, attr in (("Image", "image"), ("OperatingSystem", "os_distro"),
-                      ("OperatingSystemVersion", "os_version"),
-                      ("CPUArchitecture", "architecture"), ("VO", "vo")):
-        if key in res:
-            setattr(job, attr, _str(f"Resources.{key}", res[key]))
+
+
+#: The UNICORE key each image requirement comes from, named when image_repo refuses a value.
+REQUIREMENT_SOURCES = {
+    "image": "Resources.Image", "os.distro": "Resources.OperatingSystem",
+    "os.version": "Resources.OperatingSystemVersion",
+    "architecture": "Resources.CPUArchitecture", "vo": "Resources.VO",
+    "applications[0].name": "ApplicationName", "applications[0].version": "ApplicationVersion",
+    "container_image_url": "Parameters.IMAGE_URL", "cpus": "Resources.CPUs",
+    "memory_mib": "Resources.Memory", "disk_gib": "Resources.Disk",
+    "runtime_s": "Resources.Runtime",
+}
+
+
+def _requirements(job: JobDescription, res: dict[str, Any]) -> Requirements:
+    """The image requirements of a job whose run and Resources are parsed (``res`` checked
+    by :func:`_resources`), read by image_repo now."""
+    def text(key: str) -> str:
+        return _str(f"Resources.{key}", res[key]) if key in res else ""
+
+    doc: dict[str, Any] = {
+        name: value for name, key in (("image", "Image"), ("architecture", "CPUArchitecture"),
+                                      ("vo", "VO")) if (value := text(key))}
+    os = {name: value for name, key in (("distro", "OperatingSystem"),
+                                        ("version", "OperatingSystemVersion"))
+          if (value := text(key))}
+    if os:
+        doc["os"] = os
+    if job.application == "CONTAINER":
+        doc["container_image_url"] = job.parameters["IMAGE_URL"]
+    elif job.application:
+        doc["applications"] = [{"name": job.application}]
+        if job.application_version:
+            doc["applications"][0]["version"] = job.application_version
+    for name, value in (("cpus", job.cpus), ("runtime_s", job.runtime),
+                        ("memory_mib", job.memory and -(-job.memory // (1 << 20))),
+                        ("disk_gib", job.disk and -(-job.disk // (1 << 30)))):
+        if value:
+            doc[name] = value
+    try:
+        return Requirements.from_dict(doc)
+    except BadRequest as err:
+        where = (err.path or "").removeprefix("requirements.")
+        raise JobDescriptionError(REQUIREMENT_SOURCES.get(where, where), err.message) from None
 
 
 def _entries(name: str, value: Any, keys: set[str]):

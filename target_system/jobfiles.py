@@ -4,8 +4,8 @@
   storage, kept across server restarts) and are copied into the guest at STAGINGIN.
 * While the job's VM lives and the job is not finished, files come from the guest through
   the TSI (as the job's user).
-* Once the job finished, or its VM is gone, files come from the site storage copy
-  (``job.storage``) that stage-out made.
+* Once the job finished (or its files were kept and removed from the guest), or its VM is
+  gone, files come from the site storage copy (``job.storage``) that stage-out made.
 
 Every client path is confined to the job directory: ``..``, NUL, ``//`` (an absolute path
 behind the storage root) are refused, and symbolic links are resolved (in the guest with
@@ -54,6 +54,10 @@ class WrongKind(ValueError):
     reason = Reason.BAD_REQUEST
 
 
+#: Linux's limits: bytes of one name in a path, and of a whole path.
+MAX_NAME_BYTES, MAX_PATH_BYTES = 255, 4095
+
+
 def confine(path: str) -> str:
     """A client path as a relative POSIX path inside the job directory ("" = the root)."""
     if "\0" in path or "\n" in path:
@@ -63,6 +67,13 @@ def confine(path: str) -> str:
     parts = [p for p in path.removeprefix("/").split("/") if p not in ("", ".")]
     if ".." in parts:
         raise PathError(f"'..' is not allowed in a path: {path!r}")
+    try:
+        sizes = [len(part.encode()) for part in parts]
+    except UnicodeEncodeError:
+        raise PathError("a path must be Unicode text (no lone surrogates)") from None
+    if sum(sizes) + len(sizes) > MAX_PATH_BYTES or max(sizes, default=0) > MAX_NAME_BYTES:
+        raise PathError(f"a path is at most {MAX_PATH_BYTES} bytes long, each name in it at "
+                        f"most {MAX_NAME_BYTES}")
     return "/".join(parts)
 
 
@@ -352,6 +363,6 @@ class JobFiles:
             with contextlib.suppress(KeyError):
                 target = self.targets(job.instance_id)
         if (job.workdir and target is not None and target.usable and target.tsi is not None
-                and not job.finished.called):
+                and not job.finished.called and not job.kept):
             return GuestFiles(target.tsi, job.workdir)
         return StorageFiles(job.storage)

@@ -15,12 +15,14 @@ import os
 from pathlib import Path
 
 from twisted.application import service
-from twisted.internet import defer
+from twisted.application.internet import TimerService
+from twisted.internet import defer, threads
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
 from base.db import make_engine
 from image_repo.repository import ImageRepository
+from image_repo.uploads import Uploads
 from target_system.instance import Deadlines, HealthPolicy, SiteCredentials
 from target_system.store import StateStore
 from target_system.transfers import TransferPolicy
@@ -28,8 +30,9 @@ from tsf.config import SiteConfig
 from tsf.exchange import ListSigner, SubscriptionRefresher, subscription_specs
 from tsf.factory import Quotas, TargetSystemFactory
 from tsf.rest import build_app, build_site
-from tsf.rest.app import Limits
+from tsf.rest.app import Limits, Sizing
 from tsf.rest.auth import Authenticator, TokenIssuer
+from tsf.rest.backoff import LoginBackoff
 from tsf.users import UsersFile
 from vmm.hypervisor import Hypervisor
 from vmm.manager import VirtualMachineManager
@@ -209,14 +212,22 @@ class SiteService(service.MultiService):
         limits = config.limits
         tokens = TokenIssuer.load_or_create(state / "token-secret", config.site.name,
                                             default_lifetime=limits.token_lifetime_s)
+        backoff = LoginBackoff(limits.login_failures_free, limits.login_backoff_s,
+                               limits.login_backoff_max_s)
+        uploads = Uploads(self.repository, quota_bytes=(limits.image_quota_mib << 20) or None,
+                          expiry_s=limits.image_upload_expiry_s)
         self.app = build_app(
-            config.site.name, self.factory, Authenticator(self.users, tokens), tokens,
-            Limits(max_json=limits.max_json_kib << 10, max_upload=limits.max_upload_mib << 20),
-            sizing={"cpus": limits.max_cpus, "memory_mib": limits.max_memory_mib,
-                    "runtime_s": limits.max_runtime_s})
-        self.app.context.update(exchange=config.exchange,
-                                list_signer=ListSigner.from_config(config))
-        sites = await self.app.context["sites"].load()
+            config.site.name, self.factory, Authenticator(self.users, tokens, backoff=backoff),
+            tokens,
+            Limits(max_json=limits.max_json_kib << 10, max_upload=limits.max_upload_mib << 20,
+                   max_image_file=limits.image_file_mib << 20),
+            sizing=Sizing(limits.max_cpus, limits.max_memory_mib, limits.max_runtime_s),
+            exchange=config.exchange, list_signer=ListSigner.from_config(config),
+            uploads=uploads)
+        expiry = TimerService(60, threads.deferToThread, uploads.expire)
+        expiry.clock = reactor
+        expiry.setServiceParent(self)
+        sites = await self.factory.sites.load()
         log.info("%d UNICORE site(s) of earlier runs kept; jobs kept %s after submission", sites,
                  f"{limits.job_lifetime_days:g} days" if limits.job_lifetime_days
                  else "until deleted")
@@ -253,7 +264,7 @@ class SiteService(service.MultiService):
     async def _stop(self) -> None:
         if not self.running:
             return
-        live = len(self.factory._live()) if self.factory else 0
+        live = len(self.factory.registry.live()) if self.factory else 0
         log.info("shutting down: closing the REST ports, %s %d instance(s)",
                  "leaving running" if self.config.site.keep_instances else "terminating", live)
         service.Service.stopService(self)

@@ -5,7 +5,8 @@ JSON, so that ``gridvm serve --add-user`` can rewrite it::
     {"users": {"alice": {"password": "scrypt$16384$8$1$<salt>$<hash>",
                           "groups": ["users"], "vos": ["demo"], "role": "user"}}}
 
-Roles: ``user`` (own jobs, instances and files) and ``admin`` (everything).  Passwords are
+Roles: ``user`` (own jobs, instances and files), ``creator`` (a user who may also register
+and change images, within the images' permissions) and ``admin`` (everything).  Passwords are
 hashed with scrypt from the standard library; verification takes constant time.  The file is
 re-read when it changes, so users can be added while the server runs.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -29,7 +31,7 @@ from base.errors import GridvmError
 from base.identity import Caller
 from base.reasons import Reason
 
-ROLES = ("user", "admin")
+ROLES = ("user", "creator", "admin")
 USER_KEYS = {"password", "groups", "vos", "role", "dn"}
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}$")
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 1 << 14, 8, 1
@@ -47,6 +49,13 @@ def hash_password(password: str) -> str:
                             dklen=32)
     b64 = base64.b64encode
     return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+@functools.cache
+def dummy_password_hash() -> str:
+    """The hash of a random password, checked against when a user name is unknown: a wrong
+    name then costs the same scrypt work as a wrong password, so timing reveals no names."""
+    return hash_password(secrets.token_urlsafe(16))
 
 
 def verify_password(password: str, stored: str) -> bool:

@@ -288,6 +288,7 @@ class GridvmMetadata(ConfigObject):
 
     root_name = "instance"
     instance_id: str = ""
+    site: str = ""  #: the identity of the site that created the domain (see vmm.identity)
     image: str = ""
     state_dir: str = ""
     created: float = 0.0
@@ -298,7 +299,7 @@ class GridvmMetadata(ConfigObject):
     def format_dom(self) -> etree._Element:
         el = etree.Element(f"{{{GRIDVM_NS}}}instance", nsmap={"gridvm": GRIDVM_NS})
         el.set("id", self.instance_id)
-        for tag in ("image", "state_dir", "created", "host_port", "callback_port"):
+        for tag in ("site", "image", "state_dir", "created", "host_port", "callback_port"):
             _text(el, f"{{{GRIDVM_NS}}}{tag}", getattr(self, tag))
         for key, value in sorted(self.labels.items()):
             _text(el, f"{{{GRIDVM_NS}}}label", value).set("name", key)
@@ -306,6 +307,7 @@ class GridvmMetadata(ConfigObject):
 
     def parse_dom(self, element: etree._Element) -> None:
         self.instance_id = element.get("id", "")
+        self.site = element.findtext(f"{{{GRIDVM_NS}}}site", "")
         self.image = element.findtext(f"{{{GRIDVM_NS}}}image", "")
         self.state_dir = element.findtext(f"{{{GRIDVM_NS}}}state_dir", "")
         self.created = float(element.findtext(f"{{{GRIDVM_NS}}}created", "0") or 0)

@@ -32,3 +32,9 @@ class BootTimeout(VMMError):
 
 class GuestCrashed(VMMError):
     reason = Reason.GUEST_CRASHED
+
+
+class ForeignDomain(HypervisorError):
+    """The domain belongs to another gridvm site (or to no gridvm site): left alone."""
+
+    reason = Reason.HYPERVISOR_ERROR

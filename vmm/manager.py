@@ -7,6 +7,12 @@ that fails ends with a reason code — ``BOOT_TIMEOUT``, ``GUEST_CRASHED`` (with
 the console log), ``HYPERVISOR_ERROR``, ``IMAGE_UNAVAILABLE`` or
 ``IMAGE_CHECKSUM_MISMATCH`` — and leaves nothing behind: no domain, overlay, medium or
 forwarded port.
+
+Every domain records the site identity (``vmm.identity``); the manager adopts and destroys
+only domains of its own identity whose name is exactly its prefix plus their instance id,
+and leaves every other domain alone.  When the hypervisor connection comes back after a
+loss, the domains of live instances are checked again (a vanished one is reported as a
+stop), boots waiting for the connection go on, and destroys that failed are retried.
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import libvirt
 from twisted.application import service
-from twisted.internet import defer, threads
+from twisted.internet import defer, task, threads
 
 from base.reasons import Reason
 from vmm import context, ports
@@ -37,8 +44,16 @@ from vmm.domain import (
     SerialFileConfig,
     UserNetConfig,
 )
-from vmm.errors import BootTimeout, GuestCrashed, HypervisorError, ImageUnavailable, VMMError
-from vmm.hypervisor import DomainEvent, DomainState, Hypervisor
+from vmm.errors import (
+    BootTimeout,
+    ForeignDomain,
+    GuestCrashed,
+    HypervisorError,
+    ImageUnavailable,
+    VMMError,
+)
+from vmm.hypervisor import DomainEvent, DomainState, Hypervisor, LifecycleEvent
+from vmm.identity import load_or_create_site_id
 from vmm.readiness import Probe, ProbeRace, line_probe
 from vmm.storage import BaseImageCache, create_overlay
 
@@ -121,7 +136,8 @@ class Instance:
 
 @dataclass
 class AdoptedDomain:
-    """A domain found at start-up: gridvm's own (``instance`` set) or only name-alike."""
+    """A domain found at start-up: this site's own (``instance`` set) or only name-alike
+    (another site's, or no gridvm domain at all: left alone)."""
 
     name: str
     state: DomainState
@@ -150,7 +166,8 @@ class VirtualMachineManager(service.Service):
 
     def __init__(self, hypervisor: Hypervisor, state_dir: Path, *, reactor=None,
                  prefix: str = DOMAIN_PREFIX, tb_cache_mib: int | None = 32,
-                 probe_interval: float = 0.1):
+                 probe_interval: float = 0.1, site_id: str | None = None,
+                 destroy_timeout: float = 60.0):
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -162,7 +179,11 @@ class VirtualMachineManager(service.Service):
         self.prefix = prefix
         self.tb_cache_mib = tb_cache_mib
         self.probe_interval = probe_interval
+        self.site_id = site_id or load_or_create_site_id(self.state_dir)
+        self.destroy_timeout = destroy_timeout
         self.instances: dict[str, Instance] = {}
+        self._undestroyed: set[str] = set()  #: instance ids whose destroy failed: retried
+        hypervisor.add_reconnect_listener(self._after_reconnect)
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> defer.Deferred:
@@ -215,6 +236,9 @@ class VirtualMachineManager(service.Service):
             timings["staging"] = time.monotonic() - started
             if spec.on_phase is not None:
                 await defer.maybeDeferred(spec.on_phase, "booting")
+            # the hypervisor may be reconnecting: wait for it within the staging deadline
+            await self.hypervisor.wait_connected(
+                spec.staging_timeout - (time.monotonic() - started))
 
             mark = time.monotonic()
             _config, host_port = await self._create(spec, name, directory, disks, kernel, initrd)
@@ -279,7 +303,8 @@ class VirtualMachineManager(service.Service):
                      RngConfig(), MemballoonConfig(), ControllerConfig("usb", "none")],
             network=UserNetConfig(host_port=host_port, guest_port=spec.guest_port,
                                   callback_port=spec.callback_port),
-            metadata=GridvmMetadata(instance_id=spec.instance_id, image=spec.image,
+            metadata=GridvmMetadata(instance_id=spec.instance_id, site=self.site_id,
+                                    image=spec.image,
                                     state_dir=str(directory), created=time.time(),
                                     host_port=host_port, callback_port=spec.callback_port or 0,
                                     labels=dict(spec.labels)),
@@ -304,7 +329,7 @@ class VirtualMachineManager(service.Service):
         stopped: list[DomainEvent] = []
 
         def on_event(event: DomainEvent) -> None:
-            if event.domain == instance.domain and event.event.name in ("STOPPED", "CRASHED"):
+            if event.stopped:
                 stopped.append(event)
 
         race = ProbeRace(self.reactor, probe, "127.0.0.1", instance.host_port,
@@ -313,7 +338,12 @@ class VirtualMachineManager(service.Service):
         async def still_booting() -> None:
             if stopped:
                 raise self._crashed(instance, "the guest stopped while booting")
-            state = await self.hypervisor.state(instance.domain)
+            try:
+                state = await self.hypervisor.state(instance.domain)
+            except HypervisorError:
+                if self.hypervisor.connected:
+                    raise
+                state = DomainState.RUNNING  # reconnecting: the boot deadline still holds
             if not state.alive:
                 raise self._crashed(instance, f"the guest is {state.name.lower()}")
             if time.monotonic() >= deadline:
@@ -322,11 +352,11 @@ class VirtualMachineManager(service.Service):
                     f"{spec.boot_timeout:g} s ({race.last_failure}); console: "
                     f"{_one_line(instance.console_tail(5))}")
 
-        self.hypervisor.add_listener(on_event)
+        unwatch = self.watch(instance.instance_id, on_event)
         try:
             return await race.run(still_booting)
         finally:
-            self.hypervisor.remove_listener(on_event)
+            unwatch()
 
     def _crashed(self, instance: Instance, what: str) -> GuestCrashed:
         return GuestCrashed(f"{what}; console: {crash_summary(instance.console_tail(200))}")
@@ -339,15 +369,86 @@ class VirtualMachineManager(service.Service):
                 log.exception("could not destroy %s after a failed boot", name)
         shutil.rmtree(directory, ignore_errors=True)
 
+    # -- events --------------------------------------------------------------------------
+    def watch(self, instance_id: str, callback: Callable[[DomainEvent], None]
+              ) -> Callable[[], None]:
+        """Hand ``callback`` every lifecycle event of the instance's domain, on the reactor
+        thread, from now on; returns the call that ends the subscription (harmless twice)."""
+        domain = self.domain_name(instance_id)
+
+        def on_event(event: DomainEvent) -> None:
+            if event.domain == domain:
+                callback(event)
+
+        self.hypervisor.add_listener(on_event)
+        return lambda: self.hypervisor.remove_listener(on_event)
+
+    def console_tail(self, instance_id: str, lines: int = 5) -> str:
+        """The last lines of an instance's console, also while it boots."""
+        return console_tail(self.instance_dir(instance_id) / "console.log", lines)
+
     # -- the end of an instance ----------------------------------------------------------
     def destroy(self, instance_id: str) -> defer.Deferred:
         """Stop the domain at once and remove everything the instance had on this host."""
         return defer.Deferred.fromCoroutine(self._destroy(instance_id))
 
     async def _destroy(self, instance_id: str) -> None:
-        await self.hypervisor.destroy(self.domain_name(instance_id))
+        """Retried (also across a reconnection) until the domain is gone, for
+        ``destroy_timeout`` seconds; then it fails, and is retried after the next
+        reconnection."""
+        name = self.domain_name(instance_id)
+        deadline = self.reactor.seconds() + self.destroy_timeout
+        delay = 0.5
+        while True:
+            try:
+                await self.hypervisor.wait_connected(deadline - self.reactor.seconds())
+                await self._destroy_own(name)
+                break
+            except HypervisorError as err:
+                if self.reactor.seconds() + delay >= deadline:
+                    self._undestroyed.add(instance_id)
+                    raise HypervisorError(f"could not destroy {name} within "
+                                          f"{self.destroy_timeout:g} s: {err}") from err
+                log.warning("destroying %s failed (%s): again in %g s", name, err, delay)
+                await task.deferLater(self.reactor, delay, lambda: None)
+                delay = min(delay * 2, 5.0)
+        self._undestroyed.discard(instance_id)
         self.instances.pop(instance_id, None)
         shutil.rmtree(self.instance_dir(instance_id), ignore_errors=True)
+
+    async def _destroy_own(self, name: str) -> None:
+        """Destroy ``name`` if it is this site's; done only once the domain has stopped."""
+        try:
+            await self.hypervisor.destroy(name, site=self.site_id)
+        except ForeignDomain as err:
+            log.warning("leaving alone %s: %s", name, err)
+            return
+        state = await self.hypervisor.state(name)
+        if state.alive:
+            raise HypervisorError(f"{name} is still {state.name.lower()} after its destroy")
+
+    def _after_reconnect(self) -> defer.Deferred:
+        return defer.Deferred.fromCoroutine(self._recheck())
+
+    async def _recheck(self) -> None:
+        """After a reconnection: report instances whose domain stopped or vanished while
+        the connection was down (events of that time are lost), retry failed destroys."""
+        for instance in list(self.instances.values()):
+            try:
+                state = await self.hypervisor.state(instance.domain)
+            except HypervisorError as err:
+                log.warning("re-checking %s after reconnecting: %s", instance.domain, err)
+                continue
+            if not state.alive:
+                log.warning("%s is %s after reconnecting", instance.domain, state.name.lower())
+                self.hypervisor.dispatch(DomainEvent(
+                    instance.domain, LifecycleEvent.STOPPED, _STOPPED_FAILED))
+        for instance_id in sorted(self._undestroyed):
+            try:
+                await self._destroy(instance_id)
+                log.info("destroyed %s after reconnecting", self.domain_name(instance_id))
+            except HypervisorError as err:
+                log.warning("retrying the destroy of %s: %s", instance_id, err)
 
     def state(self, instance_id: str) -> defer.Deferred:
         return self.hypervisor.state(self.domain_name(instance_id))
@@ -361,7 +462,10 @@ class VirtualMachineManager(service.Service):
         found: list[AdoptedDomain] = []
         for name, config, state in await self.hypervisor.list_domains(self.prefix):
             meta = config.metadata
-            if meta is None or not meta.instance_id:
+            if meta is None or not meta.instance_id or meta.site != self.site_id or \
+                    name != self.domain_name(meta.instance_id):
+                log.warning("leaving alone domain %s: not this site's (site %s)", name,
+                            (meta.site if meta else "") or "unrecorded")
                 found.append(AdoptedDomain(name, state, None))
                 continue
             instance = Instance(
@@ -388,6 +492,9 @@ class VirtualMachineManager(service.Service):
                 removed.append(entry.name)
         return removed
 
+
+#: how a domain that vanished while the connection was down is reported
+_STOPPED_FAILED = libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED
 
 _CRASH_MARKERS = ("Kernel panic", "Oops", "BUG:", "Traceback", "gridvm loader:")
 

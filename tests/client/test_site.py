@@ -185,6 +185,11 @@ async def test_connection_and_credential_errors(rest_site):
     wrong = await cli("jobs", GRIDVM_PASSWORD="not-the-password")
     assert wrong.returncode == EXIT_AUTH
     assert "Authentication failed" in one_line_error(wrong)
+    for _ in range(3):  # the site's failed-login backoff: 3 free, then 1 s
+        await cli("jobs", GRIDVM_PASSWORD="not-the-password")
+    barred = await cli("jobs", GRIDVM_PASSWORD="not-the-password")
+    assert barred.returncode == EXIT_AUTH and "too many failed logins" in one_line_error(barred)
+    await task.deferLater(reactor, 1.1, lambda: None)
     anonymous = await cli("jobs", user=None)
     assert anonymous.returncode == EXIT_AUTH, anonymous.stderr
     one_line_error(anonymous)

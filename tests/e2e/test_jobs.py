@@ -107,6 +107,19 @@ async def test_exit_codes_runtime_and_abort(site):
 
 
 @pytest_twisted.ensureDeferred
+async def test_an_application_version_constraint_matches_and_runs(site):
+    """``python3 >=3.10`` picks an image whose IDB has python3 3.11.x, and the job runs that
+    entry (it used to match and then fail: "python3 is not in the image's IDB")."""
+    factory, _repo, _root = site
+    job = factory.submit({"ApplicationName": "python3", "ApplicationVersion": ">=3.10, <4",
+                          "Arguments": ["-c", "import sys; print(sys.version_info >= (3, 10))"],
+                          "Resources": INITRAMFS}, ALICE)
+    await finished(factory, job)
+    assert job.state is JobState.SUCCESSFUL, job.log
+    assert (job.storage / "stdout").read_text() == "True\n"
+
+
+@pytest_twisted.ensureDeferred
 async def test_no_matching_image_says_why_per_image(site):
     factory, _repo, _root = site
     job = factory.submit({"Executable": "true", "Resources": {

@@ -7,7 +7,8 @@ import pytest
 
 from base.identity import Caller
 from image_repo.errors import BadRequest, NoMatchingImage
-from image_repo.requirements import Requirements
+from image_repo.matching import find_application
+from image_repo.schema import validate
 from image_repo.versions import OPERATORS, Version, parse_constraint
 
 from .conftest import ADMIN, ALICE, BOB, CAROL
@@ -227,6 +228,8 @@ def test_limit_and_summary(repo, catalogue):
     ({"os": {"vesion": "12"}}, "requirements.os.vesion", "did you mean 'version'"),
     ({"os": {"version": "=>12"}}, "requirements.os.version", "version constraint"),
     ({"os": {"version": 12}}, "requirements.os.version", "expected a string"),
+    ({"os": {"version": "banana"}}, "requirements.os.version", "release constraint"),
+    ({"os": {"version": ">=12, <bookworm"}}, "requirements.os.version", "release constraint"),
     ({"applications": [{"version": "1"}]}, "requirements.applications[0].name", "missing"),
     ({"cpus": 0}, "requirements.cpus", "at least 1"),
     ({"cpus": "2"}, "requirements.cpus", "expected an integer"),
@@ -240,19 +243,38 @@ def test_bad_requirements_name_their_path(repo, doc, path, words):
     assert info.value.path == path and words in str(info.value)
 
 
-def test_requirements_from_a_unicore_job():
-    job = {"ApplicationName": "python3", "ApplicationVersion": "3.11",
-           "Resources": {"CPUs": "2", "Memory": "2G", "Runtime": "2h"}}
-    req = Requirements.from_unicore_job(job, vo="atlas")
-    assert req.to_dict() == {"applications": [{"name": "python3", "version": "3.11"}],
-                             "cpus": 2, "memory_mib": 2048, "runtime_s": 7200, "vo": "atlas"}
-    container = Requirements.from_unicore_job(
-        {"ApplicationName": "CONTAINER", "Parameters": {"IMAGE_URL": "docker://debian:12"}})
-    assert container.container_image_url == "docker://debian:12"
-    assert Requirements.from_unicore_job({"Resources": {"Image": "deb12:1"}}).image == "deb12:1"
-    with pytest.raises(BadRequest) as info:
-        Requirements.from_unicore_job({"Resources": {"Memory": "lots"}})
-    assert info.value.path == "Resources.Memory"
+@pytest.mark.parametrize("version", [">=3.10", "3.11", "~=3.11", ">=3.10, <4", "<3.10", None])
+def test_matching_and_the_runner_share_one_idb_lookup(repo, catalogue, version):
+    """An image that matches an application requirement is one whose IDB entry the runner
+    finds (``>=3.10`` for python3 3.11.2 used to match and then fail the job), and an image
+    rejected for the application has no entry the runner would find."""
+    wanted = {"name": "Python3", **({"version": version} if version else {})}
+    result = repo.match({"applications": [wanted]}, ALICE)
+    constraint = result.requirements.applications[0].constraint
+    for candidate in result.candidates:
+        metadata = catalogue[candidate.name].metadata
+        if metadata.idb.applications:  # an image with no IDB is silent: no constraint
+            found = find_application(metadata, "Python3", constraint)
+            assert found is not None and found.name == "python3", candidate.name
+    for rejection in result.rejected:
+        metadata = catalogue[rejection.name].metadata
+        assert find_application(metadata, "Python3", constraint) is None, rejection.name
+    assert ("deb12" in refs(result.candidates)) is (version != "<3.10")
+
+
+def test_the_first_fitting_idb_entry_is_the_one(repo):
+    doc = image("two", **{"idb.applications": [
+        {"name": "python3", "version": "3.9.2", "executable": "/usr/bin/python3.9"},
+        {"name": "PYTHON3", "version": "3.11.2", "executable": "/usr/bin/python3.11"},
+        {"name": "python3", "executable": "/usr/local/bin/python3"}]})
+    metadata = validate(doc)
+    assert find_application(metadata, "python3", None).executable == "/usr/bin/python3.9"
+    assert find_application(metadata, "python3", parse_constraint(">=3.10")).executable == (
+        "/usr/bin/python3.11")
+    # an entry without a version satisfies any constraint, as it does in matching
+    assert find_application(metadata, "python3", parse_constraint(">=4")).executable == (
+        "/usr/local/bin/python3")
+    assert find_application(metadata, "bash", None) is None
 
 
 @pytest.mark.parametrize(("offered", "constraint", "holds"), [

@@ -154,6 +154,10 @@ def test_repeated_and_oversized_arguments_and_a_missing_verb(big):
     assert error({"verb": ["GetRecord"], "identifier": ["x" * 5000],
                   "metadataPrefix": ["oai_dc"]})[0] == "badArgument"
     assert error({"verb": ["Identify"], "extra": ["1"]})[0] == "badArgument"
+    for text in ("\x1f", "\0", "\ufffe"):  # no XML can carry them: lxml raised before
+        assert error({"verb": ["ListRecords"], "metadataPrefix": ["oai_dc"],
+                      "set": [f"vo:{text}"]}) == ("badArgument", {})
+        assert error({"verb": [text]}) == ("badArgument", {})
     code, request = error({"verb": ["GetRecord"], "identifier": ["oai:x:y"],
                            "metadataPrefix": ["oai_dc"]})
     assert code == "idDoesNotExist" and request["verb"] == "GetRecord"

@@ -314,3 +314,17 @@ def test_lookup_by_name_prefers_the_newest_usable_version(repo, built):
         repo.get(f"{first.name}:latest", ALICE)
     with pytest.raises(ImageNotFound):
         repo.get("no-such-image", ALICE)
+
+
+def test_references_no_image_can_have_are_refused_before_the_database(repo, built):
+    """Versions beyond 32 bits overflowed PostgreSQL's INTEGER (beyond 64 SQLite's),
+    thousands of digits int() and a NUL PostgreSQL's text: each was a 500 of the REST
+    site."""
+    record = repo.register(*built, ALICE)
+    assert repo.get(f"{record.name}:{record.version:020d}", ALICE).id == record.id
+    for version in (str(1 << 31), str(1 << 63), "9" * 5000, "\u00b2"):
+        with pytest.raises(BadRequest, match="image version"):
+            repo.get(f"{record.name}:{version}", ALICE)
+    for ref in (f"{record.name}\0", f"{record.name}\0:1", "x" * 200, ":1"):
+        with pytest.raises(ImageNotFound):
+            repo.get(ref, ALICE)

@@ -38,6 +38,8 @@ async def test_base_resource_links_are_absolute_and_roles_follow_credentials(res
     assert doc["client"]["role"]["selected"] == "user"
     assert doc["client"]["xlogin"]["UID"] == "alice"
     assert doc["server"]["version"] == "10.2.0"
+    hypervisor = doc["server"]["gridvm"]["hypervisor"]
+    assert hypervisor["connected"] is True and hypervisor["message"] == ""
     for name in ("jobs", "storages", "factories", "sites"):
         assert doc["_links"][name]["href"] == f"{http.base}/{name}"
 
@@ -137,6 +139,25 @@ async def test_bad_input_is_400_naming_the_problem_and_creates_nothing(rest_site
                         json={"terminationTime": 5}), 400)
     error_of(await http("GET", "jobs?num=abc"), 400)
     error_of(await http("PATCH", "jobs"), 405)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_bad_image_requirement_is_400_at_submit_naming_the_key(rest_site):
+    """Image requirements are read when the job is posted: a value matching would refuse is
+    a 400 naming the UNICORE key, never a 201 for a job that fails later."""
+    site, http = rest_site
+    before = len(site.factory.jobs)
+    for key, value in (("CPUArchitecture", "sparc9"), ("OperatingSystemVersion", "banana"),
+                       ("Runtime", "2months")):
+        answer = await http("POST", "jobs", json={**NO_BOOT, "Resources": {
+            "Image": PUBLIC, key: value}})
+        message = error_of(answer, 400)
+        assert f"Resources.{key}" in message and value in message, message
+        assert answer.json()["reason"] == "BAD_REQUEST"
+    answer = await http("POST", "images/match", json={
+        "Executable": "x", "Resources": {"CPUArchitecture": "sparc9"}})
+    assert "Resources.CPUArchitecture" in error_of(answer, 400)
+    assert len(site.factory.jobs) == before
 
 
 @pytest_twisted.ensureDeferred

@@ -7,18 +7,22 @@ from twisted.internet.task import Clock
 
 from base.errors import GridvmError
 from base.reasons import Reason
+from image_repo.schema import validate
 from target_system.contextualization import image_deadlines, medium_files
 from target_system.images import boot_spec
 from target_system.instance import Deadlines
 from target_system.lifecycle import InstanceState, instance_lifecycle
+from tests.image_repo.examples import builder_document, sha512, variant
 
-SHA = "0" * 128
-CLOUD = {"origin": {"content_type": "qcow2", "boot": {"mode": "bootloader"},
-                    "content": [{"role": "disk", "file": "disk.qcow2", "sha512": SHA}]},
-         "tsi": {"contextualization": "cloud-init", "boot_timeout_s": 300}}
-KERNEL = {"origin": {"content_type": "kernel+initramfs", "boot": {"cmdline": "quiet"},
-                     "content": [{"role": "kernel", "file": "vmlinuz", "sha512": SHA},
-                                 {"role": "initrd", "file": "initrd.img", "sha512": SHA}]}}
+KERNEL_DOC = builder_document()
+CLOUD_DOC = variant(KERNEL_DOC, **{
+    "origin.content_type": "qcow2",
+    "origin.content": [{"role": "disk", "file": "disk.qcow2", "sha512": sha512(b"disk"),
+                        "size": 4}],
+    "origin.boot": {"mode": "bootloader"},
+    "tsi.contextualization": "cloud-init", "tsi.boot_timeout_s": 300})
+CLOUD_DOC["semantic"]["software"].append({"name": "cloud-init", "version": "22.4.2"})
+KERNEL, CLOUD = validate(KERNEL_DOC), validate(CLOUD_DOC)
 AGENT_FILES = {"tsi/agent.conf": b"{}", "tsi/agent.key": b"KEY"}
 
 
@@ -30,7 +34,7 @@ def test_a_bootloader_image_boots_its_disk_without_a_kernel():
 
 def test_a_kernel_image_keeps_direct_kernel_boot():
     spec = boot_spec(KERNEL, {"vmlinuz": Path("/s/k"), "initrd.img": Path("/s/i")})
-    assert spec.kernel.path == Path("/s/k") and spec.cmdline == "quiet"
+    assert spec.kernel.path == Path("/s/k") and spec.cmdline.startswith("console=ttyS0")
 
 
 @pytest.mark.parametrize(("metadata", "paths", "needed"), [

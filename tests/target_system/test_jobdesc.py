@@ -19,8 +19,8 @@ def test_pyunicore_helper_style_description():
     assert job.job_type == "BATCH" and job.ignore_nonzero_exit and job.client_stage_in
     assert job.runtime == 600 and job.cpus == 2 and job.memory == 1 << 30
     assert job.imports[0].to == "in.txt" and job.imports[0].data == b"abc"
-    assert job.requirements == {"image": "gridvm-debian12-initramfs", "cpus": 2,
-                                "memory_mib": 1024, "runtime_s": 600}
+    assert job.requirements.to_dict() == {"image": "gridvm-debian12-initramfs", "cpus": 2,
+                                          "memory_mib": 1024, "runtime_s": 600}
 
 
 def test_environment_list_form_and_application_requirements():
@@ -29,15 +29,17 @@ def test_environment_list_form_and_application_requirements():
                      "Resources": {"OperatingSystem": "debian", "OperatingSystemVersion": "12",
                                    "CPUArchitecture": "x86_64", "TotalCPUs": "1"}})
     assert job.environment == {"A": "1", "B": "x=y"}
-    assert job.requirements == {
+    assert job.requirements.to_dict() == {
         "os": {"distro": "debian", "version": "12"}, "architecture": "x86_64",
         "applications": [{"name": "python3", "version": "3.11"}], "cpus": 1}
+    assert job.wanted_application.constraint.holds("3.11.2")
 
 
 def test_container_application_selects_by_image_url():
     job = parse_job({"ApplicationName": "CONTAINER", "Parameters": {
         "IMAGE_URL": "gridvm-debian12-qcow2", "COMMAND": "python3 -V"}})
-    assert job.requirements == {"container_image_url": "gridvm-debian12-qcow2"}
+    assert job.requirements.to_dict() == {"container_image_url": "gridvm-debian12-qcow2"}
+    assert job.wanted_application is None
     with pytest.raises(JobDescriptionError, match="IMAGE_URL"):
         parse_job({"ApplicationName": "CONTAINER"})
 
@@ -60,6 +62,20 @@ def test_container_application_selects_by_image_url():
     ({"Executable": "x", "Job type": "quantum"}, "Job type"),
     ({"Executable": "x", "Exports": [{"From": "a", "To": "ftp://e.org/a"}]}, "Exports[0].To"),
     ({"Arguments": []}, "Executable"),
+    # image requirements are checked at submit, not when the job is matched
+    ({"Executable": "x", "Resources": {"CPUArchitecture": "sparc9"}},
+     "Resources.CPUArchitecture"),
+    ({"Executable": "x", "Resources": {"OperatingSystemVersion": "banana"}},
+     "Resources.OperatingSystemVersion"),
+    ({"Executable": "x", "Resources": {"OperatingSystemVersion": "=>12"}},
+     "Resources.OperatingSystemVersion"),
+    ({"Executable": "x", "Resources": {"OperatingSystem": "Debian Linux"}},
+     "Resources.OperatingSystem"),
+    ({"Executable": "x", "Resources": {"Image": "a/b"}}, "Resources.Image"),
+    ({"Executable": "x", "Resources": {"Runtime": "2sausages"}}, "Resources.Runtime"),
+    ({"Executable": "x", "Resources": {"Runtime": "2months"}}, "Resources.Runtime"),
+    ({"ApplicationName": "python 3"}, "ApplicationName"),
+    ({"ApplicationName": "python3", "ApplicationVersion": "~>3"}, "ApplicationVersion"),
 ])
 def test_bad_descriptions_name_the_key(doc, path):
     with pytest.raises(JobDescriptionError) as err:
@@ -81,7 +97,9 @@ def test_not_an_object():
 
 @pytest.mark.parametrize(("value", "seconds"), [
     (3600, 3600), ("3600", 3600), ("10min", 600), ("10m", 600), ("2h", 7200), ("1d", 86400),
-    ("1.5h", 5400), ("30s", 30),
+    ("1.5h", 5400), ("30s", 30), ("90sec", 90), (" 2 H ", 7200),
+    # UNICORE: the unit is a prefix of seconds, minutes, hours or days
+    ("2hours", 7200), ("5minutes", 300), ("3days", 3 * 86400), ("45seconds", 45),
 ])
 def test_runtime_units(value, seconds):
     assert parse_runtime("R", value) == seconds

@@ -7,15 +7,17 @@ from twisted.internet import reactor
 
 from base.db import current_revision, make_engine, migrate
 from base.identity import Caller
+from image_repo.schema import validate
 from target_system.instance import ImageToBoot, TargetSystem
 from target_system.jobdesc import parse_job
 from target_system.jobs import Job
 from target_system.lifecycle import InstanceState, JobState
 from target_system.store import StateStore
 from tests.image_repo.conftest import database_url  # noqa: F401  (fixture)
+from tests.image_repo.examples import builder_document
 
 ALICE = Caller.of("alice", groups=["users"], vos=["atlas"])
-IMAGE = ImageToBoot("img1", "debian", {"tsi": {"user": "gridvm"}}, {})
+IMAGE = ImageToBoot("img1", "debian", validate(builder_document(name="debian")), {})
 
 
 def target() -> TargetSystem:

@@ -8,17 +8,24 @@ from twisted.internet.task import Clock
 from base.reasons import Reason
 from vmm.domain import DiskConfig
 from vmm.errors import VMMError
+from vmm.hypervisor import Hypervisor
 from vmm.manager import BootSpec, ImageFile, InstanceSpec, VirtualMachineManager, console_tail
 
 DISK = ImageFile(Path("/images/disk.qcow2"), "0" * 128)
 
 
+def manager(state_dir: Path) -> VirtualMachineManager:
+    """A manager that only writes domain XML (its hypervisor is never connected)."""
+    return VirtualMachineManager(Hypervisor("test:///default", Clock()), state_dir,
+                                 reactor=Clock())
+
+
 def test_a_bootloader_disk_boots_from_hd_through_the_firmware(tmp_path):
-    manager = VirtualMachineManager(hypervisor=None, state_dir=tmp_path, reactor=Clock())
+    vmm = manager(tmp_path)
     spec = InstanceSpec(boot=BootSpec(kernel=None, cmdline="", disk=DISK), instance_id="abc",
                         callback_port=40002)
     root = DiskConfig(source=str(tmp_path / "overlay.qcow2"), serial="gridvm-root")
-    config = manager.domain_config(spec, "gridvm-abc", tmp_path, [root], None, None, 40001)
+    config = vmm.domain_config(spec, "gridvm-abc", tmp_path, [root], None, None, 40001)
     assert config.os.kernel is None and config.os.initrd is None and config.os.cmdline is None
     assert config.os.boot_devices == ["hd"]
     assert config.disks()[0].target == "vda"
@@ -28,10 +35,9 @@ def test_a_bootloader_disk_boots_from_hd_through_the_firmware(tmp_path):
 
 
 def test_a_kernel_boot_keeps_its_kernel_and_has_no_boot_device(tmp_path):
-    manager = VirtualMachineManager(hypervisor=None, state_dir=tmp_path, reactor=Clock())
     spec = InstanceSpec(boot=BootSpec(kernel=DISK, cmdline="quiet"), instance_id="abc")
-    config = manager.domain_config(spec, "gridvm-abc", tmp_path, [], Path("/c/vmlinuz"), None,
-                                   40001)
+    config = manager(tmp_path).domain_config(spec, "gridvm-abc", tmp_path, [],
+                                             Path("/c/vmlinuz"), None, 40001)
     assert config.os.kernel == "/c/vmlinuz" and config.os.cmdline == "quiet"
     assert config.os.boot_devices == []
 

@@ -11,22 +11,13 @@ from vmm.errors import HypervisorError
 from vmm.hypervisor import DomainState, Hypervisor, LifecycleEvent
 from vmm.manager import VirtualMachineManager
 
-NODE = "<node><cpu><mhz>2000</mhz></cpu><memory>8388608</memory></node>"
 
-
-@pytest.fixture
-def test_uri(tmp_path):
-    """A fresh test driver per test (test:///default is shared by the whole process)."""
-    node = tmp_path / "node.xml"
-    node.write_text(NODE)
-    return f"test://{node}"
-
-
-def config(name: str, instance_id: str = "") -> DomainConfig:
+def config(name: str, instance_id: str = "", site: str = "") -> DomainConfig:
     return DomainConfig(
         name=name, os=OSConfig(kernel="/k"), network=UserNetConfig(host_port=4000),
-        metadata=GridvmMetadata(instance_id=instance_id, host_port=4000, callback_port=4001,
-                                labels={"owner": "alice"}) if instance_id else None,
+        metadata=GridvmMetadata(instance_id=instance_id, site=site, host_port=4000,
+                                callback_port=4001, labels={"owner": "alice"})
+        if instance_id else None,
     )
 
 
@@ -115,7 +106,7 @@ async def test_adoption_finds_gridvm_domains_only(test_uri, tmp_path):
     vmm = VirtualMachineManager(hv, tmp_path / "state", reactor=reactor)
     await hv.connect()
     try:
-        await hv.create(config("gridvm-0001", instance_id="0001"))
+        await hv.create(config("gridvm-0001", instance_id="0001", site=vmm.site_id))
         await hv.create(config("gridvm-stranger"))  # our prefix, but not our metadata
         await hv.create(config("someone-else", instance_id="x"))
         (tmp_path / "state" / "instances" / "0001").mkdir(parents=True)
@@ -129,6 +120,31 @@ async def test_adoption_finds_gridvm_domains_only(test_uri, tmp_path):
         assert set(vmm.instances) == {"0001"}
         assert vmm.remove_stale_directories() == ["dead"]
         assert (tmp_path / "state" / "instances" / "0001").exists()
+    finally:
+        await hv.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_watch_hands_over_one_instances_events_until_unsubscribed(test_uri, tmp_path):
+    hv = Hypervisor(test_uri, reactor)
+    vmm = VirtualMachineManager(hv, tmp_path / "state", reactor=reactor)
+    mine, later = [], []
+    unwatch = vmm.watch("0001", mine.append)
+    await hv.connect()
+    try:
+        await hv.create(config("gridvm-0001", instance_id="0001"))
+        await hv.create(config("gridvm-0002", instance_id="0002"))  # another instance
+        await hv.destroy("gridvm-0001")
+        await wait_for(lambda: len(mine) >= 2)
+        assert [(e.domain, e.event) for e in mine] == [
+            ("gridvm-0001", LifecycleEvent.STARTED), ("gridvm-0001", LifecycleEvent.STOPPED)]
+        assert mine[1].stopped and not mine[0].stopped
+        unwatch()
+        unwatch()  # harmless twice
+        vmm.watch("0001", later.append)
+        await hv.create(config("gridvm-0001", instance_id="0001"))
+        await wait_for(lambda: later)
+        assert len(mine) == 2
     finally:
         await hv.close()
 

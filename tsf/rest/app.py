@@ -2,9 +2,11 @@
 
 Each resource family (``base``, ``sites``, ``jobs``, ``storages``, ``gridvm``) contributes
 routes: a method, a path pattern (``{name}`` matches one segment, ``{path*}`` the rest) and
-an async handler ``handler(call, **params) -> Response``.  The leaf authenticates the caller,
-dispatches, and turns every :class:`RestError` (and anything unexpected) into UNICORE's JSON
-error body.  Every ``href`` and ``Location`` is absolute, built from the request's Host.
+an async handler ``handler(call, **params) -> Response``; handlers reach the site's objects
+as typed attributes of :class:`RestApp`.  The leaf authenticates the caller, dispatches, and
+turns every :class:`RestError`, every domain error (a ``GridvmError``: NOT_FOUND → 404,
+BAD_REQUEST → 400, a busy instance → 409) and anything unexpected into UNICORE's JSON error
+body.  Every ``href`` and ``Location`` is absolute, built from the request's Host.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,8 +25,15 @@ from twisted.internet import defer
 from twisted.python import failure
 from twisted.web import resource, server
 
+from base.errors import GridvmError
 from base.reasons import Reason
-from tsf.rest.auth import Authenticator, Principal
+from image_repo.repository import ImageRepository
+from image_repo.uploads import Uploads
+from tsf.config import ExchangeSection
+from tsf.errors import InstanceBusy
+from tsf.exchange import ListSigner
+from tsf.factory import TargetSystemFactory
+from tsf.rest.auth import Authenticator, Principal, TokenIssuer
 from tsf.rest.http import (
     OCTET,
     STREAM_CHUNK,
@@ -33,11 +43,20 @@ from tsf.rest.http import (
     bad_request,
     json_object,
 )
+from tsf.sites import SiteRegistry
+from tsf.users import UsersFile
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[..., Awaitable[Response]]
 _HOST = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
+
+
+def header_text(request: server.Request, name: str) -> str | None:
+    """A request header as text: its octets read as ISO-8859-1, so that any bytes a client
+    sends are some text (twisted.web's own str lookup fails on bytes that are not UTF-8)."""
+    value = request.getHeader(name.encode("ascii"))
+    return None if value is None else value.decode("latin-1")
 
 
 @dataclass(frozen=True)
@@ -65,7 +84,17 @@ class Route:
 class Limits:
     max_json: int = 1 << 20  #: bytes of a JSON request body
     max_upload: int = 256 << 20  #: bytes of one uploaded file
+    max_image_file: int = 4 << 30  #: bytes of one file of an image being registered
     max_page: int = 1000  #: largest ``num`` of a listing
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """The largest job the site publishes in its resources (CPUs, memory, runtime)."""
+
+    cpus: int = 4
+    memory_mib: int = 8192
+    runtime_s: int = 86400
 
 
 @dataclass
@@ -89,8 +118,7 @@ class Call:
         return "/".join([self.base, *(quote(p, safe="/-_.~") for p in parts)])
 
     def header(self, name: str) -> str | None:
-        value = self.request.getHeader(name)
-        return value if value is None else str(value)
+        return header_text(self.request, name)
 
     def wants_bytes(self) -> bool:
         """Accept decides JSON vs bytes (pyunicore sends Content-Type json on every GET)."""
@@ -131,14 +159,32 @@ class Call:
 
 @dataclass
 class RestApp:
-    """Routes, the authenticator, and the site's shared objects handed to handlers."""
+    """Routes, the authenticator, and the site's objects the handlers use."""
 
     site_name: str
     authenticator: Authenticator
-    context: dict[str, Any] = field(default_factory=dict)
+    factory: TargetSystemFactory
+    tokens: TokenIssuer
+    sites: SiteRegistry
     limits: Limits = field(default_factory=Limits)
+    sizing: Sizing = field(default_factory=Sizing)
+    exchange: ExchangeSection | None = None  #: what OAI-PMH and the image lists publish
+    list_signer: ListSigner | None = None  #: signs the image lists
+    uploads: Uploads | None = None  #: creators' registrations waiting for files
     routes: list[Route] = field(default_factory=list)
     started: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        if self.uploads is None:
+            self.uploads = Uploads(self.factory.repository)
+
+    @property
+    def repository(self) -> ImageRepository:
+        return self.factory.repository
+
+    @property
+    def users(self) -> UsersFile:
+        return self.authenticator.users
 
     def add(self, method: str, path: str, handler: Handler) -> None:
         pattern = tuple(p for p in path.strip("/").split("/") if p)
@@ -160,7 +206,9 @@ class RestApp:
         raise RestError(404, f"no such resource: /{'/'.join(segments)}", Reason.NOT_FOUND)
 
     async def handle(self, request: server.Request, base: str) -> Response:
-        principal = await self.authenticator.authenticate(request.getHeader(b"authorization"))
+        address = request.getClientAddress()
+        principal = await self.authenticator.authenticate(request.getHeader(b"authorization"),
+                                                          getattr(address, "host", None))
         segments = [unquote(s.decode("utf-8", "replace")) for s in request.postpath]
         if segments and segments[-1] == "" and len(segments) > 0:
             segments = segments[:-1]  # ".../files/" is ".../files": no redirects
@@ -180,7 +228,7 @@ class CoreResource(resource.Resource):
 
     def base_url(self, request: server.Request) -> str:
         scheme = "https" if request.isSecure() else "http"
-        host = (request.getHeader("host") or "").strip()
+        host = (header_text(request, "host") or "").strip()
         if not _HOST.match(host):
             address = request.getHost()
             host = f"{address.host}:{address.port}"
@@ -193,19 +241,30 @@ class CoreResource(resource.Resource):
         d = defer.Deferred.fromCoroutine(self.app.handle(request, self.base_url(request)))
         d.addErrback(self._error, request)
         d.addCallback(self._write, request, gone, started)
-        d.addErrback(lambda f: log.error("writing a response failed: %s", f.getTraceback()))
+        d.addErrback(self._write_failed, request, gone)
         return server.NOT_DONE_YET
 
     @staticmethod
     def _error(reason: failure.Failure, request: server.Request) -> Response:
         err = reason.value
+        if isinstance(err, GridvmError) and (status := _status_of(err)):
+            err = RestError(status, str(err), err.reason)
         if not isinstance(err, RestError):
-            log.error("%s %s failed:\n%s", request.method.decode(), request.uri.decode(
-                "utf-8", "replace"), reason.getTraceback())
-            err = RestError(500, f"internal error: {type(err).__name__}: {err}",
-                            Reason.HYPERVISOR_ERROR)
-        response = Response(err.status, json=err.body(), headers=dict(err.headers))
-        return response
+            err = _internal_error(reason, request, "failed")
+        return Response(err.status, json=err.body(), headers=dict(err.headers))
+
+    @classmethod
+    def _write_failed(cls, reason: failure.Failure, request: server.Request,
+                      gone: list) -> None:
+        """A response that could not be written: 500 when nothing was sent yet, else the
+        connection is closed (the client sees a short body, never a hanging request)."""
+        err = _internal_error(reason, request, "could not be answered")
+        if gone or request.finished:
+            return
+        if request.startedWriting:
+            request.loseConnection()
+            return
+        cls._write(Response(err.status, json=err.body()), request, gone, time.perf_counter())
 
     @staticmethod
     def _write(response: Response, request: server.Request, gone: list, started: float) -> None:
@@ -238,6 +297,25 @@ class CoreResource(resource.Resource):
         log.debug("%s %s -> %d (%.1f ms)", request.method.decode(),
                   request.uri.decode("utf-8", "replace"), response.status,
                   (time.perf_counter() - started) * 1000)
+
+
+#: HTTP status of a domain error a handler lets through, by its reason.
+_STATUS = {Reason.BAD_REQUEST: 400, Reason.NOT_AUTHORIZED: 403, Reason.NOT_FOUND: 404}
+
+
+def _status_of(err: GridvmError) -> int | None:
+    """The HTTP status of a domain error (None: an unexpected one, answered 500)."""
+    return 409 if isinstance(err, InstanceBusy) else _STATUS.get(err.reason)
+
+
+def _internal_error(reason: failure.Failure, request: server.Request, what: str) -> RestError:
+    """A defect: its traceback goes to the log under an incident id, the client gets that id
+    and ``INTERNAL_ERROR`` — never the exception's text."""
+    incident = secrets.token_hex(4)
+    log.error("%s %s %s (incident %s):\n%s", request.method.decode("ascii", "replace"),
+              request.uri.decode("utf-8", "replace"), what, incident, reason.getTraceback())
+    return RestError(500, f"internal error (incident {incident}): the site's log has the "
+                          "details", Reason.INTERNAL_ERROR)
 
 
 class _Backpressure:

@@ -7,6 +7,7 @@ Every error a client sees is ``{"errorMessage": ..., "status": N, "reason": CODE
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -112,6 +113,10 @@ def parse_time(value: Any, what: str = "terminationTime") -> float:
         raise bad_request(f"{what} is not an ISO 8601 time: {value!r}") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
+    try:
+        moment.astimezone(UTC)  # within years 1..9999 in UTC too, so iso() can show it
+    except OverflowError:
+        raise bad_request(f"{what} {value!r} lies outside the years 1 to 9999 (UTC)") from None
     return moment.timestamp()
 
 
@@ -127,20 +132,78 @@ def link(href: str, description: str = "") -> dict[str, str]:
     return {"href": href, "description": description}
 
 
+#: How deeply a JSON request body may nest arrays and objects.
+MAX_JSON_DEPTH = 32
+#: The largest magnitude of a JSON integer (a 64-bit signed integer, what the database keeps).
+MAX_JSON_INTEGER = (1 << 63) - 1
+
+
+class _NumberOutOfRange(ValueError):
+    """A JSON number no request may carry (non-finite, or an integer beyond 64 bits)."""
+
+
+def _clip(text: str, width: int = 40) -> str:
+    return text if len(text) <= width else text[:width] + "…"
+
+
+def _json_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NumberOutOfRange(f"number {_clip(text)} is out of range")
+    return value
+
+
+def _json_int(text: str) -> int:
+    digits = text.lstrip("-")
+    if len(digits) > 19 or int(digits) > MAX_JSON_INTEGER:
+        raise _NumberOutOfRange(f"integer {_clip(text)} is out of range (at most "
+                                f"{MAX_JSON_INTEGER})")
+    return int(text)
+
+
+def _json_constant(name: str) -> None:
+    raise _NumberOutOfRange(f"{name} is not a JSON number")
+
+
+def json_depth(doc: Any) -> int:
+    """How deeply arrays and objects nest in ``doc`` (0 for a scalar), without recursion."""
+    deepest, stack = 0, [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = (value.values() if isinstance(value, dict) else
+                    value if isinstance(value, list) else None)
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if depth <= MAX_JSON_DEPTH:
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def parse_json(raw: bytes, limit: int) -> Any:
-    """A JSON request body; 400 with the reason when it is too big or not JSON."""
+    """A JSON request body; 400 with the reason when it is too big, nested too deeply, holds
+    a number out of range (``1e400``, ``NaN``, integers beyond 64 bits) or is not JSON."""
     if len(raw) > limit:
         raise bad_request(f"request body is {len(raw)} bytes; the limit for JSON is {limit}")
     if not raw.strip():
         return {}
+    too_deep = bad_request(f"JSON nests deeper than {MAX_JSON_DEPTH} arrays or objects")
     try:
-        return json.loads(raw.decode("utf-8"))
+        doc = json.loads(raw.decode("utf-8"), parse_float=_json_float, parse_int=_json_int,
+                         parse_constant=_json_constant)
     except UnicodeDecodeError as err:
         raise bad_request(f"request body is not UTF-8: {err.reason} at byte {err.start}"
                           ) from None
     except json.JSONDecodeError as err:
         raise bad_request(f"malformed JSON: {err.msg} at line {err.lineno} column {err.colno}"
                           ) from None
+    except _NumberOutOfRange as err:
+        raise bad_request(f"malformed JSON: {err}") from None
+    except RecursionError:
+        raise too_deep from None
+    if json_depth(doc) > MAX_JSON_DEPTH:
+        raise too_deep
+    return doc
 
 
 def json_object(raw: bytes, limit: int, what: str = "request body") -> dict[str, Any]:
@@ -184,18 +247,32 @@ class BoundedRequest(server.Request):
     """
 
     max_body = 1 << 30
+    #: a larger bound for a body sent to a path that contains one of ``large_paths``
+    large_body = 0
+    large_paths: tuple[bytes, ...] = ()
     received = 0
     too_large = False
+    _limit: int | None = None
+
+    def body_limit(self) -> int:
+        """The bound for this request's body, chosen by its path (known from the request
+        line before the body arrives; where it is not, the larger bound)."""
+        if self._limit is None:
+            path = getattr(self.channel, "_path", None)
+            large = max(self.max_body, self.large_body)
+            self._limit = large if path is None or any(
+                part in path for part in self.large_paths) else self.max_body
+        return self._limit
 
     def gotLength(self, length):
-        if length is not None and length > self.max_body:
+        if length is not None and length > self.body_limit():
             self.too_large = True
             length = 0
         super().gotLength(length)
 
     def handleContentChunk(self, data):
         self.received += len(data)
-        if self.received > self.max_body:
+        if self.received > self.body_limit():
             self.too_large = True
         if not self.too_large:
             super().handleContentChunk(data)

@@ -13,6 +13,8 @@ import re
 
 from base.reasons import Reason
 from target_system.jobfiles import FileMissing, JobFiles, PathError, WrongKind, confine
+from tsf.errors import NotFound
+from tsf.imports import USPACE_SUFFIX
 from tsf.rest.app import Call, RestApp
 from tsf.rest.http import (
     JSON,
@@ -30,8 +32,10 @@ from tsf.rest.http import (
 from tsf.rest.jobs import find_job
 from tsf.rest.sites import paging_links
 
-SUFFIX = "-uspace"
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+SUFFIX = USPACE_SUFFIX
+_RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$")
+#: Where a byte position of 19 digits or more lies: beyond any file.
+_BEYOND = 1 << 63
 
 
 def _job_of(call: Call, storage_id: str):
@@ -39,12 +43,12 @@ def _job_of(call: Call, storage_id: str):
         raise not_found(f"no storage {storage_id}")
     try:
         return find_job(call, storage_id[: -len(SUFFIX)])
-    except RestError:
+    except (NotFound, RestError):
         raise not_found(f"no storage {storage_id}") from None
 
 
 def _files(call: Call, job) -> JobFiles:
-    factory = call.app.context["factory"]
+    factory = call.app.factory
     return JobFiles(job, lambda instance_id: factory.instances[instance_id])
 
 
@@ -74,7 +78,7 @@ async def _guard(coroutine):
 async def list_storages(call: Call) -> Response:
     caller = call.caller
     show_all = (str_param(call.args, "filter") or "").lower() == "all"
-    jobs = call.app.context["factory"].list_jobs(caller) if show_all else []
+    jobs = call.app.factory.list_jobs(caller) if show_all else []
     jobs.sort(key=lambda j: (j.submitted, j.job_id))
     offset = int_param(call.args, "offset", 0)
     num = int_param(call.args, "num", 200, 1, call.app.limits.max_page)
@@ -126,6 +130,14 @@ async def get_file(call: Call, storage_id: str, path: list[str]) -> Response:
     return Response(json=doc, headers={"Accept-Ranges": "bytes"})
 
 
+def _position(digits: str) -> int | None:
+    """A byte position of a Range (None when absent); one of 19 digits or more lies beyond
+    every file, however many digits it has."""
+    if not digits:
+        return None
+    return int(digits) if len(digits.lstrip("0")) < 19 else _BEYOND
+
+
 async def _download(call: Call, store, rel: str) -> Response:
     entry = await store.stat(rel)
     if entry.is_dir:
@@ -140,12 +152,12 @@ async def _download(call: Call, store, rel: str) -> Response:
             raise RestError(416, f"unsupported Range {header!r}: use bytes=a-b, bytes=a- or "
                                  "bytes=-n", Reason.BAD_REQUEST,
                             {"Content-Range": f"bytes */{size}"})
-        first, last = match.groups()
-        if first:
-            start = int(first)
-            end = min(int(last), size - 1) if last else size - 1
+        first, last = (_position(text) for text in match.groups())
+        if first is not None:
+            start = first
+            end = min(last, size - 1) if last is not None else size - 1
         else:
-            start = max(0, size - int(last))
+            start = max(0, size - last)
         if start >= size or start > end:
             raise RestError(416, f"Range {header!r} is outside the file ({size} bytes)",
                             Reason.BAD_REQUEST, {"Content-Range": f"bytes */{size}"})
