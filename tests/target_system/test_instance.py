@@ -122,6 +122,19 @@ def test_a_boot_past_its_deadline_is_boot_timeout_and_leaves_nothing(site):
     assert_gone(site, target)
 
 
+def test_a_boot_timeout_says_what_the_guest_console_showed(site):
+    site.vms.boot_seconds = 1000
+    target = site.target()
+    target.start()
+    site.vms.consoles[target.instance_id] = ("[  OK  ] Reached target network.target\n\n"
+                                             "         Starting cloud-init.service...\n")
+    site.wait(DEADLINES.booting + 1)
+    assert (target.state, target.lifecycle.reason) == (S.FAILED, Reason.BOOT_TIMEOUT)
+    assert target.lifecycle.message == (
+        f"booting took longer than {DEADLINES.booting:g} s; console: [  OK  ] Reached target "
+        "network.target | Starting cloud-init.service...")
+
+
 def test_a_failed_boot_fails_the_instance_with_the_vmms_reason(site):
     site.vms.fail_next_boot(GuestCrashed("Kernel panic - not syncing: VFS"))
     target = site.target()
