@@ -9,9 +9,10 @@ from twisted.internet import reactor
 
 from base.reasons import Reason
 from image_builder import build_image
+from target_system.instance import Deadlines, SiteCredentials
 from target_system.lifecycle import InstanceState, JobState
 from tests.conftest import TEST_ROOT
-from tests.e2e.conftest import ALICE, CREATOR
+from tests.e2e.conftest import ALICE, CREATOR, make_factory
 
 #: systemd + cloud-init under software emulation take minutes (image_builder.cloud)
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(1800)]
@@ -72,9 +73,10 @@ async def test_a_cloud_image_becomes_a_target_system_and_runs_jobs(site, cloud_i
 
 @pytest_twisted.ensureDeferred
 async def test_a_cloud_image_that_never_reaches_the_agent_ends_boot_timeout_with_console(
-        site, cloud_image):
-    factory, repository, _root = site
-    factory.deadlines.booting = 60.0
+        site, vmm, cloud_image):
+    _factory, repository, root = site
+    factory = make_factory(vmm, root, repository, SiteCredentials.load_or_create(root / "ca"),
+                           deadlines=Deadlines(staging=120, booting=60, connecting=30))
     # Registered as if it carried gridvm's own agent: nothing in it starts one.
     register(repository, cloud_image, general={"name": "cloud-without-agent"},
              tsi={"contextualization": "gridvm", "boot_timeout_s": None})
