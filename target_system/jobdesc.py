@@ -271,7 +271,9 @@ def _check_keys(path: str, value: dict, allowed: set[str]) -> None:
         if key not in allowed:
             near = [k for k in allowed if k.lower() == str(key).lower()]
             hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise JobDescriptionError(f"{path}{key}", f"unknown key{hint}")
+            text = str(key)  # an empty or unprintable key is named by its repr
+            name = text if text.strip() and text.isprintable() else repr(text)
+            raise JobDescriptionError(f"{path}{name}", f"unknown key{hint}")
 
 
 def parse_job(doc: Any) -> JobDescription:
