@@ -62,6 +62,9 @@ RESOURCE_KEYS = {
     # gridvm's image requirements
     "Image", "OperatingSystem", "OperatingSystemVersion", "CPUArchitecture", "Disk", "VO",
 }
+#: The Resources that give the CPUs and the memory of the job's one node.
+CPU_KEYS = ("CPUs", "TotalCPUs", "CPUsPerNode")
+MEMORY_KEYS = ("Memory", "MemoryPerNode")
 IMPORT_KEYS = {"From", "To", "Data", "FailOnError", "Permissions", "Mode", "ReadOnly",
                "Credentials", "ExtraParameters"}
 EXPORT_KEYS = {"From", "To", "FailOnError", "Credentials", "ExtraParameters"}
@@ -381,9 +384,8 @@ def _resources(job: JobDescription, res: Any) -> None:
         if job.nodes > 1:
             raise JobDescriptionError("Resources.Nodes", "a VM target system has one node")
     # one node: CPUs, TotalCPUs and CPUsPerNode are one number (each given one is checked)
-    job.cpus = _same(res, ("CPUs", "TotalCPUs", "CPUsPerNode"),
-                     lambda path, value: _int(path, value, minimum=1))
-    job.memory = _same(res, ("Memory", "MemoryPerNode"), parse_memory)
+    job.cpus = _same(res, CPU_KEYS, lambda path, value: _int(path, value, minimum=1))
+    job.memory = _same(res, MEMORY_KEYS, parse_memory)
     if "Disk" in res:
         job.disk = parse_memory("Resources.Disk", res["Disk"])
 
@@ -427,6 +429,16 @@ REQUIREMENT_SOURCES = {
     "memory_mib": "Resources.Memory", "disk_gib": "Resources.Disk",
     "runtime_s": "Resources.Runtime",
 }
+
+
+def requirement_sources(job: JobDescription) -> dict[str, str]:
+    """:data:`REQUIREMENT_SOURCES` with the sizes named by the keys this job gave
+    (``Resources.TotalCPUs`` rather than ``Resources.CPUs``)."""
+    res = job.raw.get("Resources")
+    res = res if isinstance(res, dict) else {}
+    given = {name: next((f"Resources.{key}" for key in keys if key in res), None)
+             for name, keys in (("cpus", CPU_KEYS), ("memory_mib", MEMORY_KEYS))}
+    return REQUIREMENT_SOURCES | {name: key for name, key in given.items() if key}
 
 
 def _requirements(job: JobDescription, res: dict[str, Any]) -> Requirements:

@@ -56,6 +56,7 @@ from target_system.transfers import (
     parse_uspace,
     transfer_failed,
 )
+from tsf.admission import Admission
 from tsf.pools import PoolSpec, check_specs, pool_name
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,8 @@ class TargetSystemFactory(service.Service):
                  transfers: TransferPolicy | None = None,
                  pools: Sequence[PoolSpec] = (), pool_interval: float = 10.0,
                  trust: TrustPolicy | None = None,
-                 tsi_connector: TSIConnector = connect_tsi):
+                 tsi_connector: TSIConnector = connect_tsi,
+                 admission: Admission | None = None):
         self.repository = repository
         self.vmm = vmm
         self.credentials = credentials
@@ -116,6 +118,8 @@ class TargetSystemFactory(service.Service):
         self.store = store
         #: whom the site trusts to endorse images, and whether images must be endorsed
         self.trust = trust or TrustPolicy()
+        #: the site's size limits and the per-user limits, checked at submit
+        self.admission = admission or Admission()
         self.keep_on_stop = False  #: stopService detaches instead of terminating
         self.transfers = transfers or TransferPolicy()
         self.pools = {spec.name: spec for spec in check_specs(pools)}  #: warm pools by name
@@ -150,11 +154,14 @@ class TargetSystemFactory(service.Service):
     # -- jobs ------------------------------------------------------------------------------
     def submit(self, description: dict[str, Any] | JobDescription, caller: Caller, *,
                start: bool | None = None, site_id: str | None = None) -> Job:
-        """Create a job (raises JobDescriptionError for a bad description) and start it
-        unless the description waits for client stage-in (then call :meth:`start`).
-        It is destroyed ``job_lifetime`` seconds after submission (see :meth:`expire`)."""
+        """Create a job (raises JobDescriptionError for a bad description or one outside
+        the site's limits, UserLimitReached when the caller is at a per-user limit) and
+        start it unless the description waits for client stage-in (then call
+        :meth:`start`).  It is destroyed ``job_lifetime`` seconds after submission (see
+        :meth:`expire`)."""
         job_desc = description if isinstance(description, JobDescription) else parse_job(
             description)
+        self.admission.check(job_desc, self._owned(caller))
         job = Job(owner=caller.user, description=job_desc, reactor=self.reactor,
                   storage=self.storage_root / "jobs", site_id=site_id)
         job.storage = self.storage_root / "jobs" / job.job_id
@@ -167,6 +174,14 @@ class TargetSystemFactory(service.Service):
         if start if start is not None else not job_desc.client_stage_in:
             self.start(job.job_id, caller)
         return job
+
+    def _owned(self, caller: Caller) -> list[Job]:
+        return [j for j in self.jobs.values() if j.owner == caller.user]
+
+    def check_storage(self, caller: Caller) -> None:
+        """Raise UserLimitReached when the caller's jobs fill their site storage limit (an
+        upload is refused then)."""
+        self.admission.check_owner(self._owned(caller))
 
     def start(self, job_id: str, caller: Caller) -> Job:
         """Start a job that waited for its inputs; a no-op once it has started."""
@@ -363,7 +378,8 @@ class TargetSystemFactory(service.Service):
         vcpus = max(job.description.cpus or 1, (hardware and hardware.vcpus) or 1)
         memory = max(-(-(job.description.memory or 0) // (1 << 20)),
                       (hardware and hardware.memory_mib) or DEFAULT_MEMORY_MIB)
-        return vcpus, memory
+        site = self.admission.site  # an image's default size never exceeds the site's
+        return min(vcpus, site.cpus), min(memory, site.memory_mib)
 
     def _load(self, target: TargetSystem) -> int:
         return len(target.jobs) + self._waiting(target)

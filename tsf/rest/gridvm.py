@@ -14,8 +14,9 @@ from __future__ import annotations
 from twisted.internet import threads
 
 from base.reasons import Reason
-from image_repo.errors import ImageNotFound, RepositoryError
-from target_system.jobdesc import JobDescriptionError, parse_job
+from image_repo.errors import BadRequest, ImageNotFound, RepositoryError
+from image_repo.requirements import Requirements
+from target_system.jobdesc import JobDescriptionError, parse_job, requirement_sources
 from tsf.factory import InstanceBusy, NotFound
 from tsf.rest.app import Call, RestApp
 from tsf.rest.http import (
@@ -142,14 +143,19 @@ async def get_image(call: Call, ref: str) -> Response:
 async def match_images(call: Call) -> Response:
     caller = call.caller
     doc = call.json("match request")
-    if set(doc) == {"requirements"}:
-        requirements = doc["requirements"]
-    else:
-        try:
-            requirements = parse_job(doc).requirements
-        except JobDescriptionError as err:
-            raise bad_request(f"invalid job description: {err}") from None
     factory = call.app.context["factory"]
+    try:
+        if set(doc) == {"requirements"}:
+            requirements = Requirements.from_dict(doc["requirements"])
+            factory.admission.site.check(requirements, REQUIREMENTS_PATHS)
+        else:
+            job = parse_job(doc)
+            factory.admission.site.check(requirements := job.requirements,
+                                         requirement_sources(job))
+    except BadRequest as err:
+        raise bad_request(str(err)) from None
+    except JobDescriptionError as err:
+        raise bad_request(f"invalid job description: {err}") from None
 
     def match():
         result = factory.repository.match(requirements, caller, policy=factory.trust)
@@ -160,6 +166,11 @@ async def match_images(call: Call) -> Response:
     except RepositoryError as err:
         raise bad_request(str(err)) from None
     return Response(json=answer)
+
+
+#: Where a size of the ``{"requirements": ...}`` form of images/match is given.
+REQUIREMENTS_PATHS = {name: f"requirements.{name}"
+                      for name in ("cpus", "memory_mib", "runtime_s", "disk_gib")}
 
 
 def install(app: RestApp) -> None:

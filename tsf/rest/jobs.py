@@ -13,6 +13,7 @@ from twisted.internet import threads
 from base.reasons import Reason
 from image_repo.errors import RepositoryError
 from target_system.jobdesc import JobDescription, JobDescriptionError, parse_job
+from tsf.admission import UserLimitReached
 from tsf.factory import NotFound
 from tsf.rest.app import Call, RestApp
 from tsf.rest.http import (
@@ -96,8 +97,18 @@ async def submit(call: Call, site_id: str | None = None) -> Response:
     await resolve_container_image(call, desc)
     same_site_imports(call, desc)
     site = site or registry.default_for(caller)
-    job = call.app.context["factory"].submit(desc, caller, site_id=site.site_id)
+    try:
+        job = call.app.context["factory"].submit(desc, caller, site_id=site.site_id)
+    except JobDescriptionError as err:
+        raise bad_request(f"invalid job description: {err}") from None
+    except UserLimitReached as err:
+        raise limit_reached(err) from None
     return Response.created(call.url("jobs", job.job_id))
+
+
+def limit_reached(err: UserLimitReached) -> RestError:
+    """403 QUOTA_EXCEEDED naming the per-user limit."""
+    return RestError(403, f"per-user limit {err}", Reason.QUOTA_EXCEEDED)
 
 
 def _tags(call: Call) -> list[str]:

@@ -13,6 +13,7 @@ import re
 
 from base.reasons import Reason
 from target_system.jobfiles import FileMissing, JobFiles, PathError, WrongKind, confine
+from tsf.admission import UserLimitReached
 from tsf.rest.app import Call, RestApp
 from tsf.rest.http import (
     JSON,
@@ -27,7 +28,7 @@ from tsf.rest.http import (
     not_found,
     str_param,
 )
-from tsf.rest.jobs import find_job
+from tsf.rest.jobs import find_job, limit_reached
 from tsf.rest.sites import paging_links
 
 SUFFIX = "-uspace"
@@ -183,6 +184,10 @@ async def put_file(call: Call, storage_id: str, path: list[str]) -> Response:
         return await _set_properties(call, job, rel)
     if not rel:
         raise bad_request("give a file name: PUT .../files/<name>")
+    try:
+        call.app.context["factory"].check_storage(call.caller)
+    except UserLimitReached as err:
+        raise limit_reached(err) from None
     await _guard(_files(call, job).store().write(rel, call.body_file()))
     return Response.no_content()
 
