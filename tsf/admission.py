@@ -66,7 +66,7 @@ class UserLimitReached(GridvmError):
     reason = Reason.QUOTA_EXCEEDED
 
     def __init__(self, limit: str, message: str):
-        super().__init__(f"{limit}: {message}")
+        super().__init__(f"per-user limit {limit}: {message}")
         self.limit = limit
 
 

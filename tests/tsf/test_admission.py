@@ -90,7 +90,7 @@ def test_a_user_at_a_per_user_limit_is_refused_naming_it(make_site, limits, doc,
     with pytest.raises(UserLimitReached) as err:
         site.factory.submit(doc, ALICE)
     assert err.value.limit == limit and err.value.reason is Reason.QUOTA_EXCEEDED
-    assert str(err.value).startswith(f"{limit}: ")
+    assert str(err.value).startswith(f"per-user limit {limit}: ")
     kept = len(site.factory.list_jobs(ALICE))
     assert site.factory.submit(doc, BOB).owner == "bob"  # another user is not limited
     assert len(site.factory.list_jobs(ALICE)) == kept
@@ -101,7 +101,7 @@ async def test_finished_jobs_count_as_kept_but_not_as_unfinished(make_site):
     site = make_site(users=UserLimits(jobs=2, unfinished_jobs=1))
     await site.finished(site.factory.submit(JOB, ALICE))
     site.factory.submit(WAITING, ALICE)  # one unfinished, two kept
-    with pytest.raises(UserLimitReached, match=r"^jobs: you keep 2 jobs"):
+    with pytest.raises(UserLimitReached, match=r"^per-user limit jobs: you keep 2 jobs"):
         site.factory.submit(WAITING, ALICE)
 
 
@@ -110,7 +110,7 @@ async def test_a_user_whose_files_fill_the_storage_limit_is_refused(make_site):
     site = make_site(users=UserLimits(storage_bytes=1000))
     job = await site.finished(site.factory.submit(JOB, ALICE))
     (job.storage / "big.out").write_bytes(b"x" * 1000)
-    with pytest.raises(UserLimitReached, match=r"^storage_bytes: your jobs' files take"):
+    with pytest.raises(UserLimitReached, match=r"^per-user limit storage_bytes: your jobs' files"):
         site.factory.submit(JOB, ALICE)
     await site.factory.delete(job.job_id, ALICE)
     assert site.factory.submit(WAITING, ALICE).owner == "alice"

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from twisted.web import resource, server
 
+from tsf.config import ExchangeSection
+from tsf.exchange import ListSigner
+from tsf.factory import TargetSystemFactory
 from tsf.rest import base, gridvm, imagelists, jobs, oai, sites, storages
-from tsf.rest.app import CoreResource, Limits, RestApp
+from tsf.rest.app import CoreResource, Limits, RestApp, Sizing
 from tsf.rest.auth import Authenticator, TokenIssuer
 from tsf.rest.http import BoundedRequest
-from tsf.rest.sites import SiteRegistry
 
 
 class _NotFound(resource.Resource):
@@ -25,11 +27,13 @@ class _NotFound(resource.Resource):
         return self
 
 
-def build_app(site_name: str, factory, authenticator: Authenticator, tokens: TokenIssuer,
-              limits: Limits | None = None, sizing: dict | None = None) -> RestApp:
-    app = RestApp(site_name, authenticator, limits=limits or Limits())
-    app.context.update(factory=factory, tokens=tokens, sites=SiteRegistry(factory.store),
-                       sizing=sizing or {"cpus": 4, "memory_mib": 8192, "runtime_s": 86400})
+def build_app(site_name: str, factory: TargetSystemFactory, authenticator: Authenticator,
+              tokens: TokenIssuer, limits: Limits | None = None,
+              sizing: Sizing | None = None, exchange: ExchangeSection | None = None,
+              list_signer: ListSigner | None = None) -> RestApp:
+    app = RestApp(site_name, authenticator, factory, tokens, factory.sites,
+                  limits=limits or Limits(), sizing=sizing or Sizing(), exchange=exchange,
+                  list_signer=list_signer)
     for family in (base, sites, jobs, storages, gridvm, oai, imagelists):
         family.install(app)
     return app

@@ -13,7 +13,8 @@ import re
 
 from base.reasons import Reason
 from target_system.jobfiles import FileMissing, JobFiles, PathError, WrongKind, confine
-from tsf.admission import UserLimitReached
+from tsf.errors import NotFound
+from tsf.imports import USPACE_SUFFIX
 from tsf.rest.app import Call, RestApp
 from tsf.rest.http import (
     JSON,
@@ -28,10 +29,10 @@ from tsf.rest.http import (
     not_found,
     str_param,
 )
-from tsf.rest.jobs import find_job, limit_reached
+from tsf.rest.jobs import find_job
 from tsf.rest.sites import paging_links
 
-SUFFIX = "-uspace"
+SUFFIX = USPACE_SUFFIX
 _RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$")
 #: Where a byte position of 19 digits or more lies: beyond any file.
 _BEYOND = 1 << 63
@@ -42,12 +43,12 @@ def _job_of(call: Call, storage_id: str):
         raise not_found(f"no storage {storage_id}")
     try:
         return find_job(call, storage_id[: -len(SUFFIX)])
-    except RestError:
+    except (NotFound, RestError):
         raise not_found(f"no storage {storage_id}") from None
 
 
 def _files(call: Call, job) -> JobFiles:
-    factory = call.app.context["factory"]
+    factory = call.app.factory
     return JobFiles(job, lambda instance_id: factory.instances[instance_id])
 
 
@@ -77,7 +78,7 @@ async def _guard(coroutine):
 async def list_storages(call: Call) -> Response:
     caller = call.caller
     show_all = (str_param(call.args, "filter") or "").lower() == "all"
-    jobs = call.app.context["factory"].list_jobs(caller) if show_all else []
+    jobs = call.app.factory.list_jobs(caller) if show_all else []
     jobs.sort(key=lambda j: (j.submitted, j.job_id))
     offset = int_param(call.args, "offset", 0)
     num = int_param(call.args, "num", 200, 1, call.app.limits.max_page)
@@ -184,10 +185,7 @@ async def put_file(call: Call, storage_id: str, path: list[str]) -> Response:
         return await _set_properties(call, job, rel)
     if not rel:
         raise bad_request("give a file name: PUT .../files/<name>")
-    try:
-        call.app.context["factory"].check_storage(call.caller)
-    except UserLimitReached as err:
-        raise limit_reached(err) from None
+    call.app.factory.check_storage(call.caller)  # a user at their storage limit: 403
     await _guard(_files(call, job).store().write(rel, call.body_file()))
     return Response.no_content()
 
