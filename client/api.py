@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 from urllib.parse import quote
 
+from base.reasons import Reason
 from client.errors import (
     EXIT_AUTH,
     EXIT_FAILED,
@@ -141,6 +142,8 @@ class Site:
         code = _EXIT_BY_STATUS.get(response.status, EXIT_FAILED)
         if response.status >= 500:
             code = EXIT_UNAVAILABLE if response.status in (502, 503, 504) else EXIT_FAILED
+        if response.status == 403 and reason == Reason.QUOTA_EXCEEDED:  # a per-user limit
+            code = EXIT_FAILED
         what = {401: "not authenticated", 403: "not allowed", 404: "not found"}.get(
             response.status, f"HTTP {response.status}")
         if response.status == 401 and not message:

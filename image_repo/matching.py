@@ -268,12 +268,14 @@ class LimitFilter(ImageFilter):
     requirement: str = ""
     limit: str = ""
     label: str = ""
+    least: int = 1  #: the smallest value the requirement may have
 
     def reasons(self, image, req):
         needed, limit = getattr(req, self.requirement), getattr(image, self.limit)
         if limit is None or needed <= limit:
             return []
-        message = OPERATORS["<="].explain(self.label, needed, limit)
+        message = (OPERATORS["<="].explain(self.label, needed, limit)
+                   + f" (this image's limit: {self.label} {self.least} to {limit})")
         return [Reason(f"{self.requirement.split('_')[0].upper()}_LIMIT",
                        f"idb.resource_limits.{self.limit.removeprefix('limit_')}", needed,
                        limit, message)]
@@ -363,7 +365,7 @@ FILTERS: tuple[ImageFilter, ...] = (
     ApplicationFilter(),
     LimitFilter("cpus", "limit_cpus", "cpus"),
     LimitFilter("memory_mib", "limit_memory_mib", "memory_mib"),
-    LimitFilter("disk_gib", "limit_disk_gib", "disk_gib"),
+    LimitFilter("disk_gib", "limit_disk_gib", "disk_gib", least=0),
     LimitFilter("runtime_s", "limit_runtime_s", "runtime_s"),
     LabelFilter("vo", "vos", "semantic.vos", "VO", "VOs"),
     LabelFilter("community", "communities", "general.communities", "COMMUNITY", "communities"),

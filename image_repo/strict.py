@@ -65,6 +65,8 @@ def document(cls: type[T]) -> type[T]:
 def join(path: str, key: str | int) -> str:
     if isinstance(key, int):
         return f"{path}[{key}]"
+    if not (key.strip() and key.isprintable()):
+        key = repr(key)  # an empty or unprintable key is named by its repr
     return f"{path}.{key}" if path else key
 
 

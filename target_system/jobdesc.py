@@ -46,6 +46,15 @@ TOP_LEVEL_KEYS = {
 #: Accepted but with no effect in a VM site; listed so that clients that send them work.
 IGNORED_KEYS = {"Project", "Notification", "User email", "Login node", "Umask",
                 "RunUserPrecommandOnLoginNode", "RunUserPostcommandOnLoginNode"}
+#: The one partition (UNICORE queue) of a VM site; ``Resources.Queue`` may name only it.
+PARTITION = "batch"
+#: Batch-system resources a VM site cannot honour: a value other than the harmless one
+#: (None: there is none) is an error naming the key, never silently ignored.  UNICORE job
+#: arrays (ArraySize, ArrayLimit) are among them until the site runs arrays.
+UNSUPPORTED_RESOURCES: dict[str, str | None] = {
+    "Queue": PARTITION, "Exclusive": "false", "GPUsPerNode": "0", "QoS": None,
+    "Reservation": None, "NodeConstraints": None, "ArraySize": None, "ArrayLimit": None,
+}
 RESOURCE_KEYS = {
     "Runtime", "Queue", "Nodes", "CPUsPerNode", "TotalCPUs", "CPUs", "GPUsPerNode", "Memory",
     "MemoryPerNode", "Reservation", "NodeConstraints", "QoS", "Exclusive", "ArraySize",
@@ -53,6 +62,9 @@ RESOURCE_KEYS = {
     # gridvm's image requirements
     "Image", "OperatingSystem", "OperatingSystemVersion", "CPUArchitecture", "Disk", "VO",
 }
+#: The Resources that give the CPUs and the memory of the job's one node.
+CPU_KEYS = ("CPUs", "TotalCPUs", "CPUsPerNode")
+MEMORY_KEYS = ("Memory", "MemoryPerNode")
 IMPORT_KEYS = {"From", "To", "Data", "FailOnError", "Permissions", "Mode", "ReadOnly",
                "Credentials", "ExtraParameters"}
 EXPORT_KEYS = {"From", "To", "FailOnError", "Credentials", "ExtraParameters"}
@@ -66,6 +78,12 @@ _UNITS_MEM = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 <<
 MAX_COUNT = 1 << 20  #: CPUs, Nodes
 MAX_RUNTIME_S = 1 << 32  #: Runtime, seconds
 MAX_BYTES = 1 << 60  #: Memory, Disk
+MAX_NAME = 512  #: characters of a job's Name
+MAX_TEXT = 1 << 16  #: characters of any other string of a description
+#: Control characters no string may hold (a shell line, a file name, a log line breaks on
+#: them); tab is allowed, and newlines in the user pre- and postcommands (scripts).
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_CONTROL_IN_SCRIPT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 def _bool(path: str, value: Any) -> bool:
@@ -76,12 +94,25 @@ def _bool(path: str, value: Any) -> bool:
     raise JobDescriptionError(path, f"expected true or false, got {value!r}")
 
 
-def _str(path: str, value: Any) -> str:
-    if isinstance(value, str):
-        return value
+def _str(path: str, value: Any, *, maximum: int = MAX_TEXT,
+         control: re.Pattern = _CONTROL) -> str:
+    """``value`` as text a VM can be given: at most ``maximum`` characters, valid Unicode
+    (no lone surrogates), no character ``control`` matches."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
-    raise JobDescriptionError(path, f"expected a string, got {type(value).__name__}")
+    if not isinstance(value, str):
+        raise JobDescriptionError(path, f"expected a string, got {type(value).__name__}")
+    if len(value) > maximum:
+        raise JobDescriptionError(path, f"at most {maximum} characters, got {len(value)}")
+    if (bad := control.search(value)) is not None:
+        raise JobDescriptionError(path, f"must not contain the control character "
+                                        f"U+{ord(bad.group()):04X}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise JobDescriptionError(path, f"not valid Unicode: a lone surrogate "
+                                        f"U+{ord(value[err.start]):04X}") from None
+    return value
 
 
 def _within(path: str, number: float, maximum: int) -> float:
@@ -243,7 +274,9 @@ def _check_keys(path: str, value: dict, allowed: set[str]) -> None:
         if key not in allowed:
             near = [k for k in allowed if k.lower() == str(key).lower()]
             hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise JobDescriptionError(f"{path}{key}", f"unknown key{hint}")
+            text = str(key)  # an empty or unprintable key is named by its repr
+            name = text if text.strip() and text.isprintable() else repr(text)
+            raise JobDescriptionError(f"{path}{name}", f"unknown key{hint}")
 
 
 def parse_job(doc: Any) -> JobDescription:
@@ -253,7 +286,7 @@ def parse_job(doc: Any) -> JobDescription:
     _check_keys("", doc, TOP_LEVEL_KEYS)
     job = JobDescription(raw=doc)
     if "Name" in doc:
-        job.name = _str("Name", doc["Name"])
+        job.name = _str("Name", doc["Name"], maximum=MAX_NAME)
     if "Job type" in doc:
         kind = _str("Job type", doc["Job type"]).lower()
         if kind not in JOB_TYPES:
@@ -293,9 +326,11 @@ def parse_job(doc: Any) -> JobDescription:
             raise JobDescriptionError("Tags", "expected a list of strings")
         job.tags = [_str(f"Tags[{i}]", t) for i, t in enumerate(doc["Tags"])]
     if "User precommand" in doc:
-        job.precommand = _str("User precommand", doc["User precommand"])
+        job.precommand = _str("User precommand", doc["User precommand"],
+                              control=_CONTROL_IN_SCRIPT)
     if "User postcommand" in doc:
-        job.postcommand = _str("User postcommand", doc["User postcommand"])
+        job.postcommand = _str("User postcommand", doc["User postcommand"],
+                               control=_CONTROL_IN_SCRIPT)
     _resources(job, doc.get("Resources", {}))
     job.requirements = _requirements(job, doc.get("Resources", {}))
     _imports(job, doc.get("Imports", []))
@@ -341,24 +376,47 @@ def _resources(job: JobDescription, res: Any) -> None:
     if not isinstance(res, dict):
         raise JobDescriptionError("Resources", "expected an object")
     _check_keys("Resources.", res, RESOURCE_KEYS)
+    _unsupported_resources(res)
     if "Runtime" in res:
         job.runtime = parse_runtime("Resources.Runtime", res["Runtime"])
-    cpus = [k for k in ("CPUs", "TotalCPUs") if k in res]
-    if len(cpus) == 2 and str(res["CPUs"]) != str(res["TotalCPUs"]):
-        raise JobDescriptionError("Resources.CPUs", "CPUs and TotalCPUs disagree")
-    if cpus:
-        job.cpus = _int(f"Resources.{cpus[0]}", res[cpus[0]], minimum=1)
-    elif "CPUsPerNode" in res:
-        job.cpus = _int("Resources.CPUsPerNode", res["CPUsPerNode"], minimum=1)
     if "Nodes" in res:
         job.nodes = _int("Resources.Nodes", res["Nodes"], minimum=1)
         if job.nodes > 1:
             raise JobDescriptionError("Resources.Nodes", "a VM target system has one node")
-    for key in ("Memory", "MemoryPerNode"):
-        if key in res:
-            job.memory = parse_memory(f"Resources.{key}", res[key])
+    # one node: CPUs, TotalCPUs and CPUsPerNode are one number (each given one is checked)
+    job.cpus = _same(res, CPU_KEYS, lambda path, value: _int(path, value, minimum=1))
+    job.memory = _same(res, MEMORY_KEYS, parse_memory)
     if "Disk" in res:
         job.disk = parse_memory("Resources.Disk", res["Disk"])
+
+
+def _same(res: dict[str, Any], keys: tuple[str, ...], parse) -> Any:
+    """The one value the given ``keys`` of ``res`` state (each parsed, so each is bounded),
+    None when none is given; keys that disagree are an error naming the second."""
+    found: tuple[str, Any] | None = None
+    for key in keys:
+        if key not in res:
+            continue
+        value = parse(f"Resources.{key}", res[key])
+        if found is not None and value != found[1]:
+            raise JobDescriptionError(f"Resources.{key}", f"disagrees with Resources.{found[0]} "
+                                                          "(a VM target system has one node)")
+        found = found or (key, value)
+    return found and found[1]
+
+
+def _unsupported_resources(res: dict[str, Any]) -> None:
+    """Refuse a batch-system resource a VM site would ignore (see UNSUPPORTED_RESOURCES)."""
+    for key, harmless in UNSUPPORTED_RESOURCES.items():
+        if key not in res:
+            continue
+        given = res[key]
+        text = str(given).lower() if isinstance(given, str | int | bool) else None
+        if harmless is not None and text == harmless:
+            continue
+        allowed = f" (only {harmless!r} is)" if harmless is not None else ""
+        raise JobDescriptionError(f"Resources.{key}", f"not supported on a VM site{allowed}: "
+                                                      f"{given!r}")
 
 
 #: The UNICORE key each image requirement comes from, named when image_repo refuses a value.
@@ -371,6 +429,16 @@ REQUIREMENT_SOURCES = {
     "memory_mib": "Resources.Memory", "disk_gib": "Resources.Disk",
     "runtime_s": "Resources.Runtime",
 }
+
+
+def requirement_sources(job: JobDescription) -> dict[str, str]:
+    """:data:`REQUIREMENT_SOURCES` with the sizes named by the keys this job gave
+    (``Resources.TotalCPUs`` rather than ``Resources.CPUs``)."""
+    res = job.raw.get("Resources")
+    res = res if isinstance(res, dict) else {}
+    given = {name: next((f"Resources.{key}" for key in keys if key in res), None)
+             for name, keys in (("cpus", CPU_KEYS), ("memory_mib", MEMORY_KEYS))}
+    return REQUIREMENT_SOURCES | {name: key for name, key in given.items() if key}
 
 
 def _requirements(job: JobDescription, res: dict[str, Any]) -> Requirements:
@@ -425,9 +493,13 @@ def _imports(job: JobDescription, imports: Any) -> None:
             if "Credentials" in item:
                 raise JobDescriptionError(f"{path}.Credentials", "only for a From URL")
             data = item["Data"]
-            content = data.encode() if isinstance(data, str) else None
-            if content is None:
+            if not isinstance(data, str):
                 raise JobDescriptionError(f"{path}.Data", "expected a string")
+            try:
+                content = data.encode()
+            except UnicodeEncodeError:
+                raise JobDescriptionError(f"{path}.Data", "not valid Unicode (a lone "
+                                                          "surrogate)") from None
             mode = None
             if "Permissions" in item:
                 mode = _permissions(f"{path}.Permissions", item["Permissions"])

@@ -33,9 +33,14 @@ Example (every value shown is the default; ``state_dir`` defaults to ``$GRIDVM_H
     image_file_mib = 4096             # one file of an image a creator registers
     image_quota_mib = 20480           # a user's images in the store (0 = no quota)
     image_upload_expiry_s = 3600      # a registration waiting for its files is dropped
-    max_cpus = 4                      # published sizing resources
-    max_memory_mib = 8192
-    max_runtime_s = 86400
+    max_cpus = 4                      # published sizing resources: the most one job
+    max_memory_mib = 8192             # may ask for (more is a 400 at submit and in
+    max_runtime_s = 86400             # images/match); an image's default size is cut
+    max_disk_gib = 64                 # down to them
+    user_max_jobs = 1000              # per user: jobs kept (finished or not),
+    user_max_unfinished_jobs = 100    # jobs not yet finished,
+    user_max_description_mib = 16     # JSON of the job descriptions kept,
+    user_max_storage_gib = 10         # files of their jobs in site storage (0 = no limit)
     token_lifetime_s = 43200          # default lifetime of issued tokens
     login_failures_free = 3           # failed logins in a row per source address and per
                                       # user name before each further one bars that key
@@ -105,6 +110,7 @@ from typing import Any
 
 from base.errors import GridvmError
 from base.reasons import Reason
+from tsf.admission import Admission, SiteLimits, UserLimits
 from tsf.pools import PoolSpec, check_specs
 
 
@@ -193,6 +199,11 @@ class LimitsSection:
     max_cpus: int = 4
     max_memory_mib: int = 8192
     max_runtime_s: int = 86400
+    max_disk_gib: int = 64
+    user_max_jobs: int = 1000
+    user_max_unfinished_jobs: int = 100
+    user_max_description_mib: int = 16
+    user_max_storage_gib: int = 10
     token_lifetime_s: int = 43200
     login_failures_free: int = 3
     login_backoff_s: float = 1.0
@@ -265,6 +276,16 @@ class SiteConfig:
     @property
     def users_file(self) -> Path:
         return self._path(self.site.users_file, "users.json")
+
+    def admission(self) -> Admission:
+        """The site's size limits and per-user limits (``[limits]``)."""
+        limits = self.limits
+        return Admission(
+            SiteLimits(max(limits.max_cpus, 1), max(limits.max_memory_mib, 1),
+                       max(limits.max_runtime_s, 1), limits.max_disk_gib),
+            UserLimits(limits.user_max_jobs, limits.user_max_unfinished_jobs,
+                       limits.user_max_description_mib << 20,
+                       limits.user_max_storage_gib << 30))
 
     def pool_specs(self) -> list[PoolSpec]:
         return [PoolSpec(p.name, p.image, p.idle, p.vcpus, p.memory_mib, tuple(p.vos))

@@ -43,6 +43,7 @@ from target_system.lifecycle import InstanceState
 from target_system.store import StateStore
 from target_system.transfers import TransferPolicy
 from tsf import recovery
+from tsf.admission import Admission
 from tsf.errors import InstanceBusy, NotFound
 from tsf.imports import fetch_imports, same_site_imports
 from tsf.lifetimes import DEFAULT_JOB_LIFETIME, EXPIRY_INTERVAL, Lifetimes
@@ -72,7 +73,8 @@ class TargetSystemFactory(service.MultiService):
                  transfers: TransferPolicy | None = None,
                  pools: Sequence[PoolSpec] = (), pool_interval: float = 10.0,
                  trust: TrustPolicy | None = None,
-                 tsi_connector: TSIConnector = connect_tsi):
+                 tsi_connector: TSIConnector = connect_tsi,
+                 admission: Admission | None = None):
         super().__init__()
         self.repository = repository
         self.vmm = vmm
@@ -86,6 +88,8 @@ class TargetSystemFactory(service.MultiService):
             deadlines=deadlines or Deadlines(), health=health or HealthPolicy(), store=store,
             trust=trust or TrustPolicy(), context_hooks=context_hooks or {},
             tsi_connector=tsi_connector)
+        #: the site's size limits and the per-user limits, checked at submit
+        self.admission = admission or Admission()
         self.keep_on_stop = False  #: stopService detaches instead of terminating
         self.transfers = transfers or TransferPolicy()
         self.sites = SiteRegistry(store)  #: the UNICORE sites jobs are submitted to
@@ -158,11 +162,14 @@ class TargetSystemFactory(service.MultiService):
 
     def submit(self, description: dict[str, Any] | JobDescription, caller: Caller, *,
                start: bool | None = None, site_id: str | None = None) -> Job:
-        """Create a job (raises JobDescriptionError for a bad description) and start it
-        unless the description waits for client stage-in (then call :meth:`start`).
-        It is destroyed ``job_lifetime`` seconds after submission (see :meth:`expire`)."""
+        """Create a job (raises JobDescriptionError for a bad description or one outside
+        the site's limits, UserLimitReached when the caller is at a per-user limit) and
+        start it unless the description waits for client stage-in (then call
+        :meth:`start`).  It is destroyed ``job_lifetime`` seconds after submission (see
+        :meth:`expire`)."""
         job_desc = description if isinstance(description, JobDescription) else parse_job(
             description)
+        self.admission.check(job_desc, self._owned(caller))
         job = Job(owner=caller.user, description=job_desc, reactor=self.reactor,
                   storage=self.storage_root / "jobs", site_id=site_id)
         job.storage = self.storage_root / "jobs" / job.job_id
@@ -181,6 +188,14 @@ class TargetSystemFactory(service.MultiService):
 
     def caller_of(self, job_id: str) -> Caller:
         return self._callers[job_id]
+
+    def _owned(self, caller: Caller) -> list[Job]:
+        return [j for j in self.jobs.values() if j.owner == caller.user]
+
+    def check_storage(self, caller: Caller) -> None:
+        """Raise UserLimitReached when the caller's jobs fill their site storage limit (an
+        upload is refused then)."""
+        self.admission.check_owner(self._owned(caller))
 
     def start(self, job_id: str, caller: Caller) -> Job:
         """Start a job that waited for its inputs; a no-op once it has started."""
@@ -299,8 +314,8 @@ class TargetSystemFactory(service.MultiService):
         """Carry out placement's decision for the job: reserve it a slot on the instance
         reused, taken from a pool, shared or booted — or raise QUOTA_EXCEEDED."""
         registry = self.registry
-        decision = choose(Need.of(job, caller, image), registry.live(), registry.quotas,
-                          self.pools, registry.loads())
+        decision = choose(Need.of(job, caller, image, self.admission.site), registry.live(),
+                          registry.quotas, self.pools, registry.loads())
         if decision.action is Action.REFUSE:
             raise InstanceFailed(Reason.QUOTA_EXCEEDED, decision.limit)
         if decision.action is Action.BOOT:

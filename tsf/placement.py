@@ -30,6 +30,7 @@ from base.reasons import Reason
 from target_system.instance import ImageToBoot
 from target_system.jobs import Job
 from target_system.lifecycle import InstanceState
+from tsf.admission import SiteLimits
 from tsf.pools import PoolSpec, pool_name
 
 DEFAULT_MEMORY_MIB = 256
@@ -74,17 +75,20 @@ class Need:
     memory_mib: int
 
     @classmethod
-    def of(cls, job: Job, caller: Caller, image: ImageToBoot) -> Need:
-        vcpus, memory = _size(job, image)
+    def of(cls, job: Job, caller: Caller, image: ImageToBoot,
+           site: SiteLimits | None = None) -> Need:
+        vcpus, memory = _size(job, image, site or SiteLimits())
         return cls(caller, image.image_id, vcpus, memory)
 
 
-def _size(job: Job, image: ImageToBoot) -> tuple[int, int]:
+def _size(job: Job, image: ImageToBoot, site: SiteLimits) -> tuple[int, int]:
+    """The job's size, else the image's default; never more than the site's limits (an
+    image's default size may be larger)."""
     hardware = image.metadata and image.metadata.origin.virtual_hardware
     vcpus = max(job.description.cpus or 1, (hardware and hardware.vcpus) or 1)
     memory = max(-(-(job.description.memory or 0) // (1 << 20)),
                   (hardware and hardware.memory_mib) or DEFAULT_MEMORY_MIB)
-    return vcpus, memory
+    return min(vcpus, site.cpus), min(memory, site.memory_mib)
 
 
 # --------------------------------------------------------------------------- filters ---------

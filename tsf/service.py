@@ -184,7 +184,7 @@ class SiteService(service.MultiService):
             job_lifetime=config.limits.job_lifetime_days * 86400 or None,
             transfers=TransferPolicy(tuple(config.transfers.url_prefixes),
                                  config.transfers.max_mib << 20, config.transfers.timeout_s),
-            pools=config.pool_specs(), trust=trust)
+            pools=config.pool_specs(), trust=trust, admission=config.admission())
         self.factory.keep_on_stop = config.site.keep_instances
         counts = await self.factory.recover(adopted)
         log.info("taken back from an earlier run: %(instances)d instance(s), "

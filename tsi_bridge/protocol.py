@@ -486,8 +486,12 @@ def parse_ls(payload: str) -> list[FileInfo]:
             entries[-1].owner = fields[1] if len(fields) > 1 else ""
             entries[-1].group = fields[2] if len(fields) > 2 else ""
         elif line.startswith(" ") and len(line) > 7:
-            flags, rest = line[1:6], line[7:]
-            size, mtime, path = rest.split(" ", 2)
+            flags, fields = line[1:6], line[7:].split(" ", 2)
+            if len(fields) != 3 or not (fields[0].isascii() and fields[0].isdigit()
+                                        and re.fullmatch(r"-?[0-9]+", fields[1])):
+                raise ProtocolError(f"bad LS entry {line[:200]!r}: expected flags, size, "
+                                    "mtime and path")
+            size, mtime, path = fields
             entries.append(FileInfo(path, flags[0] == "D", flags[1] == "R", flags[2] == "W",
                                     flags[3] == "X", flags[4] == "O", int(size), int(mtime)))
     return entries

@@ -145,7 +145,7 @@ def test_empty_catalogue(repo):
 def test_resource_limits(repo, catalogue):
     result = repo.match({"os": {"distro": "ubuntu"}, "cpus": 4, "memory_mib": 1024}, ALICE)
     limit = reasons_of(result, "ubuntu")
-    assert limit["CPUS_LIMIT"].message == "cpus 4 > allowed 2"
+    assert limit["CPUS_LIMIT"].message == "cpus 4 > allowed 2 (this image's limit: cpus 1 to 2)"
     assert (limit["CPUS_LIMIT"].required, limit["CPUS_LIMIT"].offered) == (4, 2)
     assert limit["CPUS_LIMIT"].path == "idb.resource_limits.cpus"
     assert "MEMORY_LIMIT" not in limit

@@ -150,3 +150,66 @@ def test_exports_to_urls_are_kept_for_the_site_to_upload():
         with pytest.raises(JobDescriptionError, match="Exports") as caught:
             parse_job({"Executable": "date", "Exports": [bad]})
         assert complaint in str(caught.value)
+
+
+# -- validated text, bounded sizes and no silently ignored keys ------------------------------
+
+@pytest.mark.parametrize("doc, path, complaint", [
+    ({"Name": "two\nlines", "Executable": "/bin/true"}, "Name", "U+000A"),
+    ({"Executable": "/bin/\udc80true"}, "Executable", "lone surrogate U+DC80"),
+    ({"Executable": "/bin/true", "Arguments": ["a\x1b[2J"]}, "Arguments[0]", "U+001B"),
+    ({"Executable": "/bin/true", "Environment": {"A": "x\x00y"}}, "Environment.A", "U+0000"),
+    ({"Executable": "/bin/true", "Environment": ["A=\x7f"]}, "Environment[0]", "U+007F"),
+    ({"Executable": "/bin/true", "Tags": ["t\r"]}, "Tags[0]", "U+000D"),
+    ({"Executable": "/bin/true", "Name": "n" * 513}, "Name", "at most 512 characters"),
+    ({"Executable": "/bin/true", "Arguments": ["a" * 65537]}, "Arguments[0]", "at most 65536"),
+    ({"Executable": "/bin/true", "Imports": [{"To": "a", "Data": "\ud800"}]},
+     "Imports[0].Data", "lone surrogate"),
+    ({"Executable": "/bin/true", "User precommand": "echo\x00"}, "User precommand", "U+0000"),
+])
+def test_text_a_vm_cannot_be_given_is_refused_naming_the_key(doc, path, complaint):
+    with pytest.raises(JobDescriptionError) as err:
+        parse_job(doc)
+    assert err.value.path == path and complaint in str(err.value)
+
+
+def test_tabs_and_script_lines_are_text():
+    job = parse_job({"Executable": "/bin/echo", "Arguments": ["a\tb"], "Name": "n" * 512,
+                     "User precommand": "cd /tmp\nls\n"})
+    assert job.arguments == ["a\tb"] and job.precommand == "cd /tmp\nls\n"
+
+
+@pytest.mark.parametrize("key, value", [
+    ("ArraySize", 10), ("ArrayLimit", 2), ("QoS", "high"), ("Reservation", "r1"),
+    ("NodeConstraints", "gpu"), ("Exclusive", "true"), ("GPUsPerNode", 1),
+    ("Queue", "gpu-nodes"), ("Queue", ["batch"]),
+])
+def test_batch_resources_a_vm_site_would_ignore_are_refused(key, value):
+    with pytest.raises(JobDescriptionError) as err:
+        parse_job({"Executable": "/bin/true", "Resources": {key: value}})
+    assert err.value.path == f"Resources.{key}" and "not supported" in str(err.value)
+
+
+def test_the_harmless_values_of_batch_resources_are_accepted():
+    job = parse_job({"Executable": "/bin/true", "Resources": {
+        "Queue": "batch", "Exclusive": False, "GPUsPerNode": "0", "Project": "p1"}})
+    assert job.executable == "/bin/true"
+
+
+@pytest.mark.parametrize("resources, path", [
+    ({"CPUs": 2, "CPUsPerNode": 1000000000}, "Resources.CPUsPerNode"),
+    ({"CPUs": 2, "CPUsPerNode": 3}, "Resources.CPUsPerNode"),
+    ({"TotalCPUs": "2", "CPUsPerNode": "x"}, "Resources.CPUsPerNode"),
+    ({"Memory": "1G", "MemoryPerNode": "2G"}, "Resources.MemoryPerNode"),
+    ({"Nodes": 1000000000}, "Resources.Nodes"),
+])
+def test_every_size_given_is_read_and_one_node_has_one_size(resources, path):
+    with pytest.raises(JobDescriptionError) as err:
+        parse_job({"Executable": "/bin/true", "Resources": resources})
+    assert err.value.path == path
+
+
+def test_agreeing_sizes_are_one():
+    job = parse_job({"Executable": "/bin/true", "Resources": {
+        "CPUs": 2, "TotalCPUs": "2", "CPUsPerNode": 2, "Memory": "1G", "MemoryPerNode": 1 << 30}})
+    assert job.cpus == 2 and job.memory == 1 << 30

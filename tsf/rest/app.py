@@ -5,8 +5,9 @@ routes: a method, a path pattern (``{name}`` matches one segment, ``{path*}`` th
 an async handler ``handler(call, **params) -> Response``; handlers reach the site's objects
 as typed attributes of :class:`RestApp`.  The leaf authenticates the caller, dispatches, and
 turns every :class:`RestError`, every domain error (a ``GridvmError``: NOT_FOUND → 404,
-BAD_REQUEST → 400, a busy instance → 409) and anything unexpected into UNICORE's JSON error
-body.  Every ``href`` and ``Location`` is absolute, built from the request's Host.
+BAD_REQUEST → 400, QUOTA_EXCEEDED → 403, a busy instance → 409) and anything unexpected
+into UNICORE's JSON error body.  Every ``href`` and ``Location`` is absolute, built from the
+request's Host.
 """
 
 from __future__ import annotations
@@ -300,7 +301,8 @@ class CoreResource(resource.Resource):
 
 
 #: HTTP status of a domain error a handler lets through, by its reason.
-_STATUS = {Reason.BAD_REQUEST: 400, Reason.NOT_AUTHORIZED: 403, Reason.NOT_FOUND: 404}
+_STATUS = {Reason.BAD_REQUEST: 400, Reason.NOT_AUTHORIZED: 403, Reason.NOT_FOUND: 404,
+           Reason.QUOTA_EXCEEDED: 403}
 
 
 def _status_of(err: GridvmError) -> int | None:

@@ -14,7 +14,8 @@ from __future__ import annotations
 from twisted.internet import threads
 
 from image_repo.errors import ImageNotFound, RepositoryError
-from target_system.jobdesc import JobDescriptionError, parse_job
+from image_repo.requirements import Requirements
+from target_system.jobdesc import JobDescriptionError, parse_job, requirement_sources
 from tsf.rest.app import Call, RestApp
 from tsf.rest.http import (
     Response,
@@ -132,13 +133,16 @@ async def match_images(call: Call) -> Response:
     caller = call.caller
     doc = call.json("match request")
     if set(doc) == {"requirements"}:
-        requirements = doc["requirements"]
+        requirements = Requirements.from_dict(doc["requirements"])  # BadRequest: 400
+        sources = REQUIREMENTS_PATHS
     else:
         try:
-            requirements = parse_job(doc).requirements
+            job = parse_job(doc)
         except JobDescriptionError as err:
             raise bad_request(f"invalid job description: {err}") from None
+        requirements, sources = job.requirements, requirement_sources(job)
     factory = call.app.factory
+    factory.admission.site.check(requirements, sources)  # beyond the site's limits: 400
 
     def match():
         result = factory.repository.match(requirements, caller, policy=factory.trust)
@@ -149,6 +153,11 @@ async def match_images(call: Call) -> Response:
     except RepositoryError as err:
         raise bad_request(str(err)) from None
     return Response(json=answer)
+
+
+#: Where a size of the ``{"requirements": ...}`` form of images/match is given.
+REQUIREMENTS_PATHS = {name: f"requirements.{name}"
+                      for name in ("cpus", "memory_mib", "runtime_s", "disk_gib")}
 
 
 def install(app: RestApp) -> None:

@@ -185,6 +185,7 @@ async def put_file(call: Call, storage_id: str, path: list[str]) -> Response:
         return await _set_properties(call, job, rel)
     if not rel:
         raise bad_request("give a file name: PUT .../files/<name>")
+    call.app.factory.check_storage(call.caller)  # a user at their storage limit: 403
     await _guard(_files(call, job).store().write(rel, call.body_file()))
     return Response.no_content()
 
