@@ -57,6 +57,12 @@ __all__ = ["InstanceBusy", "NotFound", "Quotas", "TargetSystemFactory"]
 log = logging.getLogger(__name__)
 
 
+def _delegated(part: str, name: str, doc: str) -> property:
+    """A setting that one of the factory's parts keeps (``factory.<part>.<name>``)."""
+    return property(lambda self: getattr(getattr(self, part), name),
+                    lambda self, value: setattr(getattr(self, part), name, value), doc=doc)
+
+
 class TargetSystemFactory(service.MultiService):
     """Matches jobs to images, runs them on target systems, and keeps track of both."""
 
@@ -102,49 +108,13 @@ class TargetSystemFactory(service.MultiService):
         self._running: dict[str, defer.Deferred] = {}
 
     # -- settings and state of the parts ---------------------------------------------------
-    @property
-    def transfers(self) -> TransferPolicy:
-        """Where server-side Imports may come from and Exports may go (the runner's too)."""
-        return self.runner.transfers
-
-    @transfers.setter
-    def transfers(self, policy: TransferPolicy) -> None:
-        self.runner.transfers = policy
-
-    @property
-    def trust(self) -> TrustPolicy:
-        """Whom the site trusts to endorse images, and whether images must be endorsed."""
-        return self.registry.trust
-
-    @trust.setter
-    def trust(self, policy: TrustPolicy) -> None:
-        self.registry.trust = policy
-
-    @property
-    def quotas(self) -> Quotas:
-        """Live instances per user and on the site."""
-        return self.registry.quotas
-
-    @quotas.setter
-    def quotas(self, quotas: Quotas) -> None:
-        self.registry.quotas = quotas
-
-    @property
-    def pools(self) -> dict[str, PoolSpec]:
-        """The warm pools by name."""
-        return self.pool_keeper.specs
-
-    @pools.setter
-    def pools(self, specs: dict[str, PoolSpec]) -> None:
-        self.pool_keeper.specs = specs
-
-    @property
-    def pool_interval(self) -> float:
-        return self.pool_keeper.interval
-
-    @pool_interval.setter
-    def pool_interval(self, seconds: float) -> None:
-        self.pool_keeper.interval = seconds
+    transfers = _delegated("runner", "transfers", "Where server-side Imports may come from "
+                           "and Exports may go (the runner's too).")
+    trust = _delegated("registry", "trust", "Whom the site trusts to endorse images, and "
+                       "whether images must be endorsed.")
+    quotas = _delegated("registry", "quotas", "Live instances per user and on the site.")
+    pools = _delegated("pool_keeper", "specs", "The warm pools by name.")
+    pool_interval = _delegated("pool_keeper", "interval", "Seconds between pool checks.")
 
     @property
     def instances(self) -> dict[str, TargetSystem]:
@@ -228,9 +198,16 @@ class TargetSystemFactory(service.MultiService):
 
     def restart(self, job_id: str, caller: Caller) -> Job:
         """Run a finished job again under the same id (UNICORE's restart action); its old
-        log is kept and its site storage is overwritten by the new run."""
+        log is kept and its site storage is overwritten by the new run.  A job whose
+        outputs are kept while the runner still tidies its instance up restarts right
+        after that."""
         old = self.job(job_id, caller)
-        if not old.state.terminal or old.job_id in self._running:
+        if not old.state.terminal:
+            return old
+        tidying = self._running.get(old.job_id)
+        if tidying is not None:
+            old.note("restart requested: it starts once its instance is tidied up")
+            tidying.addBoth(lambda result: (self.restart(job_id, caller), result)[1])
             return old
         job = Job(owner=old.owner, description=old.description, reactor=self.reactor,
                   storage=old.storage, job_id=old.job_id, submitted=old.submitted,

@@ -208,6 +208,21 @@ async def test_restart_runs_a_finished_job_again_under_its_id(site):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_restart_asked_while_the_runner_tidies_up_runs_right_after(site):
+    """A job is SUCCESSFUL once its outputs are kept, before the runner has removed its
+    directory from the instance: a restart asked then is not lost."""
+    first = site.factory.submit(JOB, ALICE)
+    first.lifecycle.listeners.append(  # the moment it turns SUCCESSFUL, tidy-up ahead
+        lambda t: site.factory.restart(first.job_id, ALICE) if t.state is J.SUCCESSFUL
+        else None)
+    await site.run_until(lambda: site.factory.job(first.job_id, ALICE) is not first)
+    again = await site.finished(site.factory.job(first.job_id, ALICE))
+    assert again.state is J.SUCCESSFUL
+    assert any("restart requested" in line for line in again.log)
+    assert any(line.endswith("restarted") for line in again.log)
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_failed_boot_fails_its_job_with_the_instances_reason(site):
     site.vms.fail_next_boot(GuestCrashed("Kernel panic - not syncing"))
     job = await site.finished(site.factory.submit(JOB, ALICE))
