@@ -29,6 +29,7 @@ PACKAGES=(
     cpio zstd e2fsprogs                                       # guest image builder
     socat                                                     # guest -> host TSI callback relay
     iproute2 procps
+    chromium chromium-driver                                  # the dashboard's browser tests
 )
 if [ "$WITH_POSTGRES" = 1 ]; then PACKAGES+=(postgresql); fi
 

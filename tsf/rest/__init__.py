@@ -6,8 +6,12 @@
 
 from __future__ import annotations
 
+from twisted.internet import reactor
 from twisted.web import resource, server
 
+from tsf.dashboard.events import EventStreams
+from tsf.dashboard.sessions import SessionStore
+from tsf.dashboard.site import Dashboard
 from tsf.rest import base, gridvm, imagelists, jobs, oai, sites, storages
 from tsf.rest.app import CoreResource, Limits, RestApp
 from tsf.rest.auth import Authenticator, TokenIssuer
@@ -36,12 +40,16 @@ def build_app(site_name: str, factory, authenticator: Authenticator, tokens: Tok
 
 
 def build_site(app: RestApp) -> server.Site:
-    """``/<SITE>/rest/core/...`` → the app; everything else → a JSON 404."""
+    """``/<SITE>/rest/core/...`` → the app, ``/<SITE>/dashboard/...`` → the dashboard (the
+    same app's users and factory); everything else → a JSON 404."""
     root = _NotFound()
     site_node, rest_node = _NotFound(), _NotFound()
     root.putChild(app.site_name.encode(), site_node)
     site_node.putChild(b"rest", rest_node)
     rest_node.putChild(b"core", CoreResource(app, f"/{app.site_name}/rest/core"))
+    sessions = SessionStore()
+    site_node.putChild(b"dashboard", Dashboard(app, sessions))
+    site_node.putChild(b"events", EventStreams(app, sessions, reactor))
 
     class Request(BoundedRequest):
         max_body = app.limits.max_upload
