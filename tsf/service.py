@@ -218,7 +218,7 @@ class SiteService(service.MultiService):
             Limits(max_json=limits.max_json_kib << 10, max_upload=limits.max_upload_mib << 20),
             sizing={"cpus": limits.max_cpus, "memory_mib": limits.max_memory_mib,
                     "runtime_s": limits.max_runtime_s})
-        self.app.context.update(exchange=config.exchange,
+        self.app.context.update(exchange=config.exchange, metrics_token=config.metrics.token,
                                 list_signer=ListSigner.from_config(config))
         sites = await self.app.context["sites"].load()
         log.info("%d UNICORE site(s) of earlier runs kept; jobs kept %s after submission", sites,

@@ -23,7 +23,7 @@ from twisted.web import resource, server
 
 from base.reasons import Reason
 from tsf.dashboard.sessions import COOKIE, SessionStore
-from tsf.rest.app import RestApp
+from tsf.rest.app import RestApp, answer_failure
 from tsf.rest.auth import Principal
 from tsf.rest.http import RestError
 
@@ -72,7 +72,8 @@ class EventStreams(resource.Resource):
     def render_GET(self, request: server.Request):
         d = defer.Deferred.fromCoroutine(self._principal(request))
         d.addCallback(self._start, request)
-        d.addErrback(self._refuse, request)
+        # no WWW-Authenticate: a browser would prompt for Basic
+        d.addErrback(answer_failure, request, "event stream", challenge=False)
         return server.NOT_DONE_YET
 
     async def _principal(self, request: server.Request) -> Principal:
@@ -85,22 +86,6 @@ class EventStreams(resource.Resource):
         address = request.getClientAddress()
         return await self.app.authenticator.authenticate(request.getHeader(b"authorization"),
                                                          getattr(address, "host", None))
-
-    def _refuse(self, reason, request: server.Request) -> None:
-        err = reason.value
-        if not isinstance(err, RestError):
-            log.error("event stream failed: %s", reason.getTraceback())
-            err = RestError(500, "internal error: the site's log has the details",
-                            Reason.INTERNAL_ERROR)
-        if request.finished or request.startedWriting:
-            return
-        request.setResponseCode(err.status)
-        for name, value in err.headers.items():
-            if name.lower() != "www-authenticate":  # a browser would prompt for Basic
-                request.setHeader(name, value)
-        request.setHeader("content-type", "application/json")
-        request.write(json.dumps(err.body()).encode() + b"\n")
-        request.finish()
 
     def _start(self, principal: Principal, request: server.Request) -> None:
         caller = principal.caller  # 401 for the anonymous caller

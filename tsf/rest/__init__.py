@@ -12,6 +12,7 @@ from twisted.web import resource, server
 from tsf.dashboard.events import EventStreams
 from tsf.dashboard.sessions import SessionStore
 from tsf.dashboard.site import Dashboard
+from tsf.metrics import MetricsResource
 from tsf.rest import base, gridvm, imagelists, jobs, oai, sites, storages
 from tsf.rest.app import CoreResource, Limits, RestApp
 from tsf.rest.auth import Authenticator, TokenIssuer
@@ -50,6 +51,7 @@ def build_site(app: RestApp) -> server.Site:
     sessions = SessionStore()
     site_node.putChild(b"dashboard", Dashboard(app, sessions))
     site_node.putChild(b"events", EventStreams(app, sessions, reactor))
+    site_node.putChild(b"metrics", MetricsResource(app, app.context.get("metrics_token", "")))
 
     class Request(BoundedRequest):
         max_body = app.limits.max_upload

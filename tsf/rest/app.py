@@ -268,6 +268,26 @@ def _internal_error(reason: failure.Failure, request: server.Request, what: str)
                           "details", Reason.INTERNAL_ERROR)
 
 
+def answer_failure(reason: failure.Failure, request: server.Request, what: str, *,
+                   challenge: bool = True) -> None:
+    """Answer a resource outside the router (events, metrics) with UNICORE's JSON error body
+    for ``reason`` (a :class:`RestError`, else an internal error with an incident id);
+    ``challenge=False`` leaves out ``WWW-Authenticate``."""
+    err = reason.value if isinstance(reason.value, RestError) else _internal_error(
+        reason, request, f"{what} failed")
+    if request.finished or request.startedWriting:
+        return
+    request.setResponseCode(err.status)
+    for name, value in err.headers.items():
+        if challenge or name.lower() != "www-authenticate":
+            request.setHeader(name, value)
+    body, content_type = Response(err.status, json=err.body()).encode()
+    request.setHeader("content-type", content_type)
+    request.setHeader("content-length", str(len(body)))
+    request.write(body)
+    request.finish()
+
+
 class _Backpressure:
     """A push producer for a streamed body: the transport pauses and resumes it, so at most
     a chunk or two sits in memory however large the file."""
