@@ -213,6 +213,12 @@ class Site:
         self.request("DELETE", f"instances/{quote(instance_id, safe='')}"
                                + ("?force=true" if force else ""), expect=(204,))
 
+    def instance_log(self, instance_id: str) -> str:
+        """The end of an instance's console log (kept after the instance ended)."""
+        reply = self.request("GET", f"instances/{quote(instance_id, safe='')}/log",
+                             accept="text/plain")
+        return reply.body.decode("utf-8", "replace")
+
     def pools(self) -> list[dict[str, Any]]:
         """The warm pools that serve the caller (all of them for an administrator)."""
         return self.get("pools").get("pools", [])

@@ -10,7 +10,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from target_system.jobdesc import parse_job
 from tests.dashboard.conftest import log_in, needs_browser
-from tests.e2e.conftest import BOB
+from tests.e2e.conftest import ALICE, BOB
 from tests.rest.conftest import HIDDEN, PUBLIC
 
 pytestmark = [needs_browser]
@@ -99,7 +99,7 @@ def _until_state(states: tuple[str, ...], timeout: float = 240):
 @pytest.mark.vm
 @pytest_twisted.ensureDeferred
 async def test_follow_a_job_live_and_download_its_output(dash_site, browser):
-    _site, _http, dashboard = dash_site
+    site, http, dashboard = dash_site
     await browser(log_in(dashboard))
     await browser(lambda d: d.get(dashboard + "/jobs"))
     job_id = await browser(_submit("/bin/echo", "hello from the dashboard"))
@@ -123,6 +123,16 @@ async def test_follow_a_job_live_and_download_its_output(dash_site, browser):
     await browser(lambda d: d.get(dashboard + "/instances"))
     assert await browser(lambda d: d.find_element(By.ID, "instances").text)
     await browser.shot("instances")
+    # The console log, live and after the instance ended (REST and dashboard).
+    instance = site.factory.job(job_id, ALICE).instance_id
+    await browser(lambda d: d.get(f"{dashboard}/instances/{instance}/log"))
+    assert "guest ready" in await browser(_text("console"))
+    await browser.shot("console")
+    answer = await http("DELETE", f"instances/{instance}?force=true")
+    assert answer.status_code == 204
+    kept = await http("GET", f"instances/{instance}/log")
+    assert kept.status_code == 200 and "guest ready" in kept.text
+    assert (await http("GET", f"instances/{instance}/log", user="bob")).status_code == 404
 
 
 @pytest.mark.vm

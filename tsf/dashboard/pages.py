@@ -254,10 +254,13 @@ async def catalogue(view: View) -> Page:
             values["candidates"] = result.candidates
             values["rejected"] = await threads.deferToThread(lambda: result.rejected)
         else:
+            # every visible image, from the matcher's index (no metadata parsed per image)
             offset = _offset(view)
-            records = await threads.deferToThread(factory.repository.list, caller)
-            values.update(total=len(records), offset=offset,
-                          images=records[offset: offset + PAGE_ROWS])
+            result = await threads.deferToThread(factory.repository.match, Requirements(),
+                                                 caller)
+            images = sorted(result.candidates, key=lambda c: (c.name, -c.version))
+            values.update(total=len(images), offset=offset,
+                          images=images[offset: offset + PAGE_ROWS])
     except (RestError, RepositoryError) as err:
         values["error"] = getattr(err, "message", None) or str(err)
         return Page("catalogue.html.j2", values, 400)
@@ -312,6 +315,15 @@ async def instances_page(view: View) -> Page:
                                       "admin": view.caller.admin})
 
 
+async def instance_log(view: View, instance_id: str) -> Page:
+    try:
+        text = await threads.deferToThread(gridvm.console_of, view.factory, instance_id,
+                                           view.caller)
+    except NotFound:
+        raise not_found(f"no instance {instance_id}") from None
+    return Page("console.html.j2", {"instance_id": instance_id, "console": text})
+
+
 def install(router: RestApp) -> None:
     router.add("GET", "login", login_form)
     router.add("POST", "login", login)
@@ -324,3 +336,4 @@ def install(router: RestApp) -> None:
     router.add("GET", "images", catalogue)
     router.add("GET", "images/{ref}", image_page)
     router.add("GET", "instances", instances_page)
+    router.add("GET", "instances/{instance_id}/log", instance_log)

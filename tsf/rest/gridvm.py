@@ -1,7 +1,8 @@
 """gridvm's own resources: the caller's VM instances, the warm pools and the image catalogue.
 
 ``GET instances[/{id}]``: state, reason, health and phase timings (owners see their own,
-administrators all); ``DELETE instances/{id}[?force=true]`` ends one.  ``GET pools``: the
+administrators all); ``GET instances/{id}/log``: its console log, kept after it ended;
+``DELETE instances/{id}[?force=true]`` ends one.  ``GET pools``: the
 warm pools that serve the caller.  ``GET images[/{ref}]``: the images the caller may use,
 each with its endorsements and the site's trust verdict on it now (``trust``).
 ``POST images/match``: which images would run a job (a UNICORE job description, or
@@ -19,6 +20,7 @@ from target_system.jobdesc import JobDescriptionError, parse_job
 from tsf.factory import InstanceBusy, NotFound
 from tsf.rest.app import Call, RestApp
 from tsf.rest.http import (
+    TEXT,
     Response,
     RestError,
     bad_request,
@@ -33,6 +35,8 @@ from tsf.rest.sites import paging_links
 def _instance_doc(call: Call, target) -> dict:
     doc = target.describe()
     doc["_links"] = {"self": link(call.url("instances", target.instance_id)),
+                     "log": link(call.url("instances", target.instance_id, "log"),
+                                 "the console log"),
                      "jobs": link(call.url("jobs"), "your jobs")}
     doc["jobLinks"] = [call.url("jobs", j) for j in sorted(target.jobs)]
     return doc
@@ -61,6 +65,25 @@ async def delete_instance(call: Call, instance_id: str) -> Response:
     except InstanceBusy as err:
         raise RestError(409, str(err), Reason.BAD_REQUEST) from None
     return Response.no_content()
+
+
+def console_of(factory, instance_id: str, caller) -> str:
+    """The end of an instance's console log (the owner's or an administrator's), kept after
+    the instance ended; NotFound for another's instance, "" when there is none."""
+    factory.instance(instance_id, caller)
+    read = getattr(factory.vmm, "console_text", None)
+    return (read(instance_id) if read is not None else None) or ""
+
+
+async def instance_log(call: Call, instance_id: str) -> Response:
+    """``GET instances/{id}/log``: the instance's console log as text (its last 256 KiB),
+    also after the instance ended, so that a failed boot can be diagnosed."""
+    try:
+        text = await threads.deferToThread(console_of, call.app.context["factory"],
+                                           instance_id, call.caller)
+    except NotFound:
+        raise not_found(f"no instance {instance_id}") from None
+    return Response(data=text.encode(), content_type=TEXT)
 
 
 async def list_pools(call: Call) -> Response:
@@ -165,6 +188,7 @@ async def match_images(call: Call) -> Response:
 def install(app: RestApp) -> None:
     app.add("GET", "instances", list_instances)
     app.add("GET", "instances/{instance_id}", get_instance)
+    app.add("GET", "instances/{instance_id}/log", instance_log)
     app.add("DELETE", "instances/{instance_id}", delete_instance)
     app.add("GET", "pools", list_pools)
     app.add("GET", "images", list_images)
