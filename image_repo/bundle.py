@@ -32,7 +32,7 @@ from typing import Any
 from base.identity import Caller
 from image_repo.errors import BadRequest, ChecksumMismatch, ImageNotFound, ImageUntrusted
 from image_repo.repository import ImageRecord, ImageRepository, KeptIdentity
-from image_repo.schema import validate
+from image_repo.schema import ImageMetadata, validate
 from image_repo.trust import Endorsement, ImageIdentity, check_endorsement, utc_iso
 
 FORMAT = "gridvm-bundle/1"
@@ -215,15 +215,7 @@ def _register(repository: ImageRepository, entries: list[_Entry], blobs: dict[st
     result = ImportResult()
     items, kept, attach = [], [], []
     for i, entry in enumerate(entries):
-        where = f"{MANIFEST}.images[{i}].document"
-        try:
-            meta = validate(entry.document)
-        except BadRequest as err:
-            raise BundleError(str(err), where) from None
-        general = meta.general
-        if general.version is None or general.created is None:
-            raise BundleError("a bundled image has its version and creation time",
-                              f"{where}.general")
+        meta = _bundled_metadata(entry, i)
         existing = _existing(repository, entry.id)
         if existing is not None:
             if existing.metadata.origin.content != meta.origin.content:
@@ -231,36 +223,13 @@ def _register(repository: ImageRepository, entries: list[_Entry], blobs: dict[st
                                   "already", f"{MANIFEST}.images[{i}].id")
             result.skipped.append(entry.id)
             continue
-        files = {}
-        for j, ref in enumerate(meta.origin.content):
-            if ref.sha512 in blobs:
-                files[ref.file] = blobs[ref.sha512]
-            elif not repository.store.has(ref.sha512):
-                raise BundleError(f"has no blob for {ref.file!r}",
-                                  f"{where}.origin.content[{j}]")
-        identity = ImageIdentity(entry.id, general.name, general.version,
-                                 {ref.file: ref.sha512 for ref in meta.origin.content})
-        for endorsement in entry.endorsements:
-            try:
-                check_endorsement(endorsement, identity, now)
-            except ImageUntrusted as err:
-                if "expired" not in err.message:
-                    raise ImageUntrusted(f"{identity.ref}: an endorsement does not verify: "
-                                         f"{err.message}", f"{MANIFEST}.images[{i}]") from None
-                result.left_out.append(f"{identity.ref}: {err.message}")
-                continue
-            attach.append((entry.id, endorsement))
-        doc = meta.to_dict()
-        base_id = general.base_image
-        for key in _SET_ON_IMPORT:
-            doc["general"].pop(key, None)
-        if not caller.admin:  # the importer owns what it imports
-            doc["general"].pop("owner", None)
-            doc["general"].pop("group", None)
-        items.append((doc, files))
+        files = _bundled_files(repository, meta, blobs, f"{MANIFEST}.images[{i}].document")
+        attach += _verified_endorsements(entry, meta, now, i, result)
+        items.append((_document_to_register(meta, caller), files))
+        general = meta.general
         kept.append(KeptIdentity(entry.id, general.version,
                                  datetime.fromisoformat(general.created.replace("Z", "+00:00")),
-                                 base_id))
+                                 general.base_image))
     if items:
         result.imported = repository.register_many(items, caller, kept=kept)
     for image_id, endorsement in attach:
@@ -269,6 +238,64 @@ def _register(repository: ImageRepository, entries: list[_Entry], blobs: dict[st
     if attach:
         result.imported = [repository.get(r.id, caller) for r in result.imported]
     return result
+
+
+def _bundled_metadata(entry: _Entry, index: int) -> ImageMetadata:
+    """The entry's validated document; a bundled image states its version and creation."""
+    where = f"{MANIFEST}.images[{index}].document"
+    try:
+        meta = validate(entry.document)
+    except BadRequest as err:
+        raise BundleError(str(err), where) from None
+    if meta.general.version is None or meta.general.created is None:
+        raise BundleError("a bundled image has its version and creation time",
+                          f"{where}.general")
+    return meta
+
+
+def _bundled_files(repository: ImageRepository, meta: ImageMetadata, blobs: dict[str, Path],
+                   where: str) -> dict[str, Path]:
+    """File name -> bundled blob; a file neither bundled nor in the store is an error."""
+    files = {}
+    for j, ref in enumerate(meta.origin.content):
+        if ref.sha512 in blobs:
+            files[ref.file] = blobs[ref.sha512]
+        elif not repository.store.has(ref.sha512):
+            raise BundleError(f"has no blob for {ref.file!r}", f"{where}.origin.content[{j}]")
+    return files
+
+
+def _verified_endorsements(entry: _Entry, meta: ImageMetadata, now: datetime, index: int,
+                           result: ImportResult) -> list[tuple[str, Endorsement]]:
+    """The entry's endorsements that verify (expired ones are left out and said so; any other
+    failure refuses the bundle)."""
+    general = meta.general
+    identity = ImageIdentity(entry.id, general.name, general.version,
+                             {ref.file: ref.sha512 for ref in meta.origin.content})
+    verified = []
+    for endorsement in entry.endorsements:
+        try:
+            check_endorsement(endorsement, identity, now)
+        except ImageUntrusted as err:
+            if "expired" not in err.message:
+                raise ImageUntrusted(f"{identity.ref}: an endorsement does not verify: "
+                                     f"{err.message}", f"{MANIFEST}.images[{index}]") from None
+            result.left_out.append(f"{identity.ref}: {err.message}")
+            continue
+        verified.append((entry.id, endorsement))
+    return verified
+
+
+def _document_to_register(meta: ImageMetadata, caller: Caller) -> dict[str, Any]:
+    """The document as registered here: repository-kept fields dropped, and the importer
+    owning it unless an administrator imports."""
+    doc = meta.to_dict()
+    for key in _SET_ON_IMPORT:
+        doc["general"].pop(key, None)
+    if not caller.admin:
+        doc["general"].pop("owner", None)
+        doc["general"].pop("group", None)
+    return doc
 
 
 def _existing(repository: ImageRepository, image_id: str) -> ImageRecord | None:

@@ -35,6 +35,9 @@ class VirtualMachines(Protocol):
 class TSILink(Protocol):
     """The TSI commands a target system and its jobs use (see ``TSIClient``)."""
 
+    #: whether the TSI streams a directory as one archive (gridvm's agent): None until tried
+    streams: bool | None
+
     @property
     def idle_workers(self) -> int: ...
 
@@ -70,6 +73,13 @@ class TSILink(Protocol):
     def upload(self, local: str | BinaryIO, path: str, mode: int = 0o644) -> defer.Deferred: ...
 
     def download(self, path: str, local_path: str) -> defer.Deferred: ...
+
+    def get_directory(self, path: str, local_path: str,
+                      timeout: float = 3600.0) -> defer.Deferred:
+        """The directory as one tar stream into ``local_path`` (gridvm's agent only)."""
+
+    def df(self, path: str) -> defer.Deferred:
+        """``{"TOTAL": bytes, "FREE": bytes, "USER": quota or -1}`` of the disk of ``path``."""
 
 
 class TSIConnector(Protocol):

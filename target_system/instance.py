@@ -151,6 +151,7 @@ class TargetSystem:
         self.listeners: list[Callable[[TargetSystem, Transition], None]] = []
         self.detached = False  #: let go of (server stopping), the VM keeps running
         self.keep_idle = False  #: never ended for being idle (a warm pool's instance)
+        self.retiring: str | None = None  #: why it takes no new job (it ends after its last one)
         self._pings = HealthCheck(reactor, self.health, instance_id,
                                   lambda: self.tsi.ping(), self._lost)
         self._idle_timer = Timer(reactor)
@@ -401,10 +402,25 @@ class TargetSystem:
             self.lifecycle.advance(S.BUSY)
 
     def release(self, job_id: str) -> None:
-        """A job ended here: BUSY → READY when it was the last."""
+        """A job ended here: BUSY → READY when it was the last (ended if retiring)."""
         self.jobs.discard(job_id)
         if not self.jobs and self.state is S.BUSY:
             self.lifecycle.advance(S.READY)
+        if not self.jobs and self.retiring and self.usable:
+            self.terminate(self.retiring)
+
+    async def has_room(self, minimum: int) -> bool:
+        """Whether the job directories' file system has ``minimum`` bytes free (one that
+        reports no size, like ramfs, counts as roomy); if not, the instance is retired."""
+        if self.tsi is None:
+            return True
+        space = await self.tsi.df(self.settings.workdir_root)
+        if space["TOTAL"] <= 0 or space["FREE"] >= minimum:
+            return True
+        self.retiring = (f"only {space['FREE']} of {space['TOTAL']} bytes free for job "
+                         f"directories (it keeps {minimum})")
+        log.info("instance %s retired: %s", self.instance_id, self.retiring)
+        return False
 
     # -- the end ---------------------------------------------------------------------------
     def terminate(self, why: str = "") -> defer.Deferred:

@@ -4,8 +4,8 @@
   storage, kept across server restarts) and are copied into the guest at STAGINGIN.
 * While the job's VM lives and the job is not finished, files come from the guest through
   the TSI (as the job's user).
-* Once the job finished, or its VM is gone, files come from the site storage copy
-  (``job.storage``) that stage-out made.
+* Once the job finished (or its files were kept and removed from the guest), or its VM is
+  gone, files come from the site storage copy (``job.storage``) that stage-out made.
 
 Every client path is confined to the job directory: ``..``, NUL, ``//`` (an absolute path
 behind the storage root) are refused, and symbolic links are resolved (in the guest with
@@ -363,6 +363,6 @@ class JobFiles:
             with contextlib.suppress(KeyError):
                 target = self.targets(job.instance_id)
         if (job.workdir and target is not None and target.usable and target.tsi is not None
-                and not job.finished.called):
+                and not job.finished.called and not job.kept):
             return GuestFiles(target.tsi, job.workdir)
         return StorageFiles(job.storage)

@@ -9,6 +9,7 @@ the VM) → SUCCESSFUL, or FAILED with a reason: ``NONZERO_EXIT``, ``RUNTIME_EXC
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from image_repo.schema import ImageMetadata
 from target_system.instance import InstanceFailed, TargetSystem
 from target_system.jobdesc import JobDescription, JobDescriptionError
 from target_system.lifecycle import JobState, Lifecycle, Transition, job_lifecycle
+from target_system.stageout import StageOutResult, stage_out
 from target_system.transfers import (
     TransferFailed,
     TransferPolicy,
@@ -48,8 +50,10 @@ RUNTIME_GRACE = 30.0
 #: Seconds before the first status poll of a running job; the pause doubles up to the
 #: runner's ``poll_interval``, so short jobs are seen finished soon and long ones cost little.
 FIRST_POLL = 0.05
-#: Files copied from the guest at once during stage-out (at most as many as idle workers).
-STAGE_OUT_PARALLEL = 4
+#: Notes about single files a stage-out could not keep that go into the job's log.
+MAX_NOTES = 50
+#: An instance whose job directories have less space free is retired after a job.
+MIN_FREE_SPACE = 16 * 1024 * 1024
 
 
 @dataclass
@@ -69,6 +73,8 @@ class Job:
     workdir: str | None = None  #: the job directory in the guest
     exit_code: int | None = None
     ended_by: str | None = None  #: the agent's reason when it ended the job itself
+    exit_problem: str | None = None  #: why there is no exit code, when that is known
+    kept: bool = False  #: its files are in site storage and gone from the guest
     log: list[str] = field(default_factory=list)
     rejections: list[dict] = field(default_factory=list)  #: why-not per image (no match)
     site_id: str | None = None  #: the UNICORE site (``/sites/{id}``) it was submitted to
@@ -191,10 +197,23 @@ def resolve_application(job: JobDescription, metadata: ImageMetadata | None
     return job.executable, list(job.arguments), {}
 
 
+def shell_word(value: str) -> str:
+    """``value`` as one bash word on one line: a value with line breaks in ANSI-C quotes
+    (``$'...'``), so no line of the script comes from it (a line ``#TSI_PING`` in an
+    argument must stay an argument, also for the official TSI, which reads the whole
+    message for its command)."""
+    if "\n" not in value and "\r" not in value:
+        return shlex.quote(value)
+    escaped = "".join(
+        {"\\": "\\\\", "'": "\\'", "\n": "\\n", "\r": "\\r"}.get(char, char)
+        for char in value)
+    return f"$'{escaped}'"
+
+
 def job_script(job: JobDescription, workdir: str, metadata: ImageMetadata | None) -> str:
     """The user script UNICORE/X would send: environment, cd, the command, exit code."""
     executable, arguments, app_env = resolve_application(job, metadata)
-    q = shlex.quote
+    q = shell_word
     lines = [
         f"UC_WORKING_DIRECTORY={q(workdir)}; export UC_WORKING_DIRECTORY",
         f"UC_OUTPUT_DIRECTORY={q(workdir)}; export UC_OUTPUT_DIRECTORY",
@@ -231,6 +250,7 @@ class JobRunner:
         self.exit_code_grace = exit_code_grace
         self.transient_limit = transient_limit
         self.transfers = TransferPolicy()  #: where Exports may go (the factory sets it)
+        self.min_free_space = MIN_FREE_SPACE  #: bytes an instance keeps free to be reused
 
     async def _retrying(self, job: Job, target: TargetSystem, what: str, call):
         """``await call()``, retried on transient TSI failures (for idempotent calls)."""
@@ -294,11 +314,23 @@ class JobRunner:
         """Keep the job's files, free its slot, settle its final state."""
         if target.usable and job.workdir and job.state in (J.STAGINGOUT, J.FAILED):
             await self._stage_out(job, target)
+        if job.state is J.STAGINGOUT:
+            self._finish(job)  # its files are kept: the outcome is known
+        if target.usable and job.workdir:  # housekeeping before the instance is reused
+            if job.kept:
+                await self._remove_workdir(job, target)
+            await self._check_room(job, target)
         target.listeners.remove(listener)
         target.release(job.job_id)
-        if job.state is J.STAGINGOUT:
-            self._finish(job)
         job.settle()
+
+    async def _check_room(self, job: Job, target: TargetSystem) -> None:
+        """Before the instance can take another job: enough free space, else retired."""
+        try:
+            if not await target.has_room(self.min_free_space):
+                job.note(f"instance {target.instance_id} retired: {target.retiring}")
+        except TSIError as err:
+            log.info("free space of %s: %s", target.instance_id, err)
 
     async def _stage_in(self, job: Job, target: TargetSystem) -> None:
         tsi = target.tsi
@@ -342,11 +374,15 @@ class JobRunner:
         script = job_script(desc, job.workdir, target.image.metadata)
         if job.state is J.STAGINGIN:
             job.lifecycle.advance(J.QUEUED)
-        job.bssid = await tsi.submit(
-            script, uspace_dir=job.workdir, stdout=desc.stdout, stderr=desc.stderr,
-            job_name=desc.name if desc.name != "N/A" else "UNICORE_Job",
-            runtime=desc.runtime, memory_mb=desc.memory // (1 << 20) if desc.memory else None,
-            total_processors=desc.cpus)
+        try:
+            job.bssid = await tsi.submit(
+                script, uspace_dir=job.workdir, stdout=desc.stdout, stderr=desc.stderr,
+                job_name=desc.name if desc.name != "N/A" else "UNICORE_Job",
+                runtime=desc.runtime,
+                memory_mb=desc.memory // (1 << 20) if desc.memory else None,
+                total_processors=desc.cpus)
+        except ValueError as err:  # refused by the framing (e.g. a line a TSI would misread)
+            raise JobDescriptionError("", f"the job script cannot be sent: {err}") from None
         job.note(f"submitted as {job.bssid}")
         if job.state.terminal:  # aborted while submitting
             await self._abort_in_guest(job, target)
@@ -399,45 +435,64 @@ class JobRunner:
             log.info("abort of %s: %s", job.bssid, err)  # finished meanwhile: fine
 
     async def _stage_out(self, job: Job, target: TargetSystem) -> None:
+        """Exit code, then the job directory into site storage (``stageout``) and Exports;
+        ``job.kept`` once its files are there (the wind-up then removes it from the guest)."""
         assert job.workdir
         workdir = job.workdir
 
-        async def copy_back() -> int:
+        async def copy_back() -> StageOutResult:
             tsi = target.tsi
             assert tsi is not None
             if job.state is J.STAGINGOUT:
-                job.exit_code = await tsi.exit_code(workdir, grace=self.exit_code_grace)
-                if job.exit_code and job.bssid:
-                    job.ended_by = await self._ended_by(tsi, job.bssid)
-            job.storage.mkdir(parents=True, exist_ok=True)
-            wanted = []
-            for entry in await tsi.ls(workdir, "R"):
-                if entry.is_dir or not entry.path.startswith(workdir + "/"):
-                    continue
-                local = (job.storage / entry.path[len(workdir) + 1:]).resolve()
-                if not local.is_relative_to(job.storage.resolve()):
-                    continue
-                local.parent.mkdir(parents=True, exist_ok=True)
-                wanted.append((entry.path, local))
-            # Several files at once on the workers already idle (making a worker costs more
-            # than copying a small file on one): one at a time on a fresh instance.
-            limit = defer.DeferredSemaphore(max(1, min(STAGE_OUT_PARALLEL,
-                                                       tsi.idle_workers)))
-            await defer.gatherResults(
-                [limit.run(tsi.download, remote, str(local)) for remote, local in wanted],
-                consumeErrors=True).addErrback(lambda f: f.value.subFailure.raiseException())
-            return len(wanted)
+                await self._read_exit_code(job, tsi, workdir)
+            return await stage_out(tsi, workdir, job.storage)
 
         try:
-            copied = await self._retrying(job, target, "staging out", copy_back)
-            job.note(f"copied {copied} file(s) to site storage")
+            result = await self._retrying(job, target, "staging out", copy_back)
         except TSIError as err:
             if job.state is J.STAGINGOUT:
                 job.fail(Reason.STAGING_FAILED, f"staging out: {err}")
             else:
                 job.note(f"could not keep the job's files: {err}")
+            return
+        job.note(f"copied {result.files} file(s) ({result.bytes} bytes) to site storage"
+                 + (f"; {len(result.notes)} not copied" if result.notes else ""))
+        for line in result.notes[:MAX_NOTES]:
+            job.note(line)
+        if len(result.notes) > MAX_NOTES:
+            job.note(f"... and {len(result.notes) - MAX_NOTES} more not copied")
         if job.state is J.STAGINGOUT:
             await self._export(job)
+        job.kept = True  # from now on its files are served from site storage
+
+    async def _read_exit_code(self, job: Job, tsi, workdir: str) -> None:
+        """The exit code from its file; our agent's record says when the file could not be
+        written (the disk full), a DF when the file never came."""
+        details = await self._details(tsi, job.bssid) if job.bssid else None
+        if details and details.get("exit_code_error"):
+            job.exit_code = None
+            job.exit_problem = (f"the job could not write its exit code: "
+                                f"{details['exit_code_error']} (its script ended with "
+                                f"status {details.get('exit_code')})")
+            return
+        job.exit_code = await tsi.exit_code(workdir, grace=self.exit_code_grace)
+        if job.exit_code and details:
+            job.ended_by = details.get("reason")
+        if job.exit_code is None:
+            with contextlib.suppress(TSIError):
+                space = await tsi.df(workdir)
+                if space["TOTAL"] > 0 and space["FREE"] < self.min_free_space:
+                    job.exit_problem = (f"the job left no exit code: the disk of its "
+                                        f"instance is full ({space['FREE']} bytes free)")
+
+    async def _remove_workdir(self, job: Job, target: TargetSystem) -> None:
+        """The job's files are in site storage: free the guest's disk for the next job."""
+        if target.tsi is None or not target.usable or not job.workdir:
+            return
+        try:
+            await target.tsi.execute_script(f"rm -rf -- {shlex.quote(job.workdir)}")
+        except TSIError as err:
+            job.note(f"could not remove the job directory from the instance: {err}")
 
     async def _export(self, job: Job) -> None:
         """Upload the job's ``Exports`` from its site-storage copy (``STAGING_FAILED`` when
@@ -459,20 +514,22 @@ class JobRunner:
             job.note(f"exported {item.source} to {item.url} ({size} bytes)")
 
     @staticmethod
-    async def _ended_by(tsi, bssid: str) -> str | None:
-        """Whether the agent ended the job itself (our agent's GETJOBDETAILS says why)."""
+    async def _details(tsi, bssid: str) -> dict | None:
+        """Our agent's record of the job (GETJOBDETAILS as JSON: its exit code, the reason
+        when the agent ended the job, why the exit code file is missing)."""
         try:
             details = json.loads(await tsi.job_details(bssid))
         except (TSIError, ValueError):
             return None  # e.g. the official TSI: "No info available"
-        return details.get("reason") if isinstance(details, dict) else None
+        return details if isinstance(details, dict) else None
 
     def _finish(self, job: Job) -> None:
         if job.ended_by == Reason.RUNTIME_EXCEEDED:
             job.fail(Reason.RUNTIME_EXCEEDED, f"the job ran longer than its Runtime of "
                                          f"{job.description.runtime} s and was stopped")
         elif job.exit_code is None:
-            job.fail(Reason.NONZERO_EXIT, "the job left no exit code (killed, or out of memory?)")
+            job.fail(Reason.NONZERO_EXIT, job.exit_problem
+                     or "the job left no exit code (killed, or out of memory?)")
         elif job.exit_code != 0 and not job.description.ignore_nonzero_exit:
             job.fail(Reason.NONZERO_EXIT, f"User application exited with non-zero exit code: "
                                      f"<{job.exit_code}>.")

@@ -141,7 +141,7 @@ class MetricsResource(resource.Resource):
     def __init__(self, app: RestApp, token: str = ""):
         super().__init__()
         self.app, self.token = app, token
-        factory = app.context["factory"]
+        factory = app.factory
         self.disk = DiskUse()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(SiteCollector(factory, app.authenticator.backoff, self.disk))
@@ -174,7 +174,7 @@ class MetricsResource(resource.Resource):
         if self._walking or (self.disk.measured and
                              time.monotonic() - self.disk.measured < DISK_INTERVAL):
             return
-        factory = self.app.context["factory"]
+        factory = self.app.factory
         store, storage = Path(factory.repository.store.root), Path(factory.storage_root)
         self._walking = True
         try:

@@ -8,16 +8,35 @@ it a pool instance: from then on the instance is that user's alone, like one boo
 them (one owner per VM is kept), and the pool boots a replacement.  Pool instances are
 never ended for being idle (their lease still applies); they count against the site's
 total quota, and against a user's once taken.
+
+:class:`PoolKeeper` is the service that keeps the pools filled: every ``interval`` and
+whenever an instance is taken it boots what is missing (a pool whose boots fail backs off,
+up to 10 minutes) and ends the instances of pools no longer configured.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from twisted.application import service
+from twisted.internet import defer, task, threads
+from twisted.python import failure
 
 from base.identity import Caller
+from image_repo.errors import RepositoryError
+
+if TYPE_CHECKING:
+    from target_system.instance import TargetSystem
+    from tsf.registry import InstanceRegistry
+
+log = logging.getLogger(__name__)
 
 OWNER_PREFIX = "pool:"
+#: Longest pause between two boots of a pool whose instances keep failing.
+MAX_BACKOFF = 600.0
 
 
 @dataclass(frozen=True)
@@ -62,3 +81,98 @@ def check_specs(specs: Iterable[PoolSpec]) -> list[PoolSpec]:
         seen.add(spec.name)
         result.append(spec)
     return result
+
+
+class PoolKeeper(service.Service):
+    """Keeps every pool at its idle count, and hands pool instances over to users."""
+
+    name = "pools"
+
+    def __init__(self, registry: InstanceRegistry, reactor, specs: Iterable[PoolSpec] = (),
+                 interval: float = 10.0):
+        self.registry, self.reactor = registry, reactor
+        self.specs = {spec.name: spec for spec in check_specs(specs)}  #: pools by name
+        self.interval = interval
+        self._loop = task.LoopingCall(self.fill)
+        self._loop.clock = reactor
+        self._backoff: dict[str, tuple[int, float]] = {}  #: failures, next boot time
+        self._filling = False
+
+    def waiting(self, spec: PoolSpec) -> list[TargetSystem]:
+        """The live instances a pool keeps for jobs to take (nobody's yet)."""
+        return [t for t in self.registry.live() if t.owner == spec.owner]
+
+    def hand_over(self, target: TargetSystem, caller: Caller) -> None:
+        """The pool instance is ``caller``'s from now on; the pool boots a replacement."""
+        pool = pool_name(target.owner)
+        target.owner, target.keep_idle = caller.user, False
+        if self.registry.store is not None:
+            self.registry.store.save_instance(target)
+        log.info("pool %s: instance %s (%s) taken by %s", pool, target.instance_id,
+                 target.state.name, caller.user)
+        self.reactor.callLater(0, self.fill)
+
+    def fill(self) -> defer.Deferred | None:
+        """Boot instances until every pool has its idle count (within the site's total
+        quota; a pool whose boots fail backs off), and end the instances of pools no longer
+        configured."""
+        if self._filling or not self.running:
+            return None
+        self._filling = True
+
+        def done(result):
+            self._filling = False
+            if isinstance(result, failure.Failure):
+                log.error("filling the pools: %s", result.getTraceback())
+
+        return defer.Deferred.fromCoroutine(self._fill()).addBoth(done)
+
+    async def _fill(self) -> None:
+        admin = Caller.of("gridvm", admin=True)
+        registry = self.registry
+        for target in registry.live():
+            name = pool_name(target.owner)
+            if name is not None and name not in self.specs:
+                log.info("instance %s of pool %s: the pool is no longer configured",
+                         target.instance_id, name)
+                target.terminate(f"pool {name} is no longer configured")
+        now = self.reactor.seconds()
+        for spec in self.specs.values():
+            missing = spec.idle - len(self.waiting(spec))
+            if missing <= 0 or now < self._backoff.get(spec.name, (0, 0.0))[1]:
+                continue
+            try:
+                record = await threads.deferToThread(registry.repository.get, spec.image, admin)
+                image = await threads.deferToThread(registry._load_image, record.id, admin)
+            except RepositoryError as err:
+                log.warning("pool %s: image %s: %s", spec.name, spec.image, err)
+                continue
+            for _ in range(missing):
+                if len(registry.live()) >= registry.quotas.total:
+                    log.warning("pool %s: the site runs %d instances, its limit", spec.name,
+                                len(registry.live()))
+                    break
+                target = registry.boot(spec.owner, admin, image, spec.vcpus, spec.memory_mib)
+                target.keep_idle = True
+                log.info("pool %s: booting instance %s", spec.name, target.instance_id)
+                target.start().addCallbacks(
+                    lambda _t, name=spec.name: self._backoff.pop(name, None),
+                    lambda f, name=spec.name: self._failed(name, f))
+
+    def _failed(self, name: str, reason: failure.Failure) -> None:
+        if not self.running or name not in self.specs:
+            return  # ended on purpose (site shutdown, pool removed)
+        failures = self._backoff.get(name, (0, 0.0))[0] + 1
+        delay = min(self.interval * 2 ** failures, MAX_BACKOFF)
+        self._backoff[name] = (failures, self.reactor.seconds() + delay)
+        log.warning("pool %s: an instance failed (%s); next boot in %g s", name,
+                    reason.getErrorMessage(), delay)
+
+    def startService(self):
+        super().startService()
+        self._loop.start(self.interval, now=True)
+
+    def stopService(self):
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()

@@ -28,7 +28,7 @@ from tsf.config import SiteConfig
 from tsf.exchange import ListSigner, SubscriptionRefresher, subscription_specs
 from tsf.factory import Quotas, TargetSystemFactory
 from tsf.rest import build_app, build_site
-from tsf.rest.app import Limits
+from tsf.rest.app import Limits, Sizing
 from tsf.rest.auth import Authenticator, TokenIssuer
 from tsf.rest.backoff import LoginBackoff
 from tsf.users import UsersFile
@@ -216,15 +216,13 @@ class SiteService(service.MultiService):
             config.site.name, self.factory, Authenticator(self.users, tokens, backoff=backoff),
             tokens,
             Limits(max_json=limits.max_json_kib << 10, max_upload=limits.max_upload_mib << 20),
-            sizing={"cpus": limits.max_cpus, "memory_mib": limits.max_memory_mib,
-                    "runtime_s": limits.max_runtime_s})
-        self.app.context.update(exchange=config.exchange, metrics_token=config.metrics.token,
-                                list_signer=ListSigner.from_config(config))
-        sites = await self.app.context["sites"].load()
+            sizing=Sizing(limits.max_cpus, limits.max_memory_mib, limits.max_runtime_s),
+            exchange=config.exchange, list_signer=ListSigner.from_config(config))
+        sites = await self.factory.sites.load()
         log.info("%d UNICORE site(s) of earlier runs kept; jobs kept %s after submission", sites,
                  f"{limits.job_lifetime_days:g} days" if limits.job_lifetime_days
                  else "until deleted")
-        site = build_site(self.app)
+        site = build_site(self.app, metrics_token=config.metrics.token)
         if config.http.port >= 0:
             self.http = ListeningService("http", reactor, site, config.http.host,
                                          config.http.port)
@@ -257,7 +255,7 @@ class SiteService(service.MultiService):
     async def _stop(self) -> None:
         if not self.running:
             return
-        live = len(self.factory._live()) if self.factory else 0
+        live = len(self.factory.registry.live()) if self.factory else 0
         log.info("shutting down: closing the REST ports, %s %d instance(s)",
                  "leaving running" if self.config.site.keep_instances else "terminating", live)
         service.Service.stopService(self)

@@ -133,15 +133,22 @@ class CommandChannel(Channel):
 
 
 class DataChannel(Channel):
+    #: Bytes buffered before reading pauses (a stream faster than its consumer).
+    HIGH_WATER = 16 * 1024 * 1024
+
     def __init__(self, tls: bool) -> None:
         super().__init__(tls)
         self.buffer = bytearray()
         self._wanted = 0
         self._waiter: defer.Deferred | None = None
+        self._paused = False
 
     def dataReceived(self, data: bytes) -> None:
         quick_ack(self.socket)
         self.buffer += data
+        if len(self.buffer) > self.HIGH_WATER and not self._paused and self.transport:
+            self._paused = True
+            self.transport.pauseProducing()
         self._deliver()
 
     def _deliver(self) -> None:
@@ -149,6 +156,9 @@ class DataChannel(Channel):
             data = bytes(self.buffer[: self._wanted])
             del self.buffer[: self._wanted]
             waiter, self._waiter = self._waiter, None
+            if self._paused and len(self.buffer) <= self.HIGH_WATER // 2:
+                self._paused = False
+                self.transport.resumeProducing()
             waiter.callback(data)
 
     def read_exactly(self, length: int) -> defer.Deferred:
@@ -275,6 +285,35 @@ class TSIWorker:
             raise protocol.ProtocolError(f"PUTFILECHUNK: unexpected {second[:80]!r}")
 
         return self._run("PUTFILECHUNK", timeout, operation)
+
+    def get_stream(self, message: bytes, sink: Callable[[bytes], Awaitable[object]],
+                   stall: float, timeout: float) -> defer.Deferred:
+        """GRIDVM_GETDIRECTORY: ``TSI_OK\\nTSI_STREAM``, frames on the data channel (each
+        handed to ``sink``; none may take longer than ``stall``), an empty frame, then the
+        final reply.  Fires with the final reply's payload (the report)."""
+
+        async def frame(length: int) -> bytes:
+            return await self.data.read_exactly(length).addTimeout(stall, self.reactor)
+
+        async def operation():
+            self.command.transport.write(message)
+            header = await self._reply()
+            if header.payload != protocol.STREAM_HEADER:
+                raise protocol.ProtocolError(f"stream: unexpected reply {header.payload!r}")
+            while True:
+                (length,) = protocol.FRAME.unpack(await frame(protocol.FRAME.size))
+                if length == 0:
+                    break
+                if length > protocol.MAX_FRAME:
+                    raise protocol.ProtocolError(f"stream frame of {length} bytes")
+                await sink(await frame(length))
+            final = await self.command.next_message().addTimeout(stall, self.reactor)
+            reply = protocol.parse_reply(final)
+            if not reply.ok:
+                raise TSICommandFailed(reply.error or "TSI_FAILED")
+            return reply.payload
+
+        return self._run("GRIDVM_GETDIRECTORY", timeout, operation)
 
     def close(self) -> None:
         self.discard("closed")

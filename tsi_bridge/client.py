@@ -43,6 +43,17 @@ class JobStatus:
     raw: str
 
 
+@dataclass(frozen=True)
+class DirectoryArchive:
+    """What a GRIDVM_GETDIRECTORY stream held: regular files and their bytes, and one
+    ``(kind, escaped name, detail)`` per file skipped (SKIPPED), cut short (INCOMPLETE) or
+    left out of the report (OMITTED)."""
+
+    files: int
+    bytes: int
+    problems: list[tuple[str, str, str]]
+
+
 def _deferred(method):
     @functools.wraps(method)
     def wrapper(*args, **kwargs) -> defer.Deferred:
@@ -80,6 +91,8 @@ class TSIClient:
         self._waiters: deque[defer.Deferred] = deque()
         self._serial = 0
         self._closed = False
+        #: whether the TSI streams directories (GRIDVM_GETDIRECTORY): None until tried
+        self.streams: bool | None = None
 
     # ------------------------------------------------------------------ pool
 
@@ -407,6 +420,34 @@ class TSIClient:
         handle.close()
         await threads.deferToThread(os.replace, temporary, local_path)
         return total
+
+    @_deferred
+    async def get_directory(self, path: str, local_path: str,
+                            timeout: float = 3600.0) -> DirectoryArchive:
+        """The remote directory as one tar stream into ``local_path`` (our agent only:
+        TSICommandFailed from a TSI without GRIDVM_GETDIRECTORY, see ``streams``).  No
+        frame may take longer than ``request_timeout``, the whole stream ``timeout``."""
+        handle = await threads.deferToThread(open, local_path, "wb")
+
+        async def write(piece: bytes) -> None:
+            await threads.deferToThread(handle.write, piece)
+
+        message = self._message(protocol.get_directory_body(path))
+        try:
+            payload = await self._with_worker(
+                lambda w: w.get_stream(message, write, self.request_timeout, timeout))
+        except TSICommandFailed as err:
+            if "GRIDVM_GETDIRECTORY" in err.message or "Unknown #TSI_" in err.message:
+                self.streams = False
+            raise
+        finally:
+            handle.close()
+        self.streams = True
+        try:
+            entries, files, size = protocol.parse_report(payload)
+        except protocol.ProtocolError as err:
+            raise TSIError(f"{path}: {err}") from None
+        return DirectoryArchive(files, size, entries)
 
     # ------------------------------------------------------------------ jobs, end to end
 

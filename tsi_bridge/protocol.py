@@ -4,9 +4,11 @@ Standard library only (the agent runs in guests that have nothing but python3), 
 import: no dataclasses, typing or logging here.
 
 * Framing: a message is any number of UTF-8 lines ended by the exact line ``ENDOFMESSAGE``.
-* Requests: a body with ``#TSI_<COMMAND>`` and ``#TSI_<PARAM> <value>`` lines, then
-  ``#TSI_IDENTITY <user> <groups>``.  The command is the first known tag (in the official
-  TSI's order) that is immediately followed by a newline; the first parameter line wins.
+* Requests: a header of ``#TSI_<COMMAND>`` and ``#TSI_<PARAM> <value>`` lines, for scripts
+  ``#TSI_SCRIPT`` and the user's script, then ``#TSI_IDENTITY <user> <groups>``.  The
+  command is the first known tag, in the official TSI's order, that is a whole line of the
+  *header* (the lines before ``#TSI_SCRIPT``); parameters too come from the header only (the
+  first line wins), so nothing in a user's script is read as protocol.
 * Replies: ``TSI_OK\\n[<payload>\\n]ENDOFMESSAGE\\n`` or ``TSI_FAILED: <msg>\\nENDOFMESSAGE\\n``
   (LS, DF, GETSTATUSLISTING and SUBMIT also without the ``TSI_OK`` line: older official code).
 * Data channel: GETFILECHUNK and PUTFILECHUNK move raw bytes on the second socket; a
@@ -18,6 +20,7 @@ See docs/tsi-bridge.md and the team's tsi-protocol.md for the byte-level details
 from __future__ import annotations
 
 import re
+import struct
 
 #: Our agent's own version (answered by the readiness probe).
 AGENT_VERSION = "0.1.0"
@@ -43,6 +46,14 @@ COMMANDS = (
     "RESUMEJOB", "GET_COMPUTE_BUDGET", "MAKE_RESERVATION", "QUERY_RESERVATION",
     "CANCEL_RESERVATION", "FILE_ACL",
 )
+
+#: gridvm's own commands (our agent only; the official TSI answers "Unknown #TSI_* command").
+#: GRIDVM_GETDIRECTORY: a job directory's regular files as one tar stream (see
+#: ``get_directory_body``).
+EXTENSIONS = ("GRIDVM_GETDIRECTORY",)
+
+#: The line that ends a request's header: the user's script follows it.
+SCRIPT_TAG = "#TSI_SCRIPT"
 
 #: Job states of a status listing.
 JOB_STATES = ("QUEUED", "RUNNING", "SUSPENDED", "COMPLETED", "UNKNOWN")
@@ -113,6 +124,11 @@ def build_request(body: str, user: str, groups: str = "NONE") -> bytes:
         raise ValueError("a request body must not contain #TSI_IDENTITY")
     if ENDOFMESSAGE in body.split("\n"):
         raise ValueError("a request body must not contain an ENDOFMESSAGE line")
+    script = body.split(f"\n{SCRIPT_TAG}\n", 1)[1] if f"\n{SCRIPT_TAG}\n" in body else ""
+    mistaken = official_command(script)
+    if mistaken:
+        raise ValueError(f"the script holds a line ending in #TSI_{mistaken}, which the "
+                         "official TSI would take as its command")
     if not body.endswith("\n"):
         body += "\n"
     return f"{body}\n#TSI_IDENTITY {user} {groups}\n\n{ENDOFMESSAGE}\n".encode()
@@ -185,23 +201,53 @@ def user_info_body() -> str:
     return "#TSI_GET_USER_INFO\n"
 
 
+def get_directory_body(path: str) -> str:
+    """GRIDVM_GETDIRECTORY (our agent only): the directory ``path`` as one tar stream.
+
+    The reply is ``TSI_OK\\nTSI_STREAM``, then frames on the data channel (see
+    ``FRAME``) ending with an empty one, then a second reply on the command channel:
+    ``TSI_OK`` with the report (``format_report_line`` lines, then ``TOTAL <files>
+    <bytes>``), or ``TSI_FAILED``."""
+    return "#TSI_GRIDVM_GETDIRECTORY\n" + _param("FILE", path)
+
+
 # --------------------------------------------------------------------------------------------
 # requests: parsing (agent side)
 
 
+def header_lines(message: str) -> list[str]:
+    """The protocol's lines of a request: those before its ``#TSI_SCRIPT`` line (all of a
+    message without a script).  The script and the identity trailer after it are not."""
+    lines = message.split("\n")
+    return lines[: lines.index(SCRIPT_TAG)] if SCRIPT_TAG in lines else lines
+
+
 def find_command(message: str) -> str | None:
-    """The command of a request: the first known ``#TSI_<NAME>`` directly followed by a
-    newline, in the official TSI's order; None if there is none."""
+    """The command of a request: the first known tag, in the official TSI's order (then our
+    extensions), that is a whole header line ``#TSI_<NAME>``; None if there is none."""
+    header = set(header_lines(message))
+    for name in COMMANDS + EXTENSIONS:
+        if f"#TSI_{name}" in header:
+            return name
+    return None
+
+
+def official_command(text: str) -> str | None:
+    """The command the official TSI would find in ``text`` (it takes the first known
+    ``#TSI_<NAME>`` directly followed by a newline anywhere in the message)."""
+    if "#TSI_" not in text:
+        return None
     for name in COMMANDS:
-        if f"#TSI_{name}\n" in message:
+        if f"#TSI_{name}\n" in text or text.endswith(f"#TSI_{name}"):
             return name
     return None
 
 
 def get_param(message: str, name: str) -> str | None:
-    """The value of the first ``#TSI_<name> <value>`` line; None if absent or empty."""
+    """The value of the first header line ``#TSI_<name> <value>``; None if absent or
+    empty."""
     prefix = f"#TSI_{name} "
-    for line in message.split("\n"):
+    for line in header_lines(message):
         if line.startswith(prefix):
             return line[len(prefix):] or None
     return None
@@ -220,9 +266,10 @@ def get_number(message: str, name: str, default: int = -1) -> int:
 
 
 def get_identity(message: str) -> tuple[str, str] | None:
-    """``(user, groups)`` from the ``#TSI_IDENTITY`` line, or None."""
-    match = _IDENTITY_RE.search(message)
-    return (match.group(1), match.group(2)) if match else None
+    """``(user, groups)`` from the ``#TSI_IDENTITY`` line (the trailer after the script:
+    the last such line), or None."""
+    matches = _IDENTITY_RE.findall(message)
+    return matches[-1] if matches else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -318,6 +365,56 @@ def chunk_length(reply: Reply) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# streams (GRIDVM_GETDIRECTORY)
+
+#: A stream frame on the data channel: a 4-byte big-endian length, then that many bytes; an
+#: empty frame ends the stream.
+FRAME = struct.Struct(">I")
+MAX_FRAME = 4 * 1024 * 1024
+STREAM_HEADER = "TSI_STREAM"
+
+
+def escape_name(name: bytes) -> str:
+    """A file name for one line of text: printable characters as they are, a backslash
+    doubled, anything else (control characters, bytes that are not UTF-8) as ``\\xHH``."""
+    out = []
+    for char in name.decode("utf-8", "surrogateescape"):
+        if char == "\\":
+            out.append("\\\\")
+        elif "\udc80" <= char <= "\udcff":
+            out.append(f"\\x{ord(char) - 0xDC00:02x}")
+        elif not char.isprintable():
+            out.extend(f"\\x{byte:02x}" for byte in char.encode())
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def format_report_line(kind: str, name: bytes, detail: str) -> str:
+    """One report line of a stream: ``<KIND>\\t<escaped name>\\t<detail>``."""
+    detail = str(detail).replace("\r", " ").replace("\n", " ").replace("\t", " ")
+    return f"{kind}\t{escape_name(name)}\t{detail}"
+
+
+def parse_report(payload: str) -> tuple[list[tuple[str, str, str]], int, int]:
+    """``([(kind, escaped name, detail)], files, bytes)`` from a stream's final reply."""
+    entries: list[tuple[str, str, str]] = []
+    files = size = -1
+    for line in payload.split("\n"):
+        if line.startswith("TOTAL "):
+            try:
+                files, size = (int(x) for x in line.split()[1:3])
+            except ValueError as err:
+                raise ProtocolError(f"bad stream total {line!r}") from err
+        elif line.count("\t") >= 2:
+            kind, name, detail = line.split("\t", 2)
+            entries.append((kind, name, detail))
+    if files < 0:
+        raise ProtocolError(f"stream report without its TOTAL line: {payload[-200:]!r}")
+    return entries, files, size
+
+
+# --------------------------------------------------------------------------------------------
 # listings
 
 
@@ -372,6 +469,10 @@ def format_ls_entry(info: FileInfo) -> str:
             f"-{info.permissions} {info.owner} {info.group}")
 
 
+#: The first letter of ``stat.filemode``: regular file, directory, link, FIFO, socket, devices.
+_FILE_TYPES = tuple("-dlpscb")
+
+
 def parse_ls(payload: str) -> list[FileInfo]:
     """The entries of an LS payload (``START_LISTING`` ... ``END_LISTING``)."""
     lines = payload.split("\n")
@@ -379,7 +480,7 @@ def parse_ls(payload: str) -> list[FileInfo]:
         raise ProtocolError(f"LS reply without START_LISTING/END_LISTING: {payload[:200]!r}")
     entries: list[FileInfo] = []
     for line in lines[lines.index("START_LISTING") + 1: lines.index("END_LISTING")]:
-        if line.startswith("--") and entries:
+        if line[:1] == "-" and line[1:2] in _FILE_TYPES and entries:
             fields = line[1:].split(" ")
             entries[-1].permissions = fields[0]
             entries[-1].owner = fields[1] if len(fields) > 1 else ""

@@ -125,6 +125,8 @@ class FakeTSIClient:
         self.request_timeout = request_timeout
         self.submitted: set[str] = set()
         self.closed = False
+        #: like the official TSI: no directory streams, so stage-out goes file by file
+        self.streams: bool | None = False
         self._hanging: list[defer.Deferred] = []
 
     @property
@@ -240,6 +242,13 @@ class FakeTSIClient:
 
         return self._call("PUTFILECHUNK", upload)
 
+    def df(self, path: str) -> defer.Deferred:
+        return self._call("DF", lambda agent: {"TOTAL": 1 << 30, "FREE": 1 << 29, "USER": -1})
+
+    def get_directory(self, path: str, local_path: str,
+                      timeout: float = 3600.0) -> defer.Deferred:
+        return self._call("GRIDVM_GETDIRECTORY", lambda agent: _unknown_command())
+
     def download(self, path: str, local_path: str) -> defer.Deferred:
         def download(agent: FakeAgent) -> int:
             data = agent.read(path)
@@ -282,3 +291,7 @@ class FakeTSINetwork:
         for link in self.links:
             if link.port == port:
                 link.drop("the connection was reset")
+
+
+def _unknown_command():
+    raise TSICommandFailed("Unknown command GRIDVM_GETDIRECTORY")

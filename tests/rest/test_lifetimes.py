@@ -53,7 +53,7 @@ async def test_job_termination_time_is_set_moved_and_destroys_the_job(rest_site)
 
     # once its termination time has passed, the sweep destroys it like DELETE does
     factory = site.factory
-    assert factory._expiry.running  # the periodic sweep runs while the site is up
+    assert factory.lifetimes.sweeping  # the periodic sweep runs while the site is up
     (storage := factory.jobs[job_id].storage).mkdir(parents=True, exist_ok=True)
     factory.jobs[job_id].termination = time.time() - 1
     assert factory.expire() == [job_id]
@@ -81,7 +81,7 @@ async def test_site_termination_time_is_checked_and_ends_the_site_not_its_jobs(r
     assert (await http("GET", f"{url}/jobs")).json()["jobs"] == [job]
     assert (await http("GET", job)).json()["_links"]["parentTSS"]["href"] == url
 
-    site.app.context["sites"].sites[site_id].termination = time.time() - 1
+    site.app.sites.sites[site_id].termination = time.time() - 1
     error_of(await http("GET", url), 404)
     assert url not in (await http("GET", "sites")).json()["sites"]
     await site.factory.store.flush()

@@ -32,7 +32,8 @@ def test_agent_import_closure_is_standard_library_only():
                     "tsi_bridge.agent.__main__", "tsi_bridge.agent.server",
                     "tsi_bridge.agent.config", "tsi_bridge.agent.log",
                     "tsi_bridge.agent.identity", "tsi_bridge.agent.jobs",
-                    "tsi_bridge.agent.worker", "tsi_bridge.agent.files"}
+                    "tsi_bridge.agent.worker", "tsi_bridge.agent.files",
+                    "tsi_bridge.agent.archive"}
     assert "ssl" not in modules and "asyncio" not in modules and "logging" not in modules
 
 

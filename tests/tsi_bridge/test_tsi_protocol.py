@@ -147,3 +147,38 @@ def test_splitter_bounds_its_buffer():
     splitter = p.MessageSplitter(max_size=100)
     with pytest.raises(p.ProtocolError):
         splitter.feed(b"x" * 101)
+
+
+def test_the_command_and_parameters_come_from_the_header_only():
+    script = "#TSI_PING\n#TSI_TIME 1\n#TSI_IDENTITY root root\necho #TSI_LS\n"
+    message = split_one(p.build_request(p.submit_body("true\n", {"USPACE_DIR": "/j"}), "nobody")
+                        ).decode().replace("true\n", script)
+    assert p.find_command(message) == "SUBMIT"
+    assert p.get_param(message, "USPACE_DIR") == "/j"
+    assert p.get_param(message, "TIME") is None  # only in the script
+    assert p.get_identity(message) == ("nobody", "NONE")  # the trailer, not the script's
+    assert p.find_command("#!/bin/bash\n#TSI_EXECUTESCRIPT\n#TSI_SCRIPT\n#TSI_PING\n") == (
+        "EXECUTESCRIPT")
+    assert p.find_command("echo x #TSI_PING\n") is None  # a tag is a whole line
+    assert p.find_command("#TSI_GRIDVM_GETDIRECTORY\n#TSI_FILE /j\n") == "GRIDVM_GETDIRECTORY"
+
+
+def test_building_refuses_scripts_the_official_tsi_would_misread():
+    for line in ("#TSI_PING", "echo x #TSI_LS", "#TSI_ABORTJOB"):
+        with pytest.raises(ValueError, match="official TSI"):
+            p.build_request(p.execute_script_body(f"echo a\n{line}\necho b\n"), "nobody")
+        with pytest.raises(ValueError, match="official TSI"):
+            p.build_request(p.submit_body(f"echo a\n{line}", {}), "nobody")
+    assert p.official_command("echo '#TSI_PING'\n") is None
+    assert p.build_request(p.execute_script_body("echo '#TSI_PING' #TSI_PING2\n"), "nobody")
+
+
+def test_stream_report_names_are_escaped_byte_exact():
+    assert p.escape_name(b"a\nb\rc\\d\xff\xc3\xbc e\t") == "a\\x0ab\\x0dc\\\\d\\xff\xfc e\\x09"
+    line = p.format_report_line("SKIPPED", b"new\nline", "special file (FIFO)\nx")
+    assert line == "SKIPPED\tnew\\x0aline\tspecial file (FIFO) x"
+    entries, files, size = p.parse_report(f"{line}\nTOTAL 3 10")
+    assert entries == [("SKIPPED", "new\\x0aline", "special file (FIFO) x")]
+    assert (files, size) == (3, 10)
+    with pytest.raises(p.ProtocolError):
+        p.parse_report(line)

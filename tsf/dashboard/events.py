@@ -4,8 +4,9 @@ Any client may use it: a browser with the dashboard's session cookie, or any HTT
 the REST site's Basic or Bearer credentials.  The stream starts with one event per visible job
 (``event: job``) and instance (``event: instance``) giving its state now, then one event per
 change, each ``data`` a JSON object (``id``, ``state``, ``reason``, ``exitCode`` for jobs).
-``?job=ID`` narrows it to one job.  A comment line every ``heartbeat`` seconds keeps proxies
-from closing it; it ends after ``lifetime`` seconds (clients reconnect; ``retry`` says when).
+``?job=ID`` narrows it to one job and its instance.  A comment line every ``heartbeat``
+seconds keeps proxies from closing it; it ends after ``lifetime`` seconds (clients
+reconnect; ``retry`` says when).
 Streams are bounded per user and in total (429 beyond).  Changes are found by comparing
 snapshots of the factory's ``list_jobs``/``list_instances`` every ``interval`` seconds, the
 same listing the REST API answers, so a stream shows exactly what the REST API would.
@@ -49,8 +50,9 @@ def snapshot(factory, caller, job_id: str | None) -> dict[tuple[str, str], dict]
         state[("job", job.job_id)] = {
             "id": job.job_id, "state": job.state.name, "reason": job.lifecycle.reason,
             "exitCode": job.exit_code, "instance": job.instance_id}
-    if job_id is None:
-        for target in factory.list_instances(caller):
+    wanted = {data["instance"] for data in state.values()}
+    for target in factory.list_instances(caller):
+        if job_id is None or target.instance_id in wanted:
             state[("instance", target.instance_id)] = {
                 "id": target.instance_id, "state": target.state.name,
                 "reason": target.lifecycle.reason}
@@ -96,7 +98,7 @@ class EventStreams(resource.Resource):
                             Reason.QUOTA_EXCEEDED, {"Retry-After": "10"})
         job_id = (request.args or {}).get(b"job", [b""])[0].decode("utf-8", "replace") or None
         if job_id is not None:
-            factory = self.app.context["factory"]
+            factory = self.app.factory
             try:
                 factory.job(job_id, caller)
             except KeyError:
@@ -127,7 +129,7 @@ class Stream:
             lambda f: (log.error("event stream: %s", f.getTraceback()), self.close()))
 
     def tick(self) -> None:
-        now = snapshot(self.owner.app.context["factory"], self.caller, self.job_id)
+        now = snapshot(self.owner.app.factory, self.caller, self.job_id)
         wrote = False
         for key, data in now.items():
             if self.last.get(key) != data:

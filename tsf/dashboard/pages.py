@@ -153,7 +153,7 @@ async def submit_job(view: View) -> Response | Page:
         return await jobs_page(view, f"invalid job: {err}", 400)
     except RestError as err:
         return await jobs_page(view, err.message, err.status)
-    site = view.app.context["sites"].default_for(caller)
+    site = view.app.sites.default_for(caller)
     job = view.factory.submit(desc, caller, site_id=site.site_id)
     return redirect(view.url("jobs", job.job_id))
 
@@ -243,6 +243,7 @@ async def catalogue(view: View) -> Page:
     caller, factory = view.caller, view.factory
     values: dict[str, Any] = {"form": {k: view.form(k) for k in SEARCH_FIELDS},
                               "candidates": [], "rejected": [], "images": [], "error": "",
+                              "candidates_total": 0, "rejected_total": 0,
                               "searched": False, "total": 0, "offset": 0, "rows": PAGE_ROWS}
     try:
         requirements = search_requirements(view)
@@ -251,8 +252,10 @@ async def catalogue(view: View) -> Page:
             result = await threads.deferToThread(
                 factory.repository.match, Requirements.from_dict(requirements), caller,
                 policy=factory.trust)
-            values["candidates"] = result.candidates
-            values["rejected"] = await threads.deferToThread(lambda: result.rejected)
+            rejected = await threads.deferToThread(lambda: result.rejected)
+            values.update(rejected=rejected[:PAGE_ROWS], rejected_total=len(rejected),
+                          candidates=result.candidates[:PAGE_ROWS],
+                          candidates_total=len(result.candidates))
         else:
             # every visible image, from the matcher's index (no metadata parsed per image)
             offset = _offset(view)

@@ -25,7 +25,7 @@ from twisted.web import resource, server
 
 from base.reasons import Reason
 from tsf.dashboard.sessions import COOKIE, Session, SessionStore, cookie
-from tsf.rest.app import Call, CoreResource, RestApp, _internal_error, header_text
+from tsf.rest.app import Call, CoreResource, RestApp, as_rest_error, header_text
 from tsf.rest.auth import Principal
 from tsf.rest.http import Response, RestError
 
@@ -66,7 +66,7 @@ class View:
 
     @property
     def factory(self):
-        return self.app.context["factory"]
+        return self.app.factory
 
     @property
     def caller(self):
@@ -106,7 +106,8 @@ class Dashboard(resource.Resource):
         self.app = app
         self.prefix = f"/{app.site_name}/dashboard"
         self.sessions = sessions if sessions is not None else SessionStore()
-        self.router = RestApp(app.site_name, app.authenticator)
+        self.router = RestApp(app.site_name, app.authenticator, app.factory, app.tokens,
+                              app.sites)  # only its routes are used
         pages.install(self.router)
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -156,9 +157,7 @@ class Dashboard(resource.Resource):
         return await handler(view, **params)
 
     def _error(self, reason: failure.Failure, view: View) -> Page:
-        err = reason.value
-        if not isinstance(err, RestError):
-            err = _internal_error(reason, view.request, "failed")
+        err = as_rest_error(reason, view.request, "failed")
         return Page("error.html.j2", {"error": err}, err.status)
 
     def _finish(self, result: Response | Page, view: View) -> Response:

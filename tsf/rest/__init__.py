@@ -9,15 +9,17 @@ from __future__ import annotations
 from twisted.internet import reactor
 from twisted.web import resource, server
 
+from tsf.config import ExchangeSection
 from tsf.dashboard.events import EventStreams
 from tsf.dashboard.sessions import SessionStore
 from tsf.dashboard.site import Dashboard
+from tsf.exchange import ListSigner
+from tsf.factory import TargetSystemFactory
 from tsf.metrics import MetricsResource
 from tsf.rest import base, gridvm, imagelists, jobs, oai, sites, storages
-from tsf.rest.app import CoreResource, Limits, RestApp
+from tsf.rest.app import CoreResource, Limits, RestApp, Sizing
 from tsf.rest.auth import Authenticator, TokenIssuer
 from tsf.rest.http import BoundedRequest
-from tsf.rest.sites import SiteRegistry
 
 
 class _NotFound(resource.Resource):
@@ -30,19 +32,23 @@ class _NotFound(resource.Resource):
         return self
 
 
-def build_app(site_name: str, factory, authenticator: Authenticator, tokens: TokenIssuer,
-              limits: Limits | None = None, sizing: dict | None = None) -> RestApp:
-    app = RestApp(site_name, authenticator, limits=limits or Limits())
-    app.context.update(factory=factory, tokens=tokens, sites=SiteRegistry(factory.store),
-                       sizing=sizing or {"cpus": 4, "memory_mib": 8192, "runtime_s": 86400})
+def build_app(site_name: str, factory: TargetSystemFactory, authenticator: Authenticator,
+              tokens: TokenIssuer, limits: Limits | None = None,
+              sizing: Sizing | None = None, exchange: ExchangeSection | None = None,
+              list_signer: ListSigner | None = None) -> RestApp:
+    app = RestApp(site_name, authenticator, factory, tokens, factory.sites,
+                  limits=limits or Limits(), sizing=sizing or Sizing(), exchange=exchange,
+                  list_signer=list_signer)
     for family in (base, sites, jobs, storages, gridvm, oai, imagelists):
         family.install(app)
     return app
 
 
-def build_site(app: RestApp) -> server.Site:
-    """``/<SITE>/rest/core/...`` → the app, ``/<SITE>/dashboard/...`` → the dashboard (the
-    same app's users and factory); everything else → a JSON 404."""
+def build_site(app: RestApp, metrics_token: str = "") -> server.Site:
+    """``/<SITE>/rest/core/...`` → the app, ``/<SITE>/dashboard/...`` → the dashboard,
+    ``/<SITE>/events`` and ``/<SITE>/metrics`` (the same app's users and factory;
+    ``metrics_token``: a bearer token that may read the metrics); everything else → a JSON
+    404."""
     root = _NotFound()
     site_node, rest_node = _NotFound(), _NotFound()
     root.putChild(app.site_name.encode(), site_node)
@@ -51,7 +57,7 @@ def build_site(app: RestApp) -> server.Site:
     sessions = SessionStore()
     site_node.putChild(b"dashboard", Dashboard(app, sessions))
     site_node.putChild(b"events", EventStreams(app, sessions, reactor))
-    site_node.putChild(b"metrics", MetricsResource(app, app.context.get("metrics_token", "")))
+    site_node.putChild(b"metrics", MetricsResource(app, metrics_token))
 
     class Request(BoundedRequest):
         max_body = app.limits.max_upload

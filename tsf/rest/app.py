@@ -2,9 +2,11 @@
 
 Each resource family (``base``, ``sites``, ``jobs``, ``storages``, ``gridvm``) contributes
 routes: a method, a path pattern (``{name}`` matches one segment, ``{path*}`` the rest) and
-an async handler ``handler(call, **params) -> Response``.  The leaf authenticates the caller,
-dispatches, and turns every :class:`RestError` (and anything unexpected) into UNICORE's JSON
-error body.  Every ``href`` and ``Location`` is absolute, built from the request's Host.
+an async handler ``handler(call, **params) -> Response``; handlers reach the site's objects
+as typed attributes of :class:`RestApp`.  The leaf authenticates the caller, dispatches, and
+turns every :class:`RestError`, every domain error (a ``GridvmError``: NOT_FOUND → 404,
+BAD_REQUEST → 400, a busy instance → 409) and anything unexpected into UNICORE's JSON error
+body.  Every ``href`` and ``Location`` is absolute, built from the request's Host.
 """
 
 from __future__ import annotations
@@ -23,8 +25,14 @@ from twisted.internet import defer
 from twisted.python import failure
 from twisted.web import resource, server
 
+from base.errors import GridvmError
 from base.reasons import Reason
-from tsf.rest.auth import Authenticator, Principal
+from image_repo.repository import ImageRepository
+from tsf.config import ExchangeSection
+from tsf.errors import InstanceBusy
+from tsf.exchange import ListSigner
+from tsf.factory import TargetSystemFactory
+from tsf.rest.auth import Authenticator, Principal, TokenIssuer
 from tsf.rest.http import (
     OCTET,
     STREAM_CHUNK,
@@ -34,6 +42,8 @@ from tsf.rest.http import (
     bad_request,
     json_object,
 )
+from tsf.sites import SiteRegistry
+from tsf.users import UsersFile
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +84,15 @@ class Limits:
     max_json: int = 1 << 20  #: bytes of a JSON request body
     max_upload: int = 256 << 20  #: bytes of one uploaded file
     max_page: int = 1000  #: largest ``num`` of a listing
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """The largest job the site publishes in its resources (CPUs, memory, runtime)."""
+
+    cpus: int = 4
+    memory_mib: int = 8192
+    runtime_s: int = 86400
 
 
 @dataclass
@@ -138,14 +157,27 @@ class Call:
 
 @dataclass
 class RestApp:
-    """Routes, the authenticator, and the site's shared objects handed to handlers."""
+    """Routes, the authenticator, and the site's objects the handlers use."""
 
     site_name: str
     authenticator: Authenticator
-    context: dict[str, Any] = field(default_factory=dict)
+    factory: TargetSystemFactory
+    tokens: TokenIssuer
+    sites: SiteRegistry
     limits: Limits = field(default_factory=Limits)
+    sizing: Sizing = field(default_factory=Sizing)
+    exchange: ExchangeSection | None = None  #: what OAI-PMH and the image lists publish
+    list_signer: ListSigner | None = None  #: signs the image lists
     routes: list[Route] = field(default_factory=list)
     started: float = field(default_factory=time.time)
+
+    @property
+    def repository(self) -> ImageRepository:
+        return self.factory.repository
+
+    @property
+    def users(self) -> UsersFile:
+        return self.authenticator.users
 
     def add(self, method: str, path: str, handler: Handler) -> None:
         pattern = tuple(p for p in path.strip("/").split("/") if p)
@@ -207,9 +239,7 @@ class CoreResource(resource.Resource):
 
     @staticmethod
     def _error(reason: failure.Failure, request: server.Request) -> Response:
-        err = reason.value
-        if not isinstance(err, RestError):
-            err = _internal_error(reason, request, "failed")
+        err = as_rest_error(reason, request, "failed")
         return Response(err.status, json=err.body(), headers=dict(err.headers))
 
     @classmethod
@@ -258,6 +288,15 @@ class CoreResource(resource.Resource):
                   (time.perf_counter() - started) * 1000)
 
 
+#: HTTP status of a domain error a handler lets through, by its reason.
+_STATUS = {Reason.BAD_REQUEST: 400, Reason.NOT_AUTHORIZED: 403, Reason.NOT_FOUND: 404}
+
+
+def _status_of(err: GridvmError) -> int | None:
+    """The HTTP status of a domain error (None: an unexpected one, answered 500)."""
+    return 409 if isinstance(err, InstanceBusy) else _STATUS.get(err.reason)
+
+
 def _internal_error(reason: failure.Failure, request: server.Request, what: str) -> RestError:
     """A defect: its traceback goes to the log under an incident id, the client gets that id
     and ``INTERNAL_ERROR`` — never the exception's text."""
@@ -268,13 +307,21 @@ def _internal_error(reason: failure.Failure, request: server.Request, what: str)
                           "details", Reason.INTERNAL_ERROR)
 
 
+def as_rest_error(reason: failure.Failure, request: server.Request, what: str) -> RestError:
+    """The HTTP error of a failure: a RestError as it is, a domain error by its reason, else
+    an internal error (logged with an incident id)."""
+    err = reason.value
+    if isinstance(err, GridvmError) and (status := _status_of(err)):
+        return RestError(status, str(err), err.reason)
+    return err if isinstance(err, RestError) else _internal_error(reason, request, what)
+
+
 def answer_failure(reason: failure.Failure, request: server.Request, what: str, *,
                    challenge: bool = True) -> None:
     """Answer a resource outside the router (events, metrics) with UNICORE's JSON error body
     for ``reason`` (a :class:`RestError`, else an internal error with an incident id);
     ``challenge=False`` leaves out ``WWW-Authenticate``."""
-    err = reason.value if isinstance(reason.value, RestError) else _internal_error(
-        reason, request, f"{what} failed")
+    err = as_rest_error(reason, request, f"{what} failed")
     if request.finished or request.startedWriting:
         return
     request.setResponseCode(err.status)

@@ -29,7 +29,7 @@ async def get_base(call: Call) -> Response:
             "selectedSupplementaryGroups": groups[1:],
         }
         client["vos"] = list(user.vos)
-    hypervisor = app.context["factory"].vmm.hypervisor.status
+    hypervisor = app.factory.vmm.hypervisor.status
     server = {
         "siteName": app.site_name, "version": SERVER_VERSION,
         "upSince": iso(app.started), "currentTime": iso(time.time()),
@@ -64,7 +64,7 @@ async def get_token(call: Call) -> Response:
                              "a renewable token to get a new one", Reason.NOT_AUTHORIZED)
     lifetime = int_param(call.args, "lifetime", 0, 0, 10 ** 8)
     renewable = (str_param(call.args, "renewable") or "false").lower() == "true"
-    token = call.app.context["tokens"].issue(principal.user.name, lifetime, renewable)
+    token = call.app.tokens.issue(principal.user.name, lifetime, renewable)
     return Response(data=token.encode(), content_type=TEXT)
 
 

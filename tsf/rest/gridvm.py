@@ -14,15 +14,12 @@ from __future__ import annotations
 
 from twisted.internet import threads
 
-from base.reasons import Reason
 from image_repo.errors import ImageNotFound, RepositoryError
 from target_system.jobdesc import JobDescriptionError, parse_job
-from tsf.factory import InstanceBusy, NotFound
 from tsf.rest.app import Call, RestApp
 from tsf.rest.http import (
     TEXT,
     Response,
-    RestError,
     bad_request,
     int_param,
     link,
@@ -43,7 +40,7 @@ def _instance_doc(call: Call, target) -> dict:
 
 
 async def list_instances(call: Call) -> Response:
-    targets = call.app.context["factory"].list_instances(call.caller)
+    targets = call.app.factory.list_instances(call.caller)
     targets.sort(key=lambda t: (t.lifecycle.entered.get("REQUESTED", 0), t.instance_id))
     offset = int_param(call.args, "offset", 0)
     num = int_param(call.args, "num", 200, 1, call.app.limits.max_page)
@@ -58,12 +55,7 @@ async def delete_instance(call: Call, instance_id: str) -> Response:
     """End an instance now (owner or administrator); one with unfinished jobs only with
     ``?force=true``, which aborts them first."""
     force = (str_param(call.args, "force") or "").lower() in ("true", "1", "yes")
-    try:
-        await call.app.context["factory"].end_instance(instance_id, call.caller, force=force)
-    except NotFound:
-        raise not_found(f"no instance {instance_id}") from None
-    except InstanceBusy as err:
-        raise RestError(409, str(err), Reason.BAD_REQUEST) from None
+    await call.app.factory.end_instance(instance_id, call.caller, force=force)
     return Response.no_content()
 
 
@@ -78,18 +70,14 @@ def console_of(factory, instance_id: str, caller) -> str:
 async def instance_log(call: Call, instance_id: str) -> Response:
     """``GET instances/{id}/log``: the instance's console log as text (its last 256 KiB),
     also after the instance ended, so that a failed boot can be diagnosed."""
-    try:
-        text = await threads.deferToThread(console_of, call.app.context["factory"],
-                                           instance_id, call.caller)
-    except NotFound:
-        raise not_found(f"no instance {instance_id}") from None
+    text = await threads.deferToThread(console_of, call.app.factory, instance_id, call.caller)
     return Response(data=text.encode(), content_type=TEXT)
 
 
 async def list_pools(call: Call) -> Response:
     """The warm pools that serve the caller (all, with their waiting instances, for an
     administrator)."""
-    factory, caller = call.app.context["factory"], call.caller
+    factory, caller = call.app.factory, call.caller
     pools = []
     for spec in factory.pools.values():
         if not (caller.admin or spec.serves(caller)):
@@ -106,10 +94,7 @@ async def list_pools(call: Call) -> Response:
 
 
 async def get_instance(call: Call, instance_id: str) -> Response:
-    try:
-        target = call.app.context["factory"].instance(instance_id, call.caller)
-    except NotFound:
-        raise not_found(f"no instance {instance_id}") from None
+    target = call.app.factory.instance(instance_id, call.caller)
     return Response(json=_instance_doc(call, target))
 
 
@@ -126,7 +111,7 @@ def _summary(call: Call, record, verdict) -> dict:
         "endorsements": [{k: v for k, v in e.to_dict().items()
                           if k not in ("statement", "signature", "certificate")}
                          for e in record.endorsements],
-        "trust": verdict.to_dict() | {"required": call.app.context["factory"].trust.require},
+        "trust": verdict.to_dict() | {"required": call.app.factory.trust.require},
         "_links": {"self": link(call.url("images", record.id))},
     }
 
@@ -138,11 +123,11 @@ def _judged(policy, records) -> list:
 
 async def list_images(call: Call) -> Response:
     caller = call.caller
-    repository = call.app.context["factory"].repository
+    repository = call.app.repository
     records = await threads.deferToThread(repository.list, caller)
     offset = int_param(call.args, "offset", 0)
     num = int_param(call.args, "num", 200, 1, call.app.limits.max_page)
-    page = await threads.deferToThread(_judged, call.app.context["factory"].trust,
+    page = await threads.deferToThread(_judged, call.app.factory.trust,
                                        records[offset: offset + num])
     return Response(json={"images": [_summary(call, r, v) for r, v in page],
                           "_links": paging_links(call, "images", offset, num, len(records))})
@@ -150,7 +135,7 @@ async def list_images(call: Call) -> Response:
 
 async def get_image(call: Call, ref: str) -> Response:
     caller = call.caller
-    repository = call.app.context["factory"].repository
+    repository = call.app.repository
     try:
         record = await threads.deferToThread(repository.get, ref, caller)
     except ImageNotFound:
@@ -158,7 +143,7 @@ async def get_image(call: Call, ref: str) -> Response:
     except RepositoryError as err:
         raise bad_request(str(err)) from None
     [(record, verdict)] = await threads.deferToThread(
-        _judged, call.app.context["factory"].trust, [record])
+        _judged, call.app.factory.trust, [record])
     return Response(json={**_summary(call, record, verdict), "metadata": record.to_dict()})
 
 
@@ -172,7 +157,7 @@ async def match_images(call: Call) -> Response:
             requirements = parse_job(doc).requirements
         except JobDescriptionError as err:
             raise bad_request(f"invalid job description: {err}") from None
-    factory = call.app.context["factory"]
+    factory = call.app.factory
 
     def match():
         result = factory.repository.match(requirements, caller, policy=factory.trust)

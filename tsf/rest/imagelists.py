@@ -28,8 +28,8 @@ def _caller(call: Call):
 
 
 def _signed(call: Call, records, identifier: str, title: str, kind: str) -> bytes:
-    signer = call.app.context["list_signer"]
-    exchange = call.app.context.get("exchange")
+    signer = call.app.list_signer
+    exchange = call.app.exchange
     days = exchange.list_lifetime_days if exchange else 28.0
     now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
     built = imagelist.build(
@@ -42,7 +42,7 @@ def _signed(call: Call, records, identifier: str, title: str, kind: str) -> byte
 
 
 async def public_list(call: Call) -> Response:
-    repository = call.app.context["factory"].repository
+    repository = call.app.repository
 
     def build() -> bytes:
         records = repository.list(ANONYMOUS)
@@ -59,7 +59,7 @@ async def selection_list(call: Call) -> Response:
         raise bad_request("image: name at least one image (image=REF&image=REF…)")
     if len(refs) > MAX_SELECTION:
         raise bad_request(f"image: at most {MAX_SELECTION} images, got {len(refs)}")
-    repository = call.app.context["factory"].repository
+    repository = call.app.repository
 
     def build() -> bytes:
         records = [repository.get(ref, caller) for ref in refs]
@@ -77,7 +77,7 @@ async def selection_list(call: Call) -> Response:
 
 
 async def content_file(call: Call, image_id: str, name: str) -> Response:
-    repository = call.app.context["factory"].repository
+    repository = call.app.repository
     try:
         paths = await threads.deferToThread(repository.content_paths, image_id, _caller(call))
     except ImageNotFound as err:

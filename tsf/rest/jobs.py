@@ -6,14 +6,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from urllib.parse import unquote
-
-from twisted.internet import threads
 
 from base.reasons import Reason
-from image_repo.errors import RepositoryError
-from target_system.jobdesc import JobDescription, JobDescriptionError, parse_job
-from tsf.factory import NotFound
+from target_system.jobdesc import JobDescriptionError, parse_job
+from tsf.errors import NotFound
+from tsf.imports import USPACE_SUFFIX
 from tsf.rest.app import Call, RestApp
 from tsf.rest.http import (
     Response,
@@ -33,70 +30,26 @@ ACTIONS = ("start", "abort", "restart")
 
 
 def uspace_id(job_id: str) -> str:
-    return f"{job_id}-uspace"
+    return f"{job_id}{USPACE_SUFFIX}"
 
 
 def find_job(call: Call, job_id: str):
-    try:
-        return call.app.context["factory"].job(job_id, call.caller)
-    except NotFound:
-        raise not_found(f"no job {job_id}") from None
-
-
-async def resolve_container_image(call: Call, desc: JobDescription) -> None:
-    """A CONTAINER job whose IMAGE_URL names a visible image runs in that image (matching by
-    name); any other IMAGE_URL is matched against the images' ``origin.source_url``."""
-    url = desc.requirements.container_image_url
-    if desc.application != "CONTAINER" or not url:
-        return
-    repository = call.app.context["factory"].repository
-
-    def lookup():
-        try:
-            return repository.get(url, call.caller)
-        except (RepositoryError, ValueError):
-            return None
-
-    record = await threads.deferToThread(lookup)
-    if record is not None and record.status != "deleted":
-        desc.run_in_image(record.name if url == record.name else record.ref)
-
-
-def same_site_imports(call: Call, desc: JobDescription) -> None:
-    """``Imports`` from this site's own file URLs (``…/storages/JOBID-uspace/files/PATH``,
-    how UNICORE clients chain jobs) become ``uspace://JOBID/PATH``, copied by the site
-    from the other job's storage; the job must be the caller's."""
-    base = call.url("storages") + "/"
-    for i, item in enumerate(desc.imports):
-        if item.url is None or not item.url.startswith((base, "uspace://")):
-            continue
-        if item.url.startswith(base):
-            storage, found, path = item.url[len(base):].partition("/files/")
-            if not found or not storage.endswith(uspace_id("")) or not path:
-                raise bad_request(f"Imports[{i}].From: {item.url} is not a file in a job's "
-                                  "working directory")
-            item.url = f"uspace://{storage[: -len(uspace_id(''))]}/{unquote(path)}"
-            desc.raw["Imports"][i]["From"] = item.url  # what a restart re-reads
-        job_id = item.url.removeprefix("uspace://").split("/", 1)[0]
-        try:
-            call.app.context["factory"].job(job_id, call.caller)
-        except NotFound:
-            raise bad_request(f"Imports[{i}].From: no job {job_id}") from None
+    """The caller's job (NotFound, a 404, if there is none)."""
+    return call.app.factory.job(job_id, call.caller)
 
 
 async def submit(call: Call, site_id: str | None = None) -> Response:
     caller = call.caller
-    registry = call.app.context["sites"]
+    registry = call.app.sites
     doc = call.json("job description")
     site = registry.get(site_id, caller) if site_id else None
     try:
         desc = parse_job(doc)
     except JobDescriptionError as err:
         raise bad_request(f"invalid job description: {err}") from None
-    await resolve_container_image(call, desc)
-    same_site_imports(call, desc)
+    await call.app.factory.prepare(desc, caller, call.url("storages") + "/")
     site = site or registry.default_for(caller)
-    job = call.app.context["factory"].submit(desc, caller, site_id=site.site_id)
+    job = call.app.factory.submit(desc, caller, site_id=site.site_id)
     return Response.created(call.url("jobs", job.job_id))
 
 
@@ -107,8 +60,8 @@ def _tags(call: Call) -> list[str]:
 
 async def list_jobs(call: Call, site_id: str | None = None) -> Response:
     caller = call.caller
-    registry = call.app.context["sites"]
-    jobs = call.app.context["factory"].list_jobs(caller)
+    registry = call.app.sites
+    jobs = call.app.factory.list_jobs(caller)
     if site_id is not None:
         registry.get(site_id, caller)
         jobs = [j for j in jobs if j.site_id == site_id]
@@ -128,7 +81,7 @@ async def list_jobs(call: Call, site_id: str | None = None) -> Response:
 def job_properties(call: Call, job) -> dict:
     desc = job.description
     url = call.url("jobs", job.job_id)
-    registry = call.app.context["sites"]
+    registry = call.app.sites
     site_id = job.site_id
     doc = {
         "status": job.state.name, "statusMessage": job.status_message, "log": list(job.log),
@@ -168,7 +121,7 @@ async def job_details(call: Call, job_id: str) -> Response:
     doc = {"bssid": job.bssid, "workdir": job.workdir, **job.describe()}
     if job.instance_id:
         with contextlib.suppress(NotFound):
-            doc["instanceDetails"] = call.app.context["factory"].instance(
+            doc["instanceDetails"] = call.app.factory.instance(
                 job.instance_id, call.caller).describe()
     return Response(json=doc)
 
@@ -188,7 +141,7 @@ async def job_action(call: Call, job_id: str, action: str) -> Response:
     if action not in ACTIONS:
         raise not_found(f"no action {action!r}; actions: {', '.join(ACTIONS)}")
     call.json("action parameters")  # a JSON object (pyunicore sends {})
-    factory = call.app.context["factory"]
+    factory = call.app.factory
     if action == "start":
         factory.start(job.job_id, call.caller)
     elif action == "abort":
@@ -203,7 +156,7 @@ async def job_action(call: Call, job_id: str, action: str) -> Response:
 
 async def delete_job(call: Call, job_id: str) -> Response:
     find_job(call, job_id)
-    await call.app.context["factory"].delete(job_id, call.caller)
+    await call.app.factory.delete(job_id, call.caller)
     return Response.no_content()
 
 
@@ -215,10 +168,7 @@ async def set_job_properties(call: Call, job_id: str) -> Response:
     check_keys(doc, {"terminationTime"})
     if "terminationTime" in doc:
         when = parse_time(doc["terminationTime"])
-        try:
-            call.app.context["factory"].set_termination(job.job_id, when, call.caller)
-        except ValueError as err:
-            raise bad_request(str(err)) from None
+        call.app.factory.set_termination(job.job_id, when, call.caller)
     return Response(json={key: "OK" for key in doc})
 
 

@@ -19,7 +19,7 @@ XML = "text/xml; charset=utf-8"
 
 
 def provider_info(call: Call) -> ProviderInfo:
-    exchange = call.app.context.get("exchange")
+    exchange = call.app.exchange
     host = urlsplit(call.base).hostname or "localhost"
     return ProviderInfo(
         repository_name=f"gridvm image catalogue of {call.app.site_name}",
@@ -33,7 +33,7 @@ async def oai(call: Call) -> Response:
     caller = ANONYMOUS if call.principal.anonymous else call.caller
     arguments = {key.decode("utf-8", "replace"): [v.decode("utf-8", "replace") for v in values]
                  for key, values in call.args.items()}
-    provider = OaiProvider(call.app.context["factory"].repository, provider_info(call))
+    provider = OaiProvider(call.app.repository, provider_info(call))
     data = await threads.deferToThread(provider.handle, arguments, caller)
     return Response(data=data, content_type=XML)
 

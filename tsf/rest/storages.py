@@ -13,6 +13,8 @@ import re
 
 from base.reasons import Reason
 from target_system.jobfiles import FileMissing, JobFiles, PathError, WrongKind, confine
+from tsf.errors import NotFound
+from tsf.imports import USPACE_SUFFIX
 from tsf.rest.app import Call, RestApp
 from tsf.rest.http import (
     JSON,
@@ -30,7 +32,7 @@ from tsf.rest.http import (
 from tsf.rest.jobs import find_job
 from tsf.rest.sites import paging_links
 
-SUFFIX = "-uspace"
+SUFFIX = USPACE_SUFFIX
 _RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$")
 #: Where a byte position of 19 digits or more lies: beyond any file.
 _BEYOND = 1 << 63
@@ -41,12 +43,12 @@ def _job_of(call: Call, storage_id: str):
         raise not_found(f"no storage {storage_id}")
     try:
         return find_job(call, storage_id[: -len(SUFFIX)])
-    except RestError:
+    except (NotFound, RestError):
         raise not_found(f"no storage {storage_id}") from None
 
 
 def _files(call: Call, job) -> JobFiles:
-    factory = call.app.context["factory"]
+    factory = call.app.factory
     return JobFiles(job, lambda instance_id: factory.instances[instance_id])
 
 
@@ -76,7 +78,7 @@ async def _guard(coroutine):
 async def list_storages(call: Call) -> Response:
     caller = call.caller
     show_all = (str_param(call.args, "filter") or "").lower() == "all"
-    jobs = call.app.context["factory"].list_jobs(caller) if show_all else []
+    jobs = call.app.factory.list_jobs(caller) if show_all else []
     jobs.sort(key=lambda j: (j.submitted, j.job_id))
     offset = int_param(call.args, "offset", 0)
     num = int_param(call.args, "num", 200, 1, call.app.limits.max_page)

@@ -196,6 +196,27 @@ def call_as(runas: RunAs, function, *args):
     raise RequestFailed(outcome["error"])
 
 
+def fork_as(runas: RunAs, keep: list[int], function, *args) -> int:
+    """Start ``function(*args)`` in a child with ``runas``'s permissions and only the
+    descriptors ``keep`` (besides 0-2) open; its return value is the child's exit status.
+    Returns the child's pid (the caller waits for it)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        status = 1
+        try:
+            low = 3
+            for fd in sorted(keep):
+                os.closerange(low, fd)
+                low = fd + 1
+            os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+            if runas.switch:
+                _become(runas)
+            status = function(*args)
+        finally:
+            os._exit(status)
+    return pid
+
+
 def open_as(runas: RunAs, path: str, flags: int, mode: int = 0o644) -> int:
     """``os.open`` with ``runas``'s permissions: a child switches uid, opens the file and
     passes the descriptor back over a socket pair."""

@@ -10,15 +10,18 @@ until it ends, then it vanishes.  Exit codes are reported the UNICORE way, throu
 ``<OUTCOME_DIR>/UNICORE_SCRIPT_EXIT_CODE``: the job script normally writes it; if it did not
 (killed, or a script without that line), the agent writes the exit status it reaped
 (128 + signal for a signal).  GETJOBDETAILS returns the record as JSON, with the reason
-(JOB_ABORTED, RUNTIME_EXCEEDED) when the agent ended the job.
+(JOB_ABORTED, RUNTIME_EXCEEDED) when the agent ended the job, and ``exit_code_error`` when
+the exit code file could not be written (a full disk).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -59,10 +62,24 @@ def _exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def _write_new_file(path: str, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+def _write_exit_code(path: str, text: str) -> None:
+    """Write the exit code file unless the job wrote one; one left empty (the job's own
+    write failed, e.g. on a full disk) is written again.  A write that fails removes the
+    empty file and raises: an empty file would only be waited for."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
     try:
-        os.write(fd, text.encode())
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or os.read(fd, 64).strip():
+            return
+        try:
+            os.ftruncate(fd, 0)
+            data = text.encode()
+            if os.pwrite(fd, data, 0) != len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+            os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
     finally:
         os.close(fd)
 
@@ -107,11 +124,17 @@ class JobTable:
         self.refresh()
 
     def _save(self, record: dict) -> None:
+        """Persist a record; on a full disk it stays in memory (and is saved next time)."""
         path = os.path.join(self.directory, f"{record['bssid']}.json")
         temporary = path + ".tmp"
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(record, handle)
-        os.replace(temporary, path)
+        try:
+            with open(temporary, "w", encoding="utf-8") as handle:
+                json.dump(record, handle)
+            os.replace(temporary, path)
+        except OSError as err:
+            log.warning(f"job {record['bssid']}: cannot save its record: {err}")
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
 
     def _new_bssid(self) -> str:
         candidate = max(int(time.time() * 1000), self._last_id + 1)
@@ -279,11 +302,11 @@ class JobTable:
         if exit_code is not None:
             path = os.path.join(record["outcome"], protocol.EXIT_CODE_FILE)
             try:
-                call_as(RunAs.from_record(record["runas"]), _write_new_file, path,
+                call_as(RunAs.from_record(record["runas"]), _write_exit_code, path,
                         f"{exit_code}\n")
-            except FileExistsError:
-                pass
             except (OSError, RequestFailed) as err:
+                # GETJOBDETAILS tells why the file is missing (e.g. the disk is full)
+                record["exit_code_error"] = getattr(err, "strerror", None) or str(err)
                 log.warning(f"job {record['bssid']}: cannot write {path}: {err}")
         self._save(record)
         log.info(f"job {record['bssid']} finished: exit code {exit_code}"

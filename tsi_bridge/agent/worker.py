@@ -10,17 +10,37 @@ from __future__ import annotations
 
 import contextlib
 import os
+import selectors
 import signal
 import socket
+import stat
 import subprocess
+import sys
 import threading
 import time
 
 from tsi_bridge import protocol
-from tsi_bridge.agent import files, log
-from tsi_bridge.agent.identity import RequestFailed, RunAs, open_as
+from tsi_bridge.agent import archive, files, log
+from tsi_bridge.agent.identity import RequestFailed, RunAs, fork_as, open_as
 
 PIECE = 1024 * 1024
+#: Report lines of a GRIDVM_GETDIRECTORY kept (the rest counted), and report bytes read.
+MAX_REPORT = 1000
+MAX_REPORT_BYTES = 4 * 1024 * 1024
+
+
+def open_regular(runas: RunAs, path: str) -> int:
+    """A descriptor to read the regular file ``path`` (links resolved first, so the open
+    itself follows none): a FIFO, device or socket is refused without blocking."""
+    real = os.path.realpath(path)
+    fd = open_as(runas, real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise RequestFailed(f"[Errno 21] Is a directory: '{path}'")
+        raise RequestFailed(f"{path} is not a regular file")
+    return fd
 
 
 class ChannelBroken(Exception):
@@ -206,10 +226,8 @@ class Worker:
         if length > self.config.max_chunk:
             raise RequestFailed(f"#TSI_LENGTH {length} exceeds the agent's maximum chunk "
                                 f"size {self.config.max_chunk}")
-        fd = open_as(runas, path, os.O_RDONLY)
+        fd = open_regular(runas, path)
         try:
-            if os.path.isdir(path):
-                raise RequestFailed(f"[Errno 21] Is a directory: '{path}'")
             pieces, remaining = [], length
             while remaining > 0:
                 piece = os.pread(fd, min(remaining, PIECE), start + length - remaining)
@@ -279,6 +297,72 @@ class Worker:
         else:
             self.reply(protocol.END_LINE)
 
+    def get_directory(self, message: str) -> None:
+        """GRIDVM_GETDIRECTORY: the directory as a tar stream (``archive``), written by a
+        child with the user's permissions and relayed here in frames; a child silent for
+        ``timeouts.transfer`` is killed and the request fails (the stream stays framed)."""
+        runas = self._runas(message)
+        path = self._path(runas, protocol.get_param(message, "FILE"))
+        tar_read, tar_write = os.pipe()
+        report_read, report_write = os.pipe()
+        try:
+            pid = fork_as(runas, [tar_write, report_write], _archive_child, path,
+                          tar_write, report_write)
+        finally:
+            os.close(tar_write)
+            os.close(report_write)
+        report, problem = bytearray(), None
+        try:
+            self.reply(protocol.ok_reply(protocol.STREAM_HEADER))
+            problem = self._relay(tar_read, report_read, report)
+            self._send(self.data, protocol.FRAME.pack(0))
+        finally:
+            for fd in (tar_read, report_read):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            if problem is not None or sys.exc_info()[0] is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        lines = report.decode("utf-8", "replace").splitlines()
+        if len(report) > MAX_REPORT_BYTES:  # head kept, then the tail's last line (TOTAL)
+            lines = lines[:MAX_REPORT] + lines[-1:]
+        errors = [line.split("\t", 2)[-1] for line in lines if line.startswith("ERROR\t")]
+        if problem or errors or status != 0 or not lines[-1:][0].startswith("TOTAL "):
+            self.reply(protocol.failed_reply(
+                problem or (errors and errors[0]) or f"the archive child ended with {status}"))
+            return
+        entries = lines[:-1]
+        if len(entries) > MAX_REPORT:
+            omitted = len(entries) - MAX_REPORT
+            entries = [*entries[:MAX_REPORT], protocol.format_report_line(
+                "OMITTED", b"", f"{omitted} more entries")]
+        self.reply(protocol.ok_reply("\n".join([*entries, lines[-1]])))
+
+    def _relay(self, tar_read: int, report_read: int, report: bytearray) -> str | None:
+        """Frames from ``tar_read`` to the data channel, ``report_read`` into ``report``,
+        until both end; returns why it stopped early, or None."""
+        stall = self.config.timeouts["transfer"]
+        with selectors.DefaultSelector() as selector:
+            selector.register(tar_read, selectors.EVENT_READ)
+            selector.register(report_read, selectors.EVENT_READ)
+            while selector.get_map():
+                ready = selector.select(stall)
+                if not ready:
+                    return f"the archive made no progress for {stall:g} s"
+                for key, _events in ready:
+                    data = os.read(key.fd, PIECE)
+                    if not data:
+                        selector.unregister(key.fd)
+                    elif key.fd == tar_read:
+                        self._send(self.data, protocol.FRAME.pack(len(data)) + data)
+                    elif len(report) < MAX_REPORT_BYTES:
+                        report += data
+                    else:
+                        del report[MAX_REPORT_BYTES:]
+                        report += data[-512:]
+        return None
+
     def ls(self, message: str) -> None:
         runas = self._runas(message)
         path = self._path(runas, protocol.get_param(message, "FILE"))
@@ -337,6 +421,19 @@ class Worker:
         self.reply(protocol.ok_reply("USER -1\n"))
 
 
+def _archive_child(path: str, tar_write: int, report_write: int) -> int:
+    """The forked child of GRIDVM_GETDIRECTORY (already the request's user)."""
+    try:
+        archive.write_archive(path, tar_write, report_write)
+    except Exception as err:  # reported, whatever it is: the child has no log
+        line = protocol.format_report_line("ERROR", os.fsencode(path),
+                                           f"{type(err).__name__}: {err}")
+        with contextlib.suppress(OSError):
+            os.write(report_write, (line + "\n").encode())
+        return 1
+    return 0
+
+
 HANDLERS = {
     "PING": Worker.ping,
     "PING_UID": Worker.ping_uid,
@@ -354,4 +451,5 @@ HANDLERS = {
     "HOLDJOB": Worker.hold_job,
     "RESUMEJOB": Worker.resume_job,
     "GET_COMPUTE_BUDGET": Worker.compute_budget,
+    "GRIDVM_GETDIRECTORY": Worker.get_directory,
 }

@@ -1,0 +1,268 @@
+"""Placement: which target system runs a job — a pure function of what is live now.
+
+:func:`choose` answers with a :class:`Decision`, trying in this order:
+
+1. **reuse** the least loaded instance of the job's owner and image that is big enough,
+   not DRAINING and not retiring, when it has a free slot (an instance runs as many jobs
+   at once as it has vCPUs);
+2. **take from a pool** a fitting warm-pool instance that serves the caller (the most
+   advanced in its bring-up), when the owner is within their quota;
+3. **boot** a new instance within the per-user and site-wide quotas;
+4. **share** that least loaded instance when a quota stops the boot;
+5. else **refuse** with ``QUOTA_EXCEEDED``.
+
+Filters are Nova style: one small class per rule whose ``why_not`` says why an instance
+(or a boot) does not fit, None when it does.  The decision keeps what they said about every
+instance of the owner's and every waiting pool instance it passed over (``skipped``); other
+users' instances are never mentioned.  Nothing here changes an instance or a job: the factory
+carries the decision out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from base.identity import Caller
+from base.reasons import Reason
+from target_system.instance import ImageToBoot
+from target_system.jobs import Job
+from target_system.lifecycle import InstanceState
+from tsf.pools import PoolSpec, pool_name
+
+DEFAULT_MEMORY_MIB = 256
+
+#: Pool instances a job may take, the most advanced in its bring-up first.
+TAKE_ORDER = {InstanceState.READY: 0, InstanceState.CONNECTING: 1, InstanceState.BOOTING: 2,
+              InstanceState.STAGING: 3, InstanceState.REQUESTED: 4}
+
+
+@dataclass
+class Quotas:
+    per_user: int = 4  #: live instances one user may have
+    total: int = 8  #: live instances on this site
+
+
+class Instance(Protocol):
+    """What placement reads of a live target system (``TargetSystem`` has it all)."""
+
+    @property
+    def instance_id(self) -> str: ...
+    @property
+    def owner(self) -> str: ...
+    @property
+    def image(self) -> ImageToBoot: ...
+    @property
+    def state(self) -> InstanceState: ...
+    @property
+    def vcpus(self) -> int: ...
+    @property
+    def memory_mib(self) -> int: ...
+    @property
+    def retiring(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class Need:
+    """What a job needs of an instance: its caller's, of its image, at least this big."""
+
+    caller: Caller
+    image_id: str
+    vcpus: int
+    memory_mib: int
+
+    @classmethod
+    def of(cls, job: Job, caller: Caller, image: ImageToBoot) -> Need:
+        vcpus, memory = _size(job, image)
+        return cls(caller, image.image_id, vcpus, memory)
+
+
+def _size(job: Job, image: ImageToBoot) -> tuple[int, int]:
+    hardware = image.metadata and image.metadata.origin.virtual_hardware
+    vcpus = max(job.description.cpus or 1, (hardware and hardware.vcpus) or 1)
+    memory = max(-(-(job.description.memory or 0) // (1 << 20)),
+                  (hardware and hardware.memory_mib) or DEFAULT_MEMORY_MIB)
+    return vcpus, memory
+
+
+# --------------------------------------------------------------------------- filters ---------
+
+class InstanceFilter:
+    """One rule a live instance must pass to run the job."""
+
+    def why_not(self, instance: Instance, need: Need) -> str | None:
+        raise NotImplementedError
+
+
+class SameImage(InstanceFilter):
+    def why_not(self, instance, need):
+        if instance.image.image_id == need.image_id:
+            return None
+        return f"runs another image ({instance.image.name})"
+
+
+class NotDraining(InstanceFilter):
+    def why_not(self, instance, need):
+        return "is DRAINING" if instance.state is InstanceState.DRAINING else None
+
+
+class NotRetiring(InstanceFilter):
+    """An instance retired (e.g. its disk is nearly full) takes no new job."""
+
+    def why_not(self, instance, need):
+        return f"is retiring ({instance.retiring})" if instance.retiring else None
+
+
+class BigEnough(InstanceFilter):
+    def why_not(self, instance, need):
+        if instance.vcpus >= need.vcpus and instance.memory_mib >= need.memory_mib:
+            return None
+        return (f"has {instance.vcpus} vCPU and {instance.memory_mib} MiB, the job needs "
+                f"{need.vcpus} vCPU and {need.memory_mib} MiB")
+
+
+class ServingPool(InstanceFilter):
+    """A pool instance is taken only for a pool still configured that serves the caller."""
+
+    def __init__(self, pools: Mapping[str, PoolSpec]):
+        self.pools = pools
+
+    def why_not(self, instance, need):
+        name = pool_name(instance.owner)
+        if name not in self.pools:
+            return f"pool {name} is no longer configured"
+        if not self.pools[name].serves(need.caller):
+            return f"pool {name} does not serve {need.caller.user}"
+        return None
+
+
+class Takeable(InstanceFilter):
+    def why_not(self, instance, need):
+        return None if instance.state in TAKE_ORDER else f"is {instance.state.name}"
+
+
+class BootQuota:
+    """One limit on booting another instance."""
+
+    def why_not(self, mine: int, live: int, quotas: Quotas) -> str | None:
+        raise NotImplementedError
+
+
+class PerUserQuota(BootQuota):
+    def why_not(self, mine, live, quotas):
+        if mine < quotas.per_user:
+            return None
+        return f"you have {mine} instances, the limit per user is {quotas.per_user}"
+
+
+class SiteQuota(BootQuota):
+    def why_not(self, mine, live, quotas):
+        if live < quotas.total:
+            return None
+        return f"the site runs {live} instances, its limit is {quotas.total}"
+
+
+OWN_FILTERS: tuple[InstanceFilter, ...] = (SameImage(), NotDraining(), NotRetiring(),
+                                           BigEnough())
+QUOTAS: tuple[BootQuota, ...] = (PerUserQuota(), SiteQuota())
+
+
+# --------------------------------------------------------------------------- decision --------
+
+class Action(StrEnum):
+    REUSE = "reuse"
+    TAKE = "take from pool"
+    BOOT = "boot"
+    SHARE = "share"
+    REFUSE = "refuse"
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A live instance placement passed over, and why."""
+
+    instance_id: str
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Where the job goes: ``instance`` for reuse, take and share; ``vcpus`` and
+    ``memory_mib`` for a boot; ``reason`` and ``limit`` (the quota that stops a boot) for
+    share and refuse."""
+
+    action: Action
+    vcpus: int
+    memory_mib: int
+    instance: Instance | None = None
+    pool: str | None = None  #: the pool the instance is taken from
+    limit: str = ""
+    reason: Reason | None = None
+    skipped: tuple[Skip, ...] = ()
+
+    def note(self, instance_id: str = "") -> str:
+        """The job's log line for the decision; ``instance_id`` names the booted one."""
+        taken = self.instance.instance_id if self.instance is not None else instance_id
+        if self.action is Action.REUSE:
+            return f"reusing instance {taken}"
+        if self.action is Action.TAKE:
+            return (f"took instance {taken} from pool {self.pool} "
+                    f"({self.instance.state.name}, no boot of its own)")
+        if self.action is Action.SHARE:
+            return f"sharing instance {taken} ({self.limit})"
+        if self.action is Action.BOOT:
+            return f"booting instance {taken} ({self.vcpus} vCPU, {self.memory_mib} MiB)"
+        return self.limit
+
+
+def choose(need: Need, live: Sequence[Instance], quotas: Quotas,
+           pools: Mapping[str, PoolSpec], loads: Mapping[str, int]) -> Decision:
+    """Where a job with ``need`` goes, given the ``live`` instances, the jobs each holds or
+    awaits (``loads`` by instance id), the quotas and the configured pools."""
+    skipped: list[Skip] = []
+
+    def load(instance: Instance) -> int:
+        return loads.get(instance.instance_id, 0)
+
+    def decide(action: Action, instance: Instance | None = None, **more) -> Decision:
+        return Decision(action, need.vcpus, need.memory_mib, instance,
+                        skipped=tuple(skipped), **more)
+
+    mine = [t for t in live if t.owner == need.caller.user]
+    suitable = sorted(_passing(mine, OWN_FILTERS, need, skipped), key=load)
+    if suitable and load(suitable[0]) < suitable[0].vcpus:
+        return decide(Action.REUSE, suitable[0])
+    if suitable:
+        least = suitable[0]
+        skipped.append(Skip(least.instance_id, (
+            f"has no free slot ({load(least)} job(s) on {least.vcpus} vCPU)",)))
+        skipped.extend(Skip(t.instance_id, (f"is busier than {least.instance_id}",))
+                       for t in suitable[1:])
+    if PerUserQuota().why_not(len(mine), len(live), quotas) is None:
+        waiting = [t for t in live if pool_name(t.owner) is not None]
+        filters = (ServingPool(pools), SameImage(), Takeable(), BigEnough())
+        fitting = sorted(_passing(waiting, filters, need, skipped),
+                         key=lambda t: TAKE_ORDER[t.state])
+        if fitting:
+            return decide(Action.TAKE, fitting[0], pool=pool_name(fitting[0].owner))
+    limit = next(filter(None, (q.why_not(len(mine), len(live), quotas) for q in QUOTAS)), None)
+    if limit and suitable:
+        return decide(Action.SHARE, suitable[0], limit=limit, reason=Reason.QUOTA_EXCEEDED)
+    if limit:
+        return decide(Action.REFUSE, limit=limit, reason=Reason.QUOTA_EXCEEDED)
+    return decide(Action.BOOT)
+
+
+def _passing(instances: Sequence[Instance], filters: Sequence[InstanceFilter], need: Need,
+             skipped: list[Skip]) -> list[Instance]:
+    """The instances every filter passes; the others go to ``skipped`` with every reason."""
+    passing = []
+    for instance in instances:
+        reasons = tuple(why for f in filters if (why := f.why_not(instance, need)))
+        if reasons:
+            skipped.append(Skip(instance.instance_id, reasons))
+        else:
+            passing.append(instance)
+    return passing

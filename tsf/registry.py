@@ -1,0 +1,186 @@
+"""The instance registry: the site's target systems, the jobs reserved on each, their
+snapshots in the state store, and the images they boot.
+
+A new instance is created here (:meth:`InstanceRegistry.boot`); on a site whose trust
+policy requires endorsements it carries the pre-boot check: once its image is staged and
+right before the VM is created, the site must still trust the image, or the instance and
+its jobs fail ``IMAGE_UNTRUSTED`` (an endorsement may expire between the match and the
+boot).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+
+from twisted.internet import threads
+
+from base.identity import Caller
+from base.reasons import Reason
+from image_repo.errors import RepositoryError
+from image_repo.repository import ImageRepository
+from image_repo.trust import TrustPolicy
+from target_system.drivers import TSIConnector, VirtualMachines
+from target_system.instance import (
+    Deadlines,
+    HealthPolicy,
+    ImageToBoot,
+    InstanceFailed,
+    SiteCredentials,
+    TargetSystem,
+)
+from target_system.jobdesc import JobDescription
+from target_system.jobs import Job
+from target_system.store import StateStore
+from tsf.placement import Quotas
+
+log = logging.getLogger(__name__)
+
+
+class InstanceRegistry:
+    """Every target system of this run by id, live or ended, and who waits for which."""
+
+    def __init__(self, repository: ImageRepository, vmm: VirtualMachines,
+                 credentials: SiteCredentials, reactor, *, quotas: Quotas,
+                 deadlines: Deadlines, health: HealthPolicy, store: StateStore | None,
+                 trust: TrustPolicy, context_hooks: Mapping[str, bytes],
+                 tsi_connector: TSIConnector):
+        self.repository = repository
+        self.vmm = vmm
+        self.credentials = credentials
+        self.reactor = reactor
+        self.quotas = quotas
+        self.deadlines = deadlines
+        self.health = health
+        self.store = store
+        #: whom the site trusts to endorse images, and whether images must be endorsed
+        self.trust = trust
+        #: site start-up hooks put on every instance's medium as init.d/<name>
+        self.context_hooks = dict(context_hooks)
+        self.tsi_connector = tsi_connector  #: makes the TSI links to instances' agents
+        self.instances: dict[str, TargetSystem] = {}
+        self._reserved: dict[str, set[str]] = {}  #: instance id -> jobs waiting for it
+
+    def live(self) -> list[TargetSystem]:
+        return [t for t in self.instances.values() if not t.lifecycle.terminal]
+
+    # -- jobs on instances -----------------------------------------------------------------
+    def reserve(self, target: TargetSystem, job: Job) -> None:
+        """Count a job that will run on ``target`` once it is up; the job names its instance
+        from now on, so a client can follow the VM while it boots."""
+        job.instance_id, job.image = target.instance_id, target.image.name
+        reserved = self._reserved.setdefault(target.instance_id, set())
+        reserved.add(job.job_id)
+        job.finished.addBoth(lambda result: (reserved.discard(job.job_id), result)[1])
+        job.lifecycle.listeners.append(
+            lambda t: reserved.discard(job.job_id) if t.state.name == "STAGINGIN" else None)
+
+    def reserved(self, instance_id: str) -> set[str]:
+        """The jobs that will run on the instance once it is up."""
+        return set(self._reserved.get(instance_id, ()))
+
+    def loads(self) -> dict[str, int]:
+        """Jobs each live instance runs or awaits, by instance id."""
+        return {t.instance_id: len(t.jobs) + len(self._reserved.get(t.instance_id, ()))
+                for t in self.live()}
+
+    # -- new and restored instances ------------------------------------------------------
+    def boot(self, owner: str, caller: Caller, image: ImageToBoot, vcpus: int,
+             memory: int) -> TargetSystem:
+        """A new instance (``caller``: who the pre-boot trust check reads the image as)."""
+        target = TargetSystem(
+            instance_id=uuid.uuid4().hex[:12], owner=owner, image=image, vmm=self.vmm,
+            credentials=self.credentials, reactor=self.reactor, vcpus=vcpus, memory_mib=memory,
+            deadlines=self.deadlines, health=self.health, tsi_connector=self.tsi_connector,
+            extra_context={f"init.d/{name}": script
+                           for name, script in self.context_hooks.items()},
+            admit=self._trust_check(image, caller) if self.trust.require else None)
+        self.add(target)
+        return target
+
+    def add(self, target: TargetSystem) -> None:
+        """Track ``target`` (a new or a restored one) and snapshot its every change."""
+        self.instances[target.instance_id] = target
+        self._persist_instance(target)
+
+    def _trust_check(self, image: ImageToBoot, caller: Caller):
+        """The pre-boot check of a new instance: the site still trusts the image now."""
+        async def admit() -> None:
+            try:
+                verdict = await threads.deferToThread(self.repository.assess, image.image_id,
+                                                      caller, self.trust)
+            except RepositoryError as err:
+                raise InstanceFailed(err.reason, str(err)) from None
+            if not verdict.trusted:
+                raise InstanceFailed(Reason.IMAGE_UNTRUSTED, f"{image.name} is no longer trusted: "
+                                     f"{verdict.message}")
+            log.info("image %s trusted before boot: %s", image.name, verdict.message)
+
+        return admit
+
+    # -- persistence -----------------------------------------------------------------------
+    def persist_job(self, job: Job, caller: Caller) -> None:
+        if self.store is None:
+            return
+        store = self.store
+        job.lifecycle.listeners.append(lambda _t: store.save_job(job, caller))
+        store.save_job(job, caller)
+
+    def _persist_instance(self, target: TargetSystem) -> None:
+        if self.store is None:
+            return
+        store = self.store
+        target.listeners.append(lambda t, _transition: store.save_instance(t))
+        store.save_instance(target)
+
+    # -- images ----------------------------------------------------------------------------
+    async def _match(self, job: Job, caller: Caller) -> ImageToBoot | None:
+        requirements = job.description.requirements
+        result = await threads.deferToThread(
+            lambda: self.repository.match(requirements, caller, policy=self.trust))
+        if result.best is None:
+            rejected = await threads.deferToThread(lambda: result.rejected)
+            job.rejections = [r.to_dict() for r in rejected]
+            reasons = "; ".join(f"{r.ref}: " + ", ".join(x.message for x in r.reasons)
+                                for r in rejected[:10])
+            job.fail(Reason.NO_MATCHING_IMAGE, "no image fits the job's requirements"
+                     + (f" ({reasons})" if reasons else " (no image is visible to you)"))
+            return None
+        best = result.best
+
+        image = await threads.deferToThread(self._load_image, best.id, caller)
+        job.note(f"matched image {best.ref}")
+        return image
+
+    def _load_image(self, image_id: str, caller: Caller) -> ImageToBoot:
+        record = self.repository.get(image_id, caller)
+        paths = self.repository.content_paths(image_id, caller)
+        return ImageToBoot(record.id, record.name, record.metadata, paths)
+
+    async def resolve_container_image(self, desc: JobDescription, caller: Caller) -> None:
+        """A CONTAINER job whose IMAGE_URL names a visible image runs in that image (matching
+        by name); any other IMAGE_URL is matched against the images' ``origin.source_url``."""
+        url = desc.requirements.container_image_url
+        if desc.application != "CONTAINER" or not url:
+            return
+
+        def lookup():
+            try:
+                return self.repository.get(url, caller)
+            except (RepositoryError, ValueError):
+                return None
+
+        record = await threads.deferToThread(lookup)
+        if record is not None and record.status != "deleted":
+            desc.run_in_image(record.name if url == record.name else record.ref)
+
+    def visible_images(self, caller: Caller) -> list:
+        """Blocking: the caller's usable images (call in a thread) — on a site that requires
+        endorsements, only those it trusts now (the others could never run a job)."""
+        records = [r for r in self.repository.list(caller) if r.status != "deleted"]
+        if self.trust.require:
+            trusted = {c.id for c in self.repository.match(
+                {}, caller, policy=self.trust).candidates}
+            records = [r for r in records if r.id in trusted]
+        return records
