@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import pytest_twisted
@@ -84,3 +85,25 @@ async def test_metrics_for_administrators_only(dash_site):
     failed = [line for line in text.splitlines()
               if line.startswith("gridvm_failed_logins_total ")]
     assert float(failed[0].split()[1]) >= 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_gridvm_wait_follows_the_stream_not_the_poll_interval(dash_site):
+    """With a 30 s poll interval, a job aborted after 1 s is seen as FAILED at once: the
+    client polls when the site pushes a change."""
+    from client.api import Job, Site
+
+    site, http, _dashboard = dash_site
+    job = site.factory.submit(parse_job({"Executable": "/bin/true"}), ALICE, start=False)
+    client = Site(http.base, "alice", PASSWORDS["alice"])
+
+    def wait():
+        started = time.monotonic()
+        status = Job(client, f"{http.base}/jobs/{job.job_id}").wait(timeout=20, interval=30)
+        return status, time.monotonic() - started
+
+    waiting = threads.deferToThread(wait)
+    await task.deferLater(reactor, 1.0, lambda: None)
+    site.factory.abort(job.job_id, ALICE)
+    status, seconds = await waiting
+    assert status == "FAILED" and seconds < 5
