@@ -41,10 +41,11 @@ TOP_LEVEL_KEYS = {
     "User precommand", "User postcommand", "RunUserPrecommandOnLoginNode",
     "RunUserPostcommandOnLoginNode", "UserPrecommandIgnoreNonZeroExitCode",
     "UserPostcommandIgnoreNonZeroExitCode", "UserPrecommandIgnoreNonZeroExitcode",
-    "UserPostcommandIgnoreNonZeroExitcode", "Notification", "User email", "Login node",
+    "UserPostcommandIgnoreNonZeroExitcode", "Notification", "NotificationSettings",
+    "User email", "Login node",
 }
 #: Accepted but with no effect in a VM site; listed so that clients that send them work.
-IGNORED_KEYS = {"Project", "Notification", "User email", "Login node", "Umask",
+IGNORED_KEYS = {"Project", "User email", "Login node", "Umask",
                 "RunUserPrecommandOnLoginNode", "RunUserPostcommandOnLoginNode"}
 RESOURCE_KEYS = {
     "Runtime", "Queue", "Nodes", "CPUsPerNode", "TotalCPUs", "CPUs", "GPUsPerNode", "Memory",
@@ -56,6 +57,11 @@ RESOURCE_KEYS = {
 IMPORT_KEYS = {"From", "To", "Data", "FailOnError", "Permissions", "Mode", "ReadOnly",
                "Credentials", "ExtraParameters"}
 EXPORT_KEYS = {"From", "To", "FailOnError", "Credentials", "ExtraParameters"}
+#: UNICORE's NotificationSettings: the job states to notify of (``bssStatus``, the batch
+#: system's own states, is accepted and has no effect: a VM site has no batch system).
+NOTIFICATION_KEYS = {"status", "bssStatus"}
+NOTIFIED_BY_DEFAULT = ("RUNNING", "SUCCESSFUL", "FAILED")
+JOB_STATES = ("READY", "STAGINGIN", "QUEUED", "RUNNING", "STAGINGOUT", "SUCCESSFUL", "FAILED")
 JOB_TYPES = {"batch": "BATCH", "normal": "BATCH", "on_login_node": "ON_LOGIN_NODE",
              "interactive": "ON_LOGIN_NODE"}
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -226,6 +232,8 @@ class JobDescription:
     precommand: str | None = None
     postcommand: str | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+    notification: str | None = None  #: URL the site POSTs the job's status to
+    notify_states: tuple[str, ...] = NOTIFIED_BY_DEFAULT
 
     @property
     def wanted_application(self) -> ApplicationRequirement | None:
@@ -244,6 +252,34 @@ def _check_keys(path: str, value: dict, allowed: set[str]) -> None:
             near = [k for k in allowed if k.lower() == str(key).lower()]
             hint = f" (did you mean {near[0]!r}?)" if near else ""
             raise JobDescriptionError(f"{path}{key}", f"unknown key{hint}")
+
+
+def _notification(job: JobDescription, doc: dict[str, Any]) -> None:
+    """UNICORE's ``Notification`` (an http(s) URL) and ``NotificationSettings``."""
+    if "Notification" in doc:
+        url = _str("Notification", doc["Notification"])
+        if not url.startswith(("http://", "https://")) or len(url) > 2048:
+            raise JobDescriptionError("Notification", "expected an http(s) URL (at most 2048 "
+                                      "characters)")
+        job.notification = url
+    if "NotificationSettings" in doc:
+        settings = doc["NotificationSettings"]
+        if not isinstance(settings, dict):
+            raise JobDescriptionError("NotificationSettings", "expected an object")
+        _check_keys("NotificationSettings.", settings, NOTIFICATION_KEYS)
+        for key in NOTIFICATION_KEYS:
+            if key in settings and not isinstance(settings[key], list):
+                raise JobDescriptionError(f"NotificationSettings.{key}",
+                                          "expected a list of strings")
+        if "status" in settings:
+            states = [_str(f"NotificationSettings.status[{i}]", s)
+                      for i, s in enumerate(settings["status"])]
+            for i, state in enumerate(states):
+                if state not in JOB_STATES:
+                    raise JobDescriptionError(f"NotificationSettings.status[{i}]",
+                                              f"not a job state: {state!r} (one of "
+                                              f"{', '.join(JOB_STATES)})")
+            job.notify_states = tuple(states)
 
 
 def parse_job(doc: Any) -> JobDescription:
@@ -296,6 +332,7 @@ def parse_job(doc: Any) -> JobDescription:
         job.precommand = _str("User precommand", doc["User precommand"])
     if "User postcommand" in doc:
         job.postcommand = _str("User postcommand", doc["User postcommand"])
+    _notification(job, doc)
     _resources(job, doc.get("Resources", {}))
     job.requirements = _requirements(job, doc.get("Resources", {}))
     _imports(job, doc.get("Imports", []))
