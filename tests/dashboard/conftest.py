@@ -74,12 +74,15 @@ def browser(tmp_path):
 def log_in(dashboard: str, user: str = "alice"):
     """A browser step: log in through the form."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     def step(driver):
         driver.get(dashboard + "/login")
         driver.find_element(By.ID, "user").send_keys(user)
         driver.find_element(By.ID, "password").send_keys(PASSWORDS[user])
         driver.find_element(By.ID, "login").click()
-        return driver.find_element(By.ID, "whoami").text
+        return WebDriverWait(driver, 30).until(
+            lambda d: d.find_elements(By.ID, "whoami")[0] if d.find_elements(By.ID, "whoami")
+            else None).text
 
     return step

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ready
 from selenium.webdriver.support.ui import WebDriverWait
@@ -31,7 +32,8 @@ async def test_login_logout_and_a_wrong_password(dash_site, browser):
         driver.find_element(By.ID, "user").send_keys("alice")
         driver.find_element(By.ID, "password").send_keys("not-her-password")
         driver.find_element(By.ID, "login").click()
-        return driver.find_element(By.ID, "login-message").text
+        return WebDriverWait(driver, 30).until(
+            ready.presence_of_element_located((By.ID, "login-message"))).text
 
     assert "wrong user name or password" in await browser(wrong)
     assert await browser(log_in(dashboard)) == "alice"
@@ -89,9 +91,11 @@ def _submit(executable: str, arguments: str):
 def _until_state(states: tuple[str, ...], timeout: float = 240):
     """Wait, without reloading: the page's live updates must bring the state."""
     def step(driver):
-        WebDriverWait(driver, timeout, poll_frequency=0.5).until(
-            lambda d: d.find_element(By.ID, "state").text in states)
-        return driver.find_element(By.ID, "state").text
+        # the page reloads itself once the job is finished: elements go stale meanwhile
+        wait = WebDriverWait(driver, timeout, poll_frequency=0.5, ignored_exceptions=(
+            NoSuchElementException, StaleElementReferenceException))
+        return wait.until(lambda d: (text := d.find_element(By.ID, "state").text) in states
+                          and text)
 
     return step
 
@@ -122,6 +126,7 @@ async def test_follow_a_job_live_and_download_its_output(dash_site, browser):
         lambda d: d.find_element(By.ID, f"job-{job_id}").text)
     await browser(lambda d: d.get(dashboard + "/instances"))
     assert await browser(lambda d: d.find_element(By.ID, "instances").text)
+    assert "of 2" in await browser(_text("capacity"))  # the site's per-user quota
     await browser.shot("instances")
     # The console log, live and after the instance ended (REST and dashboard).
     instance = site.factory.job(job_id, ALICE).instance_id

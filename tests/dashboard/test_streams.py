@@ -107,3 +107,30 @@ async def test_gridvm_wait_follows_the_stream_not_the_poll_interval(dash_site):
     site.factory.abort(job.job_id, ALICE)
     status, seconds = await waiting
     assert status == "FAILED" and seconds < 5
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_session_stream_ends_at_logout(dash_site):
+    _site, _http, dashboard = dash_site
+    url = dashboard.removesuffix("/dashboard") + "/events"
+
+    def session_stream():
+        import re
+
+        with httpx.Client(timeout=20) as client:
+            page = client.get(dashboard + "/login")
+            token = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+            client.post(dashboard + "/login", data={"csrf": token, "user": "alice",
+                                                    "password": PASSWORDS["alice"]})
+            csrf = re.search(r'name="csrf" value="([^"]+)"',
+                             client.get(dashboard + "/jobs").text).group(1)
+            started = time.monotonic()
+            with httpx.Client(timeout=20, cookies=client.cookies) as streaming, \
+                    streaming.stream("GET", url) as answer:
+                assert answer.status_code == 200
+                client.post(dashboard + "/logout", data={"csrf": csrf})
+                for _line in answer.iter_lines():
+                    pass  # ends when the site closes the stream
+            return time.monotonic() - started
+
+    assert await threads.deferToThread(session_stream) < 5

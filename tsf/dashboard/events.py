@@ -7,6 +7,7 @@ change, each ``data`` a JSON object (``id``, ``state``, ``reason``, ``exitCode``
 ``?job=ID`` narrows it to one job and its instance.  A comment line every ``heartbeat``
 seconds keeps proxies from closing it; it ends after ``lifetime`` seconds (clients
 reconnect; ``retry`` says when).
+A stream opened with a session ends with the session (logout).
 Streams are bounded per user and in total (429 beyond).  Changes are found by comparing
 snapshots of the factory's ``list_jobs``/``list_instances`` every ``interval`` seconds, the
 same listing the REST API answers, so a stream shows exactly what the REST API would.
@@ -78,18 +79,21 @@ class EventStreams(resource.Resource):
         d.addErrback(answer_failure, request, "event stream", challenge=False)
         return server.NOT_DONE_YET
 
-    async def _principal(self, request: server.Request) -> Principal:
+    async def _principal(self, request: server.Request) -> tuple[Principal, str | None]:
+        """The caller, and the id of the dashboard session it came by (None: credentials)."""
         session = self.sessions.get((request.getCookie(COOKIE.encode()) or b"").decode(
             "latin-1"))
         if session is not None:
             user = self.app.authenticator.users.get(session.user)
             if user is not None:
-                return Principal(user, "SESSION")
+                return Principal(user, "SESSION"), session.session_id
         address = request.getClientAddress()
-        return await self.app.authenticator.authenticate(request.getHeader(b"authorization"),
-                                                         getattr(address, "host", None))
+        principal = await self.app.authenticator.authenticate(
+            request.getHeader(b"authorization"), getattr(address, "host", None))
+        return principal, None
 
-    def _start(self, principal: Principal, request: server.Request) -> None:
+    def _start(self, found: tuple[Principal, str | None], request: server.Request) -> None:
+        principal, session_id = found
         caller = principal.caller  # 401 for the anonymous caller
         user, limits = caller.user, self.limits
         if self.open[user] >= limits.per_user or sum(self.open.values()) >= limits.total:
@@ -108,14 +112,16 @@ class EventStreams(resource.Resource):
         request.setHeader("cache-control", "no-store")
         request.setHeader("x-accel-buffering", "no")
         request.write(f"retry: {int(limits.interval * 2000)}\n\n".encode())
-        Stream(self, request, caller, job_id).begin()
+        Stream(self, request, caller, job_id, session_id).begin()
 
 
 class Stream:
     """One open stream: a snapshot loop, a heartbeat and an end."""
 
-    def __init__(self, owner: EventStreams, request: server.Request, caller, job_id):
+    def __init__(self, owner: EventStreams, request: server.Request, caller, job_id,
+                 session_id: str | None = None):
         self.owner, self.request, self.caller, self.job_id = owner, request, caller, job_id
+        self.session_id = session_id  #: the stream ends with this dashboard session
         self.last: dict[tuple[str, str], dict] = {}
         self.quiet = 0.0
         self.loop = task.LoopingCall(self.tick)
@@ -129,6 +135,9 @@ class Stream:
             lambda f: (log.error("event stream: %s", f.getTraceback()), self.close()))
 
     def tick(self) -> None:
+        if self.session_id is not None and not self.owner.sessions.alive(self.session_id):
+            self.close()  # logged out (or the session expired)
+            return
         now = snapshot(self.owner.app.factory, self.caller, self.job_id)
         wrote = False
         for key, data in now.items():

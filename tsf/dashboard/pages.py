@@ -314,8 +314,15 @@ async def instances_page(view: View) -> Page:
     now = time.time()
     rows = [{"doc": t.describe(), "timeline": timeline(t.lifecycle.history, now)}
             for t in targets[:PAGE_ROWS]]
+    quotas = view.factory.quotas
+    capacity = {"mine": sum(not t.state.terminal for t in targets
+                            if t.owner == view.caller.user),
+                "per_user": quotas.per_user, "total": quotas.total}
+    if view.caller.admin:  # the site's use is the operators' business
+        capacity["site"] = sum(not t.state.terminal for t in targets)
     return Page("instances.html.j2", {"instances": rows, "total": len(targets),
-                                      "admin": view.caller.admin})
+                                      "admin": view.caller.admin, "capacity": capacity,
+                                      "pools": gridvm.pool_docs(view.factory, view.caller)})
 
 
 async def instance_log(view: View, instance_id: str) -> Page:

@@ -63,6 +63,11 @@ class SessionStore:
         self._sessions.move_to_end(session.session_id)
         return session
 
+    def alive(self, session_id: str) -> bool:
+        """Whether the session exists and has not expired (its lifetime not renewed)."""
+        session = self._sessions.get(session_id)
+        return session is not None and session.expires > self.clock()
+
     def end(self, session_id: str | None) -> None:
         self._sessions.pop(session_id or "", None)
 

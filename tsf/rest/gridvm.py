@@ -74,10 +74,9 @@ async def instance_log(call: Call, instance_id: str) -> Response:
     return Response(data=text.encode(), content_type=TEXT)
 
 
-async def list_pools(call: Call) -> Response:
+def pool_docs(factory, caller) -> list[dict]:
     """The warm pools that serve the caller (all, with their waiting instances, for an
     administrator)."""
-    factory, caller = call.app.factory, call.caller
     pools = []
     for spec in factory.pools.values():
         if not (caller.admin or spec.serves(caller)):
@@ -90,6 +89,13 @@ async def list_pools(call: Call) -> Response:
         if caller.admin:
             doc["instances"] = {t.instance_id: t.state.name for t in waiting}
         pools.append(doc)
+    return pools
+
+
+async def list_pools(call: Call) -> Response:
+    """The warm pools that serve the caller (all, with their waiting instances, for an
+    administrator)."""
+    pools = pool_docs(call.app.factory, call.caller)
     return Response(json={"pools": pools, "_links": {"self": link(call.url("pools"))}})
 
 
