@@ -17,12 +17,13 @@ import base64
 import http.client
 import json
 import re
+import shutil
 import ssl
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote
 
 from client.errors import (
@@ -88,10 +89,12 @@ class Site:
             return {"Authorization": "Basic " + base64.b64encode(pair).decode()}
         return {}
 
-    def request(self, method: str, url: str, *, body: Any = None, data: bytes | None = None,
+    def request(self, method: str, url: str, *, body: Any = None, data: Any = None,
                 accept: str = "application/json", headers: dict[str, str] | None = None,
-                expect: tuple[int, ...] = (200,)) -> Response:
-        """One request; raises CliError unless the status is one of ``expect``."""
+                expect: tuple[int, ...] = (200,), timeout: float | None = None,
+                sink: BinaryIO | None = None) -> Response:
+        """One request; raises CliError unless the status is one of ``expect``.  With
+        ``sink``, a successful answer's body is copied there in blocks (``body`` is empty)."""
         if not self.base.startswith(("http://", "https://")):
             raise CliError(f"bad server URL {self.base!r}: expected http(s)://HOST:PORT/"
                            "<SITE>/rest/core", EXIT_USAGE)
@@ -107,9 +110,13 @@ class Site:
         try:
             request = urllib.request.Request(url, data=data, method=method,
                                              headers=all_headers)
-            with urllib.request.urlopen(request, timeout=self.timeout,
+            with urllib.request.urlopen(request, timeout=timeout or self.timeout,
                                         context=self._context) as reply:
-                response = Response(reply.status, dict(reply.headers), reply.read())
+                if sink is not None and reply.status in expect:
+                    shutil.copyfileobj(reply, sink, DOWNLOAD_CHUNK)
+                    response = Response(reply.status, dict(reply.headers), b"")
+                else:
+                    response = Response(reply.status, dict(reply.headers), reply.read())
         except urllib.error.HTTPError as err:
             response = Response(err.code, dict(err.headers or {}), err.read())
         except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
@@ -236,6 +243,72 @@ class Site:
         """Which images would run this job description (or ``{"requirements": …}``), best
         first, and why each other visible image would not."""
         return self.request("POST", "images/match", body=description).json()
+
+    # -- creators: registering and changing images ---------------------------------------------
+    def image(self, ref: str) -> dict[str, Any]:
+        """One image the caller may see, with its whole metadata document."""
+        return self.get(f"images/{quote(ref, safe='')}")
+
+    def register_image(self, metadata: dict[str, Any], dry_run: bool = False) -> Response:
+        """``POST images``: 200/201 with the image, or 201 with a pending registration
+        (its ``missing`` files to send with :meth:`upload_image_file`)."""
+        return self.request("POST", "images" + ("?dryRun=true" if dry_run else ""),
+                            body=metadata, expect=(200, 201))
+
+    def new_image_version(self, ref: str, patch: dict[str, Any],
+                          dry_run: bool = False) -> Response:
+        """``PATCH images/{ref}`` with a JSON merge patch; answers like :meth:`register_image`."""
+        return self.request("PATCH", f"images/{quote(ref, safe='')}"
+                            + ("?dryRun=true" if dry_run else ""),
+                            data=json.dumps(patch).encode(),
+                            headers={"Content-Type": "application/merge-patch+json"},
+                            expect=(200, 201))
+
+    def upload_image_file(self, url: str, stream, size: int) -> Response:
+        """Send one file of a pending registration from the binary file object ``stream``
+        (read in blocks while it is sent, never whole into memory)."""
+        # the site hashes the file before it answers: allow a second per 16 MiB beyond
+        return self.request("PUT", url, data=stream, expect=(200, 201),
+                            timeout=self.timeout + size / (16 << 20),
+                            headers={"Content-Length": str(size),
+                                     "Content-Type": "application/octet-stream"})
+
+    def export_image(self, ref: str, sink: BinaryIO) -> None:
+        """Write the bundle of an image (with its visible bases) into ``sink``."""
+        self.request("GET", f"images/{quote(ref, safe='')}/bundle", accept="application/x-tar",
+                     sink=sink, timeout=max(self.timeout, 600.0))
+
+    def import_bundle(self, stream, size: int) -> dict[str, Any]:
+        """Send a bundle (a binary file object of ``size`` bytes); what the site imported."""
+        return self.request("POST", "images/bundles", data=stream, expect=(200, 201),
+                            timeout=self.timeout + size / (16 << 20),
+                            headers={"Content-Length": str(size),
+                                     "Content-Type": "application/x-tar"}).json()
+
+    def image_action(self, ref: str, action: str) -> dict[str, Any]:
+        return self.request("POST", f"images/{quote(ref, safe='')}/actions/{action}",
+                            body={}).json()
+
+    def delete_image(self, ref: str) -> dict[str, Any]:
+        return self.request("DELETE", f"images/{quote(ref, safe='')}").json()
+
+    def add_application(self, ref: str, application: dict[str, Any]) -> dict[str, Any]:
+        return self.request("POST", f"images/{quote(ref, safe='')}/applications",
+                            body=application, expect=(201,)).json()
+
+    def remove_application(self, ref: str, name: str, version: str | None) -> dict[str, Any]:
+        path = f"images/{quote(ref, safe='')}/applications/{quote(name, safe='')}"
+        if version:
+            path += f"/{quote(version, safe='')}"
+        return self.request("DELETE", path).json()
+
+    def endorse_image(self, ref: str, endorsement: dict[str, Any]) -> dict[str, Any]:
+        return self.request("POST", f"images/{quote(ref, safe='')}/endorsements",
+                            body=endorsement, expect=(201,)).json()
+
+    def withdraw_endorsement(self, ref: str, fingerprint: str) -> None:
+        self.request("DELETE", f"images/{quote(ref, safe='')}/endorsements/"
+                               f"{quote(fingerprint, safe='')}", expect=(204,))
 
 
 @dataclass

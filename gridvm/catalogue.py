@@ -43,19 +43,29 @@ FORMER_IMAGE_VERBS = frozenset({"build", "register", "list", "show", "match", "n
                                 "deprecate", "delete", "endorse", "withdraw", "verify"})
 
 
+#: former local verbs that ``gridvm image`` has again, against a site
+SITE_IMAGE_VERBS = frozenset({"register", "new-version", "deprecate", "delete", "endorse",
+                              "withdraw"})
+#: options only the local form had
+_LOCAL_OPTIONS = ("--db", "--store")
+
+
 def refuse_former_form(argv: Sequence[str]) -> None:
-    """A usage error naming the new command for a former local ``gridvm image VERB …``."""
+    """A usage error naming the new command for a former local ``gridvm image VERB …``: a
+    verb the site commands lack, or one they have given with a local option (``--db``)."""
     words = [word for word in argv if not word.startswith("-")]
-    if len(words) > 1 and words[0] == "image" and words[1] in FORMER_IMAGE_VERBS:
+    local = any(word.split("=")[0] in _LOCAL_OPTIONS for word in argv)
+    if len(words) > 1 and words[0] == "image" and words[1] in FORMER_IMAGE_VERBS and (
+            local or words[1] not in SITE_IMAGE_VERBS):
         raise CliError(f"`gridvm image {words[1]}` moved: use `gridvm catalogue {words[1]}` "
-                       "(local image work; a site's images: `gridvm image search`)", EXIT_USAGE)
+                       "(local image work; a site's images: `gridvm image --help`)", EXIT_USAGE)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     group = commands.add_parser(
         "catalogue", help="build images and manage a local catalogue (image creators)",
         description="Build guest images and register, match and endorse them in a catalogue "
-        "on this machine (--db).  A site's images: `gridvm image search`.")
+        "on this machine (--db).  A site's images: `gridvm image --help`.")
     catalogue_commands = group.add_subparsers(dest="catalogue_command",
                                               metavar="CATALOGUE_COMMAND")
     catalogue_commands.required = True
@@ -148,6 +158,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     which = withdraw.add_mutually_exclusive_group(required=True)
     which.add_argument("--cert", type=Path, metavar="CERT.pem")
     which.add_argument("--fingerprint", metavar="HEX")
+
+    export = command("export", _export, "write an image with its bases as a bundle",
+                     "Write IMAGE, its visible bases and their endorsements as a bundle (a "
+                     "tar, image_repo/bundle.py) that `gridvm image import` registers on a "
+                     "site with the ids kept, so that the endorsements still hold there.")
+    export.add_argument("image", metavar="IMAGE")
+    export.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
 
     verify = command("verify", _verify, "check an image's endorsements against trust anchors",
                      "Verify every endorsement of IMAGE (signature, files, expiry, "
@@ -436,6 +453,15 @@ def _new_version(args: argparse.Namespace) -> int:
         _print_json(record.to_dict())
     else:
         print(f"registered {record.ref} (id {record.id}, base {record.base_id})")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from image_repo.bundle import export_bundle
+
+    with opened(args) as repo:
+        path = export_bundle(repo, args.image, local_caller(args.vo), args.output)
+    print(f"{args.image}: {path.stat().st_size} bytes written to {path}")
     return 0
 
 

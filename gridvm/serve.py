@@ -1,6 +1,6 @@
 """``gridvm serve``: run the site (REST API, factory, VM manager) until SIGINT/SIGTERM.
 
-``gridvm serve --add-user NAME [--vo VO] [--group G] [--role admin]`` adds or replaces a
+``gridvm serve --add-user NAME [--vo VO] [--group G] [--role creator|admin]`` adds or replaces a
 user in the users file (password from the terminal, or one line on stdin with
 ``--password-stdin``); ``--remove-user NAME`` removes one; ``--print-config`` shows the
 effective configuration.  The configuration keys are documented in ``tsf/config.py`` and
@@ -33,7 +33,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     users.add_argument("--vo", action="append", default=[], help="VO of the user (repeat)")
     users.add_argument("--group", action="append", default=[],
                        help="group of the user, the first is the primary one (repeat)")
-    users.add_argument("--role", choices=("user", "admin"), default="user")
+    users.add_argument("--role", choices=("user", "creator", "admin"), default="user")
     users.add_argument("--password-stdin", action="store_true",
                        help="read the password from the first line of stdin")
     serve.set_defaults(func=_serve)

@@ -124,11 +124,16 @@ def import_bundle(repository: ImageRepository, source: str | Path, caller: Calle
     source = Path(source)
     try:
         archive = tarfile.open(source, "r:*")  # noqa: SIM115 (closed by the with below)
-    except (tarfile.TarError, OSError) as err:
-        raise BundleError(f"is not a tar archive: {err}", "bundle") from None
+    except (tarfile.TarError, OSError):  # their text is several lines of internals
+        raise BundleError("is not a tar archive (plain, gzip, bzip2 or xz)", "bundle"
+                          ) from None
     with archive, tempfile.TemporaryDirectory(prefix="gridvm-bundle-",
                                               dir=repository.store.tmp) as scratch:
-        manifest, blobs = _unpack(archive, Path(scratch), max_bytes)
+        try:
+            manifest, blobs = _unpack(archive, Path(scratch), max_bytes)
+        except tarfile.TarError:  # a truncated or damaged archive
+            raise BundleError("is damaged: it ends early or a member's header is broken",
+                              "bundle") from None
         entries = _parse_manifest(manifest)
         return _register(repository, entries, blobs, caller, now)
 

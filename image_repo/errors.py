@@ -66,3 +66,15 @@ class NoMatchingImage(RepositoryError):
     def __init__(self, message: str, result: object = None):
         super().__init__(message)
         self.result = result
+
+
+class QuotaExceeded(RepositoryError):
+    """A user's images would take more of the store than the site allows."""
+
+    reason = Reason.QUOTA_EXCEEDED
+
+
+class UploadNotFound(RepositoryError):
+    """No pending registration of the caller has this id (or it expired)."""
+
+    reason = Reason.NOT_FOUND

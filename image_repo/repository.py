@@ -57,6 +57,7 @@ from image_repo.schema import (
     validate,
 )
 from image_repo.store import BlobStore, StagedBlob
+from image_repo.strict import to_json
 from image_repo.trust import (
     Endorsement,
     ImageIdentity,
@@ -223,7 +224,8 @@ class ImageRepository:
     def _before_commit(self) -> None:
         """Hook between placing blobs and committing (tests interrupt registration here)."""
 
-    def _prepare(self, metadata: ImageMetadata | Mapping[str, Any], files: Files) -> _Prepared:
+    def _prepare(self, metadata: ImageMetadata | Mapping[str, Any], files: Files, *,
+                 need_files: bool = True) -> _Prepared:
         doc = metadata.to_dict() if isinstance(metadata, ImageMetadata) else metadata
         meta = validate(doc)
         general, origin = meta.general, meta.origin
@@ -242,7 +244,7 @@ class ImageRepository:
                 raise BadRequest(f"file {name!r} is not listed (listed: {listed})",
                                  "origin.content")
         for i, ref in enumerate(origin.content):
-            if ref.file not in given and not self.store.has(ref.sha512):
+            if need_files and ref.file not in given and not self.store.has(ref.sha512):
                 raise BadRequest(f"no file given for {ref.file!r}, and the store does not hold "
                                  "its sha512", f"origin.content[{i}]")
         digest = content_digest(origin.content)
@@ -281,23 +283,12 @@ class ImageRepository:
             keep = kept[offset] if kept else None
             if keep is not None:
                 version = self._kept_version(session, keep, general.name, before)
-            if before and not access.can_write(caller, before["owner"], before["group_name"],
-                                               before["mode"], before["vos"]):
-                raise NotAuthorized(f"the name {general.name!r} is taken by images you may not "
-                                    "change", "general.name")
+            self._check_rights(caller, general, before)
             if general.version is not None and general.version != version:
                 raise BadRequest(f"the next version of {general.name} is {version}, not "
                                  f"{general.version}", "general.version")
             owner = general.owner or caller.user
-            if owner != caller.user and not caller.admin and not (before and
-                                                                  owner == before["owner"]):
-                raise NotAuthorized("only an administrator may register images for another "
-                                    "user", "general.owner")
             group = general.group or caller.primary_group
-            if general.group and not caller.admin and general.group not in caller.groups and \
-                    not (before and general.group == before["group_name"]):
-                raise NotAuthorized(f"you are not a member of group {general.group!r}",
-                                    "general.group")
             if keep is not None:
                 earlier = {k.id for k in kept[:offset]} if kept else set()
                 base_id = keep.base_id if keep.base_id and (
@@ -354,6 +345,45 @@ class ImageRepository:
                 session.execute(insert(model), rows)
         return records
 
+    @staticmethod
+    def _check_rights(caller: Caller, general, before: dict[str, Any] | None) -> None:
+        """May ``caller`` register ``general`` after ``before`` (the newest of its name)?"""
+        if before and not access.can_write(caller, before["owner"], before["group_name"],
+                                           before["mode"], before["vos"]):
+            raise NotAuthorized(f"the name {general.name!r} is taken by images you may not "
+                                "change", "general.name")
+        owner = general.owner or caller.user
+        if owner != caller.user and not caller.admin and not (before and
+                                                              owner == before["owner"]):
+            raise NotAuthorized("only an administrator may register images for another "
+                                "user", "general.owner")
+        if general.group and not caller.admin and general.group not in caller.groups and \
+                not (before and general.group == before["group_name"]):
+            raise NotAuthorized(f"you are not a member of group {general.group!r}",
+                                "general.group")
+
+    def preview(self, metadata: ImageMetadata | Mapping[str, Any],
+                caller: Caller) -> ImageMetadata:
+        """What ``register`` would check before it needs the files: the document (with the
+        content digest and size filled in) and the caller's right to register it under its
+        name, owner and group.  Raises as ``register`` would; registers nothing."""
+        meta = self._prepare(metadata, (), need_files=False).meta
+        with session_scope(self._sessions) as session:
+            before = self._latest_rows(session, [meta.general.name]).get(meta.general.name)
+            self._check_rights(caller, meta.general, before)
+            if meta.general.base_image is not None:
+                self._resolve(session, meta.general.base_image, caller)
+        return meta
+
+    def stored_bytes(self, owner: str) -> int:
+        """Bytes of the distinct files of ``owner``'s images that are not deleted."""
+        with session_scope(self._sessions) as session:
+            rows = session.execute(
+                select(ImageFileRow.sha512, ImageFileRow.size)
+                .join(ImageRow, ImageRow.id == ImageFileRow.image_id)
+                .where(ImageRow.owner == owner, ImageRow.status != "deleted").distinct())
+            return sum(dict(tuple(row) for row in rows).values())
+
     def _latest_rows(self, session: Session, names: list[str]) -> dict[str, dict[str, Any]]:
         latest: dict[str, dict[str, Any]] = {}
         for start in range(0, len(names), _CHUNK):
@@ -398,6 +428,11 @@ class ImageRepository:
         Content files that did not change need not be given again.  The new version records
         ``ref`` as its base.
         """
+        return self.register(self.derive(ref, patch, caller), files, caller)
+
+    def derive(self, ref: str, patch: Mapping[str, Any], caller: Caller) -> dict[str, Any]:
+        """The document of a new version of ``ref`` with ``patch`` applied (what
+        :meth:`new_version` registers); checks the caller may change ``ref``."""
         source = self.get(ref, caller, write=True)
         doc = source.metadata.to_dict()
         for key in KEPT_FIELDS:
@@ -407,14 +442,48 @@ class ImageRepository:
         if not isinstance(patch, Mapping):
             raise BadRequest("a change must be a JSON object (a merge patch)", "patch")
         changed = merge_patch(doc, patch)
-        if changed.get("general", {}).get("name") != source.name:
+        if not isinstance(changed.get("general"), Mapping):
+            raise BadRequest("expected an object (a merge patch changes it key by key)",
+                             "general")
+        if changed["general"].get("name") != source.name:
             raise BadRequest("a new version keeps the name; register a new image instead",
                              "general.name")
         for key in KEPT_FIELDS:
             if key in patch.get("general", {}) and key != "base_image":
                 raise BadRequest("is kept by the repository", f"general.{key}")
         changed["general"]["base_image"] = source.id
-        return self.register(changed, files, caller)
+        return changed
+
+    def add_application(self, ref: str, application: Mapping[str, Any],
+                        caller: Caller) -> ImageRecord:
+        """A new version of ``ref`` that also lists ``application`` in its IDB (the others
+        stay); BadRequest when it is listed already."""
+        source = self.get(ref, caller, write=True)
+        if not isinstance(application, Mapping):
+            raise BadRequest("expected an application object", "application")
+        apps = [to_json(a) for a in source.metadata.idb.applications]
+        return self.new_version(source.id, {"idb": {"applications": [*apps, application]}},
+                                caller)
+
+    def remove_application(self, ref: str, name: str, version: str | None,
+                           caller: Caller) -> ImageRecord:
+        """A new version of ``ref`` without the IDB application ``name`` (of ``version``;
+        without one, the only application of that name); the others stay."""
+        source = self.get(ref, caller, write=True)
+        apps = source.metadata.idb.applications
+        hits = [a for a in apps if a.name.lower() == name.lower()
+                and (version is None or a.version == version)]
+        label = f"{name} {version}" if version else name
+        if not hits:
+            listed = ", ".join(f"{a.name} {a.version or ''}".strip() for a in apps) or "none"
+            raise BadRequest(f"{source.ref} lists no application {label} (listed: {listed})",
+                             "idb.applications")
+        if len(hits) > 1:
+            raise BadRequest(f"{source.ref} lists {name} in versions "
+                             f"{', '.join(str(a.version) for a in hits)}: name the version",
+                             "idb.applications")
+        kept = [to_json(a) for a in apps if a is not hits[0]]
+        return self.new_version(source.id, {"idb": {"applications": kept}}, caller)
 
     def set_status(self, ref: str, status: str, caller: Caller) -> ImageRecord:
         """Move an image along ``TRANSITIONS`` (deleting keeps the record, frees the blobs)."""

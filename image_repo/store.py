@@ -74,12 +74,18 @@ class BlobStore:
     @contextlib.contextmanager
     def staging(self) -> Iterator[Path]:
         """A private staging directory, removed when the block ends."""
-        directory = self.tmp / f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        directory.mkdir()
+        directory = self.open_staging()
         try:
             yield directory
         finally:
             shutil.rmtree(directory, ignore_errors=True)
+
+    def open_staging(self) -> Path:
+        """A new private staging directory that outlives a block (the caller removes it;
+        :meth:`recover` removes it once this process is gone)."""
+        directory = self.tmp / f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        directory.mkdir()
+        return directory
 
     def stage(self, source: Path, staging: Path, expected_sha512: str, expected_size: int,
               where: str | None = None) -> StagedBlob:
@@ -88,16 +94,13 @@ class BlobStore:
         ``where`` is the metadata path of the file's ref, named in a mismatch error.
         """
         target = staging / expected_sha512
-        digest = hashlib.sha512()
-        size = 0
-        with source.open("rb") as reader, target.open("wb") as writer:
-            while chunk := reader.read(CHUNK):
-                digest.update(chunk)
-                writer.write(chunk)
-                size += len(chunk)
-            writer.flush()
-            os.fsync(writer.fileno())
-        actual = digest.hexdigest()
+        if source.resolve().is_relative_to(self.tmp.resolve()):
+            # already in a staging area of this store (a registration that arrived in
+            # pieces): link it instead of copying, and hash what was linked
+            os.link(source, target)
+            actual, size = _hash_file(target)
+        else:
+            actual, size = _copy_hashed(source, target)
         if actual != expected_sha512:
             target.unlink()
             raise ChecksumMismatch(f"{source.name} has sha512 {actual[:16]}…, the metadata says "
@@ -175,6 +178,20 @@ class BlobStore:
         for fan in self.blobs.iterdir():
             for blob in fan.iterdir():
                 yield fan.name + blob.name
+
+
+def _copy_hashed(source: Path, target: Path) -> tuple[str, int]:
+    """Copy ``source`` to ``target`` (synced) while hashing; (sha512, size)."""
+    digest = hashlib.sha512()
+    size = 0
+    with source.open("rb") as reader, target.open("wb") as writer:
+        while chunk := reader.read(CHUNK):
+            digest.update(chunk)
+            writer.write(chunk)
+            size += len(chunk)
+        writer.flush()
+        os.fsync(writer.fileno())
+    return digest.hexdigest(), size
 
 
 def _hash_file(path: Path) -> tuple[str, int]:

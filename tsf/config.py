@@ -30,6 +30,9 @@ Example (every value shown is the default; ``state_dir`` defaults to ``$GRIDVM_H
     [limits]
     max_json_kib = 1024               # a JSON request body
     max_upload_mib = 256              # one uploaded file (downloads are not limited)
+    image_file_mib = 4096             # one file of an image a creator registers
+    image_quota_mib = 20480           # a user's images in the store (0 = no quota)
+    image_upload_expiry_s = 3600      # a registration waiting for its files is dropped
     max_cpus = 4                      # published sizing resources
     max_memory_mib = 8192
     max_runtime_s = 86400
@@ -188,6 +191,9 @@ class QuotasSection:
 class LimitsSection:
     max_json_kib: int = 1024
     max_upload_mib: int = 256
+    image_file_mib: int = 4096
+    image_quota_mib: int = 20480
+    image_upload_expiry_s: int = 3600
     max_cpus: int = 4
     max_memory_mib: int = 8192
     max_runtime_s: int = 86400

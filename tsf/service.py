@@ -15,12 +15,14 @@ import os
 from pathlib import Path
 
 from twisted.application import service
-from twisted.internet import defer
+from twisted.application.internet import TimerService
+from twisted.internet import defer, threads
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
 from base.db import make_engine
 from image_repo.repository import ImageRepository
+from image_repo.uploads import Uploads
 from target_system.instance import Deadlines, HealthPolicy, SiteCredentials
 from target_system.store import StateStore
 from target_system.transfers import TransferPolicy
@@ -214,12 +216,19 @@ class SiteService(service.MultiService):
                                             default_lifetime=limits.token_lifetime_s)
         backoff = LoginBackoff(limits.login_failures_free, limits.login_backoff_s,
                                limits.login_backoff_max_s)
+        uploads = Uploads(self.repository, quota_bytes=(limits.image_quota_mib << 20) or None,
+                          expiry_s=limits.image_upload_expiry_s)
         self.app = build_app(
             config.site.name, self.factory, Authenticator(self.users, tokens, backoff=backoff),
             tokens,
-            Limits(max_json=limits.max_json_kib << 10, max_upload=limits.max_upload_mib << 20),
+            Limits(max_json=limits.max_json_kib << 10, max_upload=limits.max_upload_mib << 20,
+                   max_image_file=limits.image_file_mib << 20),
             sizing=Sizing(limits.max_cpus, limits.max_memory_mib, limits.max_runtime_s),
-            exchange=config.exchange, list_signer=ListSigner.from_config(config))
+            exchange=config.exchange, list_signer=ListSigner.from_config(config),
+            uploads=uploads)
+        expiry = TimerService(60, threads.deferToThread, uploads.expire)
+        expiry.clock = reactor
+        expiry.setServiceParent(self)
         sites = await self.factory.sites.load()
         log.info("%d UNICORE site(s) of earlier runs kept; jobs kept %s after submission", sites,
                  f"{limits.job_lifetime_days:g} days" if limits.job_lifetime_days

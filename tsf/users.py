@@ -5,7 +5,8 @@ JSON, so that ``gridvm serve --add-user`` can rewrite it::
     {"users": {"alice": {"password": "scrypt$16384$8$1$<salt>$<hash>",
                           "groups": ["users"], "vos": ["demo"], "role": "user"}}}
 
-Roles: ``user`` (own jobs, instances and files) and ``admin`` (everything).  Passwords are
+Roles: ``user`` (own jobs, instances and files), ``creator`` (a user who may also register
+and change images, within the images' permissions) and ``admin`` (everything).  Passwords are
 hashed with scrypt from the standard library; verification takes constant time.  The file is
 re-read when it changes, so users can be added while the server runs.
 """
@@ -30,7 +31,7 @@ from base.errors import GridvmError
 from base.identity import Caller
 from base.reasons import Reason
 
-ROLES = ("user", "admin")
+ROLES = ("user", "creator", "admin")
 USER_KEYS = {"password", "groups", "vos", "role", "dn"}
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}$")
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 1 << 14, 8, 1

@@ -1,4 +1,6 @@
-"""``gridvm image …``: a site's VM images, over REST (``search``)."""
+"""``gridvm image …``: a site's VM images, over REST: ``search`` for users; ``register``,
+``new-version``, ``app add|remove``, ``deprecate``, ``activate``, ``delete``, ``endorse`` and
+``withdraw`` for creators (the site's ``creator`` role) and administrators."""
 
 from __future__ import annotations
 
@@ -9,12 +11,16 @@ from client.errors import CliError
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    group = commands.add_parser("image", help="search a site's VM images",
-                                description="The images of a site.  Local image work "
-                                "(build, register, endorse, ...): `gridvm catalogue`.")
+    group = commands.add_parser("image", help="search, register and change a site's VM images",
+                                description="The images of a site, over REST.  Operators' "
+                                "work on a local catalogue (build, bundles, ...): "
+                                "`gridvm catalogue`.")
     image_commands = group.add_subparsers(dest="image_command", metavar="IMAGE_COMMAND")
     image_commands.required = True
     _add_search(image_commands)
+    from client.commands import creators
+
+    creators.register(image_commands)
 
 
 def _add_search(image_commands: argparse._SubParsersAction) -> None:

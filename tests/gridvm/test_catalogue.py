@@ -97,3 +97,16 @@ def test_unreachable_catalogue_is_one_line(catalogue):
     result = catalogue("list", "--db", "postgresql+psycopg://x:y@127.0.0.1:1/none")
     assert result.returncode == 1
     assert result.stderr.startswith("gridvm: cannot open the catalogue")
+
+
+def test_export_writes_a_bundle_the_bundle_module_reads(catalogue, build_dir, tmp_path):
+    import tarfile
+
+    catalogue("register", "metadata.json", cwd=build_dir)
+    result = catalogue("export", "gridvm-debian12-initramfs", "-o", str(tmp_path / "b.tar"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("gridvm-debian12-initramfs: ")
+    with tarfile.open(tmp_path / "b.tar") as archive:
+        assert "gridvm-bundle.json" in archive.getnames()
+    missing = catalogue("export", "no-such-image", "-o", str(tmp_path / "c.tar"))
+    assert missing.returncode == 3 and not (tmp_path / "c.tar").exists()

@@ -44,21 +44,25 @@ def test_a_former_local_image_form_names_its_new_command():
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         "gridvm: `gridvm image register` moved: use `gridvm catalogue register` "
-        "(local image work; a site's images: `gridvm image search`)"]
+        "(local image work; a site's images: `gridvm image --help`)"]
 
 
 @pytest.mark.parametrize("verb", sorted(catalogue.FORMER_IMAGE_VERBS))
-def test_every_former_image_verb_is_refused_in_one_line(verb, capsys):
-    assert main(["-v", "image", verb, "--json"]) == 2
+def test_every_former_local_image_form_is_refused_in_one_line(verb, capsys):
+    assert main(["-v", "image", verb, "--db", "sqlite:///x.sqlite", "--json"]) == 2
     assert capsys.readouterr().err == (
         f"gridvm: `gridvm image {verb}` moved: use `gridvm catalogue {verb}` "
-        "(local image work; a site's images: `gridvm image search`)\n")
+        "(local image work; a site's images: `gridvm image --help`)\n")
 
 
-def test_former_image_verbs_are_catalogue_verbs_and_not_site_verbs():
+def test_former_image_verbs_are_catalogue_verbs_and_some_site_verbs():
     commands = subcommands(build_parser())
     assert set(subcommands(commands["catalogue"])) >= catalogue.FORMER_IMAGE_VERBS
-    assert set(subcommands(commands["image"])) == {"search"}
+    site_verbs = set(subcommands(commands["image"]))
+    assert site_verbs == {"search", "app", "activate", "export", "import",
+                          *catalogue.SITE_IMAGE_VERBS}
+    for verb in catalogue.FORMER_IMAGE_VERBS - site_verbs:
+        assert main(["image", verb]) == 2
 
 
 def test_console_script_is_the_entry_package():

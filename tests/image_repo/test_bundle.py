@@ -132,5 +132,8 @@ def test_damaged_bundles_are_refused_and_nothing_is_registered(repo, other, tmp_
         import_bundle(other, tmp_path / "link.tar", BOB)
     with pytest.raises(BundleError, match="is larger than 100 bytes"):
         import_bundle(other, bundle, BOB, max_bytes=100)
+    (tmp_path / "cut.tar").write_bytes(bundle.read_bytes()[:1000])  # cut in the manifest
+    with pytest.raises(BundleError, match="is damaged: it ends early"):
+        import_bundle(other, tmp_path / "cut.tar", BOB)
     assert other.list(ADMIN, include_deleted=True) == []
     assert list(other.store.digests()) == []

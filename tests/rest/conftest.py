@@ -27,7 +27,8 @@ from tsf.service import start_site
 from tsf.users import User, UsersFile, hash_password
 from vmm.hypervisor import Hypervisor
 
-PASSWORDS = {"alice": "alice-secret", "bob": "bob-secret", "root": "root-secret"}
+PASSWORDS = {"alice": "alice-secret", "bob": "bob-secret", "root": "root-secret",
+             "carol": "carol-secret", "dave": "dave-secret"}
 PUBLIC = "gridvm-debian12-initramfs"
 HIDDEN = "gridvm-debian12-qcow2"
 CREATOR = Caller.of("creator", groups=["images"])
@@ -38,6 +39,10 @@ def write_users(path) -> None:
     users.put(User("alice", hash_password(PASSWORDS["alice"]), ("users",), ("demo",)))
     users.put(User("bob", hash_password(PASSWORDS["bob"]), ("users",), ("demo",)))
     users.put(User("root", hash_password(PASSWORDS["root"]), ("admins",), (), "admin"))
+    users.put(User("carol", hash_password(PASSWORDS["carol"]), ("images",), ("demo",),
+                   "creator"))
+    users.put(User("dave", hash_password(PASSWORDS["dave"]), ("images",), ("demo",),
+                   "creator"))
 
 
 def register_images(repository, built_images) -> None:
@@ -128,4 +133,13 @@ async def running_site(built_images, **overrides):
 async def rest_site(built_images):
     """(service, Http for BASE over http); the service tree is stopped afterwards."""
     async with running_site(built_images) as pair:
+        yield pair
+
+
+@pytest_twisted.async_yield_fixture(scope="module")
+async def creators_site():
+    """(service, Http for BASE over http) of a site without VM images, for creators' tests:
+    other uploads at most 1 MiB, one image file at most 2 MiB, 3 MiB of images per user."""
+    async with running_site({}, limits={"max_upload_mib": 1, "image_file_mib": 2,
+                                        "image_quota_mib": 3}) as pair:
         yield pair

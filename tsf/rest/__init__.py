@@ -1,7 +1,7 @@
 """The UNICORE REST site on Twisted web (``/<SITE>/rest/core``), as pyunicore 2.x uses it.
 
 ``build_site`` wires the resource families (one module each: ``base``, ``sites``, ``jobs``,
-``storages``, ``gridvm``) into a :class:`twisted.web.server.Site`.
+``storages``, ``gridvm``, ``images`` …) into a :class:`twisted.web.server.Site`.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 from twisted.internet import reactor
 from twisted.web import resource, server
 
+from image_repo.uploads import Uploads
 from tsf.config import ExchangeSection
 from tsf.dashboard.events import EventStreams
 from tsf.dashboard.sessions import SessionStore
@@ -16,7 +17,7 @@ from tsf.dashboard.site import Dashboard
 from tsf.exchange import ListSigner
 from tsf.factory import TargetSystemFactory
 from tsf.metrics import MetricsResource
-from tsf.rest import base, gridvm, imagelists, jobs, oai, sites, storages
+from tsf.rest import base, gridvm, imagelists, images, jobs, oai, sites, storages
 from tsf.rest.app import CoreResource, Limits, RestApp, Sizing
 from tsf.rest.auth import Authenticator, TokenIssuer
 from tsf.rest.http import BoundedRequest
@@ -35,11 +36,11 @@ class _NotFound(resource.Resource):
 def build_app(site_name: str, factory: TargetSystemFactory, authenticator: Authenticator,
               tokens: TokenIssuer, limits: Limits | None = None,
               sizing: Sizing | None = None, exchange: ExchangeSection | None = None,
-              list_signer: ListSigner | None = None) -> RestApp:
+              list_signer: ListSigner | None = None, uploads: Uploads | None = None) -> RestApp:
     app = RestApp(site_name, authenticator, factory, tokens, factory.sites,
                   limits=limits or Limits(), sizing=sizing or Sizing(), exchange=exchange,
-                  list_signer=list_signer)
-    for family in (base, sites, jobs, storages, gridvm, oai, imagelists):
+                  list_signer=list_signer, uploads=uploads)
+    for family in (base, sites, jobs, storages, gridvm, images, oai, imagelists):
         family.install(app)
     return app
 
@@ -61,6 +62,8 @@ def build_site(app: RestApp, metrics_token: str = "") -> server.Site:
 
     class Request(BoundedRequest):
         max_body = app.limits.max_upload
+        large_body = app.limits.max_image_file  # files of images and bundles being registered
+        large_paths = (b"/images/uploads/", b"/images/bundles")
 
     site = server.Site(root)
     site.requestFactory = Request

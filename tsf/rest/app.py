@@ -28,6 +28,7 @@ from twisted.web import resource, server
 from base.errors import GridvmError
 from base.reasons import Reason
 from image_repo.repository import ImageRepository
+from image_repo.uploads import Uploads
 from tsf.config import ExchangeSection
 from tsf.errors import InstanceBusy
 from tsf.exchange import ListSigner
@@ -83,6 +84,7 @@ class Route:
 class Limits:
     max_json: int = 1 << 20  #: bytes of a JSON request body
     max_upload: int = 256 << 20  #: bytes of one uploaded file
+    max_image_file: int = 4 << 30  #: bytes of one file of an image being registered
     max_page: int = 1000  #: largest ``num`` of a listing
 
 
@@ -168,8 +170,13 @@ class RestApp:
     sizing: Sizing = field(default_factory=Sizing)
     exchange: ExchangeSection | None = None  #: what OAI-PMH and the image lists publish
     list_signer: ListSigner | None = None  #: signs the image lists
+    uploads: Uploads | None = None  #: creators' registrations waiting for files
     routes: list[Route] = field(default_factory=list)
     started: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        if self.uploads is None:
+            self.uploads = Uploads(self.factory.repository)
 
     @property
     def repository(self) -> ImageRepository:

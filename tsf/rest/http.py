@@ -247,18 +247,32 @@ class BoundedRequest(server.Request):
     """
 
     max_body = 1 << 30
+    #: a larger bound for a body sent to a path that contains one of ``large_paths``
+    large_body = 0
+    large_paths: tuple[bytes, ...] = ()
     received = 0
     too_large = False
+    _limit: int | None = None
+
+    def body_limit(self) -> int:
+        """The bound for this request's body, chosen by its path (known from the request
+        line before the body arrives; where it is not, the larger bound)."""
+        if self._limit is None:
+            path = getattr(self.channel, "_path", None)
+            large = max(self.max_body, self.large_body)
+            self._limit = large if path is None or any(
+                part in path for part in self.large_paths) else self.max_body
+        return self._limit
 
     def gotLength(self, length):
-        if length is not None and length > self.max_body:
+        if length is not None and length > self.body_limit():
             self.too_large = True
             length = 0
         super().gotLength(length)
 
     def handleContentChunk(self, data):
         self.received += len(data)
-        if self.received > self.max_body:
+        if self.received > self.body_limit():
             self.too_large = True
         if not self.too_large:
             super().handleContentChunk(data)
