@@ -36,6 +36,7 @@ from client.errors import (
     EXIT_USAGE,
     CliError,
 )
+from client.events import ChangeWaiter
 
 TERMINAL = ("SUCCESSFUL", "FAILED")
 _EXIT_BY_STATUS = {400: EXIT_USAGE, 401: EXIT_AUTH, 403: EXIT_AUTH, 404: EXIT_NOT_FOUND,
@@ -81,6 +82,14 @@ class Site:
             self._context.verify_mode = ssl.CERT_NONE
 
     # -- HTTP --------------------------------------------------------------------------------
+    def auth_headers(self) -> dict[str, str]:
+        if self.token:
+            return {"Authorization": f"Bearer {self.token}"}
+        if self.user is not None:
+            pair = f"{self.user}:{self.password or ''}".encode()
+            return {"Authorization": "Basic " + base64.b64encode(pair).decode()}
+        return {}
+
     def request(self, method: str, url: str, *, body: Any = None, data: Any = None,
                 accept: str = "application/json", headers: dict[str, str] | None = None,
                 expect: tuple[int, ...] = (200,), timeout: float | None = None,
@@ -98,11 +107,7 @@ class Site:
             all_headers["Content-Type"] = "application/json"
         elif data is not None:
             all_headers.setdefault("Content-Type", "application/octet-stream")
-        if self.token:
-            all_headers["Authorization"] = f"Bearer {self.token}"
-        elif self.user is not None:
-            pair = f"{self.user}:{self.password or ''}".encode()
-            all_headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
+        all_headers.update(self.auth_headers())
         try:
             request = urllib.request.Request(url, data=data, method=method,
                                              headers=all_headers)
@@ -222,6 +227,12 @@ class Site:
         """End a VM instance now (``force``: aborting its unfinished jobs first)."""
         self.request("DELETE", f"instances/{quote(instance_id, safe='')}"
                                + ("?force=true" if force else ""), expect=(204,))
+
+    def instance_log(self, instance_id: str) -> str:
+        """The end of an instance's console log (kept after the instance ended)."""
+        reply = self.request("GET", f"instances/{quote(instance_id, safe='')}/log",
+                             accept="text/plain")
+        return reply.body.decode("utf-8", "replace")
 
     def pools(self) -> list[dict[str, Any]]:
         """The warm pools that serve the caller (all of them for an administrator)."""
@@ -348,9 +359,19 @@ class Job:
 
     def wait(self, timeout: float = 3600.0, interval: float = 1.0, on_change=None,
              on_poll=None) -> str:
-        """Poll until SUCCESSFUL or FAILED; ``on_change(properties)`` on every new status,
-        ``on_poll(properties)`` after every poll (e.g. a progress display)."""
+        """Until SUCCESSFUL or FAILED; ``on_change(properties)`` on every new status,
+        ``on_poll(properties)`` after every poll (e.g. a progress display).  Where the site
+        has an event stream (``/<SITE>/events``), a poll follows each pushed change instead
+        of every ``interval`` seconds."""
         deadline = time.monotonic() + timeout
+        changes = ChangeWaiter.open(self.site, self.id)
+        try:
+            return self._wait(deadline, timeout, interval, changes, on_change, on_poll)
+        finally:
+            if changes is not None:
+                changes.close()
+
+    def _wait(self, deadline, timeout, interval, changes, on_change, on_poll) -> str:
         seen = None
         while True:
             props = self.properties()
@@ -364,7 +385,13 @@ class Job:
                 return seen
             if time.monotonic() >= deadline:
                 raise CliError(f"job {self.id} still {seen} after {timeout:g} s", EXIT_TIMEOUT)
-            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+            pause = max(0.0, deadline - time.monotonic())
+            if changes is not None and changes.alive:
+                # the site pushes changes: wait for one (polling now and then for the
+                # progress display's clock)
+                changes.wait(min(max(interval, 5.0), pause))
+            else:
+                time.sleep(min(interval, pause))
 
     def instance(self) -> dict[str, Any] | None:
         """The VM instance the job runs in (None before one is chosen, or once it is gone)."""

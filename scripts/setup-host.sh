@@ -30,6 +30,7 @@ PACKAGES=(
     mmdebstrap fdisk dosfstools mtools syslinux syslinux-common  # cloud images (own bootloader)
     socat                                                     # guest -> host TSI callback relay
     iproute2 procps
+    chromium chromium-driver                                  # the dashboard's browser tests
 )
 if [ "$WITH_POSTGRES" = 1 ]; then PACKAGES+=(postgresql); fi
 

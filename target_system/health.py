@@ -34,6 +34,7 @@ class HealthCheck:
         self.clock, self.policy, self.name = clock, policy, name
         self._ping, self._lost = ping, lost
         self.missed = 0  #: failed pings in a row
+        self.round_trip: float | None = None  #: seconds the last answered ping took
         self._loop: task.LoopingCall | None = None
 
     @property
@@ -53,9 +54,11 @@ class HealthCheck:
         self._loop = None
 
     async def _check(self) -> None:
+        sent = self.clock.seconds()
         try:
             await self._ping().addTimeout(self.policy.ping_timeout, self.clock)
             self.missed = 0
+            self.round_trip = self.clock.seconds() - sent
         except Exception as err:
             self.missed += 1
             log.warning("instance %s: ping %d/%d failed: %s", self.name, self.missed,

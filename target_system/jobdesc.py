@@ -41,10 +41,11 @@ TOP_LEVEL_KEYS = {
     "User precommand", "User postcommand", "RunUserPrecommandOnLoginNode",
     "RunUserPostcommandOnLoginNode", "UserPrecommandIgnoreNonZeroExitCode",
     "UserPostcommandIgnoreNonZeroExitCode", "UserPrecommandIgnoreNonZeroExitcode",
-    "UserPostcommandIgnoreNonZeroExitcode", "Notification", "User email", "Login node",
+    "UserPostcommandIgnoreNonZeroExitcode", "Notification", "NotificationSettings",
+    "User email", "Login node",
 }
 #: Accepted but with no effect in a VM site; listed so that clients that send them work.
-IGNORED_KEYS = {"Project", "Notification", "User email", "Login node", "Umask",
+IGNORED_KEYS = {"Project", "User email", "Login node", "Umask",
                 "RunUserPrecommandOnLoginNode", "RunUserPostcommandOnLoginNode"}
 #: The one partition (UNICORE queue) of a VM site; ``Resources.Queue`` may name only it.
 PARTITION = "batch"
@@ -68,6 +69,11 @@ MEMORY_KEYS = ("Memory", "MemoryPerNode")
 IMPORT_KEYS = {"From", "To", "Data", "FailOnError", "Permissions", "Mode", "ReadOnly",
                "Credentials", "ExtraParameters"}
 EXPORT_KEYS = {"From", "To", "FailOnError", "Credentials", "ExtraParameters"}
+#: UNICORE's NotificationSettings: the job states to notify of (``bssStatus``, the batch
+#: system's own states, is accepted and has no effect: a VM site has no batch system).
+NOTIFICATION_KEYS = {"status", "bssStatus"}
+NOTIFIED_BY_DEFAULT = ("RUNNING", "SUCCESSFUL", "FAILED")
+JOB_STATES = ("READY", "STAGINGIN", "QUEUED", "RUNNING", "STAGINGOUT", "SUCCESSFUL", "FAILED")
 JOB_TYPES = {"batch": "BATCH", "normal": "BATCH", "on_login_node": "ON_LOGIN_NODE",
              "interactive": "ON_LOGIN_NODE"}
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -257,6 +263,8 @@ class JobDescription:
     precommand: str | None = None
     postcommand: str | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+    notification: str | None = None  #: URL the site POSTs the job's status to
+    notify_states: tuple[str, ...] = NOTIFIED_BY_DEFAULT
 
     @property
     def wanted_application(self) -> ApplicationRequirement | None:
@@ -279,12 +287,55 @@ def _check_keys(path: str, value: dict, allowed: set[str]) -> None:
             raise JobDescriptionError(f"{path}{name}", f"unknown key{hint}")
 
 
+def _notification(job: JobDescription, doc: dict[str, Any]) -> None:
+    """UNICORE's ``Notification`` (an http(s) URL) and ``NotificationSettings``."""
+    if "Notification" in doc:
+        url = _str("Notification", doc["Notification"])
+        if not url.startswith(("http://", "https://")) or len(url) > 2048:
+            raise JobDescriptionError("Notification", "expected an http(s) URL (at most 2048 "
+                                      "characters)")
+        job.notification = url
+    if "NotificationSettings" in doc:
+        settings = doc["NotificationSettings"]
+        if not isinstance(settings, dict):
+            raise JobDescriptionError("NotificationSettings", "expected an object")
+        _check_keys("NotificationSettings.", settings, NOTIFICATION_KEYS)
+        for key in NOTIFICATION_KEYS:
+            if key in settings and not isinstance(settings[key], list):
+                raise JobDescriptionError(f"NotificationSettings.{key}",
+                                          "expected a list of strings")
+        if "status" in settings:
+            states = [_str(f"NotificationSettings.status[{i}]", s)
+                      for i, s in enumerate(settings["status"])]
+            for i, state in enumerate(states):
+                if state not in JOB_STATES:
+                    raise JobDescriptionError(f"NotificationSettings.status[{i}]",
+                                              f"not a job state: {state!r} (one of "
+                                              f"{', '.join(JOB_STATES)})")
+            job.notify_states = tuple(states)
+
+
 def parse_job(doc: Any) -> JobDescription:
     """A :class:`JobDescription` from a decoded JSON document; raises JobDescriptionError."""
     if not isinstance(doc, dict):
         raise JobDescriptionError("", "a job description is a JSON object")
     _check_keys("", doc, TOP_LEVEL_KEYS)
     job = JobDescription(raw=doc)
+    _command(job, doc)
+    _application(job, doc)
+    _streams_and_flags(job, doc)
+    _notification(job, doc)
+    _resources(job, doc.get("Resources", {}))
+    job.requirements = _requirements(job, doc.get("Resources", {}))
+    _imports(job, doc.get("Imports", []))
+    _exports(job, doc.get("Exports", []))
+    if not job.executable and not job.application:
+        raise JobDescriptionError("Executable", "give an Executable or an ApplicationName")
+    return job
+
+
+def _command(job: JobDescription, doc: dict[str, Any]) -> None:
+    """Name, job type, executable, arguments, environment."""
     if "Name" in doc:
         job.name = _str("Name", doc["Name"], maximum=MAX_NAME)
     if "Job type" in doc:
@@ -297,11 +348,12 @@ def parse_job(doc: Any) -> JobDescription:
         if not job.executable.strip():
             raise JobDescriptionError("Executable", "must not be empty")
     if "Arguments" in doc:
-        args = doc["Arguments"]
-        if not isinstance(args, list):
-            raise JobDescriptionError("Arguments", "expected a list of strings")
-        job.arguments = [_str(f"Arguments[{i}]", a) for i, a in enumerate(args)]
+        job.arguments = _strings("Arguments", doc["Arguments"])
     job.environment = _environment(doc.get("Environment", {}))
+
+
+def _application(job: JobDescription, doc: dict[str, Any]) -> None:
+    """Parameters, and the IDB application (with CONTAINER's IMAGE_URL)."""
     if "Parameters" in doc:
         params = doc["Parameters"]
         if not isinstance(params, dict):
@@ -314,6 +366,10 @@ def parse_job(doc: Any) -> JobDescription:
         job.application_version = _str("ApplicationVersion", doc["ApplicationVersion"])
     if job.application == "CONTAINER" and not job.parameters.get("IMAGE_URL"):
         raise JobDescriptionError("Parameters.IMAGE_URL", "a CONTAINER application needs IMAGE_URL")
+
+
+def _streams_and_flags(job: JobDescription, doc: dict[str, Any]) -> None:
+    """Stdout/Stderr/Stdin, exit-code and stage-in flags, tags, user pre/postcommands."""
     for key, attr in (("Stdout", "stdout"), ("Stderr", "stderr"), ("Stdin", "stdin")):
         if key in doc:
             setattr(job, attr, _relative_path(key, _str(key, doc[key])))
@@ -322,22 +378,19 @@ def parse_job(doc: Any) -> JobDescription:
     if "haveClientStageIn" in doc:
         job.client_stage_in = _bool("haveClientStageIn", doc["haveClientStageIn"])
     if "Tags" in doc:
-        if not isinstance(doc["Tags"], list):
-            raise JobDescriptionError("Tags", "expected a list of strings")
-        job.tags = [_str(f"Tags[{i}]", t) for i, t in enumerate(doc["Tags"])]
+        job.tags = _strings("Tags", doc["Tags"])
     if "User precommand" in doc:
         job.precommand = _str("User precommand", doc["User precommand"],
                               control=_CONTROL_IN_SCRIPT)
     if "User postcommand" in doc:
         job.postcommand = _str("User postcommand", doc["User postcommand"],
                                control=_CONTROL_IN_SCRIPT)
-    _resources(job, doc.get("Resources", {}))
-    job.requirements = _requirements(job, doc.get("Resources", {}))
-    _imports(job, doc.get("Imports", []))
-    _exports(job, doc.get("Exports", []))
-    if not job.executable and not job.application:
-        raise JobDescriptionError("Executable", "give an Executable or an ApplicationName")
-    return job
+
+
+def _strings(path: str, value: Any) -> list[str]:
+    if not isinstance(value, list):
+        raise JobDescriptionError(path, "expected a list of strings")
+    return [_str(f"{path}[{i}]", item) for i, item in enumerate(value)]
 
 
 def _env_name(path: str, name: Any) -> str:

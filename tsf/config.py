@@ -92,6 +92,10 @@ Example (every value shown is the default; ``state_dir`` defaults to ``$GRIDVM_H
     list_key = ""                     # self-signed one, made on first start
     list_lifetime_days = 28           # dc:date:expires of a published list
 
+    [metrics]                         # GET /<name>/metrics (Prometheus text format)
+    token = ""                        # a bearer token a monitoring system scrapes with;
+                                      # "" = administrators only (Basic or Bearer)
+
     [trust]                           # image endorsements (docs/image-metadata.md)
     anchors = ""                      # PEM bundle: endorser certificates trusted as they
                                       # are, and CA certificates whose directly issued
@@ -233,6 +237,11 @@ class TrustSection:
 
 
 @dataclass
+class MetricsSection:
+    token: str = ""
+
+
+@dataclass
 class SiteConfig:
     site: SiteSection = field(default_factory=SiteSection)
     http: HttpSection = field(default_factory=HttpSection)
@@ -246,6 +255,7 @@ class SiteConfig:
     trust: TrustSection = field(default_factory=TrustSection)
     subscriptions: list = field(default_factory=list)  #: SubscriptionSection per table
     exchange: ExchangeSection = field(default_factory=ExchangeSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
 
     # -- derived paths ---------------------------------------------------------------------
     @property

@@ -29,6 +29,7 @@ from target_system.transfers import TransferPolicy
 from tsf.config import SiteConfig
 from tsf.exchange import ListSigner, SubscriptionRefresher, subscription_specs
 from tsf.factory import Quotas, TargetSystemFactory
+from tsf.notifications import Notifier
 from tsf.rest import build_app, build_site
 from tsf.rest.app import Limits, Sizing
 from tsf.rest.auth import Authenticator, TokenIssuer
@@ -138,6 +139,7 @@ class SiteService(service.MultiService):
         self.subscriptions: SubscriptionRefresher | None = None
         self.users: UsersFile | None = None
         self.app = None
+        self.notifier: Notifier | None = None
         self.http: ListeningService | None = None
         self.https: ListeningService | None = None
 
@@ -231,7 +233,7 @@ class SiteService(service.MultiService):
         log.info("%d UNICORE site(s) of earlier runs kept; jobs kept %s after submission", sites,
                  f"{limits.job_lifetime_days:g} days" if limits.job_lifetime_days
                  else "until deleted")
-        site = build_site(self.app)
+        site = build_site(self.app, metrics_token=config.metrics.token)
         if config.http.port >= 0:
             self.http = ListeningService("http", reactor, site, config.http.host,
                                          config.http.port)
@@ -241,6 +243,10 @@ class SiteService(service.MultiService):
                                           config.https.port, self._tls_options())
             self.https.setServiceParent(self)
         self.startService()
+        base_url = self.https_base or self.http_base
+        self.notifier = Notifier(self.factory, reactor,
+                                 lambda job_id: f"{base_url}/jobs/{job_id}")
+        self.notifier.setServiceParent(self)
         for base in (self.http_base, self.https_base):
             if base:
                 log.info("REST site listening: %s", base)

@@ -33,6 +33,7 @@ from twisted.internet import defer, task, threads
 
 from base.reasons import Reason
 from vmm import context, ports
+from vmm.consoles import ConsoleKeeper
 from vmm.domain import (
     ControllerConfig,
     DiskConfig,
@@ -175,6 +176,7 @@ class VirtualMachineManager(service.Service):
         self.hypervisor = hypervisor
         self.state_dir = Path(state_dir)
         self.cache = BaseImageCache(self.state_dir / "cache")
+        self.consoles = ConsoleKeeper(self.state_dir / "consoles")
         self.reactor = reactor
         self.prefix = prefix
         self.tb_cache_mib = tb_cache_mib
@@ -203,6 +205,17 @@ class VirtualMachineManager(service.Service):
 
     def instance_dir(self, instance_id: str) -> Path:
         return self.state_dir / "instances" / instance_id
+
+    def console_text(self, instance_id: str) -> str | None:
+        """The end of the instance's console log, live or kept after it ended (None if the
+        site never had one)."""
+        data = self.consoles.read(instance_id, self.instance_dir(instance_id) / "console.log")
+        return None if data is None else data.decode("utf-8", "replace").replace("\r", "")
+
+    def _remove_directory(self, directory: Path) -> None:
+        """Remove an instance's directory, its console log kept."""
+        self.consoles.keep(directory.name, directory / "console.log")
+        shutil.rmtree(directory, ignore_errors=True)
 
     def domain_name(self, instance_id: str) -> str:
         return f"{self.prefix}{instance_id}"
@@ -367,7 +380,7 @@ class VirtualMachineManager(service.Service):
                 await self.hypervisor.destroy(name)
             except HypervisorError:
                 log.exception("could not destroy %s after a failed boot", name)
-        shutil.rmtree(directory, ignore_errors=True)
+        self._remove_directory(directory)
 
     # -- events --------------------------------------------------------------------------
     def watch(self, instance_id: str, callback: Callable[[DomainEvent], None]
@@ -414,7 +427,7 @@ class VirtualMachineManager(service.Service):
                 delay = min(delay * 2, 5.0)
         self._undestroyed.discard(instance_id)
         self.instances.pop(instance_id, None)
-        shutil.rmtree(self.instance_dir(instance_id), ignore_errors=True)
+        self._remove_directory(self.instance_dir(instance_id))
 
     async def _destroy_own(self, name: str) -> None:
         """Destroy ``name`` if it is this site's; done only once the domain has stopped."""
@@ -488,7 +501,7 @@ class VirtualMachineManager(service.Service):
         root = self.state_dir / "instances"
         for entry in root.iterdir() if root.exists() else []:
             if entry.is_dir() and entry.name not in self.instances:
-                shutil.rmtree(entry, ignore_errors=True)
+                self._remove_directory(entry)
                 removed.append(entry.name)
         return removed
 

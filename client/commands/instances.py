@@ -1,5 +1,6 @@
-"""``gridvm instances``, ``terminate`` and ``pools``: the VM instances behind the jobs
-(operators see all of them), ending one now, and the warm pools."""
+"""``gridvm instances``, ``instance log``, ``terminate`` and ``pools``: the VM instances
+behind the jobs (operators see all of them), one's console log, ending one now, and the warm
+pools."""
 
 from __future__ import annotations
 
@@ -33,6 +34,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     terminate.add_argument("instance", metavar="INSTANCE", nargs="+")
     terminate.add_argument("--force", action="store_true",
                            help="abort the instance's unfinished jobs first")
+
+    instance = add_command(
+        commands, "instance", _instance, "one VM instance: its console log", json_flag=False,
+        description="gridvm instance log INSTANCE: the end of the instance's serial console "
+        "(its last 256 KiB), kept after the instance ended, so that a failed boot can be "
+        "diagnosed.")
+    instance.add_argument("what", choices=("log",), help="what to show")
+    instance.add_argument("instance", metavar="INSTANCE")
 
     add_command(commands, "pools", _pools,
                 "the warm pools: image, size, idle target, instances waiting",
@@ -77,6 +86,12 @@ def _terminate(args: argparse.Namespace) -> int:
     for instance_id in args.instance:
         site.end_instance(instance_id, force=args.force)
         print(f"terminated {instance_id}", file=sys.stderr)
+    return 0
+
+
+def _instance(args: argparse.Namespace) -> int:
+    text = connect(args).instance_log(args.instance)
+    sys.stdout.write(text if not text or text.endswith("\n") else text + "\n")
     return 0
 
 

@@ -6,12 +6,17 @@
 
 from __future__ import annotations
 
+from twisted.internet import reactor
 from twisted.web import resource, server
 
 from image_repo.uploads import Uploads
 from tsf.config import ExchangeSection
+from tsf.dashboard.events import EventStreams
+from tsf.dashboard.sessions import SessionStore
+from tsf.dashboard.site import Dashboard
 from tsf.exchange import ListSigner
 from tsf.factory import TargetSystemFactory
+from tsf.metrics import MetricsResource
 from tsf.rest import base, gridvm, imagelists, images, jobs, oai, sites, storages
 from tsf.rest.app import CoreResource, Limits, RestApp, Sizing
 from tsf.rest.auth import Authenticator, TokenIssuer
@@ -40,13 +45,20 @@ def build_app(site_name: str, factory: TargetSystemFactory, authenticator: Authe
     return app
 
 
-def build_site(app: RestApp) -> server.Site:
-    """``/<SITE>/rest/core/...`` → the app; everything else → a JSON 404."""
+def build_site(app: RestApp, metrics_token: str = "") -> server.Site:
+    """``/<SITE>/rest/core/...`` → the app, ``/<SITE>/dashboard/...`` → the dashboard,
+    ``/<SITE>/events`` and ``/<SITE>/metrics`` (the same app's users and factory;
+    ``metrics_token``: a bearer token that may read the metrics); everything else → a JSON
+    404."""
     root = _NotFound()
     site_node, rest_node = _NotFound(), _NotFound()
     root.putChild(app.site_name.encode(), site_node)
     site_node.putChild(b"rest", rest_node)
     rest_node.putChild(b"core", CoreResource(app, f"/{app.site_name}/rest/core"))
+    sessions = SessionStore()
+    site_node.putChild(b"dashboard", Dashboard(app, sessions))
+    site_node.putChild(b"events", EventStreams(app, sessions, reactor))
+    site_node.putChild(b"metrics", MetricsResource(app, metrics_token))
 
     class Request(BoundedRequest):
         max_body = app.limits.max_upload

@@ -247,11 +247,7 @@ class CoreResource(resource.Resource):
 
     @staticmethod
     def _error(reason: failure.Failure, request: server.Request) -> Response:
-        err = reason.value
-        if isinstance(err, GridvmError) and (status := _status_of(err)):
-            err = RestError(status, str(err), err.reason)
-        if not isinstance(err, RestError):
-            err = _internal_error(reason, request, "failed")
+        err = as_rest_error(reason, request, "failed")
         return Response(err.status, json=err.body(), headers=dict(err.headers))
 
     @classmethod
@@ -318,6 +314,34 @@ def _internal_error(reason: failure.Failure, request: server.Request, what: str)
               request.uri.decode("utf-8", "replace"), what, incident, reason.getTraceback())
     return RestError(500, f"internal error (incident {incident}): the site's log has the "
                           "details", Reason.INTERNAL_ERROR)
+
+
+def as_rest_error(reason: failure.Failure, request: server.Request, what: str) -> RestError:
+    """The HTTP error of a failure: a RestError as it is, a domain error by its reason, else
+    an internal error (logged with an incident id)."""
+    err = reason.value
+    if isinstance(err, GridvmError) and (status := _status_of(err)):
+        return RestError(status, str(err), err.reason)
+    return err if isinstance(err, RestError) else _internal_error(reason, request, what)
+
+
+def answer_failure(reason: failure.Failure, request: server.Request, what: str, *,
+                   challenge: bool = True) -> None:
+    """Answer a resource outside the router (events, metrics) with UNICORE's JSON error body
+    for ``reason`` (a :class:`RestError`, else an internal error with an incident id);
+    ``challenge=False`` leaves out ``WWW-Authenticate``."""
+    err = as_rest_error(reason, request, f"{what} failed")
+    if request.finished or request.startedWriting:
+        return
+    request.setResponseCode(err.status)
+    for name, value in err.headers.items():
+        if challenge or name.lower() != "www-authenticate":
+            request.setHeader(name, value)
+    body, content_type = Response(err.status, json=err.body()).encode()
+    request.setHeader("content-type", content_type)
+    request.setHeader("content-length", str(len(body)))
+    request.write(body)
+    request.finish()
 
 
 class _Backpressure:

@@ -51,6 +51,7 @@ class LoginBackoff:
                  size: int = 10000, clock: Callable[[], float] = time.monotonic):
         self.free, self.base, self.cap, self.size = free, base, cap, size
         self.clock = clock
+        self.failures_total = 0  #: failed logins since the start (for the metrics)
         self._keys: OrderedDict[tuple[str, str], _Failures] = OrderedDict()
 
     @staticmethod
@@ -71,6 +72,7 @@ class LoginBackoff:
 
     def failed(self, source: str | None, user: str | None) -> None:
         """Count a failed login against both keys (and bar them when over ``free``)."""
+        self.failures_total += 1
         if self.base <= 0:
             return
         now = self.clock()

@@ -1,7 +1,8 @@
 """gridvm's own resources: the caller's VM instances, the warm pools and the image catalogue.
 
 ``GET instances[/{id}]``: state, reason, health and phase timings (owners see their own,
-administrators all); ``DELETE instances/{id}[?force=true]`` ends one.  ``GET pools``: the
+administrators all); ``GET instances/{id}/log``: its console log, kept after it ended;
+``DELETE instances/{id}[?force=true]`` ends one.  ``GET pools``: the
 warm pools that serve the caller.  ``GET images[/{ref}]``: the images the caller may use,
 each with its endorsements and the site's trust verdict on it now (``trust``).
 ``POST images/match``: which images would run a job (a UNICORE job description, or
@@ -18,6 +19,7 @@ from image_repo.requirements import Requirements
 from target_system.jobdesc import JobDescriptionError, parse_job, requirement_sources
 from tsf.rest.app import Call, RestApp
 from tsf.rest.http import (
+    TEXT,
     Response,
     bad_request,
     int_param,
@@ -31,6 +33,8 @@ from tsf.rest.sites import paging_links
 def _instance_doc(call: Call, target) -> dict:
     doc = target.describe()
     doc["_links"] = {"self": link(call.url("instances", target.instance_id)),
+                     "log": link(call.url("instances", target.instance_id, "log"),
+                                 "the console log"),
                      "jobs": link(call.url("jobs"), "your jobs")}
     doc["jobLinks"] = [call.url("jobs", j) for j in sorted(target.jobs)]
     return doc
@@ -56,10 +60,24 @@ async def delete_instance(call: Call, instance_id: str) -> Response:
     return Response.no_content()
 
 
-async def list_pools(call: Call) -> Response:
+def console_of(factory, instance_id: str, caller) -> str:
+    """The end of an instance's console log (the owner's or an administrator's), kept after
+    the instance ended; NotFound for another's instance, "" when there is none."""
+    factory.instance(instance_id, caller)
+    read = getattr(factory.vmm, "console_text", None)
+    return (read(instance_id) if read is not None else None) or ""
+
+
+async def instance_log(call: Call, instance_id: str) -> Response:
+    """``GET instances/{id}/log``: the instance's console log as text (its last 256 KiB),
+    also after the instance ended, so that a failed boot can be diagnosed."""
+    text = await threads.deferToThread(console_of, call.app.factory, instance_id, call.caller)
+    return Response(data=text.encode(), content_type=TEXT)
+
+
+def pool_docs(factory, caller) -> list[dict]:
     """The warm pools that serve the caller (all, with their waiting instances, for an
     administrator)."""
-    factory, caller = call.app.factory, call.caller
     pools = []
     for spec in factory.pools.values():
         if not (caller.admin or spec.serves(caller)):
@@ -72,6 +90,13 @@ async def list_pools(call: Call) -> Response:
         if caller.admin:
             doc["instances"] = {t.instance_id: t.state.name for t in waiting}
         pools.append(doc)
+    return pools
+
+
+async def list_pools(call: Call) -> Response:
+    """The warm pools that serve the caller (all, with their waiting instances, for an
+    administrator)."""
+    pools = pool_docs(call.app.factory, call.caller)
     return Response(json={"pools": pools, "_links": {"self": link(call.url("pools"))}})
 
 
@@ -163,6 +188,7 @@ REQUIREMENTS_PATHS = {name: f"requirements.{name}"
 def install(app: RestApp) -> None:
     app.add("GET", "instances", list_instances)
     app.add("GET", "instances/{instance_id}", get_instance)
+    app.add("GET", "instances/{instance_id}/log", instance_log)
     app.add("DELETE", "instances/{instance_id}", delete_instance)
     app.add("GET", "pools", list_pools)
     app.add("GET", "images", list_images)

@@ -11,6 +11,7 @@ from base.reasons import Reason
 from target_system.jobdesc import JobDescriptionError, parse_job
 from tsf.errors import NotFound
 from tsf.imports import USPACE_SUFFIX
+from tsf.notifications import check_notification
 from tsf.rest.app import Call, RestApp
 from tsf.rest.http import (
     Response,
@@ -48,6 +49,7 @@ async def submit(call: Call, site_id: str | None = None) -> Response:
     except JobDescriptionError as err:
         raise bad_request(f"invalid job description: {err}") from None
     await call.app.factory.prepare(desc, caller, call.url("storages") + "/")
+    check_notification(desc, call.app.factory.transfers)
     site = site or registry.default_for(caller)
     job = call.app.factory.submit(desc, caller, site_id=site.site_id)
     return Response.created(call.url("jobs", job.job_id))
