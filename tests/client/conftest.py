@@ -1,4 +1,4 @@
-"""The CLI against a whole REST site in-process (the site of tests/rest, one VM boot).
+"""The CLI against a whole REST site in-process (the site of tests/tsf/rest, one VM boot).
 
 The CLI runs as a subprocess (``gridvm …``) in a thread, so that the reactor keeps serving
 the in-process site meanwhile.  Each call gets a clean environment: GRIDVM_URL (HTTPS,
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from twisted.internet import threads
 
-from tests.rest.conftest import PASSWORDS, rest_site  # noqa: F401  (the module's site)
+from tests.tsf.rest.conftest import PASSWORDS, rest_site  # noqa: F401  (the module's site)
 
 #: the ``gridvm`` command of this tree (the console script runs ``gridvm.cli:main`` too)
 GRIDVM = [sys.executable, "-m", "gridvm"]

@@ -12,7 +12,7 @@ from twisted.internet import threads
 from client.errors import EXIT_AUTH, EXIT_USAGE
 from tests.client.conftest import Cli, cli_env, one_line_error, run_on_terminal
 from tests.image_repo.examples import builder_document
-from tests.rest import conftest as rest_conftest
+from tests.tsf.rest import conftest as rest_conftest
 
 creators_site = rest_conftest.creators_site  # the module's site
 

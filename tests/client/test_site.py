@@ -23,7 +23,7 @@ from client.errors import (
     EXIT_USAGE,
 )
 from tests.client.conftest import Cli, cli_env, one_line_error, run_on_terminal
-from tests.rest.conftest import HIDDEN, PUBLIC
+from tests.tsf.rest.conftest import HIDDEN, PUBLIC
 from tsf.pools import PoolSpec
 
 pytestmark = pytest.mark.vm

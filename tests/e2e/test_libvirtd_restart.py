@@ -21,7 +21,7 @@ from tests.conftest import TEST_ROOT
 from tests.e2e.conftest import ALICE, BOB
 from tests.e2e.private_libvirtd import PrivateLibvirtd, Unavailable
 from tests.e2e.test_jobs import INITRAMFS, finished, wait_state
-from tests.rest.conftest import Http, register_images, site_config, write_users
+from tests.tsf.rest.conftest import Http, register_images, site_config, write_users
 from tsf.service import start_site
 from vmm.hypervisor import DomainState
 

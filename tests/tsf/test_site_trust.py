@@ -14,7 +14,7 @@ from twisted.internet import reactor, threads
 from image_repo.trust import create_endorsement, utc_iso
 from tests.image_repo.examples import builder_document, write_files
 from tests.image_repo.pki import DAY, NOW
-from tests.rest.conftest import CREATOR, Http, write_users
+from tests.tsf.rest.conftest import CREATOR, Http, write_users
 from tsf.config import ConfigError, config_from_dict
 from tsf.service import start_site
 

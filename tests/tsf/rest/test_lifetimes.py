@@ -16,8 +16,8 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from tests.conftest import TEST_ROOT
-from tests.rest.conftest import Http, site_config, write_users
-from tests.rest.test_api import NO_BOOT, error_of, submit
+from tests.tsf.rest.conftest import Http, site_config, write_users
+from tests.tsf.rest.test_api import NO_BOOT, error_of, submit
 from tsf.rest.http import parse_time
 from tsf.service import start_site
 

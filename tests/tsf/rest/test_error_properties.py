@@ -23,8 +23,8 @@ from twisted.internet import threads
 
 from base.reasons import Reason
 from target_system.jobdesc import IMPORT_KEYS, RESOURCE_KEYS, TOP_LEVEL_KEYS
-from tests.rest.conftest import PASSWORDS, PUBLIC, running_site
-from tests.rest.test_api import submit
+from tests.tsf.rest.conftest import PASSWORDS, PUBLIC, running_site
+from tests.tsf.rest.test_api import submit
 from tsf.rest.sites import FACTORY_ID
 
 PROPERTY = settings(max_examples=200, deadline=None, database=None,

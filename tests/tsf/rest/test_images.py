@@ -23,7 +23,7 @@ from image_repo.repository import ImageRepository
 from image_repo.trust import ImageIdentity, create_endorsement
 from tests.image_repo.examples import builder_document
 from tests.image_repo.pki import make
-from tests.rest.conftest import PASSWORDS
+from tests.tsf.rest.conftest import PASSWORDS
 
 MIB = 1 << 20
 

@@ -10,7 +10,7 @@ from twisted.web import resource, server
 
 from target_system.jobdesc import parse_job
 from tests.e2e.conftest import ALICE
-from tests.rest.conftest import running_site
+from tests.tsf.rest.conftest import running_site
 
 
 class Receiver(resource.Resource):

@@ -14,7 +14,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import threads
 
-from tests.rest.conftest import PASSWORDS, running_site
+from tests.tsf.rest.conftest import PASSWORDS, running_site
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")

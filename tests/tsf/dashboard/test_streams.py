@@ -11,7 +11,7 @@ from twisted.internet import reactor, task, threads
 
 from target_system.jobdesc import parse_job
 from tests.e2e.conftest import ALICE, BOB
-from tests.rest.conftest import PASSWORDS
+from tests.tsf.rest.conftest import PASSWORDS
 
 
 def _read_events(url: str, user: str, count: int, **params) -> list[tuple[str, dict]]:

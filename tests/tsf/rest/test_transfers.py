@@ -12,8 +12,8 @@ from twisted.internet import reactor, task
 from twisted.web import resource, server, static, util
 
 from target_system.transfers import TransferPolicy
-from tests.rest.conftest import PUBLIC
-from tests.rest.test_api import error_of, submit
+from tests.tsf.rest.conftest import PUBLIC
+from tests.tsf.rest.test_api import error_of, submit
 
 pytestmark = pytest.mark.vm
 

@@ -11,9 +11,9 @@ import json
 import pytest_twisted
 
 from base.reasons import Reason
-from tests.rest.conftest import PUBLIC
-from tests.rest.test_api import NO_BOOT
-from tests.rest.test_hardening import post_raw, typed_error
+from tests.tsf.rest.conftest import PUBLIC
+from tests.tsf.rest.test_api import NO_BOOT
+from tests.tsf.rest.test_hardening import post_raw, typed_error
 from tsf.admission import UserLimits
 
 

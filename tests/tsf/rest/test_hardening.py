@@ -13,8 +13,8 @@ import pytest_twisted
 from twisted.internet import reactor, task
 
 from base.reasons import Reason
-from tests.rest.conftest import PUBLIC
-from tests.rest.test_api import NO_BOOT, submit
+from tests.tsf.rest.conftest import PUBLIC
+from tests.tsf.rest.test_api import NO_BOOT, submit
 from tsf.rest.http import MAX_JSON_DEPTH, OCTET, Response
 from tsf.rest.sites import FACTORY_ID
 

@@ -10,9 +10,9 @@ from selenium.webdriver.support import expected_conditions as ready
 from selenium.webdriver.support.ui import WebDriverWait
 
 from target_system.jobdesc import parse_job
-from tests.dashboard.conftest import log_in, needs_browser
 from tests.e2e.conftest import ALICE, BOB
-from tests.rest.conftest import HIDDEN, PUBLIC
+from tests.tsf.dashboard.conftest import log_in, needs_browser
+from tests.tsf.rest.conftest import HIDDEN, PUBLIC
 
 pytestmark = [needs_browser]
 

@@ -24,7 +24,7 @@ from target_system.transfers import TransferPolicy, fetch_url
 from tests.conftest import TEST_ROOT
 from tests.image_repo.examples import builder_document, write_files
 from tests.image_repo.hepix import ThrowawayCA, image_entry, list_document, serve
-from tests.rest.conftest import CREATOR, Http, site_config, write_users
+from tests.tsf.rest.conftest import CREATOR, Http, site_config, write_users
 from tsf.config import config_from_dict
 from tsf.service import start_site
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest_twisted
 
-from tests.rest.conftest import HIDDEN, PUBLIC
+from tests.tsf.rest.conftest import HIDDEN, PUBLIC
 from tsf.rest.http import OCTET
 
 NO_BOOT = {"Executable": "/bin/true", "haveClientStageIn": "true",

@@ -1,4 +1,4 @@
-"""The creators' endpoints under the REST error-path properties (tests/rest/
+"""The creators' endpoints under the REST error-path properties (tests/tsf/rest/
 test_error_properties.py), as a creator: whatever JSON body, file body or URL segment, never
 a 500 and every error typed; and nothing becomes visible from a body that is not a valid
 registration."""
@@ -15,8 +15,8 @@ from twisted.internet import threads
 
 from base.identity import Caller
 from tests.image_repo.examples import builder_document
-from tests.rest.conftest import PASSWORDS
-from tests.rest.test_error_properties import (
+from tests.tsf.rest.conftest import PASSWORDS
+from tests.tsf.rest.test_error_properties import (
     PROPERTY,
     Connection,
     assert_typed,

@@ -19,7 +19,7 @@ from pyunicore import credentials
 from pyunicore.aio import client as aio
 from twisted.internet import threads
 
-from tests.rest.conftest import HIDDEN, PASSWORDS, PUBLIC
+from tests.tsf.rest.conftest import HIDDEN, PASSWORDS, PUBLIC
 
 pytestmark = pytest.mark.vm
 
