@@ -44,8 +44,8 @@ FORMER_IMAGE_VERBS = frozenset({"build", "register", "list", "show", "match", "n
 
 
 #: former local verbs that ``gridvm image`` has again, against a site
-SITE_IMAGE_VERBS = frozenset({"register", "new-version", "deprecate", "delete", "endorse",
-                              "withdraw"})
+SITE_IMAGE_VERBS = frozenset({"list", "register", "new-version", "deprecate", "delete",
+                              "endorse", "withdraw"})
 #: options only the local form had
 _LOCAL_OPTIONS = ("--db", "--store")
 

@@ -1,6 +1,6 @@
-"""``gridvm image …``: a site's VM images, over REST: ``search`` for users; ``register``,
-``new-version``, ``app add|remove``, ``deprecate``, ``activate``, ``delete``, ``endorse`` and
-``withdraw`` for creators (the site's ``creator`` role) and administrators."""
+"""``gridvm image …``: a site's VM images, over REST: ``list`` and ``search`` for users;
+``register``, ``new-version``, ``app add|remove``, ``deprecate``, ``activate``, ``delete``,
+``endorse`` and ``withdraw`` for creators (the site's ``creator`` role) and administrators."""
 
 from __future__ import annotations
 
@@ -17,10 +17,58 @@ def register(commands: argparse._SubParsersAction) -> None:
                                 "`gridvm catalogue`.")
     image_commands = group.add_subparsers(dest="image_command", metavar="IMAGE_COMMAND")
     image_commands.required = True
+    _add_list(image_commands)
     _add_search(image_commands)
     from client.commands import creators
 
     creators.register(image_commands)
+
+
+def _add_list(image_commands: argparse._SubParsersAction) -> None:
+    from client.settings import add_connection_flags
+
+    listing = image_commands.add_parser(
+        "list", help="the site's images you may use: status, owner, OS, trust",
+        description="The images of the site that you may see, newest first per name: status "
+        "(active, deprecated), owner (a subscription's images are owned by it), OS, "
+        "architecture, applications and whether the site trusts them.")
+    listing.add_argument("--json", action="store_true", help="print the server's answer")
+    add_connection_flags(listing)
+    listing.set_defaults(func=_list)
+
+
+def _list(args: argparse.Namespace) -> int:
+    from client.output import print_json, print_table
+    from client.settings import connect
+
+    images = connect(args).images()
+    if args.json:
+        print_json(images)
+        return 0
+    rows = [(image.get("ref"), image.get("status"), image.get("owner"), _os_text(image),
+             image.get("architecture"), _applications(image), _trust_text(image))
+            for image in images]
+    if rows:
+        print_table(("IMAGE", "STATUS", "OWNER", "OS", "ARCH", "APPLICATIONS", "TRUST"), rows)
+    else:
+        print("no image is visible to you on this site")
+    return 0
+
+
+def _os_text(image: dict) -> str | None:
+    os_ = image.get("os") or {}
+    return " ".join(str(x) for x in (os_.get("distro"), os_.get("version")) if x) or None
+
+
+def _applications(image: dict) -> str | None:
+    return ",".join(a.split("---v")[0] for a in image.get("applications") or []) or None
+
+
+def _trust_text(image: dict) -> str | None:
+    trust = image.get("trust") or {}
+    if "trusted" not in trust:
+        return None
+    return "trusted" if trust["trusted"] else "untrusted"
 
 
 def _add_search(image_commands: argparse._SubParsersAction) -> None:
@@ -62,11 +110,8 @@ def _search(args: argparse.Namespace) -> int:
         rows = []
         for rank, candidate in enumerate(candidates, 1):
             image = images.get(candidate.get("id"), {})
-            os_ = image.get("os") or {}
-            os_text = " ".join(str(x) for x in (os_.get("distro"), os_.get("version")) if x)
-            apps = ",".join(a.split("---v")[0] for a in image.get("applications") or [])
-            rows.append((rank, candidate.get("ref"), candidate.get("status"), os_text or None,
-                         image.get("architecture"), apps or None,
+            rows.append((rank, candidate.get("ref"), candidate.get("status"), _os_text(image),
+                         image.get("architecture"), _applications(image),
                          ", ".join(candidate.get("stated") or []) or None))
         if rows:
             print_table(("#", "IMAGE", "STATUS", "OS", "ARCH", "APPLICATIONS", "STATES"), rows)

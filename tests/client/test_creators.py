@@ -150,3 +150,18 @@ async def test_export_then_import_a_bundle(creators_site, tmp_path):
     missing = await cli("image", "export", "no-such-image", "-o", str(target), user="carol")
     assert missing.returncode == 3 and "no-such-image" in one_line_error(missing)
     assert sorted(p.name for p in target.parent.iterdir()) == ["cli-bundle.tar"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_shows_the_sites_images_with_status_owner_and_trust(creators_site, tmp_path):
+    cli = await _registered(creators_site, tmp_path, "listed-image")
+    assert (await cli("image", "deprecate", "listed-image", user="carol")).returncode == 0
+    shown = await cli("image", "list", user="carol")
+    assert shown.returncode == 0, shown.stderr
+    header, *rows = shown.stdout.splitlines()
+    assert header.split()[:3] == ["IMAGE", "STATUS", "OWNER"]
+    [row] = [r for r in rows if r.startswith("listed-image:1 ")]
+    assert row.split()[1:3] == ["deprecated", "carol"]
+    as_json = await cli("image", "list", "--json", user="carol")
+    [image] = [i for i in json.loads(as_json.stdout) if i["name"] == "listed-image"]
+    assert image["owner"] == "carol" and image["status"] == "deprecated"
