@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -144,3 +145,33 @@ def test_other_errors_are_one_line(catalogue, registered, files):
     for args, code, words in cases:
         result = catalogue(*args)
         assert (result.returncode, words in result.stderr) == (code, True), (args, result)
+
+
+def test_list_export_writes_a_signed_hepix_list_a_site_verifies(catalogue, registered, files,
+                                                                 pki, tmp_path):
+    import datetime as dt
+
+    from cryptography import x509
+
+    from image_repo import imagelist, smime
+
+    out = tmp_path / "list.smime"
+    result = catalogue("list-export", registered, "--cert", files.cert, "--key", files.key,
+                       "--base-url", "https://images.example.org/files/", "--days", "7",
+                       "--title", "demo images", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("1 image(s) listed until ")
+    anchors = x509.load_pem_x509_certificates(Path(files.ca).read_bytes())
+    signed = smime.verify(out.read_bytes(), anchors, dt.datetime.now(dt.UTC))
+    assert signed.signer == pki.endorsers["ec"].cert
+    listed = imagelist.parse(signed.content)
+    assert listed.title == "demo images" and listed.endorser.dn == signed.signer_dn
+    assert 6 <= (listed.expires - dt.datetime.now(dt.UTC)).days <= 7
+    [image] = listed.images
+    assert image.identifier == imagelist.image_identifier("gridvm-debian12-initramfs")
+    assert {f.uri.rsplit("/", 1)[1] for f in image.files} == {"vmlinuz", "initrd.img"}
+    assert all(f.uri.startswith("https://images.example.org/files/") and len(f.sha512) == 128
+               for f in image.files)
+    refused = catalogue("list-export", registered, "--cert", files.cert, "--key", files.key,
+                        "--base-url", "ftp://nowhere", "-o", str(out))
+    assert refused.returncode == 2 and "--base-url must be an http(s) URL" in refused.stderr
