@@ -90,6 +90,9 @@ MAX_TEXT = 1 << 16  #: characters of any other string of a description
 #: them); tab is allowed, and newlines in the user pre- and postcommands (scripts).
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _CONTROL_IN_SCRIPT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+#: values the job script quotes as one word (arguments, environment and parameter values):
+#: line breaks are kept inside the quotes (``$'...'``), so ``python3 -c "<a script>"`` works
+_CONTROL_IN_VALUE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def _bool(path: str, value: Any) -> bool:
@@ -348,7 +351,7 @@ def _command(job: JobDescription, doc: dict[str, Any]) -> None:
         if not job.executable.strip():
             raise JobDescriptionError("Executable", "must not be empty")
     if "Arguments" in doc:
-        job.arguments = _strings("Arguments", doc["Arguments"])
+        job.arguments = _strings("Arguments", doc["Arguments"], control=_CONTROL_IN_VALUE)
     job.environment = _environment(doc.get("Environment", {}))
 
 
@@ -358,7 +361,8 @@ def _application(job: JobDescription, doc: dict[str, Any]) -> None:
         params = doc["Parameters"]
         if not isinstance(params, dict):
             raise JobDescriptionError("Parameters", "expected an object")
-        job.parameters = {_env_name(f"Parameters.{k}", k): _str(f"Parameters.{k}", v)
+        job.parameters = {_env_name(f"Parameters.{k}", k):
+                          _str(f"Parameters.{k}", v, control=_CONTROL_IN_VALUE)
                           for k, v in params.items()}
     if "ApplicationName" in doc:
         job.application = _str("ApplicationName", doc["ApplicationName"])
@@ -387,10 +391,10 @@ def _streams_and_flags(job: JobDescription, doc: dict[str, Any]) -> None:
                                control=_CONTROL_IN_SCRIPT)
 
 
-def _strings(path: str, value: Any) -> list[str]:
+def _strings(path: str, value: Any, *, control: re.Pattern = _CONTROL) -> list[str]:
     if not isinstance(value, list):
         raise JobDescriptionError(path, "expected a list of strings")
-    return [_str(f"{path}[{i}]", item) for i, item in enumerate(value)]
+    return [_str(f"{path}[{i}]", item, control=control) for i, item in enumerate(value)]
 
 
 def _env_name(path: str, name: Any) -> str:
@@ -403,10 +407,11 @@ def _environment(value: Any) -> dict[str, str]:
     env: dict[str, str] = {}
     if isinstance(value, dict):
         for key, val in value.items():
-            env[_env_name(f"Environment.{key}", key)] = _str(f"Environment.{key}", val)
+            env[_env_name(f"Environment.{key}", key)] = _str(f"Environment.{key}", val,
+                                                             control=_CONTROL_IN_VALUE)
     elif isinstance(value, list):
         for i, item in enumerate(value):
-            text = _str(f"Environment[{i}]", item)
+            text = _str(f"Environment[{i}]", item, control=_CONTROL_IN_VALUE)
             name, sep, val = text.partition("=")
             if not sep:
                 raise JobDescriptionError(f"Environment[{i}]", f"expected NAME=value: {text!r}")

@@ -173,6 +173,16 @@ def test_text_a_vm_cannot_be_given_is_refused_naming_the_key(doc, path, complain
     assert err.value.path == path and complaint in str(err.value)
 
 
+def test_values_quoted_as_one_word_keep_their_line_breaks():
+    """``python3 -c "<a script>"``: arguments, environment and parameter values are quoted
+    as one shell word (``$'...'``), so line breaks in them are safe and kept."""
+    script = "import os\nprint(os.getcwd())\r\n"
+    job = parse_job({"Executable": "python3", "Arguments": ["-c", script],
+                     "Environment": {"SCRIPT": script}, "Parameters": {"P": "a\nb"}})
+    assert job.arguments == ["-c", script] and job.environment["SCRIPT"] == script
+    assert job.parameters == {"P": "a\nb"}
+
+
 def test_tabs_and_script_lines_are_text():
     job = parse_job({"Executable": "/bin/echo", "Arguments": ["a\tb"], "Name": "n" * 512,
                      "User precommand": "cd /tmp\nls\n"})
