@@ -198,16 +198,11 @@ class TargetSystemFactory(service.MultiService):
 
     def restart(self, job_id: str, caller: Caller) -> Job:
         """Run a finished job again under the same id (UNICORE's restart action); its old
-        log is kept and its site storage is overwritten by the new run.  A job whose
-        outputs are kept while the runner still tidies its instance up restarts right
-        after that."""
+        log is kept and its site storage is overwritten by the new run.  The new run shows
+        at once; one whose previous run still tidies its instance up (a job is finished once
+        its outputs are kept) starts right after that."""
         old = self.job(job_id, caller)
         if not old.state.terminal:
-            return old
-        tidying = self._running.get(old.job_id)
-        if tidying is not None:
-            old.note("restart requested: it starts once its instance is tidied up")
-            tidying.addBoth(lambda result: (self.restart(job_id, caller), result)[1])
             return old
         job = Job(owner=old.owner, description=old.description, reactor=self.reactor,
                   storage=old.storage, job_id=old.job_id, submitted=old.submitted,
@@ -216,7 +211,20 @@ class TargetSystemFactory(service.MultiService):
         self._callers.setdefault(job.job_id, caller)
         self.registry.persist_job(job, self._callers[job.job_id])
         job.note("restarted")
-        return self.start(job.job_id, caller)
+        tidying = self._running.get(job.job_id)
+        if tidying is None:
+            return self.start(job.job_id, caller)
+        job.note("it starts once its instance is tidied up after the previous run")
+
+        def start(result):
+            if job.state.terminal:  # aborted meanwhile: nothing else will settle it
+                job.settle()
+            else:
+                self.start(job.job_id, caller)
+            return result
+
+        tidying.addBoth(start)
+        return job
 
     def delete(self, job_id: str, caller: Caller) -> defer.Deferred:
         """Abort the job if it runs, then forget it and remove its files from site storage."""

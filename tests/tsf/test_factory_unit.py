@@ -212,14 +212,18 @@ async def test_a_restart_asked_while_the_runner_tidies_up_runs_right_after(site)
     """A job is SUCCESSFUL once its outputs are kept, before the runner has removed its
     directory from the instance: a restart asked then is not lost."""
     first = site.factory.submit(JOB, ALICE)
+    restarted = []
     first.lifecycle.listeners.append(  # the moment it turns SUCCESSFUL, tidy-up ahead
-        lambda t: site.factory.restart(first.job_id, ALICE) if t.state is J.SUCCESSFUL
-        else None)
-    await site.run_until(lambda: site.factory.job(first.job_id, ALICE) is not first)
-    again = await site.finished(site.factory.job(first.job_id, ALICE))
+        lambda t: restarted.append(site.factory.restart(first.job_id, ALICE))
+        if t.state is J.SUCCESSFUL else None)
+    await site.run_until(lambda: bool(restarted))
+    [again] = restarted
+    assert again is not first and not again.state.terminal  # a client sees the new run
+    assert site.factory.job(first.job_id, ALICE) is again
+    await site.finished(again)
     assert again.state is J.SUCCESSFUL
-    assert any("restart requested" in line for line in again.log)
     assert any(line.endswith("restarted") for line in again.log)
+    assert any("tidied up after the previous run" in line for line in again.log)
 
 
 @pytest_twisted.ensureDeferred
