@@ -115,14 +115,30 @@ def _entry_doc(call: Call, storage_id: str, entry) -> dict:
 
 async def get_file(call: Call, storage_id: str, path: list[str]) -> Response:
     job = _job_of(call, storage_id)
-    rel = _rel(path)
-    store = _files(call, job).store()
+    return await _guard(_read_where_it_is(call, storage_id, _files(call, job), _rel(path)))
+
+
+async def _read_where_it_is(call: Call, storage_id: str, files: JobFiles, rel: str
+                            ) -> Response:
+    """A read of the job's files, tried once more when they moved from the guest to site
+    storage while it was under way (the runner removes the guest's copy right after)."""
+    store = files.store()
+    try:
+        return await _read(call, storage_id, store, rel)
+    except FileMissing:
+        now = files.store()
+        if type(now) is type(store):
+            raise
+        return await _read(call, storage_id, now, rel)
+
+
+async def _read(call: Call, storage_id: str, store, rel: str) -> Response:
     if call.wants_bytes():
-        return await _guard(_download(call, store, rel))
-    entry = await _guard(store.stat(rel))
+        return await _download(call, store, rel)
+    entry = await store.stat(rel)
     doc = _entry_doc(call, storage_id, entry)
     if entry.is_dir:
-        entries = await _guard(store.listdir(rel))
+        entries = await store.listdir(rel)
         offset = int_param(call.args, "offset", 0)
         num = int_param(call.args, "num", 10000, 1, 100000)
         doc["content"] = {("/" + e.path + ("/" if e.is_dir else "")): e.describe()
