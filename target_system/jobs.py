@@ -314,14 +314,14 @@ class JobRunner:
         """Keep the job's files, free its slot, settle its final state."""
         if target.usable and job.workdir and job.state in (J.STAGINGOUT, J.FAILED):
             await self._stage_out(job, target)
-        if job.state is J.STAGINGOUT:
-            self._finish(job)  # its files are kept: the outcome is known
         if target.usable and job.workdir:  # housekeeping before the instance is reused
             if job.kept:
                 await self._remove_workdir(job, target)
             await self._check_room(job, target)
         target.listeners.remove(listener)
         target.release(job.job_id)
+        if job.state is J.STAGINGOUT:  # SUCCESSFUL only once its slot is free: a client's
+            self._finish(job)  # next job then reuses the instance instead of booting one
         job.settle()
 
     async def _check_room(self, job: Job, target: TargetSystem) -> None:
