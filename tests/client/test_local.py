@@ -71,7 +71,7 @@ def complete(script: str, words: list[str]) -> list[str]:
     (["gridvm", "image", "se"], ["search"]),
     (["gridvm", "submit", "--wa"], ["--wait"]),
     (["gridvm", "image", "search", "--req"], ["--require"]),
-    (["gridvm", "image", ""], ["search", "register", "new-version", "app", "deprecate",
+    (["gridvm", "image", ""], ["list", "search", "register", "new-version", "app", "deprecate",
                               "activate", "delete", "endorse", "export", "import",
                               "withdraw"]),
     (["gridvm", "cat"], ["catalogue"]),
