@@ -5,8 +5,9 @@ The phase comes from the job's state and, while the job waits for its VM, from t
 its instance (``GET instances/{id}``; ``gridvm.instance``, or before the job runs there, the
 factory's note in the job's log).  On a terminal the view
 is one line redrawn in place; elsewhere (logs, CI, pipes) it prints one line per change.
-Times of the VM's phases are the server's (``phases`` of the instance); the others are
-measured here between polls.
+Times of the VM's phases are the server's (``phases`` of the instance), those of the job's own
+phases too once the job is terminal (``consumedTime``); a phase passed between two polls is
+shown all the same when the server timed it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ INSTANCE_PHASES = {"REQUESTED": "staging", "STAGING": "staging", "BOOTING": "boo
 JOB_PHASES = {"STAGINGIN": "stage-in", "QUEUED": "queued", "RUNNING": "running",
               "STAGINGOUT": "stage-out"}
 SERVER_TIMED = {"staging": "STAGING", "booting": "BOOTING", "connecting": "CONNECTING"}
+#: Job phases and the state whose time the job's ``consumedTime`` carries.
+JOB_TIMED = {phase: state for state, phase in JOB_PHASES.items()}
 SPINNER = "|/-\\"
 
 
@@ -60,11 +63,13 @@ class Progress:
         self.done: dict[str, float] = {}  # phase → seconds (server figures where known)
         self.instance: dict[str, Any] | None = None
         self.instance_id: str | None = None
+        self.consumed: dict[str, float] = {}  # job state → server seconds (consumedTime)
         self.polls = 0
 
     # -- feeding ------------------------------------------------------------------------------
     def update(self, props: dict[str, Any]) -> None:
         self.polls += 1
+        self.consumed = dict(props.get("consumedTime") or {})
         if self.phase is None:
             # Every job is matched first, though often before the first poll sees it.
             self._enter("matching")
@@ -91,14 +96,17 @@ class Progress:
                    + (f", {state}" if not reused else ""))
 
     def _enter(self, phase: str) -> None:
-        """Move to ``phase``; VM phases passed between two polls are shown too, with the
-        server's times (connecting often takes less than a poll interval)."""
+        """Move to ``phase``; phases passed between two polls are shown too, with the
+        server's times (connecting or a small job's stage-out often takes less than a poll
+        interval)."""
         now = self.clock()
-        if self.phase in PHASES and phase in PHASES:
+        terminal = phase in ("successful", "failed")
+        if self.phase in PHASES and (phase in PHASES or terminal):
             server = (self.instance or {}).get("phases") or {}
-            between = PHASES[PHASES.index(self.phase) + 1: PHASES.index(phase)]
-            for skipped in between:
-                if SERVER_TIMED.get(skipped) in server:
+            end = len(PHASES) if terminal else PHASES.index(phase)
+            for skipped in PHASES[PHASES.index(self.phase) + 1: end]:
+                if SERVER_TIMED.get(skipped) in server or JOB_TIMED.get(skipped) in \
+                        self.consumed:
                     self._step(skipped, now)
         self._step(phase, now)
 
@@ -118,6 +126,9 @@ class Progress:
         for phase, state in SERVER_TIMED.items():
             if phase in self.done and state in phases:
                 self.done[phase] = float(phases[state])
+        for phase, state in JOB_TIMED.items():
+            if phase in self.done and state in self.consumed:
+                self.done[phase] = float(self.consumed[state])
 
     # -- drawing ------------------------------------------------------------------------------
     def _elapsed(self) -> str:
@@ -144,6 +155,7 @@ class Progress:
 
     def finish(self, props: dict[str, Any]) -> None:
         """The summary: final state, total time and the time of each phase."""
+        self.consumed = dict(props.get("consumedTime") or self.consumed)
         if self.phase not in ("successful", "failed"):
             self._enter(props.get("status", "FAILED").lower())
         if self.instance_id and not self.instance:

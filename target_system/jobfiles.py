@@ -265,6 +265,8 @@ class GuestFiles(FileStore):
                 'while [ ! -e "$p" ] && [ ! -L "$p" ] && [ "$p" != . ]; do p=$(dirname -- "$p");'
                 " done",
                 'r=$(readlink -f -- "$p" 2>/dev/null)',
+                # removed meanwhile (the runner tidies up after stage-out): not "outside"
+                f'[ -d "$root" ] || {{ echo "{_MARK}GONE"; exit 0; }}',
                 f'case "$r" in "$root"|"$root"/*) ;; *) echo "{_MARK}OUTSIDE {rel}"; exit 0;;'
                 " esac",
             ]
@@ -273,6 +275,8 @@ class GuestFiles(FileStore):
         lines.append(f'echo "{_MARK}OK"')
         output = await self.tsi.execute_script("\n".join(lines) + "\n")
         for line in output.splitlines():
+            if line.startswith(f"{_MARK}GONE"):
+                raise FileMissing("the job directory left the guest meanwhile")
             if line.startswith(f"{_MARK}OUTSIDE"):
                 raise PathError(f"{line.split(' ', 1)[1]!r} leads outside the job directory")
             if line.startswith(f"{_MARK}ERROR"):

@@ -141,3 +141,18 @@ def test_progress_shows_matching_even_when_the_first_poll_sees_the_instance():
                      "booting (staging took 0.2s)", "running (booting took 0.0s)",
                      "job j1 SUCCESSFUL (exit code 0): matching 0.0s, staging 0.2s, "
                      "booting 0.0s, running 0.0s"]
+
+
+def test_progress_shows_a_stage_out_passed_between_two_polls_with_the_servers_time():
+    stream = io.StringIO()
+    progress = Progress(_JobHandle({"state": "BUSY", "image": "img", "phases": {}}),
+                        stream, tty=False, clock=lambda: 0.0)
+    progress.update({"status": "RUNNING", "gridvm": {"instance": "abc"}})
+    done = {"status": "SUCCESSFUL", "exitCode": "0", "gridvm": {"instance": "abc"},
+            "consumedTime": {"RUNNING": 1.25, "STAGINGOUT": 0.3}}
+    progress.update(done)
+    progress.finish(done)
+    lines = [line.split("] ", 1)[1] for line in stream.getvalue().splitlines()]
+    assert "stage-out (running took 1.2s)" in lines, lines
+    assert lines[-1].endswith("running 1.2s, stage-out 0.3s"), lines
+    assert not any(line.startswith("queued") for line in lines)  # no time: not shown
