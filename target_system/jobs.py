@@ -342,8 +342,8 @@ class JobRunner:
         directories, files = await threads.deferToThread(job.input_files)
 
         async def stage() -> None:
-            made = [workdir, *(posixpath.join(workdir, name) for name in directories)]
-            await tsi.execute_script("mkdir -p " + " ".join(map(shlex.quote, made)))
+            await tsi.make_directories(
+                [workdir, *(posixpath.join(workdir, name) for name in directories)])
             for item in job.description.imports:
                 if item.data is not None:
                     await tsi.write_file(posixpath.join(workdir, item.to), item.data,
@@ -395,12 +395,17 @@ class JobRunner:
             job.lifecycle.advance(J.RUNNING)
         delay = FIRST_POLL
         while not job.state.terminal and not target.detached:
-            listing = await self._retrying(job, target, "status",
-                                           lambda: self._status_listing(target))
+            # gridvm's agent answers once the job has ended (or after a poll interval, so
+            # an abort or the Runtime limit is acted on); another TSI is polled
+            pushed = await self._retrying(job, target, "status",
+                                          lambda: tsi.wait_job(job.bssid, self.poll_interval))
+            listing = pushed if pushed is not None else await self._retrying(
+                job, target, "status", lambda: self._status_listing(target))
             if job.bssid not in listing:
                 break
-            await task.deferLater(self.reactor, delay, lambda: None)
-            delay = min(delay * 2, self.poll_interval)
+            if pushed is None:
+                await task.deferLater(self.reactor, delay, lambda: None)
+                delay = min(delay * 2, self.poll_interval)
         if target.detached:
             return
         if job.state.terminal:  # runtime exceeded, aborted, or the instance failed
@@ -490,7 +495,7 @@ class JobRunner:
         if target.tsi is None or not target.usable or not job.workdir:
             return
         try:
-            await target.tsi.execute_script(f"rm -rf -- {shlex.quote(job.workdir)}")
+            await target.tsi.remove_tree(job.workdir)
         except TSIError as err:
             job.note(f"could not remove the job directory from the instance: {err}")
 

@@ -49,8 +49,12 @@ COMMANDS = (
 
 #: gridvm's own commands (our agent only; the official TSI answers "Unknown #TSI_* command").
 #: GRIDVM_GETDIRECTORY: a job directory's regular files as one tar stream (see
-#: ``get_directory_body``).
-EXTENSIONS = ("GRIDVM_GETDIRECTORY",)
+#: ``get_directory_body``); GRIDVM_MKDIR and GRIDVM_REMOVE: ``mkdir -p`` and ``rm -rf`` of
+#: one path without starting a shell; GRIDVM_WAITJOB: the status listing once a job has
+#: ended or a few seconds passed (``wait_job_body``): the end of a job pushed, not polled.
+EXTENSIONS = ("GRIDVM_GETDIRECTORY", "GRIDVM_MKDIR", "GRIDVM_REMOVE", "GRIDVM_WAITJOB")
+#: Longest wait a GRIDVM_WAITJOB may ask for, seconds.
+MAX_JOB_WAIT = 60.0
 
 #: The line that ends a request's header: the user's script follows it.
 SCRIPT_TAG = "#TSI_SCRIPT"
@@ -209,6 +213,19 @@ def get_directory_body(path: str) -> str:
     ``TSI_OK`` with the report (``format_report_line`` lines, then ``TOTAL <files>
     <bytes>``), or ``TSI_FAILED``."""
     return "#TSI_GRIDVM_GETDIRECTORY\n" + _param("FILE", path)
+
+
+def path_body(command: str, path: str) -> str:
+    """GRIDVM_MKDIR and GRIDVM_REMOVE (our agent only) of ``path``."""
+    return f"#TSI_{command}\n" + _param("FILE", path)
+
+
+def wait_job_body(bssid: str, seconds: float) -> str:
+    """GRIDVM_WAITJOB (our agent only): the agent answers with the status listing (as
+    GETSTATUSLISTING) once job ``bssid`` is no longer running, or after ``seconds``
+    (at most ``MAX_JOB_WAIT``)."""
+    check_token("BSSID", bssid)
+    return "#TSI_GRIDVM_WAITJOB\n" + _param("BSSID", bssid) + _param("WAIT", f"{seconds:g}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -377,6 +377,31 @@ class Worker:
         path = self._path(runas, protocol.get_param(message, "FILE"))
         self.reply(protocol.ok_reply(files.df_payload(runas, path)))
 
+    def make_directory(self, message: str) -> None:
+        runas = self._runas(message)
+        files.make_directory(runas, self._path(runas, protocol.get_param(message, "FILE")))
+        self.reply(protocol.ok_reply())
+
+    def remove(self, message: str) -> None:
+        runas = self._runas(message)
+        path = self._path(runas, protocol.get_param(message, "FILE"))
+        if os.path.realpath(path) in ("/", os.path.realpath(self.config.workdir_root)):
+            raise RequestFailed(f"{path}: refusing to remove the root of the working area")
+        files.remove_tree(runas, path)
+        self.reply(protocol.ok_reply())
+
+    def wait_job(self, message: str) -> None:
+        """GRIDVM_WAITJOB: the status listing once the job has ended (or after WAIT s)."""
+        bssid = self._job_id(message)
+        try:
+            seconds = float(protocol.get_param(message, "WAIT") or "0")
+        except ValueError:
+            seconds = -1.0
+        if not 0 <= seconds <= protocol.MAX_JOB_WAIT:
+            raise RequestFailed(f"#TSI_WAIT must be 0 to {protocol.MAX_JOB_WAIT:g} seconds")
+        self.agent.jobs.wait_ended(bssid, seconds)
+        self.status_listing(message)
+
     def submit(self, message: str) -> None:
         runas = self._runas(message)
         message = runas.substitute(message)
@@ -452,4 +477,7 @@ HANDLERS = {
     "RESUMEJOB": Worker.resume_job,
     "GET_COMPUTE_BUDGET": Worker.compute_budget,
     "GRIDVM_GETDIRECTORY": Worker.get_directory,
+    "GRIDVM_MKDIR": Worker.make_directory,
+    "GRIDVM_REMOVE": Worker.remove,
+    "GRIDVM_WAITJOB": Worker.wait_job,
 }
