@@ -239,6 +239,23 @@ def job_script(job: JobDescription, workdir: str, metadata: ImageMetadata | None
 TRANSIENT = (TSIConnectionLost, TSIUnreachable)
 
 
+def kept_exit_code(storage: Path) -> int | None:
+    """Blocking: the exit code in the site-storage copy of the job directory; None when
+    the copy has no such regular file or it holds no number (then the guest's is read)."""
+    path = storage / EXIT_CODE_FILE
+    try:
+        if path.is_symlink() or not path.is_file():
+            return None
+        with path.open("rb") as handle:
+            return int(handle.read(64).split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _unlink(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
 class JobRunner:
     """Runs jobs on target systems and keeps their outputs in site storage."""
 
@@ -440,7 +457,7 @@ class JobRunner:
             log.info("abort of %s: %s", job.bssid, err)  # finished meanwhile: fine
 
     async def _stage_out(self, job: Job, target: TargetSystem) -> None:
-        """Exit code, then the job directory into site storage (``stageout``) and Exports;
+        """The job directory into site storage (``stageout``), the exit code, Exports;
         ``job.kept`` once its files are there (the wind-up then removes it from the guest)."""
         assert job.workdir
         workdir = job.workdir
@@ -448,9 +465,12 @@ class JobRunner:
         async def copy_back() -> StageOutResult:
             tsi = target.tsi
             assert tsi is not None
+            if job.state is J.STAGINGOUT:  # not an earlier run's (a restarted job)
+                await threads.deferToThread(_unlink, job.storage / EXIT_CODE_FILE)
+            result = await stage_out(tsi, workdir, job.storage)
             if job.state is J.STAGINGOUT:
                 await self._read_exit_code(job, tsi, workdir)
-            return await stage_out(tsi, workdir, job.storage)
+            return result
 
         try:
             result = await self._retrying(job, target, "staging out", copy_back)
@@ -471,8 +491,13 @@ class JobRunner:
         job.kept = True  # from now on its files are served from site storage
 
     async def _read_exit_code(self, job: Job, tsi, workdir: str) -> None:
-        """The exit code from its file; our agent's record says when the file could not be
-        written (the disk full), a DF when the file never came."""
+        """The exit code from its file — the copy just kept in site storage, else the
+        guest's (waiting ``exit_code_grace`` for it to appear); our agent's record says
+        when the file could not be written (the disk full), a DF when the file never came."""
+        kept = await threads.deferToThread(kept_exit_code, job.storage)
+        if kept == 0:  # nothing more to learn: one exchange and a file read saved
+            job.exit_code = 0
+            return
         details = await self._details(tsi, job.bssid) if job.bssid else None
         if details and details.get("exit_code_error"):
             job.exit_code = None
@@ -480,7 +505,8 @@ class JobRunner:
                                 f"{details['exit_code_error']} (its script ended with "
                                 f"status {details.get('exit_code')})")
             return
-        job.exit_code = await tsi.exit_code(workdir, grace=self.exit_code_grace)
+        job.exit_code = kept if kept is not None else await tsi.exit_code(
+            workdir, grace=self.exit_code_grace)
         if job.exit_code and details:
             job.ended_by = details.get("reason")
         if job.exit_code is None:

@@ -80,3 +80,19 @@ def test_busy_helpers_make_the_caller_fork(helpers, nobody):
     assert call_as(nobody, os.getuid) == nobody.uid  # done by a fork meanwhile
     for helper in taken:
         helper.close()
+
+
+def _write_uid(text: str, out_fd: int) -> int:
+    os.write(out_fd, f"{text} {os.getuid()}".encode())
+    return 7
+
+
+def test_descriptors_go_along_with_a_call_and_are_closed_after_it(helpers, nobody):
+    read_end, write_end = os.pipe()
+    try:
+        assert identity.run_as(nobody, [write_end], _write_uid, "uid") == 7
+        os.close(write_end)  # the helper's copy is closed: the reader sees the end
+        assert os.read(read_end, 100) == f"uid {nobody.uid}".encode()
+        assert os.read(read_end, 100) == b""
+    finally:
+        os.close(read_end)

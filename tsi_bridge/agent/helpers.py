@@ -10,7 +10,9 @@ serves calls one at a time over a socket pair, ~1 ms each:
 
 * ``call``: a module-level function of the agent (``module:name``), JSON arguments and
   result — what ``identity.call_as`` runs;
-* ``open``: ``os.open`` whose descriptor comes back through ``SCM_RIGHTS`` — ``open_as``.
+* ``open``: ``os.open`` whose descriptor comes back through ``SCM_RIGHTS`` — ``open_as``;
+* a ``call`` may take descriptors along (``SCM_RIGHTS``, appended to its arguments): the
+  pipes a directory archive is written into.
 
 Messages are a 4-byte big-endian length and JSON.  Up to ``per_user`` helpers run per user,
 one more made while all are busy; when none can be had, or a helper dies or stalls (the
@@ -65,7 +67,7 @@ def _send(sock: socket.socket, value: object, fds: list[int] = ()) -> None:
 
 def _receive(sock: socket.socket) -> tuple[object, list[int]] | None:
     """One message and the descriptors that came with it; None at EOF."""
-    header, fds, _flags, _address = socket.recv_fds(sock, LENGTH.size, 1)
+    header, fds, _flags, _address = socket.recv_fds(sock, LENGTH.size, 4)
     if not header:
         return None
     if len(header) < LENGTH.size:
@@ -93,14 +95,14 @@ def _serve(sock: socket.socket) -> None:
         received = _receive(sock)
         if received is None:
             return
-        request, _fds = received
+        request, given = received
         fds: list[int] = []
         try:
             if "open" in request:
                 fds.append(os.open(request["open"], request["flags"], request["mode"]))
                 outcome: dict = {"ok": None}
             else:
-                outcome = {"ok": _function(request["call"])(*request["args"])}
+                outcome = {"ok": _function(request["call"])(*request["args"], *given)}
         except OSError as err:
             outcome = {"errno": err.errno, "strerror": err.strerror,
                        "filename": err.filename if isinstance(err.filename, str) else None}
@@ -111,7 +113,7 @@ def _serve(sock: socket.socket) -> None:
         except (TypeError, ValueError) as err:  # a result JSON cannot carry
             _send(sock, {"error": f"{type(err).__name__}: {err}"})
         finally:
-            for fd in fds:
+            for fd in fds + given:
                 os.close(fd)
 
 
@@ -136,10 +138,11 @@ class Helper:
         ours.settimeout(CALL_TIMEOUT)
         self.pid, self.sock = pid, ours
 
-    def request(self, request: dict) -> tuple[dict, list[int]]:
-        """Send one request, return its outcome; HelperUnavailable if the helper is gone."""
+    def request(self, request: dict, fds: list[int] = ()) -> tuple[dict, list[int]]:
+        """Send one request (with ``fds``), return its outcome; HelperUnavailable if the
+        helper is gone."""
         try:
-            _send(self.sock, request)
+            _send(self.sock, request, fds)
             received = _receive(self.sock)
         except (OSError, ValueError) as err:
             self.close()
@@ -194,11 +197,12 @@ class HelperPool:
         with self._lock:
             self._count[key] -= 1
 
-    def _request(self, runas: RunAs, request: dict) -> tuple[dict, list[int]]:
+    def _request(self, runas: RunAs, request: dict, fds: list[int] = ()
+                 ) -> tuple[dict, list[int]]:
         helper = self._take(runas)
         key = _key(runas)
         try:
-            result = helper.request(request)
+            result = helper.request(request, fds)
         except HelperUnavailable:
             self._gone(key)
             raise
@@ -209,10 +213,11 @@ class HelperPool:
                 self._idle[key].append(helper)
         return result
 
-    def call(self, runas: RunAs, function, args: tuple) -> dict:
-        """The outcome of ``function(*args)`` in a helper of ``runas``."""
+    def call(self, runas: RunAs, function, args: tuple, fds: list[int] = ()) -> dict:
+        """The outcome of ``function(*args, *fds)`` in a helper of ``runas`` (the helper's
+        copies of ``fds`` are closed after the call)."""
         name = f"{function.__module__}:{function.__name__}"
-        outcome, fds = self._request(runas, {"call": name, "args": list(args)})
+        outcome, fds = self._request(runas, {"call": name, "args": list(args)}, fds)
         for fd in fds:
             os.close(fd)
         return outcome

@@ -241,6 +241,20 @@ def fork_as(runas: RunAs, keep: list[int], function, *args) -> int:
     return pid
 
 
+def run_as(runas: RunAs, keep: list[int], function, *args) -> int:
+    """``function(*args, *keep)`` with ``runas``'s permissions until it returns, in a
+    helper or a forked child (see :func:`fork_as`); returns its exit status."""
+    if runas.switch and _helpers is not None:
+        from tsi_bridge.agent.helpers import HelperUnavailable
+
+        try:
+            return _unpack(_helpers.call(runas, function, args, keep))
+        except HelperUnavailable:
+            pass  # fork, as without helpers
+    pid = fork_as(runas, keep, function, *args, *keep)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
 def open_as(runas: RunAs, path: str, flags: int, mode: int = 0o644) -> int:
     """``os.open`` with ``runas``'s permissions: a child switches uid, opens the file and
     passes the descriptor back over a socket pair."""
