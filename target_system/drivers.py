@@ -60,9 +60,9 @@ class TSILink(Protocol):
 
     def get_status_listing(self, all_jobs: bool = False) -> defer.Deferred: ...
 
-    def wait_job(self, bssid: str, seconds: float) -> defer.Deferred:
-        """The status listing once ``bssid`` ended or after ``seconds``, pushed by gridvm's
-        agent; None from a TSI that only answers GETSTATUSLISTING."""
+    def wait_status(self, seconds: float) -> defer.Deferred:
+        """The status listing once a job ended since the last answer, or after ``seconds``,
+        pushed by gridvm's agent; None from a TSI that only answers GETSTATUSLISTING."""
 
     def make_directories(self, paths: list[str]) -> defer.Deferred:
         """``mkdir -p`` of each path."""

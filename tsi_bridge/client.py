@@ -96,6 +96,7 @@ class TSIClient:
         self.streams: bool | None = None
         #: our extensions the TSI answered as unknown (the official TSI): not sent again
         self.unsupported: set[str] = set()
+        self._ended_seen = -1  #: the agent's count of ended jobs at its last WAITSTATUS
 
     # ------------------------------------------------------------------ pool
 
@@ -277,17 +278,21 @@ class TSIClient:
         return bssid
 
     @_deferred
-    async def wait_job(self, bssid: str, seconds: float) -> dict[str, JobStatus] | None:
-        """The status listing (as ``get_status_listing``) once ``bssid`` has ended or after
-        ``seconds`` — pushed by our agent (GRIDVM_WAITJOB); None from a TSI that only
-        answers GETSTATUSLISTING (poll that instead)."""
-        self._ours(bssid)
+    async def wait_status(self, seconds: float) -> dict[str, JobStatus] | None:
+        """The status listing (as ``get_status_listing``) as soon as a job has ended since
+        the last answer (the first call answers at once), at the latest after ``seconds``
+        — pushed by our agent (GRIDVM_WAITSTATUS); None from a TSI that only answers
+        GETSTATUSLISTING (poll that instead)."""
         seconds = min(seconds, protocol.MAX_JOB_WAIT)
-        reply = await self._extension("GRIDVM_WAITJOB", protocol.wait_job_body(bssid, seconds),
-                                      seconds + self.request_timeout)
+        reply = await self._extension(
+            "GRIDVM_WAITSTATUS", protocol.wait_status_body(self._ended_seen, seconds),
+            seconds + self.request_timeout)
         if reply is None:
             return None
-        listing = protocol.parse_status_listing(reply.payload)
+        try:
+            self._ended_seen, listing = protocol.parse_wait_status(reply.payload)
+        except protocol.ProtocolError as err:
+            raise TSIError(f"{self.name}: {err}") from None
         return {b: JobStatus(*entry) for b, entry in listing.items() if b in self.submitted}
 
     def track(self, bssid: str) -> None:

@@ -209,7 +209,7 @@ class FakeTSIClient:
             job.bssid: JobStatus("RUNNING", "batch", "R") for job in agent.running()
             if all_jobs or job.bssid in self.submitted})
 
-    def wait_job(self, bssid: str, seconds: float) -> defer.Deferred:
+    def wait_status(self, seconds: float) -> defer.Deferred:
         """Like the official TSI: no pushed status (the runner polls)."""
         return defer.succeed(None)
 

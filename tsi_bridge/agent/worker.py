@@ -393,17 +393,19 @@ class Worker:
         files.remove_tree(runas, path)
         self.reply(protocol.ok_reply())
 
-    def wait_job(self, message: str) -> None:
-        """GRIDVM_WAITJOB: the status listing once the job has ended (or after WAIT s)."""
-        bssid = self._job_id(message)
+    def wait_status(self, message: str) -> None:
+        """GRIDVM_WAITSTATUS: the status listing once a job has ended since the client's
+        last answer (its GRIDVM_SEEN), or after WAIT s."""
         try:
             seconds = float(protocol.get_param(message, "WAIT") or "0")
         except ValueError:
             seconds = -1.0
         if not 0 <= seconds <= protocol.MAX_JOB_WAIT:
             raise RequestFailed(f"#TSI_WAIT must be 0 to {protocol.MAX_JOB_WAIT:g} seconds")
-        self.agent.jobs.wait_ended(bssid, seconds)
-        self.status_listing(message)
+        ended = self.agent.jobs.wait_ended(protocol.get_number(message, "GRIDVM_SEEN"),
+                                           seconds)
+        listing = protocol.format_status_listing(self.agent.jobs.listing())
+        self.reply(protocol.ok_reply(protocol.format_wait_status(ended, listing)))
 
     def submit(self, message: str) -> None:
         runas = self._runas(message)
@@ -483,5 +485,5 @@ HANDLERS = {
     "GRIDVM_GETDIRECTORY": Worker.get_directory,
     "GRIDVM_MKDIR": Worker.make_directory,
     "GRIDVM_REMOVE": Worker.remove,
-    "GRIDVM_WAITJOB": Worker.wait_job,
+    "GRIDVM_WAITSTATUS": Worker.wait_status,
 }
