@@ -367,7 +367,7 @@ def _print_json(value: Any) -> None:
 def _build(args: argparse.Namespace) -> int:
     from image_builder import BuildError, build_image, build_recipe, load_recipe
 
-    report = _ProgressReport(sys.stderr)
+    report = ProgressReport(sys.stderr)
     try:
         if args.recipe is not None:
             built = build_recipe(load_recipe(args.recipe), output_root=args.output,
@@ -391,18 +391,18 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
-class _ProgressReport:
+class ProgressReport:
     """Build progress as ``[build] downloading 3/17 packages`` lines; on a terminal a counted
     phase rewrites its line, elsewhere only its first and last count are printed."""
 
-    def __init__(self, stream) -> None:
-        self.stream = stream
+    def __init__(self, stream, prefix: str = "[build]") -> None:
+        self.stream, self.prefix = stream, prefix
         self.tty = stream.isatty()
         self.open_line = False
         self.phase = ""
 
     def __call__(self, step) -> None:
-        text = f"[build] {step}"
+        text = f"{self.prefix} {step}"
         if self.tty and step.total:
             self.stream.write(f"\r\033[K{text}")
             self.open_line = step.done < step.total

@@ -192,10 +192,10 @@ def test_cli_reports_a_bad_recipe_in_one_line_naming_the_key(tmp_path):
 
 
 def test_progress_prints_each_phase_and_the_last_count_off_a_terminal():
-    from gridvm.catalogue import _ProgressReport
+    from gridvm.catalogue import ProgressReport
 
     out = io.StringIO()
-    report = _ProgressReport(out)
+    report = ProgressReport(out)
     for step in [Step("resolving", what="packages"), Step("downloading", 14, 17, "packages"),
                  Step("downloading", 15, 17, "packages"), Step("downloading", 17, 17, "packages"),
                  Step("packing", what="initramfs")]:
