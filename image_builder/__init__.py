@@ -27,7 +27,7 @@ import tsi_bridge
 from image_builder import customize, debian, metadata, pack, rootfs
 from image_builder.errors import BuildError
 from image_builder.progress import Progress, Step, silent
-from image_builder.recipe import Recipe, default_recipe, load_recipe, sources_digest
+from image_builder.recipe import Recipe, default_recipe, load_recipe
 
 __all__ = ["KINDS", "BuildError", "BuiltImage", "Recipe", "Step", "build_image",
            "build_recipe", "load_recipe"]
@@ -45,6 +45,8 @@ KERNEL_CMDLINE = (
 GUEST_MEMORY_MIB = 256
 MIN_MEMORY_MIB = {"initramfs": 128, "qcow2": 96}
 DISK_MIB = 1024
+#: What a build found (kernel release, package versions): the metadata is made from it.
+BUILD_INFO = "build.json"
 
 
 @dataclass
@@ -131,11 +133,12 @@ def build_recipe(recipe: Recipe, *, output_root: Path | None = None, force: bool
         "guest": _tree_digest(_guest_files()), "agent": _tree_digest(_agent_sources(agent_package)),
         "code": _tree_digest([(p.name, p.read_bytes())
                               for p in sorted(Path(__file__).parent.glob("*.py"))]),
-        "recipe": recipe.canonical(), "sources": sources_digest(recipe),
+        "recipe": recipe.content_inputs(),
     }, sort_keys=True).encode()).hexdigest()
     directory = output_root / f"{recipe.name}-{key[:12]}"
     files = [directory / f for f in _image_files(kind).values()]
-    if (directory / "metadata.json").exists() and not force:
+    if (directory / BUILD_INFO).exists() and not force:
+        _write_metadata(directory, recipe)  # the recipe's metadata fields may have changed
         return BuiltImage(kind, key, directory, cached=True, files=files)
 
     started = time.monotonic()
@@ -150,7 +153,7 @@ def build_recipe(recipe: Recipe, *, output_root: Path | None = None, force: bool
         try:
             (work / "out").rename(directory)  # atomic: a half-built image never has this name
         except OSError:
-            if not (directory / "metadata.json").exists():
+            if not (directory / BUILD_INFO).exists():
                 raise
             # Another process built the same inputs meanwhile: its result is as good.
             return BuiltImage(kind, key, directory, cached=True, files=files)
@@ -229,8 +232,26 @@ def _assemble(recipe: Recipe, work: Path, packages: list[debian.Package], debs: 
         rootfs.build_loader(busybox, modules_dir, loader)
         pack.initramfs(loader, files["initrd"])
         pack.qcow2_disk(root, files["disk"], DISK_MIB)
+    (out / BUILD_INFO).write_text(json.dumps(
+        {"kernel": kernel_version, "packages": [[p.name, p.version] for p in packages]},
+        indent=2) + "\n")
     progress(Step("metadata", what="(sha512, sizes)"))
+    _write_metadata(out, recipe)
+
+
+def _write_metadata(directory: Path, recipe: Recipe) -> None:
+    """``metadata.json`` from the build's findings and the recipe (replaced atomically, and
+    only when it changes)."""
+    info = json.loads((directory / BUILD_INFO).read_text())
+    packages = [debian.Package(name, version) for name, version in info["packages"]]
+    files = {role: directory / name for role, name in _image_files(recipe.kind).items()}
     doc = metadata.apply_recipe(
-        _micro_metadata(kind, metadata.content_refs(files), packages, kernel_version),
+        _micro_metadata(recipe.kind, metadata.content_refs(files), packages, info["kernel"]),
         recipe, packages)
-    (out / "metadata.json").write_text(json.dumps(doc, indent=2) + "\n")
+    text = json.dumps(doc, indent=2) + "\n"
+    path = directory / "metadata.json"
+    if path.exists() and path.read_text() == text:
+        return
+    partial = path.with_name(f".metadata-{os.getpid()}.json")
+    partial.write_text(text)
+    partial.replace(path)

@@ -24,7 +24,7 @@ from image_builder import customize
 from image_builder.errors import BuildError
 from image_builder.metadata import apply_recipe, content_refs, upstream_version
 from image_builder.progress import Progress, Step, silent
-from image_builder.recipe import Recipe, sources_digest
+from image_builder.recipe import Recipe
 from image_repo import schema
 
 CLOUD_BUILDER_VERSION = "2"
@@ -101,9 +101,8 @@ def cloud_key(packages: tuple[str, ...] = CLOUD_PACKAGES, recipe: Recipe | None 
         "cmdline": KERNEL_CMDLINE, "settings": IMAGE_SETTINGS,
     }
     if recipe is not None and (recipe.files or recipe.users):
-        canonical = recipe.canonical()
-        inputs["customized"] = {"files": canonical.get("files"), "users": canonical.get("users"),
-                                "sources": sources_digest(recipe)}
+        content = recipe.content_inputs()
+        inputs["customized"] = {k: content.get(k) for k in ("files", "users", "sources")}
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 

@@ -205,10 +205,19 @@ class Recipe:
             names.add(app.name.lower())
 
     def canonical(self) -> dict[str, Any]:
-        """The recipe as a JSON value (for the cache key)."""
+        """The recipe as a JSON value."""
         doc = to_json(self)
         doc.pop("directory", None)
         doc["metadata"] = copy.deepcopy(self.metadata)
+        return doc
+
+    def content_inputs(self) -> dict[str, Any]:
+        """What of the recipe goes into the image's files (its cache key): not its version,
+        applications or metadata fields, which only the metadata written anew says."""
+        doc = self.canonical()
+        for key in ("version", "applications", "metadata"):
+            doc.pop(key, None)
+        doc["sources"] = sources_digest(self)
         return doc
 
     def source(self, item: RecipeFile) -> Path:

@@ -3,13 +3,15 @@ Debian archive, and what a recipe puts into a guest root."""
 
 import io
 import json
+import shutil
 import subprocess
 import sys
+from importlib import resources
 from pathlib import Path
 
 import pytest
 
-from image_builder import BuildError, customize, debian, recipe
+from image_builder import BuildError, build_recipe, customize, debian, recipe
 from image_builder.cloud import CLOUD_PACKAGES, cloud_key
 from image_builder.metadata import preview
 from image_builder.progress import Step
@@ -205,12 +207,28 @@ def test_progress_prints_each_phase_and_the_last_count_off_a_terminal():
         "[build] downloading 17/17 packages", "[build] packing initramfs"]
 
 
-def test_the_recipe_is_part_of_the_cache_key(tmp_path):
-    """Same recipe, same canonical form; another file content, another sources digest."""
+def test_what_goes_into_the_files_is_the_cache_key_not_the_metadata(tmp_path):
     (tmp_path / "a").write_text("one")
     text = HEAD + '[[files]]\nsource = "a"\npath = "/a"\n'
-    first = parse_recipe(text, tmp_path)
-    digest = recipe.sources_digest(first)
-    assert json.dumps(first.canonical()) == json.dumps(parse_recipe(text, tmp_path).canonical())
+    first = parse_recipe(text, tmp_path).content_inputs()
+    retitled = parse_recipe(text.replace('"1.0"', '"1.1"') + '[metadata.general]\ntitle = "t"\n'
+                            '[[applications]]\nname = "a"\n', tmp_path).content_inputs()
+    assert json.dumps(first) == json.dumps(retitled)
     (tmp_path / "a").write_text("two")
-    assert recipe.sources_digest(first) != digest
+    assert parse_recipe(text, tmp_path).content_inputs()["sources"] != first["sources"]
+    moved = parse_recipe(text.replace('path = "/a"', 'path = "/b"'), tmp_path).content_inputs()
+    assert moved["files"] != first["files"]
+
+
+def test_a_cached_image_gets_the_metadata_of_the_recipe_as_it_is_now(built_images, tmp_path):
+    image = built_images["initramfs"]
+    shutil.copytree(image.directory, tmp_path / image.directory.name)
+    own = resources.files("image_builder.recipes").joinpath("debian12-initramfs.toml")
+    text = own.read_text().replace('version = "1"', 'version = "2"') + (
+        '[[applications]]\nname = "awk"\nexecutable = "/usr/bin/awk"\n')
+    again = build_recipe(parse_recipe(text, tmp_path), output_root=tmp_path)
+    assert again.cached and again.key == image.key
+    assert again.directory == tmp_path / image.directory.name
+    assert again.metadata["idb"]["applications"][-1]["name"] == "awk"
+    assert again.metadata["origin"]["content"] == image.metadata["origin"]["content"]
+    assert "awk" not in json.dumps(image.metadata["idb"])  # the shared image is untouched
