@@ -156,6 +156,7 @@ def build_recipe(recipe: Recipe, *, output_root: Path | None = None, force: bool
             if not (directory / BUILD_INFO).exists():
                 raise
             # Another process built the same inputs meanwhile: its result is as good.
+            _write_metadata(directory, recipe)
             return BuiltImage(kind, key, directory, cached=True, files=files)
     finally:
         shutil.rmtree(work, ignore_errors=True)
