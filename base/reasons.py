@@ -55,3 +55,8 @@ class Reason(StrEnum):
     RUNTIME_EXCEEDED = "RUNTIME_EXCEEDED"
     #: the server restarted and could not take the work back
     SERVER_RESTARTED = "SERVER_RESTARTED"
+    #: a CONTAINER job's IMAGE_URL names no container image (nor VM image) the caller may use
+    CONTAINER_UNKNOWN = "CONTAINER_UNKNOWN"
+    #: the container could not be run: its archive damaged, for another architecture, or
+    #: the runtime in the guest failed before the job's command started
+    CONTAINER_FAILED = "CONTAINER_FAILED"

@@ -203,9 +203,12 @@ def _add_build(catalogue_commands: argparse._SubParsersAction) -> None:
         description="Assemble a guest (cloud kernel, busybox, python3, the gridvm TSI agent) "
         "and write it with a metadata file ready for `gridvm catalogue register`.",
     )
-    build.add_argument("--kind", choices=("initramfs", "qcow2", "cloud"), default="initramfs",
+    build.add_argument("--kind", choices=("initramfs", "qcow2", "cloud", "cloud-crun",
+                                          "container"), default="initramfs",
                        help="initramfs or qcow2: gridvm's micro guest; cloud: a standard "
-                       "cloud image (mmdebstrap, cloud-init, python3, its own bootloader)")
+                       "cloud image (mmdebstrap, cloud-init, python3, its own bootloader); "
+                       "cloud-crun: one with crun for CONTAINER jobs; container: a busybox "
+                       "OCI container image (umoci)")
     build.add_argument("--output", type=Path, default=None, help="image directory "
                        "(default: the build cache under $GRIDVM_HOME/images)")
     build.add_argument("--force", action="store_true", help="rebuild even if cached")

@@ -3,7 +3,8 @@
 ``build_image("initramfs")`` gives a cloud kernel + a zstd initramfs holding the whole root;
 ``build_image("qcow2")`` gives an ext4 root in a qcow2 disk, booted directly through the
 kernel with a tiny loader initramfs; ``build_image("cloud")`` a standard cloud image
-(``image_builder.cloud``).  Both start busybox init, which mounts the
+(``image_builder.cloud``), ``build_image("cloud-crun")`` one that runs container images
+with crun, ``build_image("container")`` a busybox OCI container image (``image_builder.oci``).  Both start busybox init, which mounts the
 contextualization medium, brings up user-mode networking, starts the TSI agent and reaps
 orphans.  Each build writes ``metadata.json`` ready for ``gridvm catalogue register``.
 """
@@ -26,7 +27,7 @@ from image_builder.errors import BuildError
 __all__ = ["KINDS", "BuildError", "BuiltImage", "build_image"]
 
 BUILDER_VERSION = "3"
-KINDS = ("initramfs", "qcow2", "cloud")
+KINDS = ("initramfs", "qcow2", "cloud", "cloud-crun", "container")
 GUEST_PACKAGES = [
     "busybox-static", "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib",
     "libc6", "libgcc-s1", "zlib1g", "libssl3", "libexpat1", "libffi8", "bash", "libtinfo6",
@@ -99,8 +100,10 @@ def build_image(kind: str = "initramfs", *, output_root: Path | None = None,
 
         output_root = gridvm_home() / "images"
     output_root = Path(output_root)
-    if kind == "cloud":
-        return _build_cloud(output_root, force)
+    if kind in ("cloud", "cloud-crun"):
+        return _build_cloud(output_root, force, kind)
+    if kind == "container":
+        return _build_container(output_root, force)
     agent_package = Path(agent_package or Path(tsi_bridge.__file__).parent)
 
     kernel_name = debian.kernel_package_name()
@@ -140,13 +143,24 @@ def build_image(kind: str = "initramfs", *, output_root: Path | None = None,
                       files=files)
 
 
-def _build_cloud(output_root: Path, force: bool) -> BuiltImage:
-    """A standard cloud image (cloud-init, python3, its own bootloader; no gridvm file)."""
-    from image_builder.cloud import build_cloud_image
+def _build_cloud(output_root: Path, force: bool, kind: str) -> BuiltImage:
+    """A standard cloud image (cloud-init, python3, its own bootloader; no gridvm file);
+    ``cloud-crun`` adds crun to run container images."""
+    from image_builder.cloud import CLOUD_PACKAGES, CONTAINER_HOST_PACKAGES, build_cloud_image
 
-    image = build_cloud_image(output_root, force=force)
-    return BuiltImage("cloud", image.key, image.directory, cached=image.cached,
+    packages = CONTAINER_HOST_PACKAGES if kind == "cloud-crun" else CLOUD_PACKAGES
+    image = build_cloud_image(output_root, force=force, packages=packages)
+    return BuiltImage(kind, image.key, image.directory, cached=image.cached,
                       seconds=image.seconds, files=[image.disk])
+
+
+def _build_container(output_root: Path, force: bool) -> BuiltImage:
+    """A busybox OCI container image (an OCI archive packed by umoci)."""
+    from image_builder.oci import build_oci_image
+
+    image = build_oci_image(output_root, force=force)
+    return BuiltImage("container", image.key, image.directory, cached=image.cached,
+                      seconds=image.seconds, files=[image.archive])
 
 
 def _assemble(kind: str, work: Path, packages: list[debian.Package], debs: list[Path],

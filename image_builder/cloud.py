@@ -32,6 +32,9 @@ MIRRORS = ("deb http://deb.debian.org/debian bookworm main",
 #: What a minimal genericcloud-like image needs to boot and run cloud-init and a TSI agent.
 CLOUD_PACKAGES = ("systemd-sysv", "udev", "linux-image-cloud-amd64", "initramfs-tools",
                   "cloud-init", "python3", "ifupdown", "iproute2", "bash")
+#: A cloud image that also runs CONTAINER jobs' OCI images with crun (rootless: the
+#: job's user in a user namespace).  It becomes a recipe once recipe builds land.
+CONTAINER_HOST_PACKAGES = (*CLOUD_PACKAGES, "crun")
 ROOT_LABEL = "cloudroot"
 BOOT_MIB = 64
 ROOT_MIB = 1536
@@ -71,6 +74,8 @@ class CloudImage:
     kernel_version: str = ""
     python_version: str = ""
     cloud_init_version: str = ""
+    packages: tuple[str, ...] = CLOUD_PACKAGES
+    crun_version: str | None = None  #: when the image has crun
 
 
 def _run(cmd: list[str], timeout: float = 1800, **kwargs) -> str:
@@ -118,10 +123,12 @@ def build_cloud_image(output_root: Path | None = None, *, force: bool = False,
         root = work / "root"
         bootstrap(root, packages)
         kernel_version, python_version, cloud_init_version = _versions(root)
+        crun = _package_version(root, "crun") if "crun" in packages else None
         disk_image(root, out / "disk.qcow2", kernel_version)
         (out / "build.json").write_text(json.dumps(
             {"key": key, "kernel": kernel_version, "python": python_version,
-             "cloud_init": cloud_init_version, "packages": list(packages)}, indent=2) + "\n")
+             "cloud_init": cloud_init_version, "packages": list(packages), "crun": crun},
+            indent=2) + "\n")
         write_metadata(_read(out, key, cached=False))
         if force and directory.exists():
             shutil.rmtree(directory)
@@ -139,7 +146,9 @@ def _read(directory: Path, key: str, *, cached: bool) -> CloudImage:
     info = json.loads((directory / "build.json").read_text())
     return CloudImage(directory, directory / "disk.qcow2", key, cached=cached,
                       kernel_version=info["kernel"], python_version=info["python"],
-                      cloud_init_version=info["cloud_init"])
+                      cloud_init_version=info["cloud_init"],
+                      packages=tuple(info.get("packages", CLOUD_PACKAGES)),
+                      crun_version=info.get("crun"))
 
 
 def bootstrap(root: Path, packages: tuple[str, ...]) -> None:
@@ -163,9 +172,13 @@ def _versions(root: Path) -> tuple[str, str, str]:
     kernel = next((root / "lib/modules").iterdir()).name
     python = _run(["chroot", str(root), "python3", "-c",
                    "import platform; print(platform.python_version())"]).strip()
-    cloud_init = _run(["dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W",
-                       "-f=${Version}", "cloud-init"]).strip()
-    return kernel, python, upstream_version(cloud_init)
+    return kernel, python, _package_version(root, "cloud-init")
+
+
+def _package_version(root: Path, package: str) -> str:
+    """The upstream version of an installed package in the root."""
+    return upstream_version(_run(["dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W",
+                                  "-f=${Version}", package]).strip())
 
 
 def _syslinux_cfg(kernel_version: str) -> str:
@@ -208,15 +221,18 @@ def disk_image(root: Path, output: Path, kernel_version: str) -> None:
         raw.unlink(missing_ok=True)
 
 
-def cloud_metadata(image: CloudImage, *, name: str = "debian12-cloud") -> dict[str, Any]:
+def cloud_metadata(image: CloudImage, *, name: str | None = None) -> dict[str, Any]:
     """Metadata to register the cloud image with: it boots with its own bootloader and takes
-    cloud-init contextualization; checked against the repository's schema."""
+    cloud-init contextualization (and, with crun, runs container images); checked against
+    the repository's schema."""
     disk = image.disk
+    crun = "crun" in image.packages
     doc = {
         "schema_version": 1,
         "general": {
-            "name": name,
-            "title": "Debian 12 generic cloud image (cloud-init, python3)",
+            "name": name or ("debian12-cloud-crun" if crun else "debian12-cloud"),
+            "title": "Debian 12 generic cloud image (cloud-init, python3"
+                     + (", crun)" if crun else ")"),
             "description": "Made by mmdebstrap from Debian packages only, booted by its own "
                            "bootloader; gridvm's TSI agent comes on the NoCloud medium.",
             "permissions": {"owner": "rw", "group": "r", "others": "r"},
@@ -252,6 +268,13 @@ def cloud_metadata(image: CloudImage, *, name: str = "debian12-cloud") -> dict[s
                 "user": "gridvm", "group": "gridvm", "workdir_root": "/home/gridvm/jobs",
                 "contextualization": "cloud-init", "boot_timeout_s": BOOT_TIMEOUT_S},
     }
+    if crun:
+        runtime = {"name": "crun", "executable": "/usr/bin/crun"}
+        if image.crun_version:
+            runtime["version"] = image.crun_version
+        doc["semantic"]["container_runtime"] = runtime
+        doc["semantic"]["software"].append({"name": "crun", "version": image.crun_version})
+        doc["general"]["purposes"].append("containers")
     schema.validate(doc)
     return doc
 

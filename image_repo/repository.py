@@ -332,6 +332,9 @@ class ImageRepository:
                        for v in meta.semantic.vos]
             labels += [{"image_id": image_id, "kind": "community", "value": c}
                        for c in general.communities]
+            if meta.semantic.container_runtime is not None:
+                labels.append({"image_id": image_id, "kind": "runtime",
+                               "value": meta.semantic.container_runtime.name})
             latest[general.name] = {"id": image_id, "version": version, "owner": owner,
                                     "group_name": group, "mode": mode,
                                     "vos": frozenset(meta.semantic.vos)}
