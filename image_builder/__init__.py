@@ -4,7 +4,8 @@
 ``build_image("qcow2")`` gives an ext4 root in a qcow2 disk, booted directly through the
 kernel with a tiny loader initramfs; ``build_image("cloud")`` a standard cloud image
 (``image_builder.cloud``), ``build_image("cloud-crun")`` one that runs container images
-with crun, ``build_image("container")`` a busybox OCI container image (``image_builder.oci``).  Both start busybox init, which mounts the
+with crun, ``build_image("container")`` a busybox OCI container image
+(``image_builder.oci``).  The micro guests start busybox init, which mounts the
 contextualization medium, brings up user-mode networking, starts the TSI agent and reaps
 orphans.  Each build writes ``metadata.json`` ready for ``gridvm catalogue register``.
 """

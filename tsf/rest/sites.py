@@ -27,11 +27,13 @@ from tsf.rest.http import (
 FACTORY_ID = "default_target_system_factory"
 PARTITION = "batch"
 CONTAINER_APP = {"name": "CONTAINER", "version": "1.0",
-                 "description": "run COMMAND in the image named by IMAGE_URL (an image name "
-                                "or the container URL an image was built from)",
-                 "options": {"IMAGE_URL": ("STRING", "image name or container URL"),
+                 "description": "run COMMAND in the container image named by IMAGE_URL "
+                                "(its docker:// reference or name), with the container "
+                                "runtime of a VM image; or in the VM image IMAGE_URL names "
+                                "or was built from",
+                 "options": {"IMAGE_URL": ("STRING", "container reference or image name"),
                              "COMMAND": ("STRING", "the command line to run"),
-                             "OPTIONS": ("STRING", "ignored (no container runtime)")}}
+                             "OPTIONS": ("STRING", "ignored (the site sets the runtime's)")}}
 
 
 def visible_images(call: Call) -> list:
