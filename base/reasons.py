@@ -1,8 +1,8 @@
 """Failure reasons: the one set of codes every failure that reaches a user carries.
 
-The codes are architecture.md's (plus ``NOT_FOUND`` for REST's 404s).  ``Reason`` is a
-``StrEnum``: a member compares equal to its code, serialises as it in JSON, and a stored
-code reads back with ``Reason(code)``.
+The codes are architecture.md's (plus ``NOT_FOUND`` for REST's 404s and the two codes of
+CONTAINER jobs).  ``Reason`` is a ``StrEnum``: a member compares equal to its code,
+serialises as it in JSON, and a stored code reads back with ``Reason(code)``.
 """
 
 from __future__ import annotations
