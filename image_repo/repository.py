@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from base.db import make_engine, migrate, session_factory, session_scope
 from base.identity import Caller
-from image_repo import access
+from image_repo import access, oci
 from image_repo.errors import (
     BadRequest,
     ChecksumMismatch,
@@ -265,8 +265,11 @@ class ImageRepository:
                 source = item.files.get(ref.file)
                 if source is None or ref.sha512 in staged:
                     continue
-                staged[ref.sha512] = self.store.stage(source, staging, ref.sha512, ref.size,
-                                                      where=f"origin.content[{i}]")
+                staged[ref.sha512] = blob = self.store.stage(
+                    source, staging, ref.sha512, ref.size, where=f"origin.content[{i}]")
+                if item.meta.origin.content_type == "oci" and ref.role == "container":
+                    oci.check_archive(blob.path, item.meta.origin.architecture,
+                                      f"origin.content[{i}]")
         return list(staged.values())
 
     def _insert(self, session: Session, prepared: list[_Prepared], caller: Caller,

@@ -4,60 +4,15 @@ configuration, the runtime's exit code passed on, and why a container cannot sta
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import json
 import os
 import stat
-import tarfile
-from pathlib import Path
 
 import pytest
 
 from target_system import container_launcher as launcher
-
-
-def _tar(entries: list[tuple[str, bytes | str | None]]) -> bytes:
-    """A tar of (name, bytes: a file / str: a symlink target / None: a directory)."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w") as tar:
-        for name, content in entries:
-            info = tarfile.TarInfo(name)
-            if content is None:
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
-                tar.addfile(info)
-            elif isinstance(content, str):
-                info.type, info.linkname = tarfile.SYMTYPE, content
-                tar.addfile(info)
-            else:
-                info.size, info.mode = len(content), 0o755
-                tar.addfile(info, io.BytesIO(content))
-    return out.getvalue()
-
-
-def oci_archive(path: Path, layers: list[list], architecture: str = "amd64") -> str:
-    """An OCI image layout of gzip layers in one tar file; returns its sha512."""
-    blobs: dict[str, bytes] = {}
-
-    def blob(data: bytes) -> dict:
-        digest = hashlib.sha256(data).hexdigest()
-        blobs[digest] = data
-        return {"digest": f"sha256:{digest}", "size": len(data)}
-
-    layer_refs = [blob(gzip.compress(_tar(entries))) for entries in layers]
-    config = blob(json.dumps({"architecture": architecture, "os": "linux",
-                              "config": {"Env": ["PATH=/bin", "FROM_IMAGE=yes"]}}).encode())
-    manifest = blob(json.dumps({"schemaVersion": 2, "config": config,
-                                "layers": layer_refs}).encode())
-    index = {"schemaVersion": 2, "manifests": [
-        {"mediaType": launcher.MANIFEST, **manifest}]}
-    entries = [("oci-layout", b'{"imageLayoutVersion": "1.0.0"}'),
-               ("index.json", json.dumps(index).encode())]
-    entries += [(f"blobs/sha256/{d}", data) for d, data in blobs.items()]
-    path.write_bytes(_tar(entries))
-    return hashlib.sha512(path.read_bytes()).hexdigest()
-
+from tests.support.oci import oci_archive, tar_bytes
 
 LOWER = [("bin", None), ("bin/sh", b"#!shell"), ("etc", None),
          ("etc/os-release", b'PRETTY_NAME="lower"\n'), ("etc/old", b"old"),
@@ -96,7 +51,7 @@ def test_a_damaged_archive_or_another_architecture_is_refused(tmp_path):
     with pytest.raises(launcher.ContainerFailed, match=r"for arm64, this instance is amd64"):
         launcher.check_architecture(config, "x86_64")
     not_oci = tmp_path / "plain.tar"
-    not_oci.write_bytes(_tar([("hello", b"hi")]))
+    not_oci.write_bytes(tar_bytes([("hello", b"hi")]))
     with pytest.raises(launcher.ContainerFailed, match=r"no index\.json"):
         launcher.unpack(str(not_oci), hashlib.sha512(not_oci.read_bytes()).hexdigest(),
                         str(tmp_path / "c"), "amd64")

@@ -17,16 +17,18 @@ from target_system.instance import Deadlines, SiteCredentials
 from target_system.jobdesc import JobDescriptionError, parse_job
 from target_system.jobs import job_script
 from tests.image_repo.examples import builder_document, sha512, variant, write_files
+from tests.support.oci import oci_archive
 from tsf.factory import TargetSystemFactory
 
 ALICE = Caller.of("alice", groups=["users"])
 CAROL = Caller.of("carol", groups=["others"])
-ARCHIVE = b"an OCI archive"
+ARCHIVE = b""  # set by the fixture: a small OCI archive
 URL = "docker://localhost/gridvm/busybox:1.35.0"
 CRUN = {"name": "crun", "executable": "/usr/bin/crun", "version": "1.8.1"}
 
 
 def container_document(name="busybox", **changes) -> dict:
+    """A registered container image: the archive the ``site`` fixture made."""
     return variant({
         "general": {"name": name, "permissions": {"others": "r"}},
         "origin": {"runtime_technology": "container", "content_type": "oci",
@@ -41,6 +43,9 @@ async def site(tmp_path, database_url, test_driver_vmm):
     """(repository, factory, register(doc, owner)) on the test driver."""
     vmm = test_driver_vmm
     repository = ImageRepository(database_url, tmp_path / "store")
+    global ARCHIVE
+    oci_archive(tmp_path / "image.oci.tar", [[("etc", None), ("etc/os-release", b"ID=x\n")]])
+    ARCHIVE = (tmp_path / "image.oci.tar").read_bytes()
     files = write_files(tmp_path / "build", {"vmlinuz": b"kernel-bytes",
                                              "initrd.img": b"initrd-bytes",
                                              "busybox.oci.tar": ARCHIVE})
