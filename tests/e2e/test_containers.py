@@ -80,3 +80,5 @@ async def test_a_container_job_runs_in_its_container_in_a_vm(site, container_ima
     assert failing.state is JobState.FAILED and failing.exit_code == 3, failing.log
     assert failing.lifecycle.reason == Reason.NONZERO_EXIT
     assert any("already in the instance" in line for line in failing.log)
+    print("container job phases (first, staged the archive; then cached): "
+          f"{job.lifecycle.phase_seconds()} {failing.lifecycle.phase_seconds()}")
