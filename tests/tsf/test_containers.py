@@ -19,6 +19,7 @@ from target_system.jobs import job_script
 from tests.image_repo.examples import builder_document, sha512, variant, write_files
 from tests.support.oci import oci_archive
 from tsf.factory import TargetSystemFactory
+from tsf.rest.sites import applications_of
 
 ALICE = Caller.of("alice", groups=["users"])
 CAROL = Caller.of("carol", groups=["others"])
@@ -149,3 +150,14 @@ async def test_the_job_script_runs_the_command_through_the_launcher(site):
             "--memory-mib 64 --env COMMAND --env IMAGE_URL --env MINE") in line
     assert line.endswith("""-- /bin/sh -c 'echo $1 "$@"' sh 'a b'""")
     assert staged.archive == f"/home/gridvm/jobs/.containers/{sha512(ARCHIVE)[:64]}.oci.tar"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_site_lists_container_images_under_container_not_as_vm_images(site):
+    repository, _factory, register = site
+    register(container_document())
+    vm = register(builder_document())
+    apps = applications_of(repository.list(ALICE))
+    assert apps["CONTAINER---v1.0"]["images"] == [vm.ref]
+    assert apps["CONTAINER---v1.0"]["containers"] == [URL]
+    assert all("busybox:1" not in app["images"] for app in apps.values())
