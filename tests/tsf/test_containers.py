@@ -12,10 +12,10 @@ from twisted.internet import reactor
 from base.identity import Caller
 from base.reasons import Reason
 from image_repo.repository import ImageRepository
-from target_system.containers import guest_paths
+from target_system.containers import FAILURE_FILE, SETUP_FAILED, guest_paths
 from target_system.instance import Deadlines, SiteCredentials
 from target_system.jobdesc import JobDescriptionError, parse_job
-from target_system.jobs import job_script
+from target_system.jobs import Job, job_script
 from tests.image_repo.examples import builder_document, sha512, variant, write_files
 from tests.support.oci import oci_archive
 from tsf.factory import TargetSystemFactory
@@ -161,3 +161,25 @@ async def test_the_site_lists_container_images_under_container_not_as_vm_images(
     assert apps["CONTAINER---v1.0"]["images"] == [vm.ref]
     assert apps["CONTAINER---v1.0"]["containers"] == [URL]
     assert all("busybox:1" not in app["images"] for app in apps.values())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_container_that_could_not_start_fails_container_failed(site, tmp_path):
+    _repository, factory, register = site
+    register(container_document())
+    desc = container_job()
+    await factory.prepare(desc, ALICE, "")
+    job = Job(owner="alice", description=desc, reactor=reactor, storage=tmp_path / "job")
+    job.storage.mkdir()
+    job.exit_code = SETUP_FAILED
+    (job.storage / FAILURE_FILE).write_text(
+        "the container cannot run: the container image is for arm64, this instance is amd64\n")
+    factory.runner._finish(job)
+    assert job.lifecycle.reason == Reason.CONTAINER_FAILED
+    assert job.lifecycle.message.endswith("the container image is for arm64, this instance is "
+                                          "amd64")
+    # the same exit code from the command itself is the command's
+    plain = Job(owner="alice", description=desc, reactor=reactor, storage=tmp_path / "other")
+    plain.exit_code = SETUP_FAILED
+    factory.runner._finish(plain)
+    assert plain.lifecycle.reason == Reason.NONZERO_EXIT
