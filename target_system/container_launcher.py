@@ -78,8 +78,8 @@ class OciArchive:
     def close(self) -> None:
         self.tar.close()
 
-    def blob(self, descriptor: dict):
-        digest = str(descriptor.get("digest", ""))
+    def blob(self, descriptor):
+        digest = str(descriptor.get("digest", "")) if isinstance(descriptor, dict) else ""
         algorithm, _, hex_digest = digest.partition(":")
         member = self.members.get(f"blobs/{algorithm}/{hex_digest}")
         if member is None or not member.isfile() or not hex_digest.isalnum():
@@ -108,17 +108,22 @@ class OciArchive:
 
     def manifest(self, architecture: str) -> dict:
         """The image manifest (from a nested index, the one for ``architecture``)."""
-        descriptors = self.json("index.json").get("manifests") or []
+        doc = self.json("index.json")
         for _depth in range(4):
+            descriptors = [d for d in _list(doc.get("manifests")) if isinstance(d, dict)]
             if not descriptors:
                 raise ContainerFailed("the archive's index lists no manifest")
-            chosen = next((d for d in descriptors if isinstance(d, dict) and (
-                d.get("platform") or {}).get("architecture") == architecture), descriptors[0])
+            chosen = next((d for d in descriptors if isinstance(d.get("platform"), dict)
+                           and d["platform"].get("architecture") == architecture),
+                          descriptors[0])
             doc = self.json(chosen)
             if chosen.get("mediaType", doc.get("mediaType")) != INDEX and "layers" in doc:
                 return doc
-            descriptors = doc.get("manifests") or []
         raise ContainerFailed("the archive's indexes nest too deep")
+
+
+def _list(value) -> list:
+    return value if isinstance(value, list) else []
 
 
 def _resolve(root: str, relative: str, *, follow_last: bool) -> str:
@@ -234,7 +239,7 @@ def unpack(archive_path: str, expected_sha512: str, directory: str, architecture
         manifest = archive.manifest(architecture)
         config = archive.json(manifest.get("config") or {})
         unpacker = Unpacker(os.path.join(work, "rootfs"))
-        for descriptor in manifest.get("layers") or []:
+        for descriptor in _list(manifest.get("layers")):
             unpacker.layer(archive.blob(descriptor))
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -308,7 +313,8 @@ def runtime_config(*, rootfs: str, workdir: str, args: list[str], env: dict[str,
 def container_environment(config: dict, names: list[str], workdir: str) -> dict[str, str]:
     """The image's Env, then the job's variables (``names``, from this process)."""
     env = {"PATH": DEFAULT_PATH}
-    for item in (config.get("config") or {}).get("Env") or []:
+    image = config.get("config")
+    for item in _list(image.get("Env") if isinstance(image, dict) else None):
         key, sep, value = str(item).partition("=")
         if sep:
             env[key] = value
