@@ -36,6 +36,7 @@ from image_builder import build_image
 from image_repo.repository import ImageRepository
 from target_system.images import built_image_boot_spec
 from target_system.instance import HealthPolicy, SiteCredentials
+from tsf.admission import Admission, UserLimits
 from tsf.factory import Quotas, TargetSystemFactory
 from tsf.pools import PoolSpec
 from vmm.hypervisor import Hypervisor
@@ -89,7 +90,9 @@ async def main(reactor, args) -> None:
     await vmm.start()
     factory = TargetSystemFactory(repository, vmm, SiteCredentials.load_or_create(work / "ca"),
                                   work / "storage", reactor, quotas=Quotas(4, 8),
-                                  health=HealthPolicy(idle_timeout=None))
+                                  health=HealthPolicy(idle_timeout=None),
+                                  admission=Admission(users=UserLimits(
+                                      unfinished_jobs=max(100, args.jobs))))
     factory.runner.poll_interval = args.poll
     results: dict = {"runs": args.runs, "poll_interval_s": args.poll}
     try:
