@@ -120,6 +120,15 @@ class Keepalive:
 
 
 @dataclass(frozen=True)
+class HostCapacity:
+    """What a hypervisor host has, as libvirt reports it."""
+
+    cpus: int
+    memory_mib: int
+    free_memory_mib: int
+
+
+@dataclass(frozen=True)
 class ConnectionStatus:
     """Whether the hypervisor can be reached, since when, and why not."""
 
@@ -229,6 +238,24 @@ class Hypervisor:
                 raise HypervisorError(_message(err)) from None
 
         return threads.deferToThreadPool(self._reactor, self._pool, guarded)
+
+    def run(self, fn: Callable[[libvirt.virConnect], Any]) -> defer.Deferred:
+        """Run ``fn(connection)`` on the connection's worker thread (libvirt calls of other
+        modules, e.g. ``vmm.volumes``); fires with its result."""
+        return self._call(lambda: fn(self.connection))
+
+    def capacity(self) -> defer.Deferred:
+        """Fires with the host's :class:`HostCapacity`."""
+
+        def capacity() -> HostCapacity:
+            info = self.connection.getInfo()
+            try:
+                free = self.connection.getFreeMemory() >> 20
+            except libvirt.libvirtError:  # e.g. the test driver
+                free = info[1]
+            return HostCapacity(cpus=info[2], memory_mib=info[1], free_memory_mib=free)
+
+        return self._call(capacity)
 
     @property
     def connection(self) -> libvirt.virConnect:
