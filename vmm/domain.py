@@ -260,7 +260,8 @@ class UserNetConfig:
             # stream, but a TSI worker needs two connections and a pool needs more).
             # ",," is QEMU's escaped comma.
             netdev += (f",guestfwd=tcp:{GUEST_TSI_ADDRESS}:{self.callback_port}"
-                       f"-cmd:{SOCAT} STDIO TCP4:{self.callback_address}:{self.callback_port},,nodelay")
+                       f"-cmd:{SOCAT} STDIO "
+                       f"TCP4:{self.callback_address}:{self.callback_port},,nodelay")
         device = f"virtio-net-pci,netdev=gridvmnet,bus=pci.0,addr={self.pci_slot:#x}"
         return ["-netdev", netdev, "-device", device]
 
