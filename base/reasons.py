@@ -23,6 +23,8 @@ class Reason(StrEnum):
     INTERNAL_ERROR = "INTERNAL_ERROR"
     #: the hypervisor host of an instance became unreachable
     HOST_LOST = "HOST_LOST"
+    #: no hypervisor host can take a new instance (every host's reason is attached)
+    NO_HOST_FITS = "NO_HOST_FITS"
     #: a per-user or site limit on instances or kept state is reached
     QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
     #: no visible image satisfies the requirements (the why-not per image is attached)

@@ -270,3 +270,162 @@ def _passing(instances: Sequence[Instance], filters: Sequence[InstanceFilter], n
         else:
             passing.append(instance)
     return passing
+
+
+# --------------------------------------------------------------------------- hosts -----------
+#
+# Where a new instance boots.  Each host filter answers for a whole list of hosts at once
+# (Nova's ``filter_all``): the passing ones, and why every other one does not fit — so that a
+# job no host takes fails naming every host's reason.  Weighers then score the survivors; the
+# best score wins (ties: the first configured).
+
+
+class Host(Protocol):
+    """What host placement reads of a hypervisor host (``vmm.hosts.HostView`` has it)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def cpus(self) -> int: ...
+    @property
+    def memory_mib(self) -> int: ...
+    @property
+    def free_memory_mib(self) -> int: ...
+    @property
+    def cached(self) -> frozenset[str]: ...
+    @property
+    def message(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class HostUsage:
+    """What gridvm's own live instances hold of a host."""
+
+    vcpus: int = 0
+    memory_mib: int = 0
+
+
+NO_USAGE = HostUsage()
+
+
+@dataclass(frozen=True)
+class HostPolicy:
+    """How hosts are chosen: ``spread`` (the most free vCPUs first) or ``pack`` (the
+    fewest); overcommit ratios on libvirt's CPUs and memory; how much an image already
+    cached on a host counts (against at most 1 for spread or pack)."""
+
+    strategy: str = "spread"
+    cpu_ratio: float = 4.0
+    memory_ratio: float = 1.0
+    cached_image_weight: float = 2.0
+
+
+class HostFilter:
+    """One rule a host must pass to take a new instance."""
+
+    def why_not(self, host: Host, used: HostUsage, need: Need,
+                policy: HostPolicy) -> str | None:
+        raise NotImplementedError
+
+    def filter_all(self, hosts: Sequence[Host], usage: Mapping[str, HostUsage], need: Need,
+                   policy: HostPolicy, rejected: dict[str, str]) -> list[Host]:
+        passing = []
+        for host in hosts:
+            why = self.why_not(host, usage.get(host.name, NO_USAGE), need, policy)
+            if why is None:
+                passing.append(host)
+            else:
+                rejected[host.name] = why
+        return passing
+
+
+class HostUp(HostFilter):
+    """Only an UP host takes instances (not DRAINING, not DOWN)."""
+
+    def why_not(self, host, used, need, policy):
+        if host.state == "UP":
+            return None
+        return f"is {host.state}" + (f" ({host.message})" if host.message else "")
+
+    def filter_all(self, hosts, usage, need, policy, rejected):
+        passing = [h for h in hosts if h.state == "UP"]
+        if len(passing) < len(hosts):
+            for host in hosts:
+                if host.state != "UP":
+                    rejected[host.name] = self.why_not(host, NO_USAGE, need, policy)
+        return passing
+
+
+class EnoughCpus(HostFilter):
+    def why_not(self, host, used, need, policy):
+        room = int(host.cpus * policy.cpu_ratio) - used.vcpus
+        if room >= need.vcpus:
+            return None
+        return (f"has {max(room, 0)} of {host.cpus} vCPU free (ratio {policy.cpu_ratio:g}), "
+                f"the job needs {need.vcpus}")
+
+
+class EnoughMemory(HostFilter):
+    def why_not(self, host, used, need, policy):
+        room = int(host.memory_mib * policy.memory_ratio) - used.memory_mib
+        if room >= need.memory_mib:
+            return None
+        return (f"has {max(room, 0)} of {host.memory_mib} MiB free for instances, the job "
+                f"needs {need.memory_mib} MiB")
+
+
+class EnoughFreeMemory(HostFilter):
+    """What the host's kernel has free now (other programs use memory too)."""
+
+    def why_not(self, host, used, need, policy):
+        if host.free_memory_mib >= need.memory_mib:
+            return None
+        return f"has {host.free_memory_mib} MiB free memory now, the job needs {need.memory_mib}"
+
+
+HOST_FILTERS: tuple[HostFilter, ...] = (HostUp(), EnoughCpus(), EnoughMemory(),
+                                        EnoughFreeMemory())
+
+
+@dataclass(frozen=True)
+class HostDecision:
+    """The host a new instance boots on (None: none fits), and why the others do not."""
+
+    host: Host | None
+    rejected: tuple[tuple[str, str], ...] = ()  #: (host name, why not), in host order
+
+    def why_not(self) -> str:
+        """The reason a job that fits no host fails with: every host's."""
+        return "no hypervisor host can take the instance: " + "; ".join(
+            f"{name} {why}" for name, why in self.rejected)
+
+
+def choose_host(need: Need, hosts: Sequence[Host], usage: Mapping[str, HostUsage],
+                policy: HostPolicy = HostPolicy(),
+                filters: Sequence[HostFilter] = HOST_FILTERS) -> HostDecision:
+    """The best host for a new instance with ``need``, given what gridvm's live instances
+    hold of each (``usage`` by host name)."""
+    rejected: dict[str, str] = {}
+    passing = list(hosts)
+    for f in filters:
+        passing = f.filter_all(passing, usage, need, policy, rejected)
+        if not passing:
+            break
+    order = [(h.name, rejected[h.name]) for h in hosts if h.name in rejected]
+    if not passing:
+        return HostDecision(None, tuple(order))
+    sign = -1.0 if policy.strategy == "pack" else 1.0
+    cached_weight = policy.cached_image_weight
+    image = need.image_id
+    best, best_score = passing[0], float("-inf")
+    for host in passing:
+        used = usage.get(host.name, NO_USAGE)
+        total = host.cpus * policy.cpu_ratio or 1.0
+        score = sign * (total - used.vcpus) / total
+        if image in host.cached:
+            score += cached_weight
+        if score > best_score:
+            best, best_score = host, score
+    return HostDecision(best, tuple(order))

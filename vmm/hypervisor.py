@@ -84,6 +84,7 @@ class DomainEvent:
     domain: str
     event: LifecycleEvent
     detail: int
+    host_lost: str = ""  #: set when the domain's host is DOWN (why): it is lost with it
 
     @property
     def unexpected_stop(self) -> bool:

@@ -106,6 +106,7 @@ class InstanceSpec:
     host_port: int | None = None  #: the TSI forward on 127.0.0.1 (None: pick a free one)
     context_files: dict[str, bytes] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    host: str = ""  #: the hypervisor host placement chose ("": a one-host site's)
     boot_timeout: float = 120.0
     staging_timeout: float = 600.0
     probe: Probe | None = None
