@@ -275,9 +275,9 @@ def _passing(instances: Sequence[Instance], filters: Sequence[InstanceFilter], n
 # --------------------------------------------------------------------------- hosts -----------
 #
 # Where a new instance boots.  Each host filter answers for a whole list of hosts at once
-# (Nova's ``filter_all``): the passing ones, and why every other one does not fit — so that a
-# job no host takes fails naming every host's reason.  Weighers then score the survivors; the
-# best score wins (ties: the first configured).
+# (Nova's ``filter_all``, one list comprehension: 10,000 hosts take a few milliseconds), and
+# for one host with its ``why_not``; a job no host takes fails naming every host's reasons.
+# The weigher then scores the survivors; the best score wins (ties: the first configured).
 
 
 class Host(Protocol):
@@ -308,6 +308,7 @@ class HostUsage:
 
 
 NO_USAGE = HostUsage()
+Candidate = tuple[Host, HostUsage]  #: a host and what gridvm's instances hold of it
 
 
 @dataclass(frozen=True)
@@ -329,16 +330,11 @@ class HostFilter:
                 policy: HostPolicy) -> str | None:
         raise NotImplementedError
 
-    def filter_all(self, hosts: Sequence[Host], usage: Mapping[str, HostUsage], need: Need,
-                   policy: HostPolicy, rejected: dict[str, str]) -> list[Host]:
-        passing = []
-        for host in hosts:
-            why = self.why_not(host, usage.get(host.name, NO_USAGE), need, policy)
-            if why is None:
-                passing.append(host)
-            else:
-                rejected[host.name] = why
-        return passing
+    def filter_all(self, candidates: list[Candidate], need: Need,
+                   policy: HostPolicy) -> list[Candidate]:
+        """The (host, usage) pairs that pass (a filter may do this faster than one
+        ``why_not`` each)."""
+        return [(h, u) for h, u in candidates if self.why_not(h, u, need, policy) is None]
 
 
 class HostUp(HostFilter):
@@ -349,13 +345,8 @@ class HostUp(HostFilter):
             return None
         return f"is {host.state}" + (f" ({host.message})" if host.message else "")
 
-    def filter_all(self, hosts, usage, need, policy, rejected):
-        passing = [h for h in hosts if h.state == "UP"]
-        if len(passing) < len(hosts):
-            for host in hosts:
-                if host.state != "UP":
-                    rejected[host.name] = self.why_not(host, NO_USAGE, need, policy)
-        return passing
+    def filter_all(self, candidates, need, policy):
+        return [c for c in candidates if c[0].state == "UP"]
 
 
 class EnoughCpus(HostFilter):
@@ -366,6 +357,10 @@ class EnoughCpus(HostFilter):
         return (f"has {max(room, 0)} of {host.cpus} vCPU free (ratio {policy.cpu_ratio:g}), "
                 f"the job needs {need.vcpus}")
 
+    def filter_all(self, candidates, need, policy):
+        ratio, wanted = policy.cpu_ratio, need.vcpus
+        return [(h, u) for h, u in candidates if int(h.cpus * ratio) - u.vcpus >= wanted]
+
 
 class EnoughMemory(HostFilter):
     def why_not(self, host, used, need, policy):
@@ -375,6 +370,11 @@ class EnoughMemory(HostFilter):
         return (f"has {max(room, 0)} of {host.memory_mib} MiB free for instances, the job "
                 f"needs {need.memory_mib} MiB")
 
+    def filter_all(self, candidates, need, policy):
+        ratio, wanted = policy.memory_ratio, need.memory_mib
+        return [(h, u) for h, u in candidates
+                if int(h.memory_mib * ratio) - u.memory_mib >= wanted]
+
 
 class EnoughFreeMemory(HostFilter):
     """What the host's kernel has free now (other programs use memory too)."""
@@ -383,6 +383,10 @@ class EnoughFreeMemory(HostFilter):
         if host.free_memory_mib >= need.memory_mib:
             return None
         return f"has {host.free_memory_mib} MiB free memory now, the job needs {need.memory_mib}"
+
+    def filter_all(self, candidates, need, policy):
+        wanted = need.memory_mib
+        return [c for c in candidates if c[0].free_memory_mib >= wanted]
 
 
 HOST_FILTERS: tuple[HostFilter, ...] = (HostUp(), EnoughCpus(), EnoughMemory(),
@@ -394,7 +398,8 @@ class HostDecision:
     """The host a new instance boots on (None: none fits), and why the others do not."""
 
     host: Host | None
-    rejected: tuple[tuple[str, str], ...] = ()  #: (host name, why not), in host order
+    #: when none fits: (host name, why not) of every host, in host order
+    rejected: tuple[tuple[str, str], ...] = ()
 
     def why_not(self) -> str:
         """The reason a job that fits no host fails with: every host's."""
@@ -406,26 +411,38 @@ def choose_host(need: Need, hosts: Sequence[Host], usage: Mapping[str, HostUsage
                 policy: HostPolicy = HostPolicy(),
                 filters: Sequence[HostFilter] = HOST_FILTERS) -> HostDecision:
     """The best host for a new instance with ``need``, given what gridvm's live instances
-    hold of each (``usage`` by host name)."""
-    rejected: dict[str, str] = {}
-    passing = list(hosts)
+    hold of each (``usage`` by host name).  When none fits, every host's reasons."""
+    get = usage.get
+    passing = [(h, get(h.name, NO_USAGE)) for h in hosts]
     for f in filters:
-        passing = f.filter_all(passing, usage, need, policy, rejected)
+        passing = f.filter_all(passing, need, policy)
         if not passing:
-            break
-    order = [(h.name, rejected[h.name]) for h in hosts if h.name in rejected]
-    if not passing:
-        return HostDecision(None, tuple(order))
-    sign = -1.0 if policy.strategy == "pack" else 1.0
-    cached_weight = policy.cached_image_weight
-    image = need.image_id
-    best, best_score = passing[0], float("-inf")
-    for host in passing:
+            return HostDecision(None, _every_reason(need, hosts, usage, policy, filters))
+    return HostDecision(max(passing, key=_weigher(need, policy))[0])
+
+
+def _every_reason(need: Need, hosts: Sequence[Host], usage: Mapping[str, HostUsage],
+                  policy: HostPolicy, filters: Sequence[HostFilter]
+                  ) -> tuple[tuple[str, str], ...]:
+    """Why each host does not fit: every failing filter's reason."""
+    rejected = []
+    for host in hosts:
         used = usage.get(host.name, NO_USAGE)
-        total = host.cpus * policy.cpu_ratio or 1.0
-        score = sign * (total - used.vcpus) / total
-        if image in host.cached:
-            score += cached_weight
-        if score > best_score:
-            best, best_score = host, score
-    return HostDecision(best, tuple(order))
+        reasons = [why for f in filters if (why := f.why_not(host, used, need, policy))]
+        rejected.append((host.name, ", ".join(reasons)))
+    return tuple(rejected)
+
+
+def _weigher(need: Need, policy: HostPolicy):
+    """A host's score: its share of free vCPUs (spread: more is better, pack: less), plus
+    ``cached_image_weight`` when it has the job's image.  ``max`` keeps the first of equal
+    scores: ties go to the first configured host."""
+    sign = -1.0 if policy.strategy == "pack" else 1.0
+    cached_weight, image, ratio = policy.cached_image_weight, need.image_id, policy.cpu_ratio
+
+    def score(candidate: Candidate) -> float:
+        host, used = candidate
+        free = sign * (1.0 - used.vcpus / (host.cpus * ratio or 1.0))
+        return free + cached_weight if image in host.cached else free
+
+    return score
