@@ -93,6 +93,8 @@ class TargetSystemFactory(service.MultiService):
         self.reactor = reactor
         self.runner = runner or JobRunner(reactor)
         self.store = store
+        #: the hypervisor hosts (None: a VM manager of one host, as in unit tests)
+        self.hosts = hosts
         self.registry = InstanceRegistry(
             repository, vmm, credentials, reactor, quotas=quotas or Quotas(),
             deadlines=deadlines or Deadlines(), health=health or HealthPolicy(), store=store,
