@@ -166,6 +166,7 @@ class HostPool(service.Service):
         self.grace, self.interval, self.capacity_every = grace, interval, capacity_every
         self.drained_file = drained_file
         self._where: dict[str, Host] = {}  #: instance id -> its host (booting ones too)
+        self._booting: set[str] = set()
         self._watchers: dict[str, list[Callable[[DomainEvent], None]]] = {}
         self._monitor = task.LoopingCall(self.check)
         self._monitor.clock = reactor
@@ -235,6 +236,7 @@ class HostPool(service.Service):
                     log.warning("host %s is back after %.0f s", host.name,
                                 now - (host.lost_since or now))
                 host.lost_since, host.down, host.message = None, False, ""
+                self._forget_gone(host)
                 continue
             if host.lost_since is None:
                 host.lost_since = now
@@ -244,6 +246,15 @@ class HostPool(service.Service):
             self._capacity_at = now
             return self._refresh_capacity()
         return None
+
+    def _forget_gone(self, host: Host) -> None:
+        """Forget the instances the host's VM manager no longer has (e.g. destroyed after
+        the host came back) — not those still booting or still to be destroyed."""
+        manager = host.vmm
+        for instance_id in [i for i, h in self._where.items() if h is host]:
+            if instance_id not in manager.instances and instance_id not in self._booting \
+                    and instance_id not in manager.undestroyed:
+                del self._where[instance_id]
 
     def _try_joining(self, host: Host) -> None:
         """A host unreachable since the start: connect and adopt once it answers (its
@@ -349,11 +360,14 @@ class HostPool(service.Service):
         if host.state is HostState.DOWN:
             raise VMMError(f"host {host.name} is DOWN: {host.message}", reason=Reason.HOST_LOST)
         self._where[spec.instance_id] = host
+        self._booting.add(spec.instance_id)
         try:
             instance = await host.vmm.boot(spec)
         except BaseException:
             self._where.pop(spec.instance_id, None)
             raise
+        finally:
+            self._booting.discard(spec.instance_id)
         host.cached_images.add(spec.image)
         return instance
 

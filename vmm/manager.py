@@ -524,6 +524,11 @@ class VirtualMachineManager(service.Service):
             raise HypervisorError(f"{name} is still {state.name.lower()} after its destroy")
         return True
 
+    @property
+    def undestroyed(self) -> frozenset[str]:
+        """The instances whose destroy failed: retried after the next reconnection."""
+        return frozenset(self._undestroyed)
+
     def _after_reconnect(self) -> defer.Deferred:
         return defer.Deferred.fromCoroutine(self._recheck())
 
