@@ -8,6 +8,7 @@ past the grace period while the other host's job finishes, and once the host is 
 lost instance's VM, still running there, is destroyed and its volumes removed.
 """
 
+import contextlib
 import os
 import shutil
 import signal
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.internet import protocol, reactor, threads
+from twisted.internet import reactor, threads
 from twisted.protocols import portforward
 
 from base.reasons import Reason
@@ -78,10 +79,8 @@ def kill_host2_daemon() -> None:
     found = subprocess.run(["pgrep", "-u", HOST2_USER, "-x", "libvirtd"], capture_output=True,
                            text=True)
     for pid in found.stdout.split():
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(int(pid), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def pool_volumes(pool_dir: Path) -> set[str]:
