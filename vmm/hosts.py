@@ -256,6 +256,18 @@ class HostPool(service.Service):
                     and instance_id not in manager.undestroyed:
                 del self._where[instance_id]
 
+    def adopt(self) -> defer.Deferred:
+        """Find this site's domains on every reachable host again (see the VM manager)."""
+
+        async def adopt() -> list[AdoptedDomain]:
+            found: list[AdoptedDomain] = []
+            for host in self.hosts.values():
+                if host.started and host.vmm.hypervisor.connected:
+                    found.extend(self._joined(host, await host.vmm.adopt()))
+            return found
+
+        return defer.Deferred.fromCoroutine(adopt())
+
     def _try_joining(self, host: Host) -> None:
         """A host unreachable since the start: connect and adopt once it answers (its
         domains were not taken back: they are destroyed, their instances have ended)."""
