@@ -6,13 +6,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pytest
 import pytest_twisted
 
 from base.reasons import Reason
+from target_system.instance import SiteCredentials
 from target_system.lifecycle import InstanceState, JobState
-from tests.tsf.test_factory_unit import ALICE, BOB, JOB, Site, credentials  # noqa: F401
+from tests.tsf.test_factory_unit import ALICE, BOB, JOB, Site
 from tsf.factory import Quotas
 from vmm.hosts import HostState, HostView
+
+
+@pytest.fixture(scope="module")
+def credentials(tmp_path_factory) -> SiteCredentials:
+    return SiteCredentials.load_or_create(tmp_path_factory.mktemp("ca"))
 
 
 @dataclass
