@@ -146,7 +146,7 @@ async def test_a_one_host_pool_fails_to_start_as_a_single_hypervisor_did(tmp_pat
     opener = FlakyOpener()
     opener.down = True
     hosts = HostPool(make_hosts(tmp_path, ("only",), {"only": opener}), task.Clock())
-    with pytest.raises(Exception, match="nosuchdriver|no connection driver"):
+    with pytest.raises(Exception, match=r"nosuchdriver|no connection driver"):
         await hosts.start()
     await hosts.close()
 
