@@ -75,14 +75,6 @@ class StoragePool:
         _empty(pool, name + VERIFIED)
         return vol.path()
 
-    def cached(self, conn: libvirt.virConnect) -> set[str]:
-        """The checksum prefixes of the bases the host holds."""
-        pool = self.open(conn)
-        pool.refresh(0)
-        names = set(pool.listVolumes())
-        return {name[len(BASE_PREFIX):] for name in names
-                if name.startswith(BASE_PREFIX) and name + VERIFIED in names}
-
     # -- an instance's own volumes ---------------------------------------------------------
     def overlay(self, conn: libvirt.virConnect, domain: str, base_path: str,
                 backing_format: str) -> str:
