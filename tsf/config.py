@@ -75,7 +75,8 @@ Example (every value shown is the default; ``state_dir`` defaults to ``$GRIDVM_H
     memory_ratio = 1.0                # instance memory per MiB of host memory
     cached_image_weight = 2.0         # preference for a host that has the image cached
     host_grace_s = 60                 # a host unreachable this long is DOWN: its
-                                      # instances fail HOST_LOST
+                                      # instances fail HOST_LOST (with [[hosts]] only: a
+                                      # site of site.libvirt_uri waits for it forever)
 
     [[pools]]                         # warm pools (none by default), one table each:
     name = "atlas"                    # instances are owned by "pool:atlas" until taken
@@ -348,6 +349,11 @@ class SiteConfig:
             return [HostSpec(DEFAULT_HOST, self.site.libvirt_uri)]
         return [HostSpec(h.name, h.uri, h.address, h.site_address, h.cpus, h.memory_mib,
                          h.enabled, h.storage_pool) for h in self.hosts]
+
+    def host_grace(self) -> float | None:
+        """Seconds an unreachable host has before it is DOWN; None for a one-host site
+        without [[hosts]]: its instances wait for its libvirtd to come back, as before."""
+        return self.placement.host_grace_s if self.hosts else None
 
     def host_policy(self) -> HostPolicy:
         p = self.placement

@@ -169,7 +169,7 @@ class SiteService(service.MultiService):
         specs = config.host_specs()
         self.vmm = HostPool(build_hosts(specs, state / "vmm", reactor,
                                         prefix=config.site.domain_prefix),
-                            reactor, grace=config.placement.host_grace_s,
+                            reactor, grace=config.host_grace(),
                             drained_file=state / "vmm" / "drained.json")
         adopted = await self.vmm.start()
         log.info("%d hypervisor host(s) (%s); %d domain(s) of an earlier run found",

@@ -8,7 +8,8 @@ disturbs the others.
 
 A host is **UP**, **DRAINING** (an operator's ``drain``, or ``enabled = false`` in
 site.toml: it takes no new instance, its instances go on) or **DOWN**: unreachable for
-longer than ``grace`` seconds.  When a host turns DOWN its instances are told
+longer than ``grace`` seconds (None: never — a one-host site waits for its libvirtd as it
+always did).  When a host turns DOWN its instances are told
 (a :class:`DomainEvent` with ``host_lost``): they end FAILED ``HOST_LOST``.  While it is
 unreachable but within the grace period nothing is declared: when it comes back in time
 its instances simply go on (the VM manager re-checks their domains after reconnecting).
@@ -156,7 +157,7 @@ class HostPool(service.Service):
 
     name = "hosts"
 
-    def __init__(self, hosts: Sequence[Host], reactor, *, grace: float = 60.0,
+    def __init__(self, hosts: Sequence[Host], reactor, *, grace: float | None = 60.0,
                  interval: float = 1.0, capacity_every: float = 15.0,
                  drained_file: Path | None = None):
         if not hosts:
@@ -240,7 +241,8 @@ class HostPool(service.Service):
                 continue
             if host.lost_since is None:
                 host.lost_since = now
-            if not host.down and now - host.lost_since >= self.grace:
+            if not host.down and self.grace is not None and \
+                    now - host.lost_since >= self.grace:
                 self._declare_lost(host, now - host.lost_since)
         if now - self._capacity_at >= self.capacity_every:
             self._capacity_at = now

@@ -156,3 +156,23 @@ def _spec(host: str):
 
     kernel = ImageFile(path=__file__, sha512="0" * 128)
     return InstanceSpec(boot=BootSpec(kernel=kernel, cmdline=""), host=host)
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_a_grace_period_a_lost_host_is_waited_for(tmp_path):
+    clock, opener = task.Clock(), FlakyOpener()
+    hosts = HostPool(make_hosts(tmp_path, ("only",), {"only": opener}), clock, grace=None)
+    await hosts.start()
+    only = hosts.hosts["only"]
+    try:
+        on_it = await with_domain(only)
+        await hosts.adopt()
+        seen = []
+        hosts.watch(on_it, seen.append)
+        opener.down = True
+        lose(only.vmm.hypervisor)
+        await wait_for(lambda: not only.vmm.hypervisor.connected)
+        clock.pump([1] * 3600)
+        assert only.state is HostState.UP and not seen
+    finally:
+        await hosts.close()
