@@ -176,3 +176,19 @@ async def test_without_a_grace_period_a_lost_host_is_waited_for(tmp_path):
         assert only.state is HostState.UP and not seen
     finally:
         await hosts.close()
+
+
+def test_a_forward_port_on_another_machines_address_is_drawn_from_the_ephemeral_range(
+        monkeypatch):
+    import errno
+    import socket
+
+    from vmm import ports
+
+    def not_here(_sock, _address):
+        raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
+
+    assert ports.free_port("127.0.0.2") > 0  # a loopback address: really free
+    monkeypatch.setattr(socket.socket, "bind", not_here)
+    low, high = ports.REMOTE_RANGE
+    assert all(low <= ports.free_port("10.1.2.3") <= high for _ in range(20))
