@@ -428,10 +428,6 @@ class HostPool(service.Service):
                 return text
         return None
 
-    def remove_stale_directories(self) -> list[str]:
-        return [gone for host in self.hosts.values() if host.started
-                for gone in host.vmm.remove_stale_directories()]
-
     # a one-host site's parts, as they were before there were several hosts
     @property
     def hypervisor(self) -> Hypervisor:
