@@ -173,6 +173,7 @@ class HostPool(service.Service):
         self._monitor.clock = reactor
         self._capacity_at = 0.0
         self._joining: set[str] = set()
+        self._asking: set[str] = set()  #: hosts asked for their capacity, not answered yet
         for name in self._read_drained():
             if name in self.hosts:
                 self.hosts[name].drained = True
@@ -224,9 +225,10 @@ class HostPool(service.Service):
         return defer.DeferredList([host.vmm.hypervisor.close() for host in self.hosts.values()])
 
     # -- watching the hosts ----------------------------------------------------------------
-    def check(self) -> defer.Deferred | None:
+    def check(self) -> None:
         """Once per ``interval``: mark hosts DOWN past their grace period, UP when they are
-        back, and refresh the capacity every ``capacity_every`` seconds."""
+        back, and refresh the capacity every ``capacity_every`` seconds (without waiting
+        for it: a host busy with an upload must not hold up the watch of the others)."""
         now = self.reactor.seconds()
         for host in self.hosts.values():
             if not host.started:
@@ -246,8 +248,7 @@ class HostPool(service.Service):
                 self._declare_lost(host, now - host.lost_since)
         if now - self._capacity_at >= self.capacity_every:
             self._capacity_at = now
-            return self._refresh_capacity()
-        return None
+            self._refresh_capacity()
 
     def _forget_gone(self, host: Host) -> None:
         """Forget the instances the host's VM manager no longer has (e.g. destroyed after
@@ -311,14 +312,26 @@ class HostPool(service.Service):
                 except Exception:
                     log.exception("host-lost listener of %s", instance_id)
 
-    async def _refresh_capacity(self) -> None:
+    def _refresh_capacity(self) -> defer.Deferred:
+        """Ask every reachable host for its capacity (one question at a time per host);
+        fires when all have answered."""
+        asked = []
         for host in self.hosts.values():
-            if not host.vmm.hypervisor.connected:
+            if not host.vmm.hypervisor.connected or host.name in self._asking:
                 continue
-            try:
-                host.capacity = await host.vmm.hypervisor.capacity()
-            except HypervisorError as err:
-                log.warning("capacity of host %s: %s", host.name, err)
+            self._asking.add(host.name)
+
+            def answered(capacity, host=host):
+                host.capacity = capacity
+
+            def failed(reason, host=host):
+                reason.trap(HypervisorError)
+                log.warning("capacity of host %s: %s", host.name, reason.getErrorMessage())
+
+            d = host.vmm.hypervisor.capacity().addCallbacks(answered, failed)
+            d.addBoth(lambda _r, name=host.name: self._asking.discard(name))
+            asked.append(d)
+        return defer.DeferredList(asked)
 
     # -- operators -------------------------------------------------------------------------
     def host(self, name: str) -> Host:
