@@ -159,12 +159,15 @@ class HostPool(service.Service):
 
     def __init__(self, hosts: Sequence[Host], reactor, *, grace: float | None = 60.0,
                  interval: float = 1.0, capacity_every: float = 15.0,
-                 drained_file: Path | None = None):
+                 drained_file: Path | None = None, start_timeout: float = 60.0):
         if not hosts:
             raise VMMError("a site needs at least one hypervisor host", reason=Reason.BAD_REQUEST)
         self.hosts = {host.name: host for host in hosts}
         self.reactor = reactor
         self.grace, self.interval, self.capacity_every = grace, interval, capacity_every
+        #: seconds a host of several has to answer at the start (then it is DOWN and joins
+        #: when it answers); a one-host site waits for its host as it always did
+        self.start_timeout = start_timeout
         self.drained_file = drained_file
         self._where: dict[str, Host] = {}  #: instance id -> its host (booting ones too)
         self._booting: set[str] = set()
@@ -189,8 +192,11 @@ class HostPool(service.Service):
         return defer.Deferred.fromCoroutine(self._start())
 
     async def _start(self) -> list[AdoptedDomain]:
-        results = await defer.DeferredList(
-            [host.vmm.start() for host in self.hosts.values()], consumeErrors=True)
+        starts = [host.vmm.start() for host in self.hosts.values()]
+        if len(starts) > 1:
+            for each in starts:
+                each.addTimeout(self.start_timeout, self.reactor)
+        results = await defer.DeferredList(starts, consumeErrors=True)
         adopted: list[AdoptedDomain] = []
         for host, (ok, result) in zip(self.hosts.values(), results, strict=True):
             if ok:
