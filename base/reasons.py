@@ -1,6 +1,6 @@
 """Failure reasons: the one set of codes every failure that reaches a user carries.
 
-The codes are architecture.md's (plus ``NOT_FOUND`` for REST's 404s).  ``Reason`` is a
+The codes are architecture.md's (plus ``NOT_FOUND`` for REST's 404s and ``NO_HOST_FITS``).  ``Reason`` is a
 ``StrEnum``: a member compares equal to its code, serialises as it in JSON, and a stored
 code reads back with ``Reason(code)``.
 """
