@@ -1,8 +1,8 @@
 """Failure reasons: the one set of codes every failure that reaches a user carries.
 
-The codes are architecture.md's (plus ``NOT_FOUND`` for REST's 404s and ``NO_HOST_FITS``).  ``Reason`` is a
-``StrEnum``: a member compares equal to its code, serialises as it in JSON, and a stored
-code reads back with ``Reason(code)``.
+The codes are architecture.md's (plus ``NOT_FOUND`` for REST's 404s and ``NO_HOST_FITS``
+for a job no hypervisor host takes).  ``Reason`` is a ``StrEnum``: a member compares equal
+to its code, serialises as it in JSON, and a stored code reads back with ``Reason(code)``.
 """
 
 from __future__ import annotations
