@@ -128,13 +128,20 @@ class InstanceRegistry:
         return target
 
     def locate(self, target: TargetSystem) -> None:
-        """Set a restored instance's host from where its domain was found."""
+        """Set a restored instance's host from where its domain was found.  One whose
+        domain no host has while a host is DOWN is lost with it (``HOST_LOST``), not
+        "vanished": should that host come back, the domain is destroyed there."""
         if self.hosts is None:
             return
         target.host = self.hosts.host_of(target.instance_id)
-        for view in self.hosts.views():
+        views = self.hosts.views()
+        for view in views:
             if view.name == target.host:
                 target.callback_address = view.site_address
+        down = [view.name for view in views if view.state == "DOWN"]
+        if target.vm is None and down and not target.lifecycle.terminal:
+            target.lifecycle.fail(Reason.HOST_LOST, "its VM is on no reachable host (DOWN: "
+                                  f"{', '.join(down)})")
 
     def add(self, target: TargetSystem) -> None:
         """Track ``target`` (a new or a restored one) and snapshot its every change."""

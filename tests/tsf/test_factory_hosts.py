@@ -1,6 +1,6 @@
 """The factory on several hypervisor hosts, over the fakes: a job no host takes fails with
-every host's reason, and a job whose instance is lost with its host before it started is
-placed again on another host."""
+every host's reason, a job whose instance is lost with its host before it started is placed
+again on another host, and a restored instance learns its host."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ import pytest
 import pytest_twisted
 
 from base.reasons import Reason
-from target_system.instance import SiteCredentials
+from target_system.instance import ImageToBoot, SiteCredentials, TargetSystem
 from target_system.lifecycle import InstanceState, JobState
 from tests.tsf.test_factory_unit import ALICE, BOB, JOB, Site
 from tsf.factory import Quotas
 from vmm.hosts import HostState, HostView
+from vmm.manager import Instance
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +94,37 @@ async def test_a_running_job_fails_host_lost_with_its_instance(tmp_path, credent
     await site.finished(job)
     assert job.state is JobState.FAILED and job.lifecycle.reason == Reason.HOST_LOST
     assert "its host a is unreachable" in job.lifecycle.message
+
+
+def restored(site: Site, vm) -> TargetSystem:
+    row = {"id": "abc123def456", "owner": "alice", "vcpus": 1, "memory_mib": 256,
+           "instance_cert": "", "state": "READY", "history": [], "reason": None,
+           "message": ""}
+    image = ImageToBoot(site.image.id, site.image.name, None, {})
+    return TargetSystem.restore(row, image, vm, vmm=site.vms,
+                                credentials=site.factory.registry.credentials,
+                                reactor=site.clock)
+
+
+class Located(FakeHosts):
+    def host_of(self, instance_id: str) -> str:
+        return "b"
+
+
+def test_a_restored_instance_gets_its_host_or_is_lost_with_a_down_one(tmp_path, credentials):
+    hosts = Located({"a": HostState.DOWN, "b": HostState.UP})
+    site = site_on(tmp_path, credentials, hosts)
+    vm = Instance("abc123def456", "gridvm-abc123def456", 40001, 40002, tmp_path,
+                  address="127.0.0.2")
+    found = restored(site, vm)
+    site.factory.registry.locate(found)
+    assert (found.host, found.address, found.state) == ("b", "127.0.0.2", InstanceState.READY)
+    missing = restored(site, None)
+    site.factory.registry.locate(missing)
+    assert missing.state is InstanceState.FAILED
+    assert missing.lifecycle.reason == Reason.HOST_LOST
+    assert missing.lifecycle.message == "its VM is on no reachable host (DOWN: a)"
+    hosts.states["a"] = HostState.UP  # every host reachable: vanished, as before
+    gone = restored(site, None)
+    site.factory.registry.locate(gone)
+    assert gone.state is InstanceState.READY
