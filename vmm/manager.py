@@ -1,7 +1,8 @@
 """Boot instances from images and know when their agent answers, or why it never will.
 
 ``VirtualMachineManager.boot(spec)`` stages the image (verified base files in the host
-cache, a qcow2 overlay, a contextualization medium), creates the domain with isolated
+cache, a qcow2 overlay, a contextualization medium — as files here, or as volumes of the
+host's storage pool, ``vmm.volumes``), creates the domain with isolated
 user-mode networking and waits until the agent behind the forwarded port answers.  A boot
 that fails ends with a reason code — ``BOOT_TIMEOUT``, ``GUEST_CRASHED`` (with the tail of
 the console log), ``HYPERVISOR_ERROR``, ``IMAGE_UNAVAILABLE`` or
