@@ -213,6 +213,10 @@ class Origin:
     minimal_hardware: Hardware | None = spec(None, doc="least an instance needs to work")
     boot: Boot | None = spec(None, doc="direct kernel boot (kernel, initrd, command line) or "
                              "a disk's own bootloader")
+    backing_image: str | None = spec(None, check=_nonblank_problem,
+                                     doc="the registered qcow2 image (id or name:version; "
+                                     "an id once registered) whose disk is the backing file "
+                                     "of this image's qcow2 disk: a layered image")
 
     def check(self, path: str) -> None:
         files = {}
@@ -231,6 +235,9 @@ class Origin:
                     raise BadRequest(f"content type {self.content_type!r} needs a content file "
                                      f"with role {role!r}", join(path, "content"))
         self._check_boot_mode(path, roles)
+        if self.backing_image is not None and self.content_type != "qcow2":
+            raise BadRequest(f"a layered image is qcow2, not {self.content_type!r}",
+                             join(path, "backing_image"))
         if self.boot is not None:
             for key in ("kernel", "initrd"):
                 name = getattr(self.boot, key)
