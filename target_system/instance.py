@@ -23,6 +23,7 @@ from twisted.internet import defer, task
 
 from base.errors import GridvmError
 from base.reasons import Reason
+from image_repo.repository import BackingFile
 from image_repo.schema import ImageMetadata
 from target_system.contextualization import image_deadlines, medium_files
 from target_system.drivers import TSIConnector, TSILink, VirtualMachines, connect_tsi
@@ -111,6 +112,8 @@ class ImageToBoot:
     name: str
     metadata: ImageMetadata | None
     paths: Mapping[str, Path]
+    #: the bases below a layered image's disk, lowest first
+    backing: tuple[BackingFile, ...] = ()
 
 
 class TargetSystem:
@@ -252,7 +255,8 @@ class TargetSystem:
         callback_port = self._open_tsi(host_port)
         tls = self.credentials.client_tls(issued.cert_pem)
         spec = InstanceSpec(
-            boot=boot_spec(self.image.metadata, self.image.paths), image=self.image.image_id,
+            boot=boot_spec(self.image.metadata, self.image.paths, self.image.backing),
+            image=self.image.image_id,
             instance_id=self.instance_id, vcpus=self.vcpus, memory_mib=self.memory_mib,
             guest_port=self.settings.port, callback_port=callback_port, host_port=host_port,
             context_files={**self.extra_context, **files},

@@ -156,7 +156,8 @@ class InstanceRegistry:
     def _load_image(self, image_id: str, caller: Caller) -> ImageToBoot:
         record = self.repository.get(image_id, caller)
         paths = self.repository.content_paths(image_id, caller)
-        return ImageToBoot(record.id, record.name, record.metadata, paths)
+        backing = tuple(self.repository.backing_files(image_id, caller))
+        return ImageToBoot(record.id, record.name, record.metadata, paths, backing)
 
     async def resolve_container_image(self, desc: JobDescription, caller: Caller) -> None:
         """A CONTAINER job whose IMAGE_URL names a visible image runs in that image (matching
