@@ -138,3 +138,22 @@ def test_a_layer_whose_chain_is_not_the_images_is_refused(tmp_path, chain):
                     names=backing_reference(other[1]))
     with pytest.raises(ImageUnavailable, match="backing chain"):
         cache.ensure_chain([base, sneaky])
+
+
+def test_several_layers_share_the_one_cached_base(tmp_path, chain):
+    from image_repo.layers import backing_reference
+
+    base, layer = chain
+    second = _qcow2(tmp_path / "second.qcow2", "write -P 0x44 4M 1M", backing=base[0],
+                    names=backing_reference(base[1]))
+    cache = BaseImageCache(tmp_path / "cache")
+    cache.ensure_chain([base, layer])
+    cached_base = cache.path_for(base[1])
+    before = cached_base.stat()
+    base[0].unlink()  # the second layer needs no source for its base any more
+    cache.ensure_chain([base, second])
+    after = cached_base.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert sorted(p.name for p in cache.root.rglob("*") if p.is_file()) == sorted(
+        [base[1], f"{base[1]}.verified", layer[1], f"{layer[1]}.verified", second[1],
+         f"{second[1]}.verified"])
