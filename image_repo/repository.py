@@ -748,6 +748,16 @@ class ImageRepository:
         record = self.get(ref, caller)
         return policy.assess(record.endorsements, record.identity)
 
+    def assess_bases(self, ref: str, caller: Caller,
+                     policy: TrustPolicy) -> list[tuple[str, Verdict]]:
+        """The policy's verdict on each base below a layered image, the lowest first, as
+        ``(name:version, verdict)``: a layer's bases are part of what boots."""
+        bases = self.backing_files(ref, caller)
+        with session_scope(self._sessions) as session:
+            records = [self._record(session, session.get(ImageRow, base.image_id),
+                                    with_ratings=True) for base in bases]
+        return [(r.ref, policy.assess(r.endorsements, r.identity)) for r in records]
+
     @staticmethod
     def _endorsements(session: Session,
                       ids: Sequence[str]) -> dict[str, list[StoredEndorsement]]:

@@ -110,11 +110,17 @@ class InstanceRegistry:
             try:
                 verdict = await threads.deferToThread(self.repository.assess, image.image_id,
                                                       caller, self.trust)
+                bases = await threads.deferToThread(self.repository.assess_bases,
+                                                    image.image_id, caller, self.trust)
             except RepositoryError as err:
                 raise InstanceFailed(err.reason, str(err)) from None
             if not verdict.trusted:
                 raise InstanceFailed(Reason.IMAGE_UNTRUSTED, f"{image.name} is no longer trusted: "
                                      f"{verdict.message}")
+            for base, base_verdict in bases:
+                if not base_verdict.trusted:
+                    raise InstanceFailed(Reason.IMAGE_UNTRUSTED, f"{image.name} is a layer on "
+                                         f"{base}, which is not trusted: {base_verdict.message}")
             log.info("image %s trusted before boot: %s", image.name, verdict.message)
 
         return admit
