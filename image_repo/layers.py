@@ -28,6 +28,8 @@ MAX_DEPTH = 8
 QEMU_IMG_TIMEOUT = 120.0
 _SHA512 = re.compile(r"[0-9a-f]{128}")
 _PROTOCOL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+_QCOW2_MAGIC = b"QFI\xfb"
+_EXTERNAL_DATA_FILE = 1 << 2  #: qcow2 v3 incompatible feature bit
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,21 @@ def inspect_disk(path: Path, where: str | None = None) -> DiskInfo:
                     backing_filename=info.get("backing-filename"),
                     backing_format=info.get("backing-filename-format"),
                     data_file=specific.get("data-file"))
+
+
+def names_other_files(path: Path) -> bool:
+    """Whether ``path`` is a qcow2 file whose header names a backing file or an external
+    data file: QEMU would open that file too.  Read from the header alone (any other file
+    is no qcow2 and names nothing)."""
+    with open(path, "rb") as stream:
+        header = stream.read(80)
+    if len(header) < 16 or header[:4] != _QCOW2_MAGIC:
+        return False
+    if int.from_bytes(header[8:16], "big"):  # backing_file_offset
+        return True
+    version = int.from_bytes(header[4:8], "big")
+    incompatible = int.from_bytes(header[72:80], "big") if len(header) == 80 else 0
+    return version >= 3 and bool(incompatible & _EXTERNAL_DATA_FILE)
 
 
 def backing_reference(base_sha512: str) -> str:

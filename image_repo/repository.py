@@ -290,8 +290,12 @@ class ImageRepository:
                     continue
                 if source is None or ref.sha512 in staged:
                     continue
-                staged[ref.sha512] = self.store.stage(source, staging, ref.sha512, ref.size,
-                                                      where=where)
+                blob = self.store.stage(source, staging, ref.sha512, ref.size, where=where)
+                if ref.role == "disk" and layers.names_other_files(blob.path):
+                    raise BadRequest(f"{ref.file} names a backing or data file; a layer on a "
+                                     "registered image names it in origin.backing_image",
+                                     where)
+                staged[ref.sha512] = blob
             if index in bases:  # the layer's sha512 changed with its backing reference
                 origin.os_hash_value = content_digest(origin.content)
                 origin.size = sum(ref.size for ref in origin.content)

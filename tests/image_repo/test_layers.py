@@ -163,3 +163,16 @@ def test_a_base_cannot_be_deleted_while_layers_depend_on_it(repo, disks, tmp_pat
     repo.delete(one.id, ALICE)
     repo.delete(base_record.id, ALICE)
     assert not repo.store.has(base_record.metadata.origin.content[0].sha512)
+
+
+def test_a_disk_that_names_another_file_is_refused_unless_it_is_a_layer(repo, disks, tmp_path):
+    base, _flat = disks
+    for name, args in (("backed", ["-b", "/etc/shadow", "-F", "raw"]),
+                       ("data-file", ["-o", f"data_file={tmp_path / 'data.raw'}"])):
+        disk = tmp_path / f"{name}.qcow2"
+        qemu_img("create", "-q", "-f", "qcow2", "-u", *args, str(disk), "64M")
+        assert layers.names_other_files(disk)
+        with pytest.raises(BadRequest, match="names a backing or data file") as caught:
+            repo.register(disk_document(name, disk), [disk], ALICE)
+        assert caught.value.path == "origin.content[0]"
+    assert not layers.names_other_files(base)
