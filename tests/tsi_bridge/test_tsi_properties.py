@@ -85,3 +85,29 @@ async def test_an_agent_on_tsi_properties_refuses_a_peer_without_the_allowed_dn(
             await client.ping()
     finally:
         await client.close()
+
+
+def test_first_ping_probe_runs_one_attempt_at_a_time_within_its_timeout():
+    from twisted.internet import defer
+    from twisted.internet.task import Clock
+
+    clock, pings = Clock(), []
+
+    def ping():
+        pings.append(defer.Deferred())
+        return pings[-1]
+
+    probe = first_ping_probe(clock, ping, timeout=10)
+    first, second = probe("h", 1), probe("h", 1)
+    assert len(pings) == 1  # the second shares the attempt under way
+    second.cancel()  # a cancelled share leaves the attempt running
+    failures = []
+    second.addErrback(failures.append)
+    assert not pings[0].called
+    clock.advance(10)  # the attempt times out: its sharers fail, the next probe starts anew
+    first.addErrback(failures.append)
+    assert len(failures) == 2 and failures[1].check(defer.TimeoutError)
+    third = probe("h", 1)
+    assert len(pings) == 2
+    pings[1].callback("10.1.0")
+    assert third.result == "10.1.0"
