@@ -165,6 +165,17 @@ class BackingFile:
     path: Path
 
 
+@dataclass(frozen=True)
+class _LayerBase:
+    """The base a layer being registered names: its id, ``name:version``, disk, and how
+    many images its chain has (1 for a base that is no layer itself)."""
+
+    id: str
+    ref: str
+    disk: ContentRef
+    depth: int
+
+
 @dataclass
 class _Prepared:
     """A validated registration waiting for its catalogue rows."""
@@ -216,7 +227,7 @@ class ImageRepository:
         newest of its name here), creation time and base (when that is here already).
         """
         prepared = [self._prepare(metadata, files) for metadata, files in items]
-        bases = self._layer_bases(prepared, caller)
+        bases = self._layer_bases(prepared, caller, kept)
         with self.store.staging() as staging:
             staged = self._stage(prepared, staging, bases)
             with self.store.locked(), session_scope(self._sessions) as session:
@@ -276,7 +287,7 @@ class ImageRepository:
         return _Prepared(meta, given)
 
     def _stage(self, prepared: list[_Prepared], staging: Path,
-               bases: Mapping[int, ImageRecord]) -> list[StagedBlob]:
+               bases: Mapping[int, _LayerBase]) -> list[StagedBlob]:
         staged: dict[str, StagedBlob] = {}
         for index, item in enumerate(prepared):
             origin = item.meta.origin
@@ -303,22 +314,47 @@ class ImageRepository:
 
     # -- layered images ----------------------------------------------------------------------
 
-    def _layer_bases(self, prepared: list[_Prepared], caller: Caller) -> dict[int, ImageRecord]:
+    def _layer_bases(self, prepared: list[_Prepared], caller: Caller,
+                     kept: Sequence[KeptIdentity] | None = None) -> dict[int, _LayerBase]:
         """The base of each layered image among ``prepared`` (by position), checked; their
-        ``origin.backing_image`` becomes the base's id."""
+        ``origin.backing_image`` becomes the base's id.  With ``kept`` (a bundle import) a
+        base may be an earlier item of the same batch."""
         wanted = [(i, item) for i, item in enumerate(prepared)
                   if item.meta.origin.backing_image is not None]
         if not wanted:
             return {}
-        bases = {}
+        earlier = {keep.id: i for i, keep in enumerate(kept or ())}
+        bases: dict[int, _LayerBase] = {}
         with session_scope(self._sessions) as session:
             for index, item in wanted:
-                base = self._layer_base(session, item.meta.origin.backing_image, caller)
+                named = item.meta.origin.backing_image
+                if earlier.get(named, index) < index:
+                    base = self._batch_base(prepared, bases, earlier[named], named)
+                else:
+                    base = self._layer_base(session, named, caller)
                 item.meta.origin.backing_image = base.id
                 bases[index] = base
         return bases
 
-    def _layer_base(self, session: Session, ref: str, caller: Caller) -> ImageRecord:
+    @staticmethod
+    def _batch_base(prepared: list[_Prepared], bases: dict[int, _LayerBase], position: int,
+                    image_id: str) -> _LayerBase:
+        """A base registered in the same batch, at ``position``."""
+        meta = prepared[position].meta
+        disk = _disk_ref(meta)
+        label = f"{meta.general.name}:{meta.general.version}"
+        if meta.origin.content_type != "qcow2" or disk is None:
+            raise BadRequest(f"{label} is {meta.origin.content_type}; a layer's base is a "
+                             "qcow2 disk", "origin.backing_image")
+        below = bases.get(position)
+        depth = below.depth + 1 if below is not None else 1
+        if depth > layers.MAX_DEPTH:
+            raise BadRequest(f"{label} is {depth - 1} layers deep already; at most "
+                             f"{layers.MAX_DEPTH} layers may lie below an image",
+                             "origin.backing_image")
+        return _LayerBase(image_id, label, disk, depth)
+
+    def _layer_base(self, session: Session, ref: str, caller: Caller) -> _LayerBase:
         """The base a layer may name: visible to ``caller``, not deleted, a qcow2 disk, and
         not so deep that a layer on it would exceed ``layers.MAX_DEPTH``."""
         where = "origin.backing_image"
@@ -330,7 +366,8 @@ class ImageRepository:
         if row.status == "deleted":
             raise BadRequest(f"{label} is deleted", where)
         record = self._record(session, row)
-        if row.content_type != "qcow2" or _disk_ref(record.metadata) is None:
+        disk = _disk_ref(record.metadata)
+        if row.content_type != "qcow2" or disk is None:
             raise BadRequest(f"{label} is {row.content_type}; a layer's base is a qcow2 disk",
                              where)
         depth, backing = 1, record.metadata.origin.backing_image
@@ -341,15 +378,14 @@ class ImageRepository:
         if depth > layers.MAX_DEPTH:
             raise BadRequest(f"{label} is {depth - 1} layers deep already; at most "
                              f"{layers.MAX_DEPTH} layers may lie below an image", where)
-        return record
+        return _LayerBase(row.id, label, disk, depth)
 
-    def _stage_layer(self, ref: ContentRef, source: Path | None, base: ImageRecord,
+    def _stage_layer(self, ref: ContentRef, source: Path | None, base: _LayerBase,
                      staging: Path, where: str) -> StagedBlob | None:
         """Stage a layer's disk with its backing file rewritten to name the base's disk by
         ``layers.backing_reference``; ``ref`` takes the rewritten file's sha512 and size.
         None when the store holds the file already (then it must name the base that way)."""
-        base_disk = _disk_ref(base.metadata)
-        assert base_disk is not None
+        base_disk = base.disk
         if source is None:
             info = layers.inspect_disk(self.store.path(ref.sha512), where)
             if not layers.check_layer(info, base_disk.file, base_disk.sha512, where):
