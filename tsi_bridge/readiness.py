@@ -49,6 +49,8 @@ def first_ping_probe(reactor, ping: Callable[[], defer.Deferred],
         shares = list(waiting)
         waiting.clear()
         for share in shares:
+            if share.called:  # cancelled by an earlier share's callback (the race is won)
+                continue
             if isinstance(result, Failure):
                 share.errback(result)
             else:

@@ -111,3 +111,18 @@ def test_first_ping_probe_runs_one_attempt_at_a_time_within_its_timeout():
     assert len(pings) == 2
     pings[1].callback("10.1.0")
     assert third.result == "10.1.0"
+
+
+def test_first_ping_probe_tolerates_a_share_cancelled_by_the_winner():
+    """ProbeRace cancels the other attempts from within the first answer's callback."""
+    from twisted.internet import defer
+    from twisted.internet.task import Clock
+
+    attempt = defer.Deferred()
+    probe = first_ping_probe(Clock(), lambda: attempt, timeout=10)
+    first, second = probe("h", 1), probe("h", 1)
+    first.addCallback(lambda _version: second.cancel())
+    cancelled = []
+    second.addErrback(lambda failure: cancelled.append(failure.check(defer.CancelledError)))
+    attempt.callback("10.1.0")
+    assert first.result is None and cancelled == [defer.CancelledError]
