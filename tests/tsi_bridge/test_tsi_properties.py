@@ -126,3 +126,4 @@ def test_first_ping_probe_tolerates_a_share_cancelled_by_the_winner():
     second.addErrback(lambda failure: cancelled.append(failure.check(defer.CancelledError)))
     attempt.callback("10.1.0")
     assert first.result is None and cancelled == [defer.CancelledError]
+    assert attempt.result is None  # settled without an error (no AlreadyCalledError)
