@@ -205,10 +205,12 @@ def _add_build(catalogue_commands: argparse._SubParsersAction) -> None:
         "ready for `gridvm catalogue register`. Progress goes to standard error.",
     )
     what = build.add_mutually_exclusive_group()
-    what.add_argument("--kind", choices=("initramfs", "qcow2", "cloud"), default=None,
+    what.add_argument("--kind", choices=("initramfs", "qcow2", "cloud", "cloud-crun",
+                                         "container"), default=None,
                       help="gridvm's own image: initramfs or qcow2 (the micro guest, default "
-                      "initramfs) or cloud (a standard cloud image: mmdebstrap, cloud-init, "
-                      "python3, its own bootloader)")
+                      "initramfs), cloud (a standard cloud image: mmdebstrap, cloud-init, "
+                      "python3, its own bootloader), cloud-crun (that with crun, for CONTAINER "
+                      "jobs) or container (a busybox OCI container image packed by umoci)")
     what.add_argument("--recipe", type=Path, default=None, metavar="FILE.toml",
                       help="build the image this recipe describes (name, kind, packages, "
                       "files, users, applications, metadata)")

@@ -6,7 +6,9 @@
 ``image_builder/recipes``.  ``build_image("initramfs")`` gives a cloud kernel + a zstd
 initramfs holding the whole root; ``build_image("qcow2")`` gives an ext4 root in a qcow2
 disk, booted directly through the kernel with a tiny loader initramfs;
-``build_image("cloud")`` a standard cloud image (``image_builder.cloud``).  The micro guests
+``build_image("cloud")`` a standard cloud image (``image_builder.cloud``),
+``build_image("cloud-crun")`` that with crun for container images; ``build_image("container")``
+a busybox OCI container image (``image_builder.oci``; no recipe).  The micro guests
 start busybox init, which mounts the contextualization medium, brings up user-mode
 networking, starts the TSI agent and reaps orphans.  Each build writes ``metadata.json``
 ready for ``gridvm catalogue register``.
@@ -33,7 +35,7 @@ __all__ = ["KINDS", "BuildError", "BuiltImage", "Recipe", "Step", "build_image",
            "build_recipe", "load_recipe"]
 
 BUILDER_VERSION = "4"
-KINDS = ("initramfs", "qcow2", "cloud")
+KINDS = ("initramfs", "qcow2", "cloud", "cloud-crun", "container")
 GUEST_PACKAGES = [
     "busybox-static", "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib",
     "libc6", "libgcc-s1", "zlib1g", "libssl3", "libexpat1", "libffi8", "bash", "libtinfo6",
@@ -105,6 +107,8 @@ def build_image(kind: str = "initramfs", *, output_root: Path | None = None,
     if kind not in KINDS:
         raise BuildError(f"unknown image kind {kind!r} (choose {', '.join(KINDS)})",
                          bad_input=True)
+    if kind == "container":
+        return _build_container(output_root, force)
     return build_recipe(default_recipe(kind), output_root=output_root, force=force,
                         agent_package=agent_package, progress=progress)
 
@@ -172,6 +176,15 @@ def _build_cloud(recipe: Recipe, output_root: Path, force: bool,
     image = build_cloud_image(output_root, force=force, recipe=recipe, progress=progress)
     return BuiltImage("cloud", image.key, image.directory, cached=image.cached,
                       seconds=image.seconds, files=[image.disk])
+
+
+def _build_container(output_root: Path | None, force: bool) -> BuiltImage:
+    """A busybox OCI container image (an OCI archive packed by umoci)."""
+    from image_builder.oci import build_oci_image
+
+    image = build_oci_image(output_root, force=force)
+    return BuiltImage("container", image.key, image.directory, cached=image.cached,
+                      seconds=image.seconds, files=[image.archive])
 
 
 def base_document(kind: str, content: list[dict[str, Any]]) -> dict[str, Any]:

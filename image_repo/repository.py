@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from base.db import make_engine, migrate, session_factory, session_scope
 from base.identity import Caller
-from image_repo import access, layers
+from image_repo import access, layers, oci
 from image_repo.errors import (
     BadRequest,
     ChecksumMismatch,
@@ -306,6 +306,8 @@ class ImageRepository:
                     raise BadRequest(f"{ref.file} names a backing or data file; a layer on a "
                                      "registered image names it in origin.backing_image",
                                      where)
+                if origin.content_type == "oci" and ref.role == "container":
+                    oci.check_archive(blob.path, origin.architecture, where)
                 staged[ref.sha512] = blob
             if index in bases:  # the layer's sha512 changed with its backing reference
                 origin.os_hash_value = content_digest(origin.content)
@@ -505,6 +507,9 @@ class ImageRepository:
             if meta.origin.backing_image is not None:
                 labels.append({"image_id": image_id, "kind": LAYER_BASE,
                                "value": meta.origin.backing_image})
+            if meta.semantic.container_runtime is not None:
+                labels.append({"image_id": image_id, "kind": "runtime",
+                               "value": meta.semantic.container_runtime.name})
             latest[general.name] = {"id": image_id, "version": version, "owner": owner,
                                     "group_name": group, "mode": mode,
                                     "vos": frozenset(meta.semantic.vos)}
