@@ -35,6 +35,7 @@ bench: setup
 	$(PY) bench/hosts.py
 	$(PY) bench/e2e.py
 	$(PY) bench/rest.py
+	$(PY) bench/layers.py
 
 clean:
 	rm -rf var build *.egg-info

@@ -86,6 +86,8 @@ class BootSpec:
     disk: ImageFile | None = None
     disk_format: str = "qcow2"
     arch: str = "x86_64"
+    #: the bases below a layered qcow2 ``disk``, lowest first (each verified and cached once)
+    backing: tuple[ImageFile, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kernel is None and self.disk is None:
@@ -326,7 +328,11 @@ class VirtualMachineManager(service.Service):
         initrd = self.cache.ensure(boot.initrd.path, boot.initrd.sha512) if boot.initrd else None
         overlay = medium = None
         if boot.disk is not None:
-            base = self.cache.ensure(boot.disk.path, boot.disk.sha512)
+            if boot.backing:
+                base = self.cache.ensure_chain([(f.path, f.sha512)
+                                                for f in (*boot.backing, boot.disk)])
+            else:
+                base = self.cache.ensure(boot.disk.path, boot.disk.sha512)
             overlay = create_overlay(base, directory / "overlay.qcow2", boot.disk_format)
         if spec.context_files:
             medium = context.build_medium(spec.context_files, directory / "context.iso")
@@ -341,6 +347,10 @@ class VirtualMachineManager(service.Service):
         initrd = pool.base(conn, boot.initrd.path, boot.initrd.sha512) if boot.initrd else None
         overlay = medium = None
         if boot.disk is not None:
+            if boot.backing:  # each layer names its backing file by a path of this machine
+                raise ImageUnavailable("a layered image cannot boot on a host whose files are "
+                                       f"volumes of its storage pool yet ({len(boot.backing)} "
+                                       "layer(s) below the disk)")
             base = pool.base(conn, boot.disk.path, boot.disk.sha512)
             overlay = pool.overlay(conn, name, base, boot.disk_format)
         if spec.context_files:
