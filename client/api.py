@@ -238,6 +238,14 @@ class Site:
         """The warm pools that serve the caller (all of them for an administrator)."""
         return self.get("pools").get("pools", [])
 
+    def hosts(self) -> list[dict[str, Any]]:
+        """The site's hypervisor hosts (administrators only)."""
+        return self.get("hosts").get("hosts", [])
+
+    def set_host(self, name: str, action: str) -> dict[str, Any]:
+        """``drain`` or ``enable`` a hypervisor host (administrators only)."""
+        return self.request("POST", f"hosts/{quote(name, safe='')}/{action}").json()
+
     def images(self) -> list[dict[str, Any]]:
         """The catalogue's images the caller may use (summaries)."""
         return self.get("images?num=1000").get("images", [])

@@ -136,8 +136,12 @@ class TargetSystem:
                  extra_context: Mapping[str, bytes] | None = None,
                  admit: Callable[[], Awaitable[None]] | None = None,
                  settings: TsiSettings | None = None,
-                 tsi_connector: TSIConnector = connect_tsi):
+                 tsi_connector: TSIConnector = connect_tsi, host: str = "",
+                 address: str = "127.0.0.1", callback_address: str = "127.0.0.1"):
         self.instance_id, self.owner, self.image = instance_id, owner, image
+        #: the hypervisor host it runs on ("": a one-host site's), where that host binds
+        #: the TSI forward, and where it reaches the site's callback listener
+        self.host, self.address, self.callback_address = host, address, callback_address
         self.vmm, self.credentials, self.reactor = vmm, credentials, reactor
         self.vcpus, self.memory_mib = vcpus, memory_mib
         self.deadlines = image_deadlines(deadlines or Deadlines(), image.metadata)
@@ -201,6 +205,7 @@ class TargetSystem:
             "jobs": sorted(self.jobs), "created": self.lifecycle.entered.get("REQUESTED"),
             "phases": {k: round(v, 3) for k, v in self.lifecycle.phase_seconds().items()},
             "domain": self.vm.domain if self.vm else None,
+            "host": self.host,
         }
 
     def _on_transition(self, transition: Transition) -> None:
@@ -248,7 +253,7 @@ class TargetSystem:
     async def _bring_up(self) -> None:
         life = self.lifecycle
         life.advance(S.STAGING)
-        host_port = ports.free_port()
+        host_port = ports.free_port(self.address)
         issued = self.credentials.ca.issue_instance(self.instance_id)
         self.instance_cert_pem = issued.cert_pem
         callback_port = self._open_tsi(host_port)
@@ -273,6 +278,7 @@ class TargetSystem:
             guest_port=self.settings.port, callback_port=callback_port, host_port=host_port,
             context_files={**self.extra_context, **files},
             labels={"owner": self.owner, "image_name": self.image.name, **self.labels},
+            host=self.host,
             staging_timeout=self.deadlines.staging,
             boot_timeout=self.deadlines.staging + self.deadlines.booting,
             probe=probe,
@@ -310,7 +316,8 @@ class TargetSystem:
         assert self.instance_cert_pem is not None
         tls = self.credentials.client_tls(self.instance_cert_pem)
         self.tsi = self.tsi_connector(self.reactor, host_port, tls, user=self.settings.user,
-                                      callback_port=callback_port)
+                                      callback_port=callback_port, address=self.address,
+                                      callback_address=self.callback_address)
         return self.tsi.start()
 
     async def _reach_agent(self, deadline: float, *states: InstanceState) -> None:
@@ -339,6 +346,8 @@ class TargetSystem:
         target = cls(instance_id=row["id"], owner=row["owner"], image=image,
                      vcpus=row["vcpus"], memory_mib=row["memory_mib"], **kwargs)
         target.vm = vm
+        if vm is not None:
+            target.address = vm.address
         target.instance_cert_pem = (row["instance_cert"] or "").encode() or None
         target.lifecycle.restore(S[row["state"]], row["history"], row["reason"],
                                  row["message"] or "")
@@ -393,6 +402,9 @@ class TargetSystem:
             unwatch()
 
     def _on_domain_event(self, event: DomainEvent) -> None:
+        if event.host_lost and not self.lifecycle.terminal:
+            self.lifecycle.fail(Reason.HOST_LOST, event.host_lost)
+            return
         if self.vm is None:
             return
         if event.stopped and self.state in (S.CONNECTING, S.READY, S.BUSY):

@@ -28,7 +28,7 @@ from base.reasons import Reason
 from image_repo.errors import RepositoryError
 from image_repo.repository import ImageRepository
 from image_repo.trust import TrustPolicy
-from target_system.drivers import TSIConnector, VirtualMachines, connect_tsi
+from target_system.drivers import Hosts, TSIConnector, VirtualMachines, connect_tsi
 from target_system.instance import (
     Deadlines,
     HealthPolicy,
@@ -47,7 +47,7 @@ from tsf.admission import Admission
 from tsf.errors import InstanceBusy, NotFound
 from tsf.imports import fetch_imports, same_site_imports
 from tsf.lifetimes import DEFAULT_JOB_LIFETIME, EXPIRY_INTERVAL, Lifetimes
-from tsf.placement import Action, Need, Quotas, choose
+from tsf.placement import Action, HostPolicy, Need, Quotas, choose
 from tsf.pools import PoolKeeper, PoolSpec
 from tsf.registry import InstanceRegistry
 from tsf.sites import SiteRegistry
@@ -55,6 +55,9 @@ from tsf.sites import SiteRegistry
 __all__ = ["InstanceBusy", "NotFound", "Quotas", "TargetSystemFactory"]
 
 log = logging.getLogger(__name__)
+
+#: times a job is placed again when its instance is lost with its host before it starts
+MAX_REPLACEMENTS = 2
 
 
 def _delegated(part: str, name: str, doc: str) -> property:
@@ -80,7 +83,8 @@ class TargetSystemFactory(service.MultiService):
                  pools: Sequence[PoolSpec] = (), pool_interval: float = 10.0,
                  trust: TrustPolicy | None = None,
                  tsi_connector: TSIConnector = connect_tsi,
-                 admission: Admission | None = None):
+                 admission: Admission | None = None, hosts: Hosts | None = None,
+                 host_policy: HostPolicy | None = None):
         super().__init__()
         self.repository = repository
         self.vmm = vmm
@@ -89,11 +93,13 @@ class TargetSystemFactory(service.MultiService):
         self.reactor = reactor
         self.runner = runner or JobRunner(reactor)
         self.store = store
+        #: the hypervisor hosts (None: a VM manager of one host, as in unit tests)
+        self.hosts = hosts
         self.registry = InstanceRegistry(
             repository, vmm, credentials, reactor, quotas=quotas or Quotas(),
             deadlines=deadlines or Deadlines(), health=health or HealthPolicy(), store=store,
             trust=trust or TrustPolicy(), context_hooks=context_hooks or {},
-            tsi_connector=tsi_connector)
+            tsi_connector=tsi_connector, hosts=hosts, host_policy=host_policy)
         #: the site's size limits and the per-user limits, checked at submit
         self.admission = admission or Admission()
         self.keep_on_stop = False  #: stopService detaches instead of terminating
@@ -271,12 +277,9 @@ class TargetSystemFactory(service.MultiService):
             image = await self.registry._match(job, caller)
             if image is None:
                 return job
-            target = self._target_for(job, caller, image)
-            if target.state is not InstanceState.READY and target.state is not InstanceState.BUSY:
-                job.note(f"waiting for instance {target.instance_id} ({target.state.name})")
             fetched = defer.Deferred.fromCoroutine(fetch_imports(
                 job, lambda job_id: self.job(job_id, caller), self.transfers))
-            await target.start()  # the imports are fetched meanwhile
+            target = await self._started_target(job, caller, image)  # imports meanwhile
             await fetched
             if job.state.terminal:  # aborted while the instance booted, or an import failed
                 return job
@@ -294,6 +297,27 @@ class TargetSystemFactory(service.MultiService):
             self._running.pop(job.job_id, None)
             job.settle()
         return job
+
+    async def _started_target(self, job: Job, caller: Caller,
+                              image: ImageToBoot) -> TargetSystem:
+        """Place the job and wait until its instance is up.  A job whose instance is lost
+        with its host before the job started there is placed again (another host, if one
+        fits), up to ``MAX_REPLACEMENTS`` times."""
+        attempt = 0
+        while True:
+            target = self._target_for(job, caller, image)
+            if target.state is not InstanceState.READY and target.state is not InstanceState.BUSY:
+                job.note(f"waiting for instance {target.instance_id} ({target.state.name})")
+            try:
+                await target.start()
+                return target
+            except InstanceFailed as err:
+                if err.reason != Reason.HOST_LOST or attempt >= MAX_REPLACEMENTS or \
+                        job.state.terminal:
+                    raise
+                attempt += 1
+                job.note(f"instance {target.instance_id} was lost with its host before the job "
+                         f"started ({err}): placing the job again")
 
     def _target_for(self, job: Job, caller: Caller, image: ImageToBoot) -> TargetSystem:
         """Carry out placement's decision for the job: reserve it a slot on the instance

@@ -21,7 +21,7 @@ from base.reasons import Reason
 from image_repo.errors import RepositoryError
 from image_repo.repository import ImageRepository
 from image_repo.trust import TrustPolicy
-from target_system.drivers import TSIConnector, VirtualMachines
+from target_system.drivers import Hosts, TSIConnector, VirtualMachines
 from target_system.instance import (
     Deadlines,
     HealthPolicy,
@@ -34,7 +34,7 @@ from target_system.jobdesc import JobDescription
 from target_system.jobs import Job
 from target_system.store import StateStore
 from tsf.containers import find_container
-from tsf.placement import Quotas
+from tsf.placement import HostDecision, HostPolicy, HostUsage, Need, Quotas, choose_host
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +46,13 @@ class InstanceRegistry:
                  credentials: SiteCredentials, reactor, *, quotas: Quotas,
                  deadlines: Deadlines, health: HealthPolicy, store: StateStore | None,
                  trust: TrustPolicy, context_hooks: Mapping[str, bytes],
-                 tsi_connector: TSIConnector):
+                 tsi_connector: TSIConnector, hosts: Hosts | None = None,
+                 host_policy: HostPolicy | None = None):
         self.repository = repository
         self.vmm = vmm
+        #: the hypervisor hosts new instances are placed on (None: the vmm's one host)
+        self.hosts = hosts
+        self.host_policy = host_policy or HostPolicy()
         self.credentials = credentials
         self.reactor = reactor
         self.quotas = quotas
@@ -87,18 +91,58 @@ class InstanceRegistry:
                 for t in self.live()}
 
     # -- new and restored instances ------------------------------------------------------
+    def host_usage(self) -> dict[str, HostUsage]:
+        """What the live instances hold of each host, by host name."""
+        usage: dict[str, list[int]] = {}
+        for target in self.live():
+            held = usage.setdefault(target.host, [0, 0])
+            held[0] += target.vcpus
+            held[1] += target.memory_mib
+        return {name: HostUsage(v, m) for name, (v, m) in usage.items()}
+
+    def place(self, need: Need) -> HostDecision:
+        """The host a new instance with ``need`` boots on (see ``tsf.placement``)."""
+        assert self.hosts is not None
+        return choose_host(need, self.hosts.views(), self.host_usage(), self.host_policy)
+
     def boot(self, owner: str, caller: Caller, image: ImageToBoot, vcpus: int,
              memory: int) -> TargetSystem:
-        """A new instance (``caller``: who the pre-boot trust check reads the image as)."""
+        """A new instance (``caller``: who the pre-boot trust check reads the image as) on
+        the host placement chooses; InstanceFailed ``NO_HOST_FITS`` (every host's reason)
+        when none can take it."""
+        placed = {}
+        if self.hosts is not None:
+            decision = self.place(Need(caller, image.image_id, vcpus, memory))
+            if decision.host is None:
+                raise InstanceFailed(Reason.NO_HOST_FITS, decision.why_not())
+            host = decision.host
+            placed = {"host": host.name, "address": host.address,
+                      "callback_address": host.site_address}
         target = TargetSystem(
             instance_id=uuid.uuid4().hex[:12], owner=owner, image=image, vmm=self.vmm,
             credentials=self.credentials, reactor=self.reactor, vcpus=vcpus, memory_mib=memory,
             deadlines=self.deadlines, health=self.health, tsi_connector=self.tsi_connector,
             extra_context={f"init.d/{name}": script
                            for name, script in self.context_hooks.items()},
-            admit=self._trust_check(image, caller) if self.trust.require else None)
+            admit=self._trust_check(image, caller) if self.trust.require else None, **placed)
         self.add(target)
         return target
+
+    def locate(self, target: TargetSystem) -> None:
+        """Set a restored instance's host from where its domain was found.  One whose
+        domain no host has while a host is DOWN is lost with it (``HOST_LOST``), not
+        "vanished": should that host come back, the domain is destroyed there."""
+        if self.hosts is None:
+            return
+        target.host = self.hosts.host_of(target.instance_id)
+        views = self.hosts.views()
+        for view in views:
+            if view.name == target.host:
+                target.callback_address = view.site_address
+        down = [view.name for view in views if view.state == "DOWN"]
+        if target.vm is None and down and not target.lifecycle.terminal:
+            target.lifecycle.fail(Reason.HOST_LOST, "its VM is on no reachable host (DOWN: "
+                                  f"{', '.join(down)})")
 
     def add(self, target: TargetSystem) -> None:
         """Track ``target`` (a new or a restored one) and snapshot its every change."""

@@ -249,16 +249,19 @@ class UserNetConfig:
     guest_port: int = 4433
     callback_port: int | None = None
     pci_slot: int = 0x10
+    host_address: str = "127.0.0.1"  #: where the host binds the TSI forward
+    callback_address: str = "127.0.0.1"  #: where the host reaches the site's callback port
 
     def qemu_args(self) -> list[str]:
         netdev = (f"user,id=gridvmnet,net=10.0.2.0/24,restrict=on,"
-                  f"hostfwd=tcp:127.0.0.1:{self.host_port}-:{self.guest_port}")
+                  f"hostfwd=tcp:{self.host_address}:{self.host_port}-:{self.guest_port}")
         if self.callback_port:
             # One relay process per guest connection (a chardev target would be a single
             # stream, but a TSI worker needs two connections and a pool needs more).
             # ",," is QEMU's escaped comma.
             netdev += (f",guestfwd=tcp:{GUEST_TSI_ADDRESS}:{self.callback_port}"
-                       f"-cmd:{SOCAT} STDIO TCP4:127.0.0.1:{self.callback_port},,nodelay")
+                       f"-cmd:{SOCAT} STDIO "
+                       f"TCP4:{self.callback_address}:{self.callback_port},,nodelay")
         device = f"virtio-net-pci,netdev=gridvmnet,bus=pci.0,addr={self.pci_slot:#x}"
         return ["-netdev", netdev, "-device", device]
 
@@ -272,10 +275,14 @@ class UserNetConfig:
                     key, _, val = part.partition("=")
                     if key == "hostfwd":
                         host, guest = val.removeprefix("tcp:").split("-:")
-                        net.host_port = int(host.rsplit(":", 1)[1])
+                        net.host_address, _, port = host.rpartition(":")
+                        net.host_port = int(port)
                         net.guest_port = int(guest)
                     elif key == "guestfwd":
                         net.callback_port = int(val.split("-", 1)[0].rsplit(":", 1)[1])
+                        relay = val.split("TCP4:", 1)[-1]
+                        if ":" in relay:
+                            net.callback_address = relay.rsplit(":", 1)[0]
             elif flag == "-device" and value.startswith("virtio-net-pci,netdev=gridvmnet") \
                     and net is not None:
                 net.pci_slot = int(value.rsplit("addr=", 1)[1], 16)
