@@ -210,8 +210,11 @@ def shell_word(value: str) -> str:
     return f"$'{escaped}'"
 
 
-def job_script(job: JobDescription, workdir: str, metadata: ImageMetadata | None) -> str:
-    """The user script UNICORE/X would send: environment, cd, the command, exit code."""
+def job_script(job: JobDescription, workdir: str, metadata: ImageMetadata | None,
+               site_environment: dict[str, str] | None = None) -> str:
+    """The user script UNICORE/X would send: environment, cd, the command, exit code
+    (``site_environment``: what the site sets, e.g. a cluster's node list; the job's own
+    variables win)."""
     executable, arguments, app_env = resolve_application(job, metadata)
     q = shell_word
     lines = [
@@ -220,7 +223,8 @@ def job_script(job: JobDescription, workdir: str, metadata: ImageMetadata | None
         "cd \"$UC_WORKING_DIRECTORY\" || exit 1",
         f"rm -f \"$UC_OUTPUT_DIRECTORY/{EXIT_CODE_FILE}\"",
     ]
-    for name, value in {**app_env, **job.parameters, **job.environment}.items():
+    for name, value in {**(site_environment or {}), **app_env, **job.parameters,
+                        **job.environment}.items():
         lines.append(f"{name}={q(value)}; export {name}")
     if job.precommand:
         lines.append(job.precommand)
@@ -371,7 +375,7 @@ class JobRunner:
         tsi = target.tsi
         assert tsi is not None and job.workdir
         desc = job.description
-        script = job_script(desc, job.workdir, target.image.metadata)
+        script = job_script(desc, job.workdir, target.image.metadata, target.job_environment)
         if job.state is J.STAGINGIN:
             job.lifecycle.advance(J.QUEUED)
         try:

@@ -119,6 +119,14 @@ class NotRetiring(InstanceFilter):
         return f"is retiring ({instance.retiring})" if instance.retiring else None
 
 
+class NotClusterNode(InstanceFilter):
+    """A node of a virtual cluster serves its cluster only."""
+
+    def why_not(self, instance, need):
+        node = getattr(instance, "node", None)
+        return f"is node {node.name} of cluster {node.cluster}" if node is not None else None
+
+
 class BigEnough(InstanceFilter):
     def why_not(self, instance, need):
         if instance.vcpus >= need.vcpus and instance.memory_mib >= need.memory_mib:
@@ -168,8 +176,8 @@ class SiteQuota(BootQuota):
         return f"the site runs {live} instances, its limit is {quotas.total}"
 
 
-OWN_FILTERS: tuple[InstanceFilter, ...] = (SameImage(), NotDraining(), NotRetiring(),
-                                           BigEnough())
+OWN_FILTERS: tuple[InstanceFilter, ...] = (SameImage(), NotClusterNode(), NotDraining(),
+                                           NotRetiring(), BigEnough())
 QUOTAS: tuple[BootQuota, ...] = (PerUserQuota(), SiteQuota())
 
 
@@ -257,6 +265,25 @@ def choose(need: Need, live: Sequence[Instance], quotas: Quotas,
     if limit:
         return decide(Action.REFUSE, limit=limit, reason=Reason.QUOTA_EXCEEDED)
     return decide(Action.BOOT)
+
+
+def choose_nodes(need: Need, count: int, live: Sequence[Instance],
+                 quotas: Quotas) -> Decision:
+    """Boot ``count`` new instances of the caller's for a virtual cluster (its nodes have a
+    NIC on the cluster's own switch: none is reused, shared or taken from a pool) when the
+    quotas let all of them boot; else refuse with ``QUOTA_EXCEEDED``."""
+    mine = sum(t.owner == need.caller.user for t in live)
+    limit = ""
+    if mine + count > quotas.per_user:
+        limit = (f"{count} more instances would make you {mine + count}, the limit per user "
+                 f"is {quotas.per_user}")
+    elif len(live) + count > quotas.total:
+        limit = (f"{count} more instances would make the site run {len(live) + count}, its "
+                 f"limit is {quotas.total}")
+    if limit:
+        return Decision(Action.REFUSE, need.vcpus, need.memory_mib, limit=limit,
+                        reason=Reason.QUOTA_EXCEEDED)
+    return Decision(Action.BOOT, need.vcpus, need.memory_mib)
 
 
 def _passing(instances: Sequence[Instance], filters: Sequence[InstanceFilter], need: Need,

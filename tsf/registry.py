@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Mapping
+from typing import Any
 
 from twisted.internet import threads
 
@@ -87,15 +88,17 @@ class InstanceRegistry:
 
     # -- new and restored instances ------------------------------------------------------
     def boot(self, owner: str, caller: Caller, image: ImageToBoot, vcpus: int,
-             memory: int) -> TargetSystem:
-        """A new instance (``caller``: who the pre-boot trust check reads the image as)."""
+             memory: int, **node: Any) -> TargetSystem:
+        """A new instance (``caller``: who the pre-boot trust check reads the image as);
+        ``node``: a cluster node's ``TargetSystem`` arguments (``node``, ``cluster_nic``,
+        ``job_environment``, ``extra_context`` added to the site's hooks)."""
+        hooks = {f"init.d/{name}": script for name, script in self.context_hooks.items()}
         target = TargetSystem(
             instance_id=uuid.uuid4().hex[:12], owner=owner, image=image, vmm=self.vmm,
             credentials=self.credentials, reactor=self.reactor, vcpus=vcpus, memory_mib=memory,
             deadlines=self.deadlines, health=self.health, tsi_connector=self.tsi_connector,
-            extra_context={f"init.d/{name}": script
-                           for name, script in self.context_hooks.items()},
-            admit=self._trust_check(image, caller) if self.trust.require else None)
+            extra_context={**hooks, **node.pop("extra_context", {})},
+            admit=self._trust_check(image, caller) if self.trust.require else None, **node)
         self.add(target)
         return target
 

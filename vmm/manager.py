@@ -35,6 +35,7 @@ from base.reasons import Reason
 from vmm import context, ports
 from vmm.consoles import ConsoleKeeper
 from vmm.domain import (
+    ClusterNicConfig,
     ControllerConfig,
     DiskConfig,
     DomainConfig,
@@ -104,6 +105,8 @@ class InstanceSpec:
     host_port: int | None = None  #: the TSI forward on 127.0.0.1 (None: pick a free one)
     context_files: dict[str, bytes] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    #: a second NIC on a cluster's private switch (a node of a virtual cluster)
+    cluster_nic: ClusterNicConfig | None = None
     boot_timeout: float = 120.0
     staging_timeout: float = 600.0
     probe: Probe | None = None
@@ -316,6 +319,7 @@ class VirtualMachineManager(service.Service):
                      RngConfig(), MemballoonConfig(), ControllerConfig("usb", "none")],
             network=UserNetConfig(host_port=host_port, guest_port=spec.guest_port,
                                   callback_port=spec.callback_port),
+            extra_qemu_args=spec.cluster_nic.qemu_args() if spec.cluster_nic else [],
             metadata=GridvmMetadata(instance_id=spec.instance_id, site=self.site_id,
                                     image=spec.image,
                                     state_dir=str(directory), created=time.time(),

@@ -96,6 +96,7 @@ class Sizing:
     cpus: int = 4
     memory_mib: int = 8192
     runtime_s: int = 86400
+    nodes: int = 4
 
 
 @dataclass
