@@ -168,11 +168,17 @@ class ClusterSwitch:
 
 
 class ClusterNetworks:
-    """The site's cluster networks, one switch each, below ``root``."""
+    """The site's cluster networks, one switch each, below ``root`` (``reactor``: the one
+    whose sockets carry the frames, Twisted's global reactor by default — a switch keeps
+    no time, so a site on a test clock still switches for real)."""
 
     MAX_NETWORKS = 250
 
-    def __init__(self, reactor, root: Path):
+    def __init__(self, root: Path, reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
         self.reactor = reactor
         self.root = Path(root)
         self.switches: dict[str, ClusterSwitch] = {}
