@@ -26,7 +26,11 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+MEDIUM = "/run/gridvm/ctx"  #: where the guest mounts its medium
 CLUSTER_DIR = "/etc/gridvm/cluster"
+SERVICE_DIR = "/etc/gridvm/service"
+SERVICE_HOOK = "init.d/10-service"
+SERVICE_LOG = "/var/log/gridvm-service.log"
 HOSTFILE = f"{CLUSTER_DIR}/hostfile"
 NODES_FILE = f"{CLUSTER_DIR}/nodes"
 NETWORK_HOOK = "init.d/00-cluster-network"
@@ -131,3 +135,27 @@ def cluster_environment(node: NodeIdentity, peers: Sequence[Peer]) -> dict[str, 
         "SLURM_NNODES": str(len(peers)), "SLURM_JOB_NODELIST": ",".join(names),
         "SLURM_NODEID": str(node.index),
     }
+
+
+def service_context_files(files: dict[str, bytes], environment: dict[str, str],
+                          start: Sequence[str]) -> dict[str, bytes]:
+    """A cluster service's context on its nodes' media: ``files`` copied to
+    ``/etc/gridvm/service/``, ``environment`` in its ``env`` file, and the ``start``
+    commands run in order as root (in the background, with the node's and the service's
+    variables, output to /var/log/gridvm-service.log) once the cluster network is up."""
+    q = shlex.quote
+    env = "".join(f"{key}={q(value)}; export {key}\n" for key, value in environment.items())
+    medium = {f"service/files/{path}": content for path, content in files.items()}
+    medium["service/start.sh"] = "".join(
+        [f". {CLUSTER_DIR}/node.env\n", f". {SERVICE_DIR}/env\n", f"cd {SERVICE_DIR}\n",
+         *(f"{command}\n" for command in start)]).encode()
+    hook = "\n".join([
+        "#!/bin/sh",
+        "# gridvm: this node's service context (files, environment, start commands)",
+        f"mkdir -p {SERVICE_DIR}",
+        f"[ -d {MEDIUM}/service/files ] && cp -R {MEDIUM}/service/files/. {SERVICE_DIR}/",
+        f"printf %s {q(env)} > {SERVICE_DIR}/env",
+        f"chmod -R a+rX {SERVICE_DIR}",
+        f"sh {MEDIUM}/service/start.sh > {SERVICE_LOG} 2>&1 < /dev/null &" if start else "",
+    ]) + "\n"
+    return {**medium, SERVICE_HOOK: hook.encode()}

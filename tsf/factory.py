@@ -99,7 +99,7 @@ class TargetSystemFactory(service.MultiService):
             tsi_connector=tsi_connector)
         #: virtual clusters (multi-node jobs), each on a switch of its own
         self.clusters = ClusterKeeper(self.registry, networks or ClusterNetworks(
-            Path(getattr(vmm, "state_dir", self.storage_root)) / "clusters"))
+            Path(getattr(vmm, "state_dir", self.storage_root)) / "clusters"), reactor)
         #: the site's size limits and the per-user limits, checked at submit
         self.admission = admission or Admission()
         self.keep_on_stop = False  #: stopService detaches instead of terminating

@@ -28,6 +28,7 @@ from typing import Protocol
 from base.identity import Caller
 from base.reasons import Reason
 from target_system.instance import ImageToBoot
+from target_system.jobdesc import JobDescription
 from target_system.jobs import Job
 from target_system.lifecycle import InstanceState
 from tsf.admission import SiteLimits
@@ -77,16 +78,22 @@ class Need:
     @classmethod
     def of(cls, job: Job, caller: Caller, image: ImageToBoot,
            site: SiteLimits | None = None) -> Need:
-        vcpus, memory = _size(job, image, site or SiteLimits())
+        return cls.sized(job.description, caller, image, site)
+
+    @classmethod
+    def sized(cls, description: JobDescription, caller: Caller, image: ImageToBoot,
+              site: SiteLimits | None = None) -> Need:
+        """The need of a description's size (a job's, or a cluster service's)."""
+        vcpus, memory = _size(description, image, site or SiteLimits())
         return cls(caller, image.image_id, vcpus, memory)
 
 
-def _size(job: Job, image: ImageToBoot, site: SiteLimits) -> tuple[int, int]:
+def _size(description: JobDescription, image: ImageToBoot, site: SiteLimits) -> tuple[int, int]:
     """The job's size, else the image's default; never more than the site's limits (an
     image's default size may be larger)."""
     hardware = image.metadata and image.metadata.origin.virtual_hardware
-    vcpus = max(job.description.cpus or 1, (hardware and hardware.vcpus) or 1)
-    memory = max(-(-(job.description.memory or 0) // (1 << 20)),
+    vcpus = max(description.cpus or 1, (hardware and hardware.vcpus) or 1)
+    memory = max(-(-(description.memory or 0) // (1 << 20)),
                   (hardware and hardware.memory_mib) or DEFAULT_MEMORY_MIB)
     return min(vcpus, site.cpus), min(memory, site.memory_mib)
 

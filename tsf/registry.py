@@ -156,6 +156,19 @@ class InstanceRegistry:
         job.note(f"matched image {best.ref}")
         return image
 
+    async def match_image(self, requirements, caller: Caller, what: str) -> ImageToBoot:
+        """The best image for ``requirements`` (of ``what``, e.g. a cluster's service), or
+        InstanceFailed NO_MATCHING_IMAGE with the reasons per image."""
+        result = await threads.deferToThread(
+            lambda: self.repository.match(requirements, caller, policy=self.trust))
+        if result.best is None:
+            rejected = await threads.deferToThread(lambda: result.rejected)
+            reasons = "; ".join(f"{r.ref}: " + ", ".join(x.message for x in r.reasons)
+                                for r in rejected[:10])
+            raise InstanceFailed(Reason.NO_MATCHING_IMAGE, f"no image fits {what}"
+                                 + (f" ({reasons})" if reasons else " (none is visible)"))
+        return await threads.deferToThread(self._load_image, result.best.id, caller)
+
     def _load_image(self, image_id: str, caller: Caller) -> ImageToBoot:
         record = self.repository.get(image_id, caller)
         paths = self.repository.content_paths(image_id, caller)
