@@ -22,6 +22,7 @@ rewrites the peer files on a live node (run through its TSI).
 
 from __future__ import annotations
 
+import posixpath
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -87,14 +88,16 @@ def membership_script(peers: Sequence[Peer]) -> str:
         f"printf %s {q(nodes_file(peers))} > {NODES_FILE}.new && "
         f"mv {NODES_FILE}.new {NODES_FILE}",
         f"chmod 0644 {HOSTFILE} {NODES_FILE}",
-        "grep -v ' # gridvm-cluster$' /etc/hosts > /etc/hosts.new",
-        f"printf %s {q(tagged)} >> /etc/hosts.new && cat /etc/hosts.new > /etc/hosts "
-        "&& rm -f /etc/hosts.new",
+        f"grep -v ' # gridvm-cluster$' /etc/hosts > {CLUSTER_DIR}/hosts.new",
+        f"printf %s {q(tagged)} >> {CLUSTER_DIR}/hosts.new && "
+        f"cat {CLUSTER_DIR}/hosts.new > /etc/hosts && rm -f {CLUSTER_DIR}/hosts.new",
     ]) + "\n"
 
 
-def network_hook(node: NodeIdentity, peers: Sequence[Peer]) -> str:
-    """The start-up hook of the node's medium: its cluster NIC up, its peer files."""
+def network_hook(node: NodeIdentity, peers: Sequence[Peer], owner: str) -> str:
+    """The start-up hook of the node's medium: its cluster NIC up, its peer files (and
+    /etc/hosts) owned by ``owner``, the TSI's job user, so that the site can rewrite them
+    through the TSI when the membership changes."""
     q = shlex.quote
     return "\n".join([
         "#!/bin/sh",
@@ -114,13 +117,15 @@ def network_hook(node: NodeIdentity, peers: Sequence[Peer]) -> str:
         f"hostname {q(node.name)}",
         membership_script(peers).rstrip("\n"),
         f"printf %s {q(_node_env(node, len(peers)))} > {CLUSTER_DIR}/node.env",
+        f"chown -R {q(owner)} {CLUSTER_DIR} /etc/hosts 2>/dev/null",
         f"echo \"gridvm: cluster node {node.name} at {node.address} on $nic\"",
     ]) + "\n"
 
 
-def node_context_files(node: NodeIdentity, peers: Sequence[Peer]) -> dict[str, bytes]:
+def node_context_files(node: NodeIdentity, peers: Sequence[Peer],
+                       owner: str = "gridvm") -> dict[str, bytes]:
     """The files a cluster node's medium carries besides the agent's."""
-    return {NETWORK_HOOK: network_hook(node, peers).encode()}
+    return {NETWORK_HOOK: network_hook(node, peers, owner).encode()}
 
 
 def cluster_environment(node: NodeIdentity, peers: Sequence[Peer]) -> dict[str, str]:
@@ -152,7 +157,7 @@ def service_context_files(files: dict[str, bytes], environment: dict[str, str],
     hook = "\n".join([
         "#!/bin/sh",
         "# gridvm: this node's service context (files, environment, start commands)",
-        f"mkdir -p {SERVICE_DIR}",
+        f"mkdir -p {SERVICE_DIR} {posixpath.dirname(SERVICE_LOG)}",
         f"[ -d {MEDIUM}/service/files ] && cp -R {MEDIUM}/service/files/. {SERVICE_DIR}/",
         f"printf %s {q(env)} > {SERVICE_DIR}/env",
         f"chmod -R a+rX {SERVICE_DIR}",

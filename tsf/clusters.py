@@ -27,7 +27,7 @@ from base.errors import GridvmError
 from base.identity import Caller
 from base.reasons import Reason
 from target_system.clusterdef import ClusterDefinition, ServiceDefinition, parse_cluster
-from target_system.instance import ImageToBoot, InstanceFailed, TargetSystem
+from target_system.instance import ImageToBoot, InstanceFailed, TargetSystem, TsiSettings
 from target_system.jobdesc import JobDescriptionError, requirement_sources
 from target_system.jobs import Job
 from target_system.nodes import (
@@ -105,7 +105,8 @@ class VirtualCluster:
                 self.owner, self.caller, plan.image, plan.vcpus, plan.memory_mib,
                 node=identity,
                 cluster_nic=port.nic(),
-                extra_context={**plan.context, **node_context_files(identity, peers)},
+                extra_context={**plan.context, **node_context_files(
+                    identity, peers, TsiSettings.from_metadata(plan.image.metadata).user)},
                 job_environment=cluster_environment(identity, peers)
                 if plan.name == head else None)
             target.keep_idle = True  # it ends with its cluster

@@ -90,6 +90,7 @@ async def wait_state(job, states, timeout=300.0):
 
 
 async def wait_until(done, timeout=120.0):
+    """Poll ``done`` every 0.2 s; AssertionError after ``timeout`` seconds."""
     for _ in range(int(timeout / 0.2)):
         if done():
             return
@@ -156,3 +157,73 @@ async def test_three_node_job_nodes_reach_each_other_and_nothing_else(site):
     await wait_until(lambda: f"job-{other.job_id}" not in factory.clusters.clusters)
     assert not (factory.clusters.networks.root / f"job-{other.job_id}").exists()
     service.server.close()
+
+
+HEAD_AND_WORKERS = {"Name": "web", "Services": {
+    "head": {"Resources": INITRAMFS,
+             "Context": {"Files": {"index.html": "the head says hi"},
+                         "Start": ["python3 -m http.server 8000 --directory "
+                                   "/etc/gridvm/service >/dev/null 2>&1 &"]}},
+    "worker": {"Resources": INITRAMFS, "Min": 1, "Max": 3, "Count": 2, "DependsOn": ["head"],
+               "Context": {"Environment": {"HEAD_URL": "http://head-0:8000/index.html"},
+                           "Start": ["python3 -c 'import os, urllib.request; open(\"/tmp/"
+                                     "fetched\", \"wb\").write(urllib.request.urlopen(os."
+                                     "environ[\"HEAD_URL\"], timeout=20).read())'"]}},
+}}
+
+
+async def settled(factory, cluster, timeout=400.0):
+    await wait_until(lambda: cluster.cluster_id not in factory.clusters._work, timeout)
+    return cluster
+
+
+async def in_node(target, script: str) -> str:
+    return await target.tsi.execute_script(script)
+
+
+async def fetched(target, timeout=60.0) -> str:
+    """What the worker's start command fetched from the head (it runs in the background)."""
+    for _ in range(int(timeout)):
+        text = await in_node(target, "cat /tmp/fetched 2>/dev/null || true")
+        if text:
+            return text
+        await task.deferLater(reactor, 1.0, lambda: None)
+    return await in_node(target, "cat /var/log/gridvm-service.log")
+
+
+@pytest_twisted.ensureDeferred
+async def test_head_and_workers_depending_on_it_scaled_to_three_and_back(site):
+    factory, _repo, _root = site
+    keeper = factory.clusters
+    cluster = await settled(factory, keeper.up(HEAD_AND_WORKERS, ALICE, factory.admission.site))
+    assert cluster.state.value == "READY", cluster.log
+    nodes = cluster.cluster.nodes
+    head = nodes["head-0"]
+    # the workers started once the head was READY: their start command fetched its page
+    for name in ("worker-0", "worker-1"):
+        assert await fetched(nodes[name]) == "the head says hi"
+    # the head booted alone, and was told of the workers once they were up
+    listed = await in_node(head, "cat /etc/gridvm/cluster/nodes")
+    assert [line.split()[0] for line in listed.splitlines()] == [
+        "head-0", "worker-0", "worker-1"]
+
+    keeper.scale(cluster.cluster_id, "worker", 3, ALICE)
+    await settled(factory, cluster)
+    assert cluster.state.value == "READY" and len(cluster.members["worker"]) == 3, cluster.log
+    listed = await in_node(head, "cat /etc/gridvm/cluster/nodes; grep -w worker-2 /etc/hosts")
+    assert "worker-2" in listed.splitlines()[-1] and len(listed.splitlines()) == 5
+    assert await fetched(nodes["worker-2"]) == "the head says hi"
+    gone = nodes["worker-2"]
+
+    keeper.scale(cluster.cluster_id, "worker", 2, ALICE)
+    await settled(factory, cluster)
+    assert gone.state is InstanceState.TERMINATED
+    listed = await in_node(nodes["worker-0"], "cat /etc/gridvm/cluster/nodes")
+    assert "worker-2" not in listed and len(listed.splitlines()) == 3
+
+    directory = cluster.cluster.switch.directory
+    keeper.down(cluster.cluster_id, ALICE)
+    await settled(factory, cluster)
+    assert cluster.state.value == "STOPPED"
+    assert all(t.state is InstanceState.TERMINATED for t in nodes.values())
+    assert not directory.exists()
