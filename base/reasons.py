@@ -1,8 +1,8 @@
 """Failure reasons: the one set of codes every failure that reaches a user carries.
 
-The codes are architecture.md's (plus ``NOT_FOUND`` for REST's 404s).  ``Reason`` is a
-``StrEnum``: a member compares equal to its code, serialises as it in JSON, and a stored
-code reads back with ``Reason(code)``.
+The codes are architecture.md's (plus ``NOT_FOUND`` for REST's 404s and the two codes of
+CONTAINER jobs).  ``Reason`` is a ``StrEnum``: a member compares equal to its code,
+serialises as it in JSON, and a stored code reads back with ``Reason(code)``.
 """
 
 from __future__ import annotations
@@ -55,3 +55,8 @@ class Reason(StrEnum):
     RUNTIME_EXCEEDED = "RUNTIME_EXCEEDED"
     #: the server restarted and could not take the work back
     SERVER_RESTARTED = "SERVER_RESTARTED"
+    #: a CONTAINER job's IMAGE_URL names no container image (nor VM image) the caller may use
+    CONTAINER_UNKNOWN = "CONTAINER_UNKNOWN"
+    #: the container could not be run: its archive damaged, for another architecture, or
+    #: the runtime in the guest failed before the job's command started
+    CONTAINER_FAILED = "CONTAINER_FAILED"

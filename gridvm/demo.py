@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 from twisted.internet import defer, task
@@ -65,6 +66,7 @@ async def _demo(reactor, kind: str, uri: str) -> None:
     from twisted.internet import threads
 
     from client.api import Site
+    from gridvm.catalogue import ProgressReport
     from image_builder import BuildError, build_image
     from tsf.config import config_from_dict
     from tsf.service import start_site
@@ -77,7 +79,8 @@ async def _demo(reactor, kind: str, uri: str) -> None:
     started = time.monotonic()
     say(f"[demo] building the {kind} guest image (cached after the first build) ...")
     try:
-        built = build_image(kind, output_root=home / "images")
+        built = build_image(kind, output_root=home / "images",
+                            progress=ProgressReport(sys.stdout, "[demo]  "))
     except BuildError as err:
         raise CliError(str(err), EXIT_UNAVAILABLE, reason=err.reason) from None
     say(f"[demo] image {built.directory.name}: "

@@ -16,12 +16,15 @@ import os
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from image_builder import customize
 from image_builder.errors import BuildError
-from image_builder.metadata import sha512_file, upstream_version
+from image_builder.metadata import apply_recipe, content_refs, upstream_version
+from image_builder.progress import Progress, Step, silent
+from image_builder.recipe import Recipe
 from image_repo import schema
 
 CLOUD_BUILDER_VERSION = "2"
@@ -71,6 +74,8 @@ class CloudImage:
     kernel_version: str = ""
     python_version: str = ""
     cloud_init_version: str = ""
+    #: Debian versions of the recipe's packages as installed
+    package_versions: dict[str, str] = field(default_factory=dict)
 
 
 def _run(cmd: list[str], timeout: float = 1800, **kwargs) -> str:
@@ -86,28 +91,38 @@ def _run(cmd: list[str], timeout: float = 1800, **kwargs) -> str:
     return result.stdout
 
 
-def cloud_key(packages: tuple[str, ...] = CLOUD_PACKAGES) -> str:
-    """The cache key: the recipe (packages, suite, layout) and the builder's version (bump
-    ``CLOUD_BUILDER_VERSION`` when the way the disk is made changes)."""
-    return hashlib.sha256(json.dumps({
+def cloud_key(packages: tuple[str, ...] = CLOUD_PACKAGES, recipe: Recipe | None = None) -> str:
+    """The cache key: what goes onto the disk (packages, suite, layout, a recipe's users
+    and files) and the builder's version (bump ``CLOUD_BUILDER_VERSION`` when the way the
+    disk is made changes).  Metadata is not part of it: it is written anew on every build."""
+    inputs: dict[str, Any] = {
         "version": CLOUD_BUILDER_VERSION, "suite": SUITE, "mirrors": MIRRORS,
         "packages": sorted(packages), "boot_mib": BOOT_MIB, "root_mib": ROOT_MIB,
         "cmdline": KERNEL_CMDLINE, "settings": IMAGE_SETTINGS,
-    }, sort_keys=True).encode()).hexdigest()
+    }
+    if recipe is not None and (recipe.files or recipe.users):
+        content = recipe.content_inputs()
+        inputs["customized"] = {k: content.get(k) for k in ("files", "users", "sources")}
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
 def build_cloud_image(output_root: Path | None = None, *, force: bool = False,
-                      packages: tuple[str, ...] = CLOUD_PACKAGES) -> CloudImage:
-    """Build the cloud disk below ``output_root`` (default ``$GRIDVM_HOME/images``)."""
+                      recipe: Recipe | None = None, progress: Progress = silent) -> CloudImage:
+    """Build the cloud disk below ``output_root`` (default ``$GRIDVM_HOME/images``), with
+    the packages, users and files of ``recipe`` (a cloud-kind recipe) if given."""
     if output_root is None:
         from base.paths import gridvm_home
 
         output_root = gridvm_home() / "images"
-    key = cloud_key(packages)
-    directory = Path(output_root) / f"debian12-cloud-{key[:12]}"
+    progress(Step("resolving", what="packages"))
+    extra = tuple(p for p in (recipe.packages if recipe else ()) if p not in CLOUD_PACKAGES)
+    packages = CLOUD_PACKAGES + extra
+    key = cloud_key(packages, recipe)
+    name = recipe.name if recipe else "debian12-cloud"
+    directory = Path(output_root) / f"{name}-{key[:12]}"
     if (directory / "build.json").exists() and not force:
         image = _read(directory, key, cached=True)
-        write_metadata(image)  # derived from the build: this code's metadata, not the cached
+        write_metadata(image, recipe)  # derived from the build: this code's metadata
         return image
     started = time.monotonic()
     work = Path(output_root) / f".cloud-{key[:12]}-{os.getpid()}"
@@ -116,13 +131,21 @@ def build_cloud_image(output_root: Path | None = None, *, force: bool = False,
     out.mkdir(parents=True)
     try:
         root = work / "root"
+        progress(Step("bootstrapping", what=f"{len(packages)} packages and their "
+                      "dependencies (mmdebstrap)"))
         bootstrap(root, packages)
+        progress(Step("assembling", what="users and files"))
+        if recipe is not None:
+            customize.cloud_root(root, recipe)
         kernel_version, python_version, cloud_init_version = _versions(root)
+        progress(Step("packing", what="disk.qcow2"))
         disk_image(root, out / "disk.qcow2", kernel_version)
         (out / "build.json").write_text(json.dumps(
             {"key": key, "kernel": kernel_version, "python": python_version,
-             "cloud_init": cloud_init_version, "packages": list(packages)}, indent=2) + "\n")
-        write_metadata(_read(out, key, cached=False))
+             "cloud_init": cloud_init_version, "packages": list(packages),
+             "versions": _package_versions(root, extra)}, indent=2) + "\n")
+        progress(Step("metadata", what="(sha512, sizes)"))
+        write_metadata(_read(out, key, cached=False), recipe)
         if force and directory.exists():
             shutil.rmtree(directory)
         try:
@@ -139,7 +162,16 @@ def _read(directory: Path, key: str, *, cached: bool) -> CloudImage:
     info = json.loads((directory / "build.json").read_text())
     return CloudImage(directory, directory / "disk.qcow2", key, cached=cached,
                       kernel_version=info["kernel"], python_version=info["python"],
-                      cloud_init_version=info["cloud_init"])
+                      cloud_init_version=info["cloud_init"],
+                      package_versions=info.get("versions", {}))
+
+
+def _package_versions(root: Path, names: tuple[str, ...]) -> dict[str, str]:
+    if not names:
+        return {}
+    out = _run(["dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W", "-f=${Package} "
+                "${Version}\n", *names])
+    return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
 
 
 def bootstrap(root: Path, packages: tuple[str, ...]) -> None:
@@ -208,10 +240,11 @@ def disk_image(root: Path, output: Path, kernel_version: str) -> None:
         raw.unlink(missing_ok=True)
 
 
-def cloud_metadata(image: CloudImage, *, name: str = "debian12-cloud") -> dict[str, Any]:
+def cloud_metadata(image: CloudImage, *, name: str = "debian12-cloud",
+                   content: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Metadata to register the cloud image with: it boots with its own bootloader and takes
-    cloud-init contextualization; checked against the repository's schema."""
-    disk = image.disk
+    cloud-init contextualization; checked against the repository's schema.  ``content``
+    stands in for the disk's (a recipe is checked before its build)."""
     doc = {
         "schema_version": 1,
         "general": {
@@ -226,8 +259,7 @@ def cloud_metadata(image: CloudImage, *, name: str = "debian12-cloud") -> dict[s
             "runtime_technology": "vm", "runtime_implementation": "qemu",
             "management_layer": "libvirt", "image_type": "implicit",
             "content_type": "qcow2",
-            "content": [{"role": "disk", "file": disk.name, "sha512": sha512_file(disk),
-                         "size": disk.stat().st_size}],
+            "content": content or content_refs({"disk": image.disk}),
             "architecture": "x86_64", "hypervisor_type": "qemu",
             "virtual_hardware": {"vcpus": 1, "memory_mib": GUEST_MEMORY_MIB,
                                  "disk_gib": (BOOT_MIB + ROOT_MIB) / 1024},
@@ -256,8 +288,14 @@ def cloud_metadata(image: CloudImage, *, name: str = "debian12-cloud") -> dict[s
     return doc
 
 
-def write_metadata(image: CloudImage, **kwargs) -> Path:
+def write_metadata(image: CloudImage, recipe: Recipe | None = None) -> Path:
     """``metadata.json`` next to the disk, ready for ``gridvm catalogue register``."""
+    doc = cloud_metadata(image)
+    if recipe is not None:
+        from image_builder.debian import Package
+
+        doc = apply_recipe(doc, recipe, [Package(name, version) for name, version in
+                                         image.package_versions.items()])
     path = image.directory / "metadata.json"
-    path.write_text(json.dumps(cloud_metadata(image, **kwargs), indent=2) + "\n")
+    path.write_text(json.dumps(doc, indent=2) + "\n")
     return path

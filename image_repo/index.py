@@ -65,6 +65,8 @@ class ImageProfile:
     source_url: str | None
     created: float
     endorsements: tuple[EndorsementSummary, ...] = ()
+    content_type: str | None = None
+    container_runtimes: frozenset[str] = frozenset()  #: OCI runtimes it offers (crun, runc)
 
     @property
     def ref(self) -> str:
@@ -83,7 +85,7 @@ class CatalogueIndex:
         self.postings: dict[str, defaultdict[object, set[str]]] = {
             key: defaultdict(set) for key in ("architecture", "os_distro", "app", "vo",
                                               "community", "name", "source_url",
-                                              "endorsed")}
+                                              "endorsed", "runtime")}
         self.change_number = 0
         self._certificates: dict = {}  # endorser certificates by fingerprint, parsed once
         self.lock = threading.RLock()
@@ -119,7 +121,8 @@ class CatalogueIndex:
                        ImageRow.owner, ImageRow.group_name, ImageRow.mode,
                        ImageRow.architecture, ImageRow.os_distro, ImageRow.os_version,
                        ImageRow.limit_cpus, ImageRow.limit_memory_mib, ImageRow.limit_disk_gib,
-                       ImageRow.limit_runtime_s, ImageRow.source_url, ImageRow.created]
+                       ImageRow.limit_runtime_s, ImageRow.source_url, ImageRow.created,
+                       ImageRow.content_type]
             for row in session.execute(select(*columns).where(changed)):
                 self._put(profiles, ImageProfile(
                     id=row.id, name=row.name, version=row.version, status=row.status,
@@ -133,7 +136,8 @@ class CatalogueIndex:
                     limit_memory_mib=row.limit_memory_mib, limit_disk_gib=row.limit_disk_gib,
                     limit_runtime_s=row.limit_runtime_s, source_url=row.source_url,
                     created=_timestamp(row.created),
-                    endorsements=endorsements.get(row.id, ())))
+                    endorsements=endorsements.get(row.id, ()), content_type=row.content_type,
+                    container_runtimes=frozenset(labels.get((row.id, "runtime"), ()))))
             self.profiles = profiles
             # Writers reserve change numbers under the sequence row's lock and commit them
             # with their rows, so every change up to ``newest`` has been read.  Rows committed
@@ -183,6 +187,7 @@ def _keys(profile: ImageProfile) -> list[tuple[str, object]]:
     keys += [("app", name) for name in profile.apps] or [("app", UNSTATED)]
     keys += [("vo", vo) for vo in profile.vos] or [("vo", UNSTATED)]
     keys += [("community", c) for c in profile.communities] or [("community", UNSTATED)]
+    keys += [("runtime", name) for name in profile.container_runtimes]
     if profile.endorsements:  # only these: unendorsed images cost nothing here
         keys.append(("endorsed", True))
     return keys

@@ -38,7 +38,12 @@ from image_repo import access
 from image_repo.errors import NoMatchingImage
 from image_repo.index import UNSTATED, CatalogueIndex, ImageProfile
 from image_repo.requirements import Requirements
-from image_repo.schema import Application, ImageMetadata
+from image_repo.schema import (
+    CONTAINER_CONTENT_TYPES,
+    CONTAINER_RUNTIMES,
+    Application,
+    ImageMetadata,
+)
 from image_repo.trust import TrustPolicy
 from image_repo.versions import OPERATORS, Constraint, Version
 
@@ -309,7 +314,9 @@ class LabelFilter(ImageFilter):
 
 
 class ContainerFilter(ImageFilter):
-    """A CONTAINER job's IMAGE_URL: the image is that container, or runs containers."""
+    """A CONTAINER job's IMAGE_URL that is no registered container image: the VM image is
+    that container (its name, or the ``source_url`` it was built from), or declares the
+    CONTAINER application.  An image that states neither does not run it on its own OS."""
 
     requirement = "container_image_url"
 
@@ -322,14 +329,43 @@ class ContainerFilter(ImageFilter):
         url = req.container_image_url
         if url in self._names(image) or "container" in image.apps:
             return []
-        if image.source_url is None and not image.apps:
-            return []
         offered = image.source_url or "no CONTAINER application"
         return [Reason("CONTAINER_IMAGE", "origin.source_url", url, offered,
                        f"image is not {url} and does not provide the CONTAINER application")]
 
+
+class ContainerRuntimeFilter(ImageFilter):
+    """A CONTAINER job whose container image is registered: a VM image with an OCI runtime."""
+
+    requirement = "container_runtime"
+
+    def reasons(self, image, req):
+        if image.container_runtimes:
+            return []
+        return [Reason("CONTAINER_RUNTIME", "semantic.container_runtime", "an OCI runtime",
+                       None, "image offers no container runtime")]
+
+    def narrow(self, index, req):
+        return [index.ids("runtime", name) for name in CONTAINER_RUNTIMES]
+
+
+class BootableFilter(ImageFilter):
+    """Every match is for a VM to boot: a container image runs inside one, never alone."""
+
+    requirement = "bootable"
+
+    def applies(self, req):
+        return True
+
+    def reasons(self, image, req):
+        if image.content_type not in CONTAINER_CONTENT_TYPES:
+            return []
+        return [Reason("CONTAINER_NOT_BOOTABLE", "origin.content_type", "a VM image",
+                       image.content_type, f"a container image ({image.content_type}) runs in "
+                       f"a VM image with a container runtime, it does not boot")]
+
     def stated(self, image, req):
-        return req.container_image_url in self._names(image) or "container" in image.apps
+        return False
 
 
 class TrustFilter(ImageFilter):
@@ -370,6 +406,8 @@ FILTERS: tuple[ImageFilter, ...] = (
     LabelFilter("vo", "vos", "semantic.vos", "VO", "VOs"),
     LabelFilter("community", "communities", "general.communities", "COMMUNITY", "communities"),
     ContainerFilter(),
+    ContainerRuntimeFilter(),
+    BootableFilter(),
 )
 
 

@@ -87,7 +87,8 @@ class ImageApplicationRow(Base):
 
 
 class ImageLabelRow(Base):
-    """VOs (kind 'vo') and communities (kind 'community') of an image."""
+    """VOs (kind 'vo'), communities (kind 'community') and the container runtime (kind
+    'runtime') of an image."""
 
     __tablename__ = "image_labels"
 

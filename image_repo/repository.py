@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from base.db import make_engine, migrate, session_factory, session_scope
 from base.identity import Caller
-from image_repo import access
+from image_repo import access, oci
 from image_repo.errors import (
     BadRequest,
     ChecksumMismatch,
@@ -265,8 +265,11 @@ class ImageRepository:
                 source = item.files.get(ref.file)
                 if source is None or ref.sha512 in staged:
                     continue
-                staged[ref.sha512] = self.store.stage(source, staging, ref.sha512, ref.size,
-                                                      where=f"origin.content[{i}]")
+                staged[ref.sha512] = blob = self.store.stage(
+                    source, staging, ref.sha512, ref.size, where=f"origin.content[{i}]")
+                if item.meta.origin.content_type == "oci" and ref.role == "container":
+                    oci.check_archive(blob.path, item.meta.origin.architecture,
+                                      f"origin.content[{i}]")
         return list(staged.values())
 
     def _insert(self, session: Session, prepared: list[_Prepared], caller: Caller,
@@ -332,6 +335,9 @@ class ImageRepository:
                        for v in meta.semantic.vos]
             labels += [{"image_id": image_id, "kind": "community", "value": c}
                        for c in general.communities]
+            if meta.semantic.container_runtime is not None:
+                labels.append({"image_id": image_id, "kind": "runtime",
+                               "value": meta.semantic.container_runtime.name})
             latest[general.name] = {"id": image_id, "version": version, "owner": owner,
                                     "group_name": group, "mode": mode,
                                     "vos": frozenset(meta.semantic.vos)}

@@ -78,7 +78,11 @@ class Requirements:
     runtime_s: int | None = spec(None, minimum=1, doc="run time the job needs, seconds")
     vo: str | None = spec(None, doc="the VO the job runs for")
     community: str | None = spec(None, doc="the community the job belongs to")
-    container_image_url: str | None = spec(None, doc="IMAGE_URL of a UNICORE CONTAINER job")
+    container_image_url: str | None = spec(None, doc="IMAGE_URL of a UNICORE CONTAINER job "
+                                           "that names no registered container image: the VM "
+                                           "image that is (or was built from) it")
+    container_runtime: bool | None = spec(None, doc="an OCI runtime in the image (a CONTAINER "
+                                          "job whose container image is registered)")
 
     @classmethod
     def from_dict(cls, doc: Any) -> Requirements:

@@ -38,7 +38,12 @@ CONTENT_TYPES = ("qcow2", "raw", "iso", "kernel+initramfs", "oci", "sif")
 ROLES = ("kernel", "initrd", "disk", "iso", "container", "other")
 #: roles an image of each content type must have among its content refs
 REQUIRED_ROLES = {"qcow2": ("disk",), "raw": ("disk",), "iso": ("iso",),
-                  "kernel+initramfs": ("kernel", "initrd"), "oci": (), "sif": ("container",)}
+                  "kernel+initramfs": ("kernel", "initrd"), "oci": ("container",),
+                  "sif": ("container",)}
+#: OCI runtimes a VM image may offer to run CONTAINER jobs (crun's and runc's command line)
+CONTAINER_RUNTIMES = ("crun", "runc")
+#: content types that are container images: they run inside a VM image, never boot on their own
+CONTAINER_CONTENT_TYPES = ("oci", "sif")
 
 
 def _timestamp_problem(text: str) -> str | None:
@@ -302,6 +307,15 @@ class Package:
 
 
 @document
+class ContainerRuntime:
+    """The OCI runtime a VM image offers: CONTAINER jobs run their container image with it."""
+
+    name: Literal["crun", "runc"] = spec(doc="the runtime (crun or runc: the OCI command line)")
+    executable: str = spec(check=_absolute_path_problem, doc="its absolute path in the image")
+    version: str | None = spec(None, doc="its version")
+
+
+@document
 class Semantic:
     """ViCE table III: what the image is for and what it contains."""
 
@@ -318,6 +332,8 @@ class Semantic:
     vos: list[str] = spec(default_factory=list, check=_unique_problem,
                           doc="virtual organisations the image is for; when set, only their "
                           "members (and the owner) see it")
+    container_runtime: ContainerRuntime | None = spec(
+        None, doc="the OCI runtime that runs CONTAINER jobs' container images in this image")
 
 
 # --------------------------------------------------------------------------- IDB -------------
@@ -409,6 +425,10 @@ class ImageMetadata:
     tsi: TsiSetup | None = spec(None, doc="TSI agent set-up")
 
     def check(self, path: str) -> None:
+        if (self.semantic.container_runtime is not None
+                and self.origin.content_type in CONTAINER_CONTENT_TYPES):
+            raise BadRequest("a container image cannot offer a container runtime: a VM image "
+                             "does", join(join(path, "semantic"), "container_runtime"))
         if self.tsi is None or self.tsi.contextualization != "cloud-init":
             return
         where = join(join(path, "tsi"), "contextualization")

@@ -28,6 +28,7 @@ PACKAGES=(
     libvirt-daemon-system libvirt-clients libvirt-dev pkg-config  # libvirt + libvirt-python build
     cpio zstd e2fsprogs                                       # guest image builder
     mmdebstrap fdisk dosfstools mtools syslinux syslinux-common  # cloud images (own bootloader)
+    umoci                                                     # OCI images (container tests)
     socat                                                     # guest -> host TSI callback relay
     iproute2 procps
     chromium chromium-driver                                  # the dashboard's browser tests

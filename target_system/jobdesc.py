@@ -21,6 +21,7 @@ from base.errors import GridvmError
 from base.reasons import Reason
 from image_repo.errors import BadRequest
 from image_repo.requirements import ApplicationRequirement, Requirements
+from target_system.containers import ContainerToRun
 
 
 class JobDescriptionError(GridvmError, ValueError):
@@ -268,6 +269,8 @@ class JobDescription:
     raw: dict[str, Any] = field(default_factory=dict)
     notification: str | None = None  #: URL the site POSTs the job's status to
     notify_states: tuple[str, ...] = NOTIFIED_BY_DEFAULT
+    #: the registered container image a CONTAINER job runs (set by the site at submit)
+    container: ContainerToRun | None = None
 
     @property
     def wanted_application(self) -> ApplicationRequirement | None:
@@ -278,6 +281,20 @@ class JobDescription:
         """Run a CONTAINER job in the catalogue image its IMAGE_URL names (``ref``)."""
         self.requirements = dataclasses.replace(self.requirements, image=ref,
                                                 container_image_url=None)
+
+    def run_container(self, container: ContainerToRun) -> None:
+        """Run a CONTAINER job's registered container image: on a VM image with an OCI
+        runtime for the container's architecture (a different ``CPUArchitecture`` is an
+        error naming it)."""
+        wanted = self.requirements.architecture
+        if container.architecture and wanted and wanted != container.architecture:
+            raise JobDescriptionError(
+                "Resources.CPUArchitecture", f"the container image {container.ref} is for "
+                f"{container.architecture}, not {wanted}")
+        self.container = container
+        self.requirements = dataclasses.replace(
+            self.requirements, container_image_url=None, container_runtime=True,
+            architecture=container.architecture or wanted)
 
 
 def _check_keys(path: str, value: dict, allowed: set[str]) -> None:

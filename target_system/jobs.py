@@ -28,6 +28,15 @@ from twisted.python import failure
 from base.reasons import Reason
 from image_repo.matching import find_application
 from image_repo.schema import ImageMetadata
+from target_system.containers import (
+    FAILURE_FILE,
+    SETUP_FAILED,
+    StagedContainer,
+    guest_paths,
+    launcher_argv,
+    runtime_executable,
+    stage_container,
+)
 from target_system.instance import InstanceFailed, TargetSystem
 from target_system.jobdesc import JobDescription, JobDescriptionError
 from target_system.lifecycle import JobState, Lifecycle, Transition, job_lifecycle
@@ -210,12 +219,30 @@ def shell_word(value: str) -> str:
     return f"$'{escaped}'"
 
 
+def container_command(job: JobDescription, workdir: str, staged: StagedContainer) -> list[str]:
+    """A CONTAINER job's command in its container: COMMAND by the container's shell, the
+    job's Arguments as its positional parameters."""
+    assert job.container is not None
+    command, arguments, _env = resolve_application(job, None)
+    names = sorted({"UC_WORKING_DIRECTORY", "UC_OUTPUT_DIRECTORY", *job.parameters,
+                    *job.environment})
+    return launcher_argv(staged, job.container, workdir=workdir,
+                         command=["/bin/sh", "-c", f'{command} "$@"', "sh", *arguments],
+                         env_names=names, cpus=job.cpus,
+                         memory_mib=job.memory and -(-job.memory // (1 << 20)))
+
+
 def job_script(job: JobDescription, workdir: str, metadata: ImageMetadata | None,
+               staged: StagedContainer | None = None,
                site_environment: dict[str, str] | None = None) -> str:
-    """The user script UNICORE/X would send: environment, cd, the command, exit code
-    (``site_environment``: what the site sets, e.g. a cluster's node list; the job's own
-    variables win)."""
-    executable, arguments, app_env = resolve_application(job, metadata)
+    """The user script UNICORE/X would send: environment, cd, the command, exit code (a
+    registered container's command through the launcher, ``staged``; ``site_environment``:
+    what the site sets, e.g. a cluster's node list — the job's own variables win)."""
+    if staged is not None:
+        executable, *arguments = container_command(job, workdir, staged)
+        app_env: dict[str, str] = {}
+    else:
+        executable, arguments, app_env = resolve_application(job, metadata)
     q = shell_word
     lines = [
         f"UC_WORKING_DIRECTORY={q(workdir)}; export UC_WORKING_DIRECTORY",
@@ -228,7 +255,7 @@ def job_script(job: JobDescription, workdir: str, metadata: ImageMetadata | None
         lines.append(f"{name}={q(value)}; export {name}")
     if job.precommand:
         lines.append(job.precommand)
-    command = " ".join([executable, *(q(a) for a in arguments)])
+    command = " ".join([q(executable) if staged else executable, *(q(a) for a in arguments)])
     if job.stdin:
         command += f" < {q(job.stdin)}"
     lines.append(command)
@@ -363,6 +390,8 @@ class JobRunner:
 
         try:
             await self._retrying(job, target, "staging in", stage)
+            if job.description.container is not None:
+                await self._stage_container(job, target)
         except TSIError as err:
             if isinstance(err, TSIConnectionLost):
                 raise
@@ -371,11 +400,34 @@ class JobRunner:
         staged = sum(item.data is not None for item in job.description.imports) + len(files)
         job.note(f"staged {staged} file(s) into {job.workdir}")
 
+    @staticmethod
+    def _staged_container(job: Job, target: TargetSystem) -> StagedContainer | None:
+        """Where a registered container's archive and launcher are in ``target``."""
+        container = job.description.container
+        if container is None:
+            return None
+        runtime = runtime_executable(target.image.metadata)
+        if runtime is None:
+            raise InstanceFailed(Reason.CONTAINER_FAILED, f"image {target.image.name} offers "
+                                 f"no container runtime for {container.ref}")
+        return guest_paths(container, target.settings.workdir_root, runtime)
+
+    async def _stage_container(self, job: Job, target: TargetSystem) -> None:
+        container = job.description.container
+        staged = self._staged_container(job, target)
+        assert container is not None and staged is not None and target.tsi is not None
+        tsi = target.tsi
+        sent = await self._retrying(job, target, "staging the container",
+                                    lambda: stage_container(tsi, staged, container))
+        job.note(f"container {container.ref} ({container.size} bytes) "
+                 + ("staged into the instance" if sent else "already in the instance"))
+
     async def _submit(self, job: Job, target: TargetSystem) -> None:
         tsi = target.tsi
         assert tsi is not None and job.workdir
         desc = job.description
-        script = job_script(desc, job.workdir, target.image.metadata, target.job_environment)
+        script = job_script(desc, job.workdir, target.image.metadata,
+                            self._staged_container(job, target), target.job_environment)
         if job.state is J.STAGINGIN:
             job.lifecycle.advance(J.QUEUED)
         try:
@@ -528,7 +580,11 @@ class JobRunner:
         return details if isinstance(details, dict) else None
 
     def _finish(self, job: Job) -> None:
-        if job.ended_by == Reason.RUNTIME_EXCEEDED:
+        failure = job.storage / FAILURE_FILE
+        if (job.description.container is not None and job.exit_code == SETUP_FAILED
+                and failure.is_file()):
+            job.fail(Reason.CONTAINER_FAILED, failure.read_text(errors="replace")[:500].strip())
+        elif job.ended_by == Reason.RUNTIME_EXCEEDED:
             job.fail(Reason.RUNTIME_EXCEEDED, f"the job ran longer than its Runtime of "
                                          f"{job.description.runtime} s and was stopped")
         elif job.exit_code is None:

@@ -19,6 +19,7 @@ from base.identity import Caller
 from base.reasons import Reason
 from image_repo.errors import RepositoryError
 from target_system.instance import ImageToBoot, TargetSystem
+from target_system.jobdesc import JobDescriptionError
 from target_system.jobs import Job
 from target_system.lifecycle import InstanceState
 from tsf.pools import pool_name
@@ -70,6 +71,12 @@ async def recover(factory: TargetSystemFactory, adopted) -> dict[str, int]:
             continue
         registry.persist_job(job, caller)
         counts["jobs"] += 1
+        try:  # what IMAGE_URL named is the site's choice at submit, not in the description
+            await registry.resolve_container_image(job.description, caller)
+        except JobDescriptionError as err:
+            job.fail(Reason.CONTAINER_UNKNOWN, f"after a server restart: {err}")
+            job.settle()
+            continue
         target = registry.instances.get(job.instance_id or "")
         if job.state.name == "READY":  # never reached its instance: start it afresh
             target = None

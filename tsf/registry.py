@@ -34,6 +34,7 @@ from target_system.instance import (
 from target_system.jobdesc import JobDescription
 from target_system.jobs import Job
 from target_system.store import StateStore
+from tsf.containers import find_container
 from tsf.placement import Quotas
 
 log = logging.getLogger(__name__)
@@ -147,8 +148,17 @@ class InstanceRegistry:
             job.rejections = [r.to_dict() for r in rejected]
             reasons = "; ".join(f"{r.ref}: " + ", ".join(x.message for x in r.reasons)
                                 for r in rejected[:10])
-            job.fail(Reason.NO_MATCHING_IMAGE, "no image fits the job's requirements"
-                     + (f" ({reasons})" if reasons else " (no image is visible to you)"))
+            detail = f" ({reasons})" if reasons else " (no image is visible to you)"
+            if requirements.container_image_url:  # named no container image, no VM image
+                job.fail(Reason.CONTAINER_UNKNOWN, f"IMAGE_URL {requirements.container_image_url}"
+                         " names no container image you may use, and no VM image is or was "
+                         "built from it" + detail)
+            elif requirements.container_runtime:
+                job.fail(Reason.NO_MATCHING_IMAGE, f"no VM image with a container runtime "
+                         f"runs {job.description.container.ref}" + detail)
+            else:
+                job.fail(Reason.NO_MATCHING_IMAGE, "no image fits the job's requirements"
+                         + detail)
             return None
         best = result.best
 
@@ -175,10 +185,17 @@ class InstanceRegistry:
         return ImageToBoot(record.id, record.name, record.metadata, paths)
 
     async def resolve_container_image(self, desc: JobDescription, caller: Caller) -> None:
-        """A CONTAINER job whose IMAGE_URL names a visible image runs in that image (matching
-        by name); any other IMAGE_URL is matched against the images' ``origin.source_url``."""
+        """A CONTAINER job whose IMAGE_URL names a registered container image runs it with
+        a VM image's container runtime (``tsf.containers``); one that names a visible VM
+        image runs in that image; any other IMAGE_URL is matched against the VM images'
+        ``origin.source_url``."""
         url = desc.requirements.container_image_url
         if desc.application != "CONTAINER" or not url:
+            return
+        container = await threads.deferToThread(find_container, self.repository, url,
+                                                caller, self.trust)
+        if container is not None:
+            desc.run_container(container)
             return
 
         def lookup():

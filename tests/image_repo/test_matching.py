@@ -86,8 +86,8 @@ def test_typical_requirement_ranks_stated_fits_first(repo, catalogue):
     result = repo.match(TYPICAL, ALICE)
     names = refs(result.candidates)
     assert set(names[:2]) == {"deb12", "atlas-only"}
-    # these fit only because they state nothing about OS, architecture or applications
-    assert set(names[2:]) == {"silent", "debian-container"}
+    # this fits only because it states nothing about OS, architecture or applications
+    assert set(names[2:]) == {"silent"}
     assert result.best.name in ("deb12", "atlas-only")
     assert result.candidates[0].stated == ("architecture", "os", "applications")
     assert result.candidates[-1].stated == ()
@@ -190,12 +190,32 @@ def test_deleted_images_are_only_mentioned_when_named(repo, catalogue):
 
 
 def test_container_image_url(repo, catalogue):
+    """An IMAGE_URL that is no registered container image: only a VM image built from it or
+    declaring CONTAINER runs it, not one that merely states nothing (that ran any container
+    on its own OS); a container image never boots as a VM."""
     result = repo.match({"container_image_url": "docker://debian:12"}, ALICE)
-    names = refs(result.candidates)
-    assert set(names[:2]) == {"debian-container", "runner"}
-    assert set(names[2:]) == {"silent"}
+    assert refs(result.candidates) == ["runner"]
     assert reasons_of(result, "deb12")["CONTAINER_IMAGE"].message == (
         "image is not docker://debian:12 and does not provide the CONTAINER application")
+    assert "CONTAINER_IMAGE" in reasons_of(result, "silent")
+    assert reasons_of(result, "debian-container")["CONTAINER_NOT_BOOTABLE"].message == (
+        "a container image (oci) runs in a VM image with a container runtime, it does not boot")
+
+
+def test_a_registered_container_needs_a_vm_image_with_a_runtime(repo, catalogue, tmp_path):
+    repo.register(image("crun-host", **{"semantic.container_runtime": {
+        "name": "crun", "executable": "/usr/bin/crun", "version": "1.8.1"}}),
+        [tmp_path / "files" / "vmlinuz", tmp_path / "files" / "initrd.img"], ALICE)
+    result = repo.match({"container_runtime": True, "architecture": "x86_64"}, ALICE)
+    assert refs(result.candidates) == ["crun-host"]
+    assert reasons_of(result, "deb12")["CONTAINER_RUNTIME"].message == (
+        "image offers no container runtime")
+    assert set(reasons_of(result, "debian-container")) == {
+        "CONTAINER_RUNTIME", "CONTAINER_NOT_BOOTABLE"}
+    arm = repo.match({"container_runtime": True, "architecture": "aarch64"}, ALICE)
+    assert arm.best is None
+    assert reasons_of(arm, "crun-host")["ARCHITECTURE"].message == (
+        "architecture is x86_64, required aarch64")
 
 
 def test_deprecated_images_rank_after_active_ones(repo, catalogue):

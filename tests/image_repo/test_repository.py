@@ -19,6 +19,7 @@ from image_repo.errors import (
     NotAuthorized,
 )
 from image_repo.repository import ImageRepository
+from tests.support.oci import oci_archive, tar_bytes
 
 from .conftest import ADMIN, ALICE, BOB, CAROL
 from .examples import builder_document, sha512, variant, write_files
@@ -75,6 +76,35 @@ def test_wrong_checksum_registers_nothing(repo, built):
     assert repo.list(ADMIN, include_deleted=True) == []
     assert stored_digests(repo) == set()
     assert list(repo.store.tmp.iterdir()) == []
+
+
+def container(path: Path, architecture: str | None = "x86_64") -> dict:
+    origin = {"runtime_technology": "container", "content_type": "oci",
+              "source_url": "docker://localhost/c:1",
+              "content": [{"role": "container", "file": path.name,
+                           "sha512": sha512(path.read_bytes()), "size": path.stat().st_size}]}
+    if architecture:
+        origin["architecture"] = architecture
+    return {"general": {"name": "c"}, "origin": origin}
+
+
+def test_an_oci_archive_is_checked_at_registration(repo, tmp_path):
+    """It must be an OCI image layout for the metadata's architecture; a refused one leaves
+    nothing behind."""
+    image = tmp_path / "image.oci.tar"
+    oci_archive(image, [[("etc", None)]], architecture="arm64")
+    with pytest.raises(BadRequest) as info:
+        repo.register(container(image), [image], ALICE)
+    assert info.value.path == "origin.architecture"
+    assert str(info.value).endswith("the archive's image is for arm64, not amd64 (x86_64)")
+    plain = tmp_path / "plain.tar"
+    plain.write_bytes(tar_bytes([("hello", b"hi")]))
+    with pytest.raises(BadRequest, match=r"not an OCI archive: it has no index\.json") as info:
+        repo.register(container(plain), [plain], ALICE)
+    assert info.value.path == "origin.content[0]"
+    assert stored_digests(repo) == set() and list(repo.store.tmp.iterdir()) == []
+    assert repo.register(container(image, "aarch64"), [image], ALICE).name == "c"
+    assert repo.register(container(image, None), [image], ALICE).version == 2
 
 
 def test_wrong_size_is_a_mismatch(repo, built):

@@ -72,7 +72,8 @@ def test_the_builders_own_metadata_validates(tmp_path):
     for kind, roles in (("initramfs", ("kernel", "initrd")), ("qcow2", ("kernel", "initrd",
                                                                         "disk"))):
         doc = metadata.builder_metadata(
-            name=f"gridvm-debian12-{kind}", kind=kind, files={r: files[r] for r in roles},
+            name=f"gridvm-debian12-{kind}", kind=kind,
+            content=metadata.content_refs({r: files[r] for r in roles}),
             cmdline="console=ttyS0", packages=packages, kernel_version="6.1.0-18-cloud-amd64",
             memory_mib=256, min_memory_mib=128, disk_gib=0.5 if kind == "qcow2" else 0)
         meta = validate(doc)

@@ -15,10 +15,7 @@ from target_system.lifecycle import InstanceState
 from tests.image_repo.examples import builder_document, write_files
 from tests.image_repo.pki import DAY, NOW
 from tsf.factory import TargetSystemFactory
-from vmm.hypervisor import Hypervisor
-from vmm.manager import VirtualMachineManager
 
-NODE = "<node><cpu><mhz>2000</mhz></cpu><memory>8388608</memory></node>"
 ALICE = Caller.of("alice", groups=["users"])
 JOB = {"Executable": "true", "Resources": {"OperatingSystem": "debian"}}
 
@@ -48,14 +45,10 @@ class MatchThenLater(ImageRepository):
 
 
 @pytest_twisted.async_yield_fixture
-async def site(tmp_path, database_url, pki):
+async def site(tmp_path, database_url, pki, test_driver_vmm):
     """(repository, make_factory(policy), image) on the test driver; alice's image
     gridvm-debian12-initramfs:1 is registered, unendorsed."""
-    node = tmp_path / "node.xml"
-    node.write_text(NODE)
-    vmm = VirtualMachineManager(Hypervisor(f"test://{node}", reactor), tmp_path / "vmm",
-                                reactor=reactor, prefix="gridvm-trust-")
-    await vmm.start()
+    vmm = test_driver_vmm
     repository = MatchThenLater(database_url, tmp_path / "store")
     files = write_files(tmp_path / "build", {"vmlinuz": b"kernel-bytes",
                                              "initrd.img": b"initrd-bytes"})
@@ -72,7 +65,6 @@ async def site(tmp_path, database_url, pki):
         yield repository, make_factory, image
     finally:
         repository.close()
-        await vmm.hypervisor.close()
 
 
 async def run(factory: TargetSystemFactory):

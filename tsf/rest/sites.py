@@ -13,6 +13,7 @@ import time
 
 from twisted.internet import threads
 
+from tsf.containers import is_container
 from tsf.rest.app import Call, RestApp, Sizing
 from tsf.rest.http import (
     Response,
@@ -27,20 +28,31 @@ from tsf.rest.http import (
 FACTORY_ID = "default_target_system_factory"
 PARTITION = "batch"
 CONTAINER_APP = {"name": "CONTAINER", "version": "1.0",
-                 "description": "run COMMAND in the image named by IMAGE_URL (an image name "
-                                "or the container URL an image was built from)",
-                 "options": {"IMAGE_URL": ("STRING", "image name or container URL"),
+                 "description": "run COMMAND in the container image named by IMAGE_URL "
+                                "(its docker:// reference or name), with the container "
+                                "runtime of a VM image; or in the VM image IMAGE_URL names "
+                                "or was built from",
+                 "options": {"IMAGE_URL": ("STRING", "container reference or image name"),
                              "COMMAND": ("STRING", "the command line to run"),
-                             "OPTIONS": ("STRING", "ignored (no container runtime)")}}
+                             "OPTIONS": ("STRING", "ignored (the site sets the runtime's)")}}
 
 
 def visible_images(call: Call) -> list:
-    """Blocking (call in a thread): the images the caller could run a job in here."""
+    """Blocking (call in a thread): the images the caller could run a job in here (VM
+    images and container images)."""
     return call.app.factory.visible_images(call.caller)
 
 
+def _split(records) -> tuple[list, list]:
+    """(VM images, container images) of ``records``."""
+    containers = [r for r in records if is_container(r)]
+    return [r for r in records if not is_container(r)], containers
+
+
 def applications_of(records) -> dict[str, dict]:
-    """``Name---vVersion`` → application (IDB entries of the images, plus CONTAINER)."""
+    """``Name---vVersion`` → application (IDB entries of the VM images, plus CONTAINER with
+    the VM images and the container images, by reference and name:version, it may name)."""
+    records, containers = _split(records)
     apps: dict[str, dict] = {}
     for record in records:
         idb = record.metadata.to_dict().get("idb") or {}
@@ -48,7 +60,9 @@ def applications_of(records) -> dict[str, dict]:
             key = f"{app['name']}---v{app.get('version') or '0'}"
             entry = apps.setdefault(key, {**app, "images": []})
             entry["images"].append(record.ref)
-    apps["CONTAINER---v1.0"] = {**CONTAINER_APP, "images": [r.ref for r in records]}
+    apps["CONTAINER---v1.0"] = {**CONTAINER_APP, "images": [r.ref for r in records],
+                                "containers": [r.metadata.origin.source_url or r.ref
+                                               for r in containers]}
     return dict(sorted(apps.items()))
 
 
@@ -76,12 +90,13 @@ def _links_common(call: Call, base: str) -> dict:
 
 async def _properties(call: Call) -> dict:
     records = await threads.deferToThread(visible_images, call)
+    vms, containers = _split(records)
     return {
         "siteName": call.app.site_name, "supportsReservation": "false",
-        "resources": resources_of(records, call.app.sizing),
+        "resources": resources_of(vms, call.app.sizing),
         "applications": list(applications_of(records)),
         "otherInfo": {"TargetSystemType": "gridvm virtual machines",
-                      "Images": str(len(records))},
+                      "Images": str(len(vms)), "ContainerImages": str(len(containers))},
         "remainingComputeTime": {}, "owner": call.caller.user, "acl": [], "tags": [],
         "currentTime": iso(time.time()), "resourceStatus": "READY",
     }
@@ -150,6 +165,7 @@ async def get_application(call: Call, app: str, factory_id: str = FACTORY_ID,
         "ApplicationName": entry["name"], "ApplicationVersion": str(entry.get("version", "")),
         "ApplicationDescription": entry.get("description", ""), "Options": options,
         "images": entry["images"],
+        **({"containers": entry["containers"]} if "containers" in entry else {}),
         "_links": {"self": link(f"{base}/applications/{app}")},
     })
 

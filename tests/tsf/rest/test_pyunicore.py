@@ -113,7 +113,7 @@ async def test_http_application_and_container_jobs_reuse_the_instance(rest_site)
         hidden = client.new_job({"ApplicationName": "CONTAINER",
                                  "Parameters": {"IMAGE_URL": HIDDEN, "COMMAND": "true"}})
         assert wait(hidden) == "FAILED"
-        assert "NO_MATCHING_IMAGE" in fresh(hidden)["statusMessage"]
+        assert "CONTAINER_UNKNOWN" in fresh(hidden)["statusMessage"]
         return python, container
 
     python, container = await in_thread(scenario)
