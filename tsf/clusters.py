@@ -9,7 +9,10 @@ for quotas and the dashboard, but placement never gives them another job.
 
 A multi-node job (``Resources.Nodes`` > 1, :meth:`ClusterKeeper.for_job`) is a cluster of
 ``node0`` (the head, which runs the job with the node list in its environment) and
-``node1`` … ``nodeN-1``; the cluster ends with the job.
+``node1`` … ``nodeN-1``; the cluster ends with the job.  A :class:`DefinedCluster` runs a
+definition (``target_system.clusterdef``): its services start in waves once those they
+depend on are READY, scalable ones scale, a failed node fails or degrades it, and it ends
+in reverse start order.  Clusters end when the site stops (their switches live in it).
 """
 
 from __future__ import annotations
@@ -235,6 +238,15 @@ class ClusterKeeper:
         return waiter
 
     # -- every cluster ---------------------------------------------------------------------
+    async def end_all(self, why: str) -> None:
+        """End every cluster and its network (the site stops: a switch lives in the site's
+        process, so its cluster cannot outlive it)."""
+        for defined in list(self.defined.values()):
+            await defined.down(why)
+        for cluster in list(self.clusters.values()):
+            await cluster.end(why)
+            self.forget(cluster)
+
     def create(self, caller: Caller, cluster_id: str | None = None) -> VirtualCluster:
         cluster_id = cluster_id or uuid.uuid4().hex[:12]
         try:

@@ -405,9 +405,12 @@ class TargetSystemFactory(service.MultiService):
         stopped = super().stopService()
 
         def end(_result):
-            if self.keep_on_stop:
-                return self.detach()
-            return defer.DeferredList([t.terminate("site shutdown")
-                                       for t in self.registry.live()])
+            if self.keep_on_stop:  # clusters end: their switches live in this process
+                ending = defer.Deferred.fromCoroutine(self.clusters.end_all("site shutdown"))
+                return ending.addCallback(lambda _r: self.detach())
+            ending = defer.DeferredList([t.terminate("site shutdown")
+                                         for t in self.registry.live()])
+            return ending.addCallback(lambda _r: defer.Deferred.fromCoroutine(
+                self.clusters.end_all("site shutdown")))
 
         return stopped.addCallback(end)
