@@ -99,3 +99,15 @@ def test_a_directory_too_deep_for_unix_sockets_is_refused(tmp_path):
     networks = ClusterNetworks(tmp_path / ("d" * 120))
     with pytest.raises(SwitchError, match="too deep"):
         networks.create("c1")
+
+
+def test_a_cluster_nic_round_trips_through_the_domain_xml():
+    from vmm.domain import ClusterNicConfig, DomainConfig, UserNetConfig
+
+    nic = ClusterNicConfig("/s/node-0.sock", "/s/switch.sock", "02:67:76:01:00:02")
+    config = DomainConfig(name="d", network=UserNetConfig(host_port=5000),
+                          extra_qemu_args=nic.qemu_args())
+    again = DomainConfig.from_xml(config.to_xml())
+    assert again.extra_qemu_args == nic.qemu_args() and again.network == config.network
+    assert "local.path=/s/node-0.sock" in nic.qemu_args()[1]
+    assert "mac=02:67:76:01:00:02" in nic.qemu_args()[3]
