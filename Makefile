@@ -34,6 +34,7 @@ bench: setup
 	$(PY) bench/match.py
 	$(PY) bench/e2e.py
 	$(PY) bench/rest.py
+	$(PY) bench/layers.py
 	$(PY) bench/cluster.py
 
 clean:

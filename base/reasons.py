@@ -29,6 +29,8 @@ class Reason(StrEnum):
     NO_MATCHING_IMAGE = "NO_MATCHING_IMAGE"
     #: the image exists but its content cannot be used (deleted, missing, damaged)
     IMAGE_UNAVAILABLE = "IMAGE_UNAVAILABLE"
+    #: the image is the base of layered images and cannot be deleted before them
+    IMAGE_IN_USE = "IMAGE_IN_USE"
     #: a file's sha512 or size differs from its metadata
     IMAGE_CHECKSUM_MISMATCH = "IMAGE_CHECKSUM_MISMATCH"
     #: no endorsement the site trusts vouches for the image

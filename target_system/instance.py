@@ -23,16 +23,22 @@ from twisted.internet import defer, task
 
 from base.errors import GridvmError
 from base.reasons import Reason
+from image_repo.repository import BackingFile
 from image_repo.schema import ImageMetadata
-from target_system.contextualization import image_deadlines, medium_files
+from target_system.contextualization import (
+    UNICORE,
+    image_deadlines,
+    medium_files,
+    tsi_files,
+    tsi_flavour,
+)
 from target_system.drivers import TSIConnector, TSILink, VirtualMachines, connect_tsi
 from target_system.health import HealthCheck, HealthPolicy, Timer
 from target_system.images import boot_spec
 from target_system.lifecycle import InstanceState, Lifecycle, Transition, instance_lifecycle
 from target_system.nodes import NodeIdentity
 from tsi_bridge.ca import CertificateAuthority, IssuedCertificate
-from tsi_bridge.context import instance_context_files
-from tsi_bridge.readiness import probe_agent
+from tsi_bridge.readiness import first_ping_probe, probe_agent
 from tsi_bridge.tls import TLSConfig
 from vmm import ports
 from vmm.domain import ClusterNicConfig
@@ -113,6 +119,8 @@ class ImageToBoot:
     name: str
     metadata: ImageMetadata | None
     paths: Mapping[str, Path]
+    #: the bases below a layered image's disk, lowest first
+    backing: tuple[BackingFile, ...] = ()
 
 
 class TargetSystem:
@@ -253,18 +261,26 @@ class TargetSystem:
         life = self.lifecycle
         life.advance(S.STAGING)
         host_port = ports.free_port()
-        files, issued = instance_context_files(
-            self.credentials.ca, self.credentials.server, self.instance_id,
-            job_user=self.settings.user, job_group=self.settings.group,
-            workdir_root=self.settings.workdir_root, listen_port=self.settings.port)
+        issued = self.credentials.ca.issue_instance(self.instance_id)
+        self.instance_cert_pem = issued.cert_pem
+        callback_port = self._open_tsi(host_port)
+        files = tsi_files(self.image.metadata, self.credentials.ca, self.credentials.server,
+                          issued, callback_port=callback_port, listen_port=self.settings.port,
+                          job_user=self.settings.user, job_group=self.settings.group,
+                          workdir_root=self.settings.workdir_root)
         files = medium_files(self.image.metadata, self.instance_id, files,
                              job_user=self.settings.user, job_group=self.settings.group,
                              workdir_root=self.settings.workdir_root)
-        self.instance_cert_pem = issued.cert_pem
-        callback_port = self._open_tsi(host_port)
         tls = self.credentials.client_tls(issued.cert_pem)
+        if tsi_flavour(self.image.metadata) == UNICORE:  # answers no line: its first PING
+            assert self.tsi is not None
+            probe = first_ping_probe(self.reactor, self.tsi.ping, timeout=10.0)
+        else:
+            def probe(host: str, port: int) -> defer.Deferred:
+                return probe_agent(self.reactor, host, port, tls, timeout=5.0)
         spec = InstanceSpec(
-            boot=boot_spec(self.image.metadata, self.image.paths), image=self.image.image_id,
+            boot=boot_spec(self.image.metadata, self.image.paths, self.image.backing),
+            image=self.image.image_id,
             instance_id=self.instance_id, vcpus=self.vcpus, memory_mib=self.memory_mib,
             guest_port=self.settings.port, callback_port=callback_port, host_port=host_port,
             context_files={**self.extra_context, **files},
@@ -272,7 +288,7 @@ class TargetSystem:
             cluster_nic=self.cluster_nic,
             staging_timeout=self.deadlines.staging,
             boot_timeout=self.deadlines.staging + self.deadlines.booting,
-            probe=lambda host, port: probe_agent(self.reactor, host, port, tls, timeout=5.0),
+            probe=probe,
             on_phase=lambda phase: defer.Deferred.fromCoroutine(self._staged()),
         )
         self._watch_domain()

@@ -114,11 +114,17 @@ class InstanceRegistry:
             try:
                 verdict = await threads.deferToThread(self.repository.assess, image.image_id,
                                                       caller, self.trust)
+                bases = await threads.deferToThread(self.repository.assess_bases,
+                                                    image.image_id, caller, self.trust)
             except RepositoryError as err:
                 raise InstanceFailed(err.reason, str(err)) from None
             if not verdict.trusted:
                 raise InstanceFailed(Reason.IMAGE_UNTRUSTED, f"{image.name} is no longer trusted: "
                                      f"{verdict.message}")
+            for base, base_verdict in bases:
+                if not base_verdict.trusted:
+                    raise InstanceFailed(Reason.IMAGE_UNTRUSTED, f"{image.name} is a layer on "
+                                         f"{base}, which is not trusted: {base_verdict.message}")
             log.info("image %s trusted before boot: %s", image.name, verdict.message)
 
         return admit
@@ -182,7 +188,8 @@ class InstanceRegistry:
     def _load_image(self, image_id: str, caller: Caller) -> ImageToBoot:
         record = self.repository.get(image_id, caller)
         paths = self.repository.content_paths(image_id, caller)
-        return ImageToBoot(record.id, record.name, record.metadata, paths)
+        backing = tuple(self.repository.backing_files(image_id, caller))
+        return ImageToBoot(record.id, record.name, record.metadata, paths, backing)
 
     async def resolve_container_image(self, desc: JobDescription, caller: Caller) -> None:
         """A CONTAINER job whose IMAGE_URL names a registered container image runs it with

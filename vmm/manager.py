@@ -84,6 +84,8 @@ class BootSpec:
     disk: ImageFile | None = None
     disk_format: str = "qcow2"
     arch: str = "x86_64"
+    #: the bases below a layered qcow2 ``disk``, lowest first (each verified and cached once)
+    backing: tuple[ImageFile, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kernel is None and self.disk is None:
@@ -290,7 +292,11 @@ class VirtualMachineManager(service.Service):
         disks: list[DiskConfig] = []
         targets = iter(("vda", "vdb", "vdc"))
         if boot.disk is not None:
-            base = self.cache.ensure(boot.disk.path, boot.disk.sha512)
+            if boot.backing:
+                base = self.cache.ensure_chain([(f.path, f.sha512)
+                                                for f in (*boot.backing, boot.disk)])
+            else:
+                base = self.cache.ensure(boot.disk.path, boot.disk.sha512)
             overlay = create_overlay(base, directory / "overlay.qcow2", boot.disk_format)
             disks.append(DiskConfig(source=str(overlay), target=next(targets),
                                     serial=ROOT_DISK_SERIAL, cache="unsafe"))
