@@ -36,6 +36,7 @@ bench: setup
 	$(PY) bench/e2e.py
 	$(PY) bench/rest.py
 	$(PY) bench/layers.py
+	$(PY) bench/cluster.py
 
 clean:
 	rm -rf var build *.egg-info

@@ -36,10 +36,12 @@ from target_system.drivers import TSIConnector, TSILink, VirtualMachines, connec
 from target_system.health import HealthCheck, HealthPolicy, Timer
 from target_system.images import boot_spec
 from target_system.lifecycle import InstanceState, Lifecycle, Transition, instance_lifecycle
+from target_system.nodes import NodeIdentity
 from tsi_bridge.ca import CertificateAuthority, IssuedCertificate
 from tsi_bridge.readiness import first_ping_probe, probe_agent
 from tsi_bridge.tls import TLSConfig
 from vmm import ports
+from vmm.domain import ClusterNicConfig
 from vmm.errors import VMMError
 from vmm.manager import DomainEvent, Instance, InstanceSpec
 
@@ -137,7 +139,10 @@ class TargetSystem:
                  admit: Callable[[], Awaitable[None]] | None = None,
                  settings: TsiSettings | None = None,
                  tsi_connector: TSIConnector = connect_tsi, host: str = "",
-                 address: str = "127.0.0.1", callback_address: str = "127.0.0.1"):
+                 address: str = "127.0.0.1", callback_address: str = "127.0.0.1",
+                 node: NodeIdentity | None = None,
+                 cluster_nic: ClusterNicConfig | None = None,
+                 job_environment: Mapping[str, str] | None = None):
         self.instance_id, self.owner, self.image = instance_id, owner, image
         #: the hypervisor host it runs on ("": a one-host site's), where that host binds
         #: the TSI forward, and where it reaches the site's callback listener
@@ -155,6 +160,10 @@ class TargetSystem:
         self.admit = admit
         self.settings = settings or TsiSettings.from_metadata(image.metadata)
         self.tsi_connector = tsi_connector
+        #: its place in a virtual cluster and the NIC on the cluster's switch (None: alone)
+        self.node, self.cluster_nic = node, cluster_nic
+        #: variables every job here gets (a cluster's node list)
+        self.job_environment = dict(job_environment or {})
         self.lifecycle: Lifecycle = instance_lifecycle(reactor, self.deadlines.as_states())
         self.lifecycle.listeners.append(self._on_transition)
         self.lifecycle.timeout_detail = self._console_excerpt
@@ -206,6 +215,9 @@ class TargetSystem:
             "phases": {k: round(v, 3) for k, v in self.lifecycle.phase_seconds().items()},
             "domain": self.vm.domain if self.vm else None,
             "host": self.host,
+            **({"cluster": {"id": self.node.cluster, "node": self.node.name,
+                            "role": self.node.role, "address": self.node.address}}
+               if self.node else {}),
         }
 
     def _on_transition(self, transition: Transition) -> None:
@@ -279,6 +291,7 @@ class TargetSystem:
             context_files={**self.extra_context, **files},
             labels={"owner": self.owner, "image_name": self.image.name, **self.labels},
             host=self.host,
+            cluster_nic=self.cluster_nic,
             staging_timeout=self.deadlines.staging,
             boot_timeout=self.deadlines.staging + self.deadlines.booting,
             probe=probe,

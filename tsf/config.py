@@ -37,6 +37,7 @@ Example (every value shown is the default; ``state_dir`` defaults to ``$GRIDVM_H
     max_memory_mib = 8192             # may ask for (more is a 400 at submit and in
     max_runtime_s = 86400             # images/match); an image's default size is cut
     max_disk_gib = 64                 # down to them
+    max_nodes = 4                     # VMs of one multi-node job (Resources.Nodes)
     user_max_jobs = 1000              # per user: jobs kept (finished or not),
     user_max_unfinished_jobs = 100    # jobs not yet finished,
     user_max_description_mib = 16     # JSON of the job descriptions kept,
@@ -248,6 +249,7 @@ class LimitsSection:
     max_memory_mib: int = 8192
     max_runtime_s: int = 86400
     max_disk_gib: int = 64
+    max_nodes: int = 4
     user_max_jobs: int = 1000
     user_max_unfinished_jobs: int = 100
     user_max_description_mib: int = 16
@@ -338,7 +340,8 @@ class SiteConfig:
         limits = self.limits
         return Admission(
             SiteLimits(max(limits.max_cpus, 1), max(limits.max_memory_mib, 1),
-                       max(limits.max_runtime_s, 1), limits.max_disk_gib),
+                       max(limits.max_runtime_s, 1), limits.max_disk_gib,
+                       max(limits.max_nodes, 1)),
             UserLimits(limits.user_max_jobs, limits.user_max_unfinished_jobs,
                        limits.user_max_description_mib << 20,
                        limits.user_max_storage_gib << 30))

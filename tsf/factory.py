@@ -44,6 +44,7 @@ from target_system.store import StateStore
 from target_system.transfers import TransferPolicy
 from tsf import recovery
 from tsf.admission import Admission
+from tsf.clusters import ClusterKeeper, VirtualCluster
 from tsf.errors import InstanceBusy, NotFound
 from tsf.imports import fetch_imports, same_site_imports
 from tsf.lifetimes import DEFAULT_JOB_LIFETIME, EXPIRY_INTERVAL, Lifetimes
@@ -51,6 +52,7 @@ from tsf.placement import Action, HostPolicy, Need, Quotas, choose
 from tsf.pools import PoolKeeper, PoolSpec
 from tsf.registry import InstanceRegistry
 from tsf.sites import SiteRegistry
+from vmm.switch import ClusterNetworks
 
 __all__ = ["InstanceBusy", "NotFound", "Quotas", "TargetSystemFactory"]
 
@@ -84,7 +86,8 @@ class TargetSystemFactory(service.MultiService):
                  trust: TrustPolicy | None = None,
                  tsi_connector: TSIConnector = connect_tsi,
                  admission: Admission | None = None, hosts: Hosts | None = None,
-                 host_policy: HostPolicy | None = None):
+                 host_policy: HostPolicy | None = None,
+                 networks: ClusterNetworks | None = None):
         super().__init__()
         self.repository = repository
         self.vmm = vmm
@@ -100,6 +103,9 @@ class TargetSystemFactory(service.MultiService):
             deadlines=deadlines or Deadlines(), health=health or HealthPolicy(), store=store,
             trust=trust or TrustPolicy(), context_hooks=context_hooks or {},
             tsi_connector=tsi_connector, hosts=hosts, host_policy=host_policy)
+        #: virtual clusters (multi-node jobs), each on a switch of its own
+        self.clusters = ClusterKeeper(self.registry, networks or ClusterNetworks(
+            Path(getattr(vmm, "state_dir", self.storage_root)) / "clusters"), reactor)
         #: the site's size limits and the per-user limits, checked at submit
         self.admission = admission or Admission()
         self.keep_on_stop = False  #: stopService detaches instead of terminating
@@ -273,13 +279,22 @@ class TargetSystemFactory(service.MultiService):
 
     async def _process(self, job: Job) -> Job:
         caller = self._callers[job.job_id]
+        cluster: VirtualCluster | None = None
         try:
             image = await self.registry._match(job, caller)
             if image is None:
                 return job
             fetched = defer.Deferred.fromCoroutine(fetch_imports(
                 job, lambda job_id: self.job(job_id, caller), self.transfers))
-            target = await self._started_target(job, caller, image)  # imports meanwhile
+            if (job.description.nodes or 1) > 1:  # the imports are fetched meanwhile
+                cluster = self.clusters.for_job(
+                    job, caller, image, Need.of(job, caller, image, self.admission.site))
+                target = cluster.nodes["node0"]
+                job.note(f"waiting for instance {target.instance_id} ({target.state.name}) and "
+                         f"the other {len(cluster.nodes) - 1} nodes of its cluster")
+                await cluster.start(cluster.nodes.values())
+            else:
+                target = await self._started_target(job, caller, image)
             await fetched
             if job.state.terminal:  # aborted while the instance booted, or an import failed
                 return job
@@ -294,6 +309,8 @@ class TargetSystemFactory(service.MultiService):
             log.exception("job %s", job.job_id)
             job.fail(Reason.HYPERVISOR_ERROR, f"{type(err).__name__}: {err}")
         finally:
+            if cluster is not None:
+                await self._end_cluster(cluster, job)
             self._running.pop(job.job_id, None)
             job.settle()
         return job
@@ -318,6 +335,11 @@ class TargetSystemFactory(service.MultiService):
                 attempt += 1
                 job.note(f"instance {target.instance_id} was lost with its host before the job "
                          f"started ({err}): placing the job again")
+
+    async def _end_cluster(self, cluster: VirtualCluster, job: Job) -> None:
+        """A multi-node job's nodes end with it (its outputs are kept by then)."""
+        await cluster.end(f"multi-node job {job.job_id} ended")
+        self.clusters.forget(cluster)
 
     def _target_for(self, job: Job, caller: Caller, image: ImageToBoot) -> TargetSystem:
         """Carry out placement's decision for the job: reserve it a slot on the instance
@@ -409,9 +431,12 @@ class TargetSystemFactory(service.MultiService):
         stopped = super().stopService()
 
         def end(_result):
-            if self.keep_on_stop:
-                return self.detach()
-            return defer.DeferredList([t.terminate("site shutdown")
-                                       for t in self.registry.live()])
+            if self.keep_on_stop:  # clusters end: their switches live in this process
+                ending = defer.Deferred.fromCoroutine(self.clusters.end_all("site shutdown"))
+                return ending.addCallback(lambda _r: self.detach())
+            ending = defer.DeferredList([t.terminate("site shutdown")
+                                         for t in self.registry.live()])
+            return ending.addCallback(lambda _r: defer.Deferred.fromCoroutine(
+                self.clusters.end_all("site shutdown")))
 
         return stopped.addCallback(end)

@@ -28,6 +28,7 @@ from typing import Protocol
 from base.identity import Caller
 from base.reasons import Reason
 from target_system.instance import ImageToBoot
+from target_system.jobdesc import JobDescription
 from target_system.jobs import Job
 from target_system.lifecycle import InstanceState
 from tsf.admission import SiteLimits
@@ -77,16 +78,22 @@ class Need:
     @classmethod
     def of(cls, job: Job, caller: Caller, image: ImageToBoot,
            site: SiteLimits | None = None) -> Need:
-        vcpus, memory = _size(job, image, site or SiteLimits())
+        return cls.sized(job.description, caller, image, site)
+
+    @classmethod
+    def sized(cls, description: JobDescription, caller: Caller, image: ImageToBoot,
+              site: SiteLimits | None = None) -> Need:
+        """The need of a description's size (a job's, or a cluster service's)."""
+        vcpus, memory = _size(description, image, site or SiteLimits())
         return cls(caller, image.image_id, vcpus, memory)
 
 
-def _size(job: Job, image: ImageToBoot, site: SiteLimits) -> tuple[int, int]:
+def _size(description: JobDescription, image: ImageToBoot, site: SiteLimits) -> tuple[int, int]:
     """The job's size, else the image's default; never more than the site's limits (an
     image's default size may be larger)."""
     hardware = image.metadata and image.metadata.origin.virtual_hardware
-    vcpus = max(job.description.cpus or 1, (hardware and hardware.vcpus) or 1)
-    memory = max(-(-(job.description.memory or 0) // (1 << 20)),
+    vcpus = max(description.cpus or 1, (hardware and hardware.vcpus) or 1)
+    memory = max(-(-(description.memory or 0) // (1 << 20)),
                   (hardware and hardware.memory_mib) or DEFAULT_MEMORY_MIB)
     return min(vcpus, site.cpus), min(memory, site.memory_mib)
 
@@ -117,6 +124,14 @@ class NotRetiring(InstanceFilter):
 
     def why_not(self, instance, need):
         return f"is retiring ({instance.retiring})" if instance.retiring else None
+
+
+class NotClusterNode(InstanceFilter):
+    """A node of a virtual cluster serves its cluster only."""
+
+    def why_not(self, instance, need):
+        node = getattr(instance, "node", None)
+        return f"is node {node.name} of cluster {node.cluster}" if node is not None else None
 
 
 class BigEnough(InstanceFilter):
@@ -168,8 +183,8 @@ class SiteQuota(BootQuota):
         return f"the site runs {live} instances, its limit is {quotas.total}"
 
 
-OWN_FILTERS: tuple[InstanceFilter, ...] = (SameImage(), NotDraining(), NotRetiring(),
-                                           BigEnough())
+OWN_FILTERS: tuple[InstanceFilter, ...] = (SameImage(), NotClusterNode(), NotDraining(),
+                                           NotRetiring(), BigEnough())
 QUOTAS: tuple[BootQuota, ...] = (PerUserQuota(), SiteQuota())
 
 
@@ -257,6 +272,25 @@ def choose(need: Need, live: Sequence[Instance], quotas: Quotas,
     if limit:
         return decide(Action.REFUSE, limit=limit, reason=Reason.QUOTA_EXCEEDED)
     return decide(Action.BOOT)
+
+
+def choose_nodes(need: Need, count: int, live: Sequence[Instance],
+                 quotas: Quotas) -> Decision:
+    """Boot ``count`` new instances of the caller's for a virtual cluster (its nodes have a
+    NIC on the cluster's own switch: none is reused, shared or taken from a pool) when the
+    quotas let all of them boot; else refuse with ``QUOTA_EXCEEDED``."""
+    mine = sum(t.owner == need.caller.user for t in live)
+    limit = ""
+    if mine + count > quotas.per_user:
+        limit = (f"{count} more instances would make you {mine + count}, the limit per user "
+                 f"is {quotas.per_user}")
+    elif len(live) + count > quotas.total:
+        limit = (f"{count} more instances would make the site run {len(live) + count}, its "
+                 f"limit is {quotas.total}")
+    if limit:
+        return Decision(Action.REFUSE, need.vcpus, need.memory_mib, limit=limit,
+                        reason=Reason.QUOTA_EXCEEDED)
+    return Decision(Action.BOOT, need.vcpus, need.memory_mib)
 
 
 def _passing(instances: Sequence[Instance], filters: Sequence[InstanceFilter], need: Need,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Mapping
+from typing import Any
 
 from twisted.internet import threads
 
@@ -100,19 +101,28 @@ class InstanceRegistry:
             held[1] += target.memory_mib
         return {name: HostUsage(v, m) for name, (v, m) in usage.items()}
 
-    def place(self, need: Need) -> HostDecision:
-        """The host a new instance with ``need`` boots on (see ``tsf.placement``)."""
+    def place(self, need: Need, local_only: bool = False) -> HostDecision:
+        """The host a new instance with ``need`` boots on (see ``tsf.placement``);
+        ``local_only``: among the hosts whose libvirt runs on the site's machine."""
         assert self.hosts is not None
-        return choose_host(need, self.hosts.views(), self.host_usage(), self.host_policy)
+        views = self.hosts.views()
+        if local_only:
+            views = [view for view in views if view.local]
+        return choose_host(need, views, self.host_usage(), self.host_policy)
 
     def boot(self, owner: str, caller: Caller, image: ImageToBoot, vcpus: int,
-             memory: int) -> TargetSystem:
+             memory: int, **node: Any) -> TargetSystem:
         """A new instance (``caller``: who the pre-boot trust check reads the image as) on
         the host placement chooses; InstanceFailed ``NO_HOST_FITS`` (every host's reason)
-        when none can take it."""
+        when none can take it.  ``node``: a cluster node's ``TargetSystem`` arguments
+        (``node``, ``cluster_nic``, ``job_environment``, ``extra_context`` added to the
+        site's hooks); a cluster node boots only on a host local to the site, where its
+        switch's sockets are."""
+        hooks = {f"init.d/{name}": script for name, script in self.context_hooks.items()}
         placed = {}
         if self.hosts is not None:
-            decision = self.place(Need(caller, image.image_id, vcpus, memory))
+            decision = self.place(Need(caller, image.image_id, vcpus, memory),
+                                  local_only="cluster_nic" in node)
             if decision.host is None:
                 raise InstanceFailed(Reason.NO_HOST_FITS, decision.why_not())
             host = decision.host
@@ -122,9 +132,9 @@ class InstanceRegistry:
             instance_id=uuid.uuid4().hex[:12], owner=owner, image=image, vmm=self.vmm,
             credentials=self.credentials, reactor=self.reactor, vcpus=vcpus, memory_mib=memory,
             deadlines=self.deadlines, health=self.health, tsi_connector=self.tsi_connector,
-            extra_context={f"init.d/{name}": script
-                           for name, script in self.context_hooks.items()},
-            admit=self._trust_check(image, caller) if self.trust.require else None, **placed)
+            extra_context={**hooks, **node.pop("extra_context", {})},
+            admit=self._trust_check(image, caller) if self.trust.require else None,
+            **placed, **node)
         self.add(target)
         return target
 
@@ -212,6 +222,19 @@ class InstanceRegistry:
         image = await threads.deferToThread(self._load_image, best.id, caller)
         job.note(f"matched image {best.ref}")
         return image
+
+    async def match_image(self, requirements, caller: Caller, what: str) -> ImageToBoot:
+        """The best image for ``requirements`` (of ``what``, e.g. a cluster's service), or
+        InstanceFailed NO_MATCHING_IMAGE with the reasons per image."""
+        result = await threads.deferToThread(
+            lambda: self.repository.match(requirements, caller, policy=self.trust))
+        if result.best is None:
+            rejected = await threads.deferToThread(lambda: result.rejected)
+            reasons = "; ".join(f"{r.ref}: " + ", ".join(x.message for x in r.reasons)
+                                for r in rejected[:10])
+            raise InstanceFailed(Reason.NO_MATCHING_IMAGE, f"no image fits {what}"
+                                 + (f" ({reasons})" if reasons else " (none is visible)"))
+        return await threads.deferToThread(self._load_image, result.best.id, caller)
 
     def _load_image(self, image_id: str, caller: Caller) -> ImageToBoot:
         record = self.repository.get(image_id, caller)

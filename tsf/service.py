@@ -225,7 +225,8 @@ class SiteService(service.MultiService):
             tokens,
             Limits(max_json=limits.max_json_kib << 10, max_upload=limits.max_upload_mib << 20,
                    max_image_file=limits.image_file_mib << 20),
-            sizing=Sizing(limits.max_cpus, limits.max_memory_mib, limits.max_runtime_s),
+            sizing=Sizing(limits.max_cpus, limits.max_memory_mib, limits.max_runtime_s,
+                          max(limits.max_nodes, 1)),
             exchange=config.exchange, list_signer=ListSigner.from_config(config),
             uploads=uploads)
         expiry = TimerService(60, threads.deferToThread, uploads.expire)

@@ -290,6 +290,26 @@ class UserNetConfig:
 
 
 @dataclass(eq=True)
+class ClusterNicConfig:
+    """A second virtio NIC on a cluster's private switch (``vmm.switch``), passed through
+    ``<qemu:commandline>``: ``-netdev dgram`` between the node's own unix socket and the
+    switch's, so frames never touch a host interface.  Its MAC tells the guest which NIC
+    is the cluster's.  The arguments stay in the domain's extra QEMU arguments."""
+
+    local_socket: str = ""
+    switch_socket: str = ""
+    mac: str = ""
+    pci_slot: int = 0x11
+
+    def qemu_args(self) -> list[str]:
+        netdev = (f"dgram,id=gridvmcluster,local.type=unix,local.path={self.local_socket},"
+                  f"remote.type=unix,remote.path={self.switch_socket}")
+        device = (f"virtio-net-pci,netdev=gridvmcluster,mac={self.mac},bus=pci.0,"
+                  f"addr={self.pci_slot:#x}")
+        return ["-netdev", netdev, "-device", device]
+
+
+@dataclass(eq=True)
 class GridvmMetadata(ConfigObject):
     """What gridvm records in the domain so it can adopt the domain after a restart."""
 

@@ -85,6 +85,14 @@ class HostView:
     address: str = "127.0.0.1"  #: where the host binds forwarded TSI ports
     site_address: str = "127.0.0.1"  #: where the host reaches the site
 
+    @property
+    def local(self) -> bool:
+        """Its libvirt runs on the site's machine (a URI without a remote transport or host),
+        so sockets of the site's own, such as a cluster's switch, are reachable from its
+        guests."""
+        scheme, _, rest = self.uri.partition("://")
+        return "+" not in scheme and rest.startswith("/")
+
     def to_dict(self) -> dict:
         return {"name": self.name, "state": self.state.value, "uri": self.uri,
                 "address": self.address,

@@ -37,6 +37,7 @@ from base.reasons import Reason
 from vmm import context, ports
 from vmm.consoles import ConsoleKeeper
 from vmm.domain import (
+    ClusterNicConfig,
     ControllerConfig,
     DiskConfig,
     DomainConfig,
@@ -110,6 +111,8 @@ class InstanceSpec:
     context_files: dict[str, bytes] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     host: str = ""  #: the hypervisor host placement chose ("": a one-host site's)
+    #: a second NIC on a cluster's private switch (a node of a virtual cluster)
+    cluster_nic: ClusterNicConfig | None = None
     boot_timeout: float = 120.0
     staging_timeout: float = 600.0
     probe: Probe | None = None
@@ -381,6 +384,7 @@ class VirtualMachineManager(service.Service):
                                   callback_port=spec.callback_port,
                                   host_address=self.address,
                                   callback_address=self.site_address),
+            extra_qemu_args=spec.cluster_nic.qemu_args() if spec.cluster_nic else [],
             metadata=GridvmMetadata(instance_id=spec.instance_id, site=self.site_id,
                                     image=spec.image,
                                     state_dir=str(directory), created=time.time(),
