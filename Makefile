@@ -32,8 +32,11 @@ bench: setup
 	$(PY) bench/boot.py
 	$(PY) bench/tsi.py
 	$(PY) bench/match.py
+	$(PY) bench/hosts.py
 	$(PY) bench/e2e.py
 	$(PY) bench/rest.py
+	$(PY) bench/layers.py
+	$(PY) bench/cluster.py
 
 clean:
 	rm -rf var build *.egg-info

@@ -1,8 +1,9 @@
 """Failure reasons: the one set of codes every failure that reaches a user carries.
 
-The codes are architecture.md's (plus ``NOT_FOUND`` for REST's 404s and the two codes of
-CONTAINER jobs).  ``Reason`` is a ``StrEnum``: a member compares equal to its code,
-serialises as it in JSON, and a stored code reads back with ``Reason(code)``.
+The codes are architecture.md's (plus ``NOT_FOUND`` for REST's 404s, the two codes of
+CONTAINER jobs and ``NO_HOST_FITS`` for a job no hypervisor host takes).  ``Reason`` is a
+``StrEnum``: a member compares equal to its code, serialises as it in JSON, and a stored
+code reads back with ``Reason(code)``.
 """
 
 from __future__ import annotations
@@ -23,12 +24,16 @@ class Reason(StrEnum):
     INTERNAL_ERROR = "INTERNAL_ERROR"
     #: the hypervisor host of an instance became unreachable
     HOST_LOST = "HOST_LOST"
+    #: no hypervisor host can take a new instance (every host's reason is attached)
+    NO_HOST_FITS = "NO_HOST_FITS"
     #: a per-user or site limit on instances or kept state is reached
     QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
     #: no visible image satisfies the requirements (the why-not per image is attached)
     NO_MATCHING_IMAGE = "NO_MATCHING_IMAGE"
     #: the image exists but its content cannot be used (deleted, missing, damaged)
     IMAGE_UNAVAILABLE = "IMAGE_UNAVAILABLE"
+    #: the image is the base of layered images and cannot be deleted before them
+    IMAGE_IN_USE = "IMAGE_IN_USE"
     #: a file's sha512 or size differs from its metadata
     IMAGE_CHECKSUM_MISMATCH = "IMAGE_CHECKSUM_MISMATCH"
     #: no endorsement the site trusts vouches for the image

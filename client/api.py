@@ -234,9 +234,43 @@ class Site:
                              accept="text/plain")
         return reply.body.decode("utf-8", "replace")
 
+    def create_cluster(self, definition: dict[str, Any]) -> str:
+        """Start a virtual cluster from a definition; returns its id."""
+        reply = self.request("POST", "clusters", body=definition, expect=(201,))
+        location = reply.headers.get("Location") or reply.headers.get("location") or ""
+        if not location:
+            raise CliError("the server accepted the cluster but sent no Location", EXIT_FAILED)
+        return location.rstrip("/").rsplit("/", 1)[-1]
+
+    def clusters(self) -> list[dict[str, Any]]:
+        """The caller's virtual clusters (all of them for an administrator)."""
+        return self.get("clusters?num=1000").get("details", [])
+
+    def cluster(self, cluster_id: str) -> dict[str, Any]:
+        return self.get(f"clusters/{quote(cluster_id, safe='')}")
+
+    def scale_cluster(self, cluster_id: str, service: str, count: int) -> dict[str, Any]:
+        """Bring a scalable service of a cluster to ``count`` nodes (it goes SCALING)."""
+        return self.request("POST", f"clusters/{quote(cluster_id, safe='')}/actions/scale",
+                            body={"Service": service, "Count": count},
+                            expect=(202,)).json()
+
+    def end_cluster(self, cluster_id: str) -> dict[str, Any]:
+        """End a cluster (it goes STOPPING, then STOPPED)."""
+        return self.request("DELETE", f"clusters/{quote(cluster_id, safe='')}",
+                            expect=(202,)).json()
+
     def pools(self) -> list[dict[str, Any]]:
         """The warm pools that serve the caller (all of them for an administrator)."""
         return self.get("pools").get("pools", [])
+
+    def hosts(self) -> list[dict[str, Any]]:
+        """The site's hypervisor hosts (administrators only)."""
+        return self.get("hosts").get("hosts", [])
+
+    def set_host(self, name: str, action: str) -> dict[str, Any]:
+        """``drain`` or ``enable`` a hypervisor host (administrators only)."""
+        return self.request("POST", f"hosts/{quote(name, safe='')}/{action}").json()
 
     def images(self) -> list[dict[str, Any]]:
         """The catalogue's images the caller may use (summaries)."""

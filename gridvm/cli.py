@@ -8,11 +8,12 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from client.commands import completion, config, image, instances, jobs
+from client.commands import clusters, completion, config, hosts, image, instances, jobs
 from client.errors import EXIT_CODES, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, CliError
 from gridvm import catalogue, demo, serve
 
-COMMAND_GROUPS = (jobs, image, instances, config, completion, catalogue, demo, serve)
+COMMAND_GROUPS = (jobs, image, instances, clusters, hosts, config, completion, catalogue, demo,
+                  serve)
 
 EPILOG = """\
 connection: --url/GRIDVM_URL, --user/GRIDVM_USER, --password-stdin/GRIDVM_PASSWORD,

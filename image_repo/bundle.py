@@ -74,11 +74,12 @@ class _Entry:
 
 def export_bundle(repository: ImageRepository, ref: str, caller: Caller,
                   destination: str | Path) -> Path:
-    """Write the bundle of ``ref`` (and its visible, not deleted bases) to ``destination``."""
+    """Write the bundle of ``ref`` (and its visible, not deleted bases: the versions it was
+    derived from and, for a layered image, the images below its disk) to ``destination``."""
     chain = [r for r in repository.lineage(ref, caller) if r.status != "deleted"]
     if not chain or chain[0].status == "deleted":
         raise ImageNotFound(f"{ref} is deleted: nothing to export")
-    chain.reverse()
+    chain = _with_layer_bases(repository, chain[::-1], caller)
     images = []
     for record in chain:
         doc = record.to_dict()
@@ -105,6 +106,23 @@ def export_bundle(repository: ImageRepository, ref: str, caller: Caller,
                         filter=_plain_member)
     partial.replace(destination)
     return destination
+
+
+def _with_layer_bases(repository: ImageRepository, chain: list[ImageRecord],
+                      caller: Caller) -> list[ImageRecord]:
+    """``chain`` with each layered image's visible bases before it (once each)."""
+    ordered: list[ImageRecord] = []
+    seen: set[str] = set()
+    for record in chain:
+        for base in repository.backing_files(record.id, caller):
+            if base.image_id not in seen and (found := _existing(repository, base.image_id,
+                                                                 caller)) is not None:
+                ordered.append(found)
+                seen.add(found.id)
+        if record.id not in seen:
+            ordered.append(record)
+            seen.add(record.id)
+    return ordered
 
 
 def _plain_member(info: tarfile.TarInfo) -> tarfile.TarInfo:
@@ -303,8 +321,10 @@ def _document_to_register(meta: ImageMetadata, caller: Caller) -> dict[str, Any]
     return doc
 
 
-def _existing(repository: ImageRepository, image_id: str) -> ImageRecord | None:
+def _existing(repository: ImageRepository, image_id: str,
+              caller: Caller | None = None) -> ImageRecord | None:
+    """The image with this id (as ``caller`` sees it; default: any), or None."""
     try:
-        return repository.get(image_id, Caller.of("gridvm-bundle", admin=True))
+        return repository.get(image_id, caller or Caller.of("gridvm-bundle", admin=True))
     except ImageNotFound:
         return None

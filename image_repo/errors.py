@@ -41,6 +41,12 @@ class ImageUnavailable(RepositoryError):
     reason = Reason.IMAGE_UNAVAILABLE
 
 
+class ImageInUse(RepositoryError):
+    """The image cannot be deleted: layered images are built on it."""
+
+    reason = Reason.IMAGE_IN_USE
+
+
 class ImageNotFound(ImageUnavailable):
     """No image visible to the caller has this id, name or name:version."""
 

@@ -14,6 +14,7 @@ or withdrawing one changes neither the document nor the version.
 from __future__ import annotations
 
 import re
+import shutil
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,10 +27,11 @@ from sqlalchemy.orm import Session
 
 from base.db import make_engine, migrate, session_factory, session_scope
 from base.identity import Caller
-from image_repo import access, oci
+from image_repo import access, layers, oci
 from image_repo.errors import (
     BadRequest,
     ChecksumMismatch,
+    ImageInUse,
     ImageNotFound,
     ImageUnavailable,
     NotAuthorized,
@@ -48,6 +50,7 @@ from image_repo.models import (
 from image_repo.requirements import Requirements
 from image_repo.schema import (
     NAME_PATTERN,
+    ContentRef,
     Counters,
     ImageMetadata,
     Permissions,
@@ -80,6 +83,8 @@ KEPT_FIELDS = ("version", "status", "created", "updated", "counters", "ratings",
 _ID = re.compile(r"[0-9a-f]{32}")
 _NAME = re.compile(NAME_PATTERN)
 _CHUNK = 500
+#: image_labels kind of a layered image's row: the value is its base's id
+LAYER_BASE = "layer-base"
 
 FileArg = str | Path
 Files = Iterable[FileArg] | Mapping[str, FileArg]
@@ -149,6 +154,28 @@ class KeptIdentity:
     base_id: str | None = None
 
 
+@dataclass(frozen=True)
+class BackingFile:
+    """One base below a layered image: the base image's disk in the store."""
+
+    image_id: str
+    ref: str
+    file: str
+    sha512: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class _LayerBase:
+    """The base a layer being registered names: its id, ``name:version``, disk, and how
+    many images its chain has (1 for a base that is no layer itself)."""
+
+    id: str
+    ref: str
+    disk: ContentRef
+    depth: int
+
+
 @dataclass
 class _Prepared:
     """A validated registration waiting for its catalogue rows."""
@@ -200,8 +227,9 @@ class ImageRepository:
         newest of its name here), creation time and base (when that is here already).
         """
         prepared = [self._prepare(metadata, files) for metadata, files in items]
+        bases = self._layer_bases(prepared, caller, kept)
         with self.store.staging() as staging:
-            staged = self._stage(prepared, staging)
+            staged = self._stage(prepared, staging, bases)
             with self.store.locked(), session_scope(self._sessions) as session:
                 records = self._insert(session, prepared, caller, kept)
                 with self.store.placing(staged):  # new blobs go again if the commit fails
@@ -258,19 +286,160 @@ class ImageRepository:
         origin.os_hash_algo, origin.os_hash_value, origin.size = "sha512", digest, size
         return _Prepared(meta, given)
 
-    def _stage(self, prepared: list[_Prepared], staging: Path) -> list[StagedBlob]:
+    def _stage(self, prepared: list[_Prepared], staging: Path,
+               bases: Mapping[int, _LayerBase]) -> list[StagedBlob]:
         staged: dict[str, StagedBlob] = {}
-        for item in prepared:
-            for i, ref in enumerate(item.meta.origin.content):
+        for index, item in enumerate(prepared):
+            origin = item.meta.origin
+            for i, ref in enumerate(origin.content):
                 source = item.files.get(ref.file)
+                where = f"origin.content[{i}]"
+                if index in bases and ref.role == "disk":
+                    blob = self._stage_layer(ref, source, bases[index], staging, where)
+                    if blob is not None:
+                        staged[blob.sha512] = blob
+                    continue
                 if source is None or ref.sha512 in staged:
                     continue
-                staged[ref.sha512] = blob = self.store.stage(
-                    source, staging, ref.sha512, ref.size, where=f"origin.content[{i}]")
-                if item.meta.origin.content_type == "oci" and ref.role == "container":
-                    oci.check_archive(blob.path, item.meta.origin.architecture,
-                                      f"origin.content[{i}]")
+                blob = self.store.stage(source, staging, ref.sha512, ref.size, where=where)
+                if ref.role == "disk" and layers.names_other_files(blob.path):
+                    raise BadRequest(f"{ref.file} names a backing or data file; a layer on a "
+                                     "registered image names it in origin.backing_image",
+                                     where)
+                if origin.content_type == "oci" and ref.role == "container":
+                    oci.check_archive(blob.path, origin.architecture, where)
+                staged[ref.sha512] = blob
+            if index in bases:  # the layer's sha512 changed with its backing reference
+                origin.os_hash_value = content_digest(origin.content)
+                origin.size = sum(ref.size for ref in origin.content)
         return list(staged.values())
+
+    # -- layered images ----------------------------------------------------------------------
+
+    def _layer_bases(self, prepared: list[_Prepared], caller: Caller,
+                     kept: Sequence[KeptIdentity] | None = None) -> dict[int, _LayerBase]:
+        """The base of each layered image among ``prepared`` (by position), checked; their
+        ``origin.backing_image`` becomes the base's id.  With ``kept`` (a bundle import) a
+        base may be an earlier item of the same batch."""
+        wanted = [(i, item) for i, item in enumerate(prepared)
+                  if item.meta.origin.backing_image is not None]
+        if not wanted:
+            return {}
+        earlier = {keep.id: i for i, keep in enumerate(kept or ())}
+        bases: dict[int, _LayerBase] = {}
+        with session_scope(self._sessions) as session:
+            for index, item in wanted:
+                named = item.meta.origin.backing_image
+                if earlier.get(named, index) < index:
+                    base = self._batch_base(prepared, bases, earlier[named], named)
+                else:
+                    base = self._layer_base(session, named, caller)
+                item.meta.origin.backing_image = base.id
+                bases[index] = base
+        return bases
+
+    @staticmethod
+    def _batch_base(prepared: list[_Prepared], bases: dict[int, _LayerBase], position: int,
+                    image_id: str) -> _LayerBase:
+        """A base registered in the same batch, at ``position``."""
+        meta = prepared[position].meta
+        disk = _disk_ref(meta)
+        label = f"{meta.general.name}:{meta.general.version}"
+        if meta.origin.content_type != "qcow2" or disk is None:
+            raise BadRequest(f"{label} is {meta.origin.content_type}; a layer's base is a "
+                             "qcow2 disk", "origin.backing_image")
+        below = bases.get(position)
+        depth = below.depth + 1 if below is not None else 1
+        if depth > layers.MAX_DEPTH:
+            raise BadRequest(f"{label} is {depth - 1} layers deep already; at most "
+                             f"{layers.MAX_DEPTH} layers may lie below an image",
+                             "origin.backing_image")
+        return _LayerBase(image_id, label, disk, depth)
+
+    def _layer_base(self, session: Session, ref: str, caller: Caller) -> _LayerBase:
+        """The base a layer may name: visible to ``caller``, not deleted, a qcow2 disk, and
+        not so deep that a layer on it would exceed ``layers.MAX_DEPTH``."""
+        where = "origin.backing_image"
+        try:
+            row = self._resolve_row(session, ref, caller)
+        except ImageNotFound as err:
+            raise BadRequest(err.message, where) from None
+        label = f"{row.name}:{row.version}"
+        if row.status == "deleted":
+            raise BadRequest(f"{label} is deleted", where)
+        record = self._record(session, row)
+        disk = _disk_ref(record.metadata)
+        if row.content_type != "qcow2" or disk is None:
+            raise BadRequest(f"{label} is {row.content_type}; a layer's base is a qcow2 disk",
+                             where)
+        depth, backing = 1, record.metadata.origin.backing_image
+        while backing is not None and depth <= layers.MAX_DEPTH:
+            depth += 1
+            below = session.get(ImageRow, backing)
+            backing = below.document["origin"].get("backing_image") if below else None
+        if depth > layers.MAX_DEPTH:
+            raise BadRequest(f"{label} is {depth - 1} layers deep already; at most "
+                             f"{layers.MAX_DEPTH} layers may lie below an image", where)
+        return _LayerBase(row.id, label, disk, depth)
+
+    def _stage_layer(self, ref: ContentRef, source: Path | None, base: _LayerBase,
+                     staging: Path, where: str) -> StagedBlob | None:
+        """Stage a layer's disk with its backing file rewritten to name the base's disk by
+        ``layers.backing_reference``; ``ref`` takes the rewritten file's sha512 and size.
+        None when the store holds the file already (then it must name the base that way)."""
+        base_disk = base.disk
+        if source is None:
+            info = layers.inspect_disk(self.store.path(ref.sha512), where)
+            if not layers.check_layer(info, base_disk.file, base_disk.sha512, where):
+                raise BadRequest(f"the stored {ref.file} is not a layer on {base.ref}; "
+                                 "upload the layer file", where)
+            return None
+        blob = self.store.stage(source, staging, ref.sha512, ref.size, where=where)
+        info = layers.inspect_disk(blob.path, where)
+        if layers.check_layer(info, base_disk.file, base_disk.sha512, where):
+            return blob
+        rewritten = staging / f"layer-{uuid.uuid4().hex}"
+        shutil.copyfile(blob.path, rewritten)  # the staged blob may be a link to an upload
+        blob.path.unlink()
+        layers.rewrite_backing(rewritten, base_disk.sha512, where)
+        fresh = ContentRef.for_file(rewritten, "disk")
+        try:
+            blob = self.store.stage(rewritten, staging, fresh.sha512, fresh.size, where=where)
+        finally:
+            rewritten.unlink()
+        ref.sha512, ref.size = fresh.sha512, fresh.size
+        return blob
+
+    def backing_files(self, ref: str, caller: Caller) -> list[BackingFile]:
+        """The bases below a usable layered image, the lowest first (empty for an image
+        that is no layer).  Only the layer needs to be visible: its bases are part of it."""
+        record = self.get(ref, caller)
+        chain: list[BackingFile] = []
+        backing = record.metadata.origin.backing_image
+        with session_scope(self._sessions) as session:
+            while backing is not None:
+                row = session.get(ImageRow, backing)
+                if row is None or row.status == "deleted" or len(chain) >= layers.MAX_DEPTH:
+                    raise ImageUnavailable(f"{record.ref}: its base {backing} is not usable")
+                meta = validate(row.document)
+                disk = _disk_ref(meta)
+                path = self.store.path(disk.sha512) if disk else None
+                if path is None or not path.is_file():
+                    raise ImageUnavailable(f"{record.ref}: the disk of its base "
+                                           f"{row.name}:{row.version} is missing from the store")
+                chain.append(BackingFile(row.id, f"{row.name}:{row.version}", disk.file,
+                                         disk.sha512, path))
+                backing = meta.origin.backing_image
+        return chain[::-1]
+
+    def _layers_on(self, session: Session, image_id: str) -> list[str]:
+        """``name:version`` of the images that are not deleted and are layers on the image."""
+        rows = session.execute(
+            select(ImageRow.name, ImageRow.version)
+            .join(ImageLabelRow, ImageLabelRow.image_id == ImageRow.id)
+            .where(ImageLabelRow.kind == LAYER_BASE, ImageLabelRow.value == image_id,
+                   ImageRow.status != "deleted").order_by(ImageRow.name, ImageRow.version))
+        return [f"{name}:{version}" for name, version in rows]
 
     def _insert(self, session: Session, prepared: list[_Prepared], caller: Caller,
                 kept: Sequence[KeptIdentity] | None = None) -> list[ImageRecord]:
@@ -335,6 +504,9 @@ class ImageRepository:
                        for v in meta.semantic.vos]
             labels += [{"image_id": image_id, "kind": "community", "value": c}
                        for c in general.communities]
+            if meta.origin.backing_image is not None:
+                labels.append({"image_id": image_id, "kind": LAYER_BASE,
+                               "value": meta.origin.backing_image})
             if meta.semantic.container_runtime is not None:
                 labels.append({"image_id": image_id, "kind": "runtime",
                                "value": meta.semantic.container_runtime.name})
@@ -379,6 +551,8 @@ class ImageRepository:
             self._check_rights(caller, meta.general, before)
             if meta.general.base_image is not None:
                 self._resolve(session, meta.general.base_image, caller)
+            if meta.origin.backing_image is not None:
+                self._layer_base(session, meta.origin.backing_image, caller)
         return meta
 
     def stored_bytes(self, owner: str) -> int:
@@ -503,6 +677,10 @@ class ImageRepository:
             if status not in TRANSITIONS[row.status]:
                 raise BadRequest(f"{row.name}:{row.version} is {row.status} and cannot become "
                                  f"{status}", "general.status")
+            if status == "deleted" and (above := self._layers_on(session, row.id)):
+                raise ImageInUse(f"{row.name}:{row.version} is the base of "
+                                 f"{', '.join(above[:10])}{' …' if len(above) > 10 else ''}; "
+                                 "delete those layers first", "general.status")
             row.status = status
             row.updated = self._clock()
             row.change_seq = self._advance_sequence(session, 1)
@@ -614,6 +792,16 @@ class ImageRepository:
         """The policy's verdict on a visible image now, every signature verified again."""
         record = self.get(ref, caller)
         return policy.assess(record.endorsements, record.identity)
+
+    def assess_bases(self, ref: str, caller: Caller,
+                     policy: TrustPolicy) -> list[tuple[str, Verdict]]:
+        """The policy's verdict on each base below a layered image, the lowest first, as
+        ``(name:version, verdict)``: a layer's bases are part of what boots."""
+        bases = self.backing_files(ref, caller)
+        with session_scope(self._sessions) as session:
+            records = [self._record(session, session.get(ImageRow, base.image_id),
+                                    with_ratings=True) for base in bases]
+        return [(r.ref, policy.assess(r.endorsements, r.identity)) for r in records]
 
     @staticmethod
     def _endorsements(session: Session,
@@ -760,6 +948,10 @@ class ImageRepository:
         with session_scope(self._sessions) as session:
             return session.execute(select(SequenceRow.value)
                                    .where(SequenceRow.name == "catalogue")).scalar_one()
+
+
+def _disk_ref(meta: ImageMetadata) -> ContentRef | None:
+    return next((ref for ref in meta.origin.content if ref.role == "disk"), None)
 
 
 def _file_map(files: Files) -> dict[str, Path]:

@@ -15,10 +15,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import posixpath
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from base.unicore import OFFICIAL_PROPERTY_KEYS
 from image_repo.errors import BadRequest
 from image_repo.strict import document, from_json, join, spec, to_json
 from image_repo.versions import Version
@@ -218,6 +220,10 @@ class Origin:
     minimal_hardware: Hardware | None = spec(None, doc="least an instance needs to work")
     boot: Boot | None = spec(None, doc="direct kernel boot (kernel, initrd, command line) or "
                              "a disk's own bootloader")
+    backing_image: str | None = spec(None, check=_nonblank_problem,
+                                     doc="the registered qcow2 image (id or name:version; "
+                                     "an id once registered) whose disk is the backing file "
+                                     "of this image's qcow2 disk: a layered image")
 
     def check(self, path: str) -> None:
         files = {}
@@ -236,6 +242,9 @@ class Origin:
                     raise BadRequest(f"content type {self.content_type!r} needs a content file "
                                      f"with role {role!r}", join(path, "content"))
         self._check_boot_mode(path, roles)
+        if self.backing_image is not None and self.content_type != "qcow2":
+            raise BadRequest(f"a layered image is qcow2, not {self.content_type!r}",
+                             join(path, "backing_image"))
         if self.boot is not None:
             for key in ("kernel", "initrd"):
                 name = getattr(self.boot, key)
@@ -388,6 +397,29 @@ class Idb:
 
 # --------------------------------------------------------------------------- TSI -------------
 
+_PROPERTY_KEY = re.compile(r"[A-Za-z0-9._/-]{1,100}")
+
+
+def _start_command_problem(argv: list[str]) -> str | None:
+    if not 1 <= len(argv) <= 32:
+        return f"expected 1 to 32 words (the program, then its arguments), got {len(argv)}"
+    if _absolute_path_problem(argv[0]):
+        return f"the program must be an absolute path, got {argv[0]!r}"
+    for word in argv:
+        if not word or len(word) > 1024 or any(c in word for c in "\0\n\r"):
+            return f"each word is 1 to 1024 characters on one line, got {word[:40]!r}"
+    return None
+
+
+def _property_keys_problem(keys: dict[str, str]) -> str | None:
+    for setting, key in keys.items():
+        if setting not in OFFICIAL_PROPERTY_KEYS:
+            return (f"unknown setting {setting!r}; settings are "
+                    f"{', '.join(OFFICIAL_PROPERTY_KEYS)}")
+        if not _PROPERTY_KEY.fullmatch(key):
+            return f"{setting}: {key!r} is not a property key (letters, digits, . _ / -)"
+    return None
+
 @document
 class TsiSetup:
     """How the TSI agent in the guest is set up."""
@@ -409,6 +441,38 @@ class TsiSetup:
     boot_timeout_s: int | None = spec(None, minimum=1, maximum=3600,
                                       doc="longest the guest may take from start to the "
                                       "agent's first answer (default: the site's)")
+    flavour: Literal["gridvm", "unicore"] | None = spec(
+        None, doc="which TSI the image runs: gridvm (gridvm's agent, default) or unicore (a "
+        "TSI of the image's own that speaks the UNICORE TSI protocol, configured by a "
+        "tsi.properties file and started by start_command)")
+    start_command: list[str] = spec(default_factory=list, check=_start_command_problem,
+                                    doc="unicore: how the TSI is started, as argv (an absolute "
+                                    "program first); the site appends the properties file's "
+                                    "path. It must stay in the foreground")
+    properties_file: str | None = spec(None, check=_absolute_path_problem,
+                                       doc="unicore: where the TSI expects its properties; the "
+                                       "site copies its file there first (default: the TSI "
+                                       "reads it from the contextualization medium)")
+    property_keys: dict[str, str] = spec(default_factory=dict,
+                                         doc="unicore: key names that differ from the official "
+                                         "TSI's (setting → key, e.g. my_port → tsi.my_port)")
+
+    def check(self, path: str) -> None:
+        unicore_only = ("start_command", "properties_file", "property_keys")
+        problem = _property_keys_problem(self.property_keys)
+        if problem:
+            raise BadRequest(problem, join(path, "property_keys"))
+        if self.flavour != "unicore":
+            for key in unicore_only:
+                if getattr(self, key):
+                    raise BadRequest("is only for flavour 'unicore'", join(path, key))
+            return
+        if not self.start_command:
+            raise BadRequest("flavour 'unicore' needs the command that starts the TSI",
+                             join(path, "start_command"))
+        if self.tls_required is False:
+            raise BadRequest("flavour 'unicore' speaks mutual TLS with the instance's "
+                             "certificate", join(path, "tls_required"))
 
 
 # --------------------------------------------------------------------------- document --------

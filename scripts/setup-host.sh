@@ -30,6 +30,7 @@ PACKAGES=(
     mmdebstrap fdisk dosfstools mtools syslinux syslinux-common  # cloud images (own bootloader)
     umoci                                                     # OCI images (container tests)
     socat                                                     # guest -> host TSI callback relay
+    openssh-server                                            # the second test host (qemu+ssh)
     iproute2 procps
     chromium chromium-driver                                  # the dashboard's browser tests
 )
@@ -44,8 +45,17 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
     log "installing Debian packages: ${missing[*]}"
     $SUDO apt-get update -qq
+    # no packaged daemon starts by itself (Debian's sshd would listen on every address):
+    # this script starts the daemons gridvm needs, bound where they must be
+    OWN_POLICY=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+        $SUDO chmod 755 /usr/sbin/policy-rc.d
+        OWN_POLICY=1
+    fi
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
         "${missing[@]}" >/dev/null
+    if [ "$OWN_POLICY" = 1 ]; then $SUDO rm -f /usr/sbin/policy-rc.d; fi
 else
     log "Debian packages present"
 fi
@@ -99,6 +109,14 @@ log "libvirtd and virtlogd running"
 
 if [ "$WITH_POSTGRES" = 1 ]; then
     "$ROOT/scripts/start-postgres.sh"
+fi
+
+# A second hypervisor host for the tests of several hosts: a session libvirtd of its own
+# user behind an sshd on 127.0.0.2 (scripts/setup-second-host.sh).
+if [ "$(id -u)" -eq 0 ]; then
+    "$ROOT/scripts/setup-second-host.sh"
+else
+    $SUDO bash "$ROOT/scripts/setup-second-host.sh"
 fi
 
 # --- Python virtualenv -------------------------------------------------------------------

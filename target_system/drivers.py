@@ -35,6 +35,16 @@ class VirtualMachines(Protocol):
         """The last lines of the guest's console (empty when there is none)."""
 
 
+class Hosts(Protocol):
+    """The hypervisor hosts a site places new instances on (``vmm.hosts.HostPool``)."""
+
+    def views(self) -> list:
+        """Every host as a ``vmm.hosts.HostView``, in configuration order."""
+
+    def host_of(self, instance_id: str) -> str:
+        """The name of the host the instance runs on ("" when none knows it)."""
+
+
 class TSILink(Protocol):
     """The TSI commands a target system and its jobs use (see ``TSIClient``)."""
 
@@ -96,14 +106,18 @@ class TSILink(Protocol):
 
 
 class TSIConnector(Protocol):
-    """Makes the TSI link to an instance's agent, forwarded to ``127.0.0.1:port``."""
+    """Makes the TSI link to an instance's agent, forwarded to ``address:port`` on its host;
+    the agent calls back to ``callback_address`` (where the host reaches the site)."""
 
     def __call__(self, reactor, port: int, tls: TLSConfig, *, user: str,
-                 callback_port: int = 0) -> TSILink: ...
+                 callback_port: int = 0, address: str = "127.0.0.1",
+                 callback_address: str = "127.0.0.1") -> TSILink: ...
 
 
 def connect_tsi(reactor, port: int, tls: TLSConfig, *, user: str,
-                callback_port: int = 0) -> TSIClient:
+                callback_port: int = 0, address: str = "127.0.0.1",
+                callback_address: str = "127.0.0.1") -> TSIClient:
     """The real link: a :class:`TSIClient` over mutual TLS (``callback_port`` 0: pick one)."""
-    return TSIClient(reactor, "127.0.0.1", port, tls=tls, callback_port=callback_port,
-                     user=user, groups="NONE", connect_timeout=10.0, request_timeout=120.0)
+    return TSIClient(reactor, address, port, tls=tls, callback_host=callback_address,
+                     callback_port=callback_port, user=user, groups="NONE",
+                     connect_timeout=10.0, request_timeout=120.0)

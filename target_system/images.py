@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from base.errors import GridvmError
 from base.reasons import Reason
+from image_repo.repository import BackingFile
 from image_repo.schema import ImageMetadata, validate
 from vmm.manager import BootSpec, ImageFile
 
 
-def boot_spec(metadata: ImageMetadata, paths: Mapping[str, Path]) -> BootSpec:
+def boot_spec(metadata: ImageMetadata, paths: Mapping[str, Path],
+              backing: Sequence[BackingFile] = ()) -> BootSpec:
     """The :class:`BootSpec` of an image, its content files found through ``paths``
-    (file name → local path, e.g. the repository's store or a build directory)."""
+    (file name → local path, e.g. the repository's store or a build directory);
+    ``backing``: the bases below a layered image's disk, lowest first."""
     origin = metadata.origin
     files = {ref.role: ImageFile(Path(paths[ref.file]), ref.sha512)
              for ref in origin.content if ref.file in paths}
@@ -28,6 +31,7 @@ def boot_spec(metadata: ImageMetadata, paths: Mapping[str, Path]) -> BootSpec:
         cmdline=(origin.boot.cmdline if origin.boot else None) or "",
         arch=origin.architecture or "x86_64",
         disk_format="qcow2" if origin.content_type == "qcow2" else "raw",
+        backing=tuple(ImageFile(member.path, member.sha512) for member in backing),
     )
 
 

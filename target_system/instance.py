@@ -23,17 +23,25 @@ from twisted.internet import defer, task
 
 from base.errors import GridvmError
 from base.reasons import Reason
+from image_repo.repository import BackingFile
 from image_repo.schema import ImageMetadata
-from target_system.contextualization import image_deadlines, medium_files
+from target_system.contextualization import (
+    UNICORE,
+    image_deadlines,
+    medium_files,
+    tsi_files,
+    tsi_flavour,
+)
 from target_system.drivers import TSIConnector, TSILink, VirtualMachines, connect_tsi
 from target_system.health import HealthCheck, HealthPolicy, Timer
 from target_system.images import boot_spec
 from target_system.lifecycle import InstanceState, Lifecycle, Transition, instance_lifecycle
+from target_system.nodes import NodeIdentity
 from tsi_bridge.ca import CertificateAuthority, IssuedCertificate
-from tsi_bridge.context import instance_context_files
-from tsi_bridge.readiness import probe_agent
+from tsi_bridge.readiness import first_ping_probe, probe_agent
 from tsi_bridge.tls import TLSConfig
 from vmm import ports
+from vmm.domain import ClusterNicConfig
 from vmm.errors import VMMError
 from vmm.manager import DomainEvent, Instance, InstanceSpec
 
@@ -111,6 +119,8 @@ class ImageToBoot:
     name: str
     metadata: ImageMetadata | None
     paths: Mapping[str, Path]
+    #: the bases below a layered image's disk, lowest first
+    backing: tuple[BackingFile, ...] = ()
 
 
 class TargetSystem:
@@ -128,8 +138,15 @@ class TargetSystem:
                  extra_context: Mapping[str, bytes] | None = None,
                  admit: Callable[[], Awaitable[None]] | None = None,
                  settings: TsiSettings | None = None,
-                 tsi_connector: TSIConnector = connect_tsi):
+                 tsi_connector: TSIConnector = connect_tsi, host: str = "",
+                 address: str = "127.0.0.1", callback_address: str = "127.0.0.1",
+                 node: NodeIdentity | None = None,
+                 cluster_nic: ClusterNicConfig | None = None,
+                 job_environment: Mapping[str, str] | None = None):
         self.instance_id, self.owner, self.image = instance_id, owner, image
+        #: the hypervisor host it runs on ("": a one-host site's), where that host binds
+        #: the TSI forward, and where it reaches the site's callback listener
+        self.host, self.address, self.callback_address = host, address, callback_address
         self.vmm, self.credentials, self.reactor = vmm, credentials, reactor
         self.vcpus, self.memory_mib = vcpus, memory_mib
         self.deadlines = image_deadlines(deadlines or Deadlines(), image.metadata)
@@ -143,6 +160,10 @@ class TargetSystem:
         self.admit = admit
         self.settings = settings or TsiSettings.from_metadata(image.metadata)
         self.tsi_connector = tsi_connector
+        #: its place in a virtual cluster and the NIC on the cluster's switch (None: alone)
+        self.node, self.cluster_nic = node, cluster_nic
+        #: variables every job here gets (a cluster's node list)
+        self.job_environment = dict(job_environment or {})
         self.lifecycle: Lifecycle = instance_lifecycle(reactor, self.deadlines.as_states())
         self.lifecycle.listeners.append(self._on_transition)
         self.lifecycle.timeout_detail = self._console_excerpt
@@ -193,6 +214,10 @@ class TargetSystem:
             "jobs": sorted(self.jobs), "created": self.lifecycle.entered.get("REQUESTED"),
             "phases": {k: round(v, 3) for k, v in self.lifecycle.phase_seconds().items()},
             "domain": self.vm.domain if self.vm else None,
+            "host": self.host,
+            **({"cluster": {"id": self.node.cluster, "node": self.node.name,
+                            "role": self.node.role, "address": self.node.address}}
+               if self.node else {}),
         }
 
     def _on_transition(self, transition: Transition) -> None:
@@ -240,26 +265,36 @@ class TargetSystem:
     async def _bring_up(self) -> None:
         life = self.lifecycle
         life.advance(S.STAGING)
-        host_port = ports.free_port()
-        files, issued = instance_context_files(
-            self.credentials.ca, self.credentials.server, self.instance_id,
-            job_user=self.settings.user, job_group=self.settings.group,
-            workdir_root=self.settings.workdir_root, listen_port=self.settings.port)
+        host_port = ports.free_port(self.address)
+        issued = self.credentials.ca.issue_instance(self.instance_id)
+        self.instance_cert_pem = issued.cert_pem
+        callback_port = self._open_tsi(host_port)
+        files = tsi_files(self.image.metadata, self.credentials.ca, self.credentials.server,
+                          issued, callback_port=callback_port, listen_port=self.settings.port,
+                          job_user=self.settings.user, job_group=self.settings.group,
+                          workdir_root=self.settings.workdir_root)
         files = medium_files(self.image.metadata, self.instance_id, files,
                              job_user=self.settings.user, job_group=self.settings.group,
                              workdir_root=self.settings.workdir_root)
-        self.instance_cert_pem = issued.cert_pem
-        callback_port = self._open_tsi(host_port)
         tls = self.credentials.client_tls(issued.cert_pem)
+        if tsi_flavour(self.image.metadata) == UNICORE:  # answers no line: its first PING
+            assert self.tsi is not None
+            probe = first_ping_probe(self.reactor, self.tsi.ping, timeout=10.0)
+        else:
+            def probe(host: str, port: int) -> defer.Deferred:
+                return probe_agent(self.reactor, host, port, tls, timeout=5.0)
         spec = InstanceSpec(
-            boot=boot_spec(self.image.metadata, self.image.paths), image=self.image.image_id,
+            boot=boot_spec(self.image.metadata, self.image.paths, self.image.backing),
+            image=self.image.image_id,
             instance_id=self.instance_id, vcpus=self.vcpus, memory_mib=self.memory_mib,
             guest_port=self.settings.port, callback_port=callback_port, host_port=host_port,
             context_files={**self.extra_context, **files},
             labels={"owner": self.owner, "image_name": self.image.name, **self.labels},
+            host=self.host,
+            cluster_nic=self.cluster_nic,
             staging_timeout=self.deadlines.staging,
             boot_timeout=self.deadlines.staging + self.deadlines.booting,
-            probe=lambda host, port: probe_agent(self.reactor, host, port, tls, timeout=5.0),
+            probe=probe,
             on_phase=lambda phase: defer.Deferred.fromCoroutine(self._staged()),
         )
         self._watch_domain()
@@ -294,7 +329,8 @@ class TargetSystem:
         assert self.instance_cert_pem is not None
         tls = self.credentials.client_tls(self.instance_cert_pem)
         self.tsi = self.tsi_connector(self.reactor, host_port, tls, user=self.settings.user,
-                                      callback_port=callback_port)
+                                      callback_port=callback_port, address=self.address,
+                                      callback_address=self.callback_address)
         return self.tsi.start()
 
     async def _reach_agent(self, deadline: float, *states: InstanceState) -> None:
@@ -323,6 +359,8 @@ class TargetSystem:
         target = cls(instance_id=row["id"], owner=row["owner"], image=image,
                      vcpus=row["vcpus"], memory_mib=row["memory_mib"], **kwargs)
         target.vm = vm
+        if vm is not None:
+            target.address = vm.address
         target.instance_cert_pem = (row["instance_cert"] or "").encode() or None
         target.lifecycle.restore(S[row["state"]], row["history"], row["reason"],
                                  row["message"] or "")
@@ -377,6 +415,9 @@ class TargetSystem:
             unwatch()
 
     def _on_domain_event(self, event: DomainEvent) -> None:
+        if event.host_lost and not self.lifecycle.terminal:
+            self.lifecycle.fail(Reason.HOST_LOST, event.host_lost)
+            return
         if self.vm is None:
             return
         if event.stopped and self.state in (S.CONNECTING, S.READY, S.BUSY):

@@ -456,10 +456,10 @@ def _resources(job: JobDescription, res: Any) -> None:
         job.runtime = parse_runtime("Resources.Runtime", res["Runtime"])
     if "Nodes" in res:
         job.nodes = _int("Resources.Nodes", res["Nodes"], minimum=1)
-        if job.nodes > 1:
-            raise JobDescriptionError("Resources.Nodes", "a VM target system has one node")
-    # one node: CPUs, TotalCPUs and CPUsPerNode are one number (each given one is checked)
-    job.cpus = _same(res, CPU_KEYS, lambda path, value: _int(path, value, minimum=1))
+    if (job.nodes or 1) > 1:
+        job.cpus = _cpus_per_node(res, job.nodes)
+    else:  # one node: CPUs, TotalCPUs and CPUsPerNode are one number (each one is checked)
+        job.cpus = _same(res, CPU_KEYS, lambda path, value: _int(path, value, minimum=1))
     job.memory = _same(res, MEMORY_KEYS, parse_memory)
     if "Disk" in res:
         job.disk = parse_memory("Resources.Disk", res["Disk"])
@@ -478,6 +478,28 @@ def _same(res: dict[str, Any], keys: tuple[str, ...], parse) -> Any:
                                                           "(a VM target system has one node)")
         found = found or (key, value)
     return found and found[1]
+
+
+def _cpus_per_node(res: dict[str, Any], nodes: int) -> int | None:
+    """The CPUs of each of ``nodes`` VMs: ``CPUsPerNode``, or the total (``CPUs`` or
+    ``TotalCPUs``, which must agree) split evenly; both given must agree too."""
+    def count(path: str, value: Any) -> int:
+        return _int(path, value, minimum=1)
+
+    per_node = count("Resources.CPUsPerNode", res["CPUsPerNode"]) \
+        if "CPUsPerNode" in res else None
+    total = _same({k: v for k, v in res.items() if k in ("CPUs", "TotalCPUs")},
+                  ("CPUs", "TotalCPUs"), count)
+    total_key = "Resources.TotalCPUs" if "TotalCPUs" in res else "Resources.CPUs"
+    if total is not None and per_node is not None and total != per_node * nodes:
+        raise JobDescriptionError(total_key, f"{total} is not Nodes x CPUsPerNode "
+                                             f"({nodes} x {per_node})")
+    if total is not None and per_node is None:
+        if total % nodes:
+            raise JobDescriptionError(total_key, f"{total} CPUs cannot be split evenly over "
+                                                 f"{nodes} nodes: give CPUsPerNode")
+        per_node = total // nodes
+    return per_node
 
 
 def _unsupported_resources(res: dict[str, Any]) -> None:
@@ -511,8 +533,9 @@ def requirement_sources(job: JobDescription) -> dict[str, str]:
     (``Resources.TotalCPUs`` rather than ``Resources.CPUs``)."""
     res = job.raw.get("Resources")
     res = res if isinstance(res, dict) else {}
+    cpu_keys = ("CPUsPerNode", *CPU_KEYS) if (job.nodes or 1) > 1 else CPU_KEYS
     given = {name: next((f"Resources.{key}" for key in keys if key in res), None)
-             for name, keys in (("cpus", CPU_KEYS), ("memory_mib", MEMORY_KEYS))}
+             for name, keys in (("cpus", cpu_keys), ("memory_mib", MEMORY_KEYS))}
     return REQUIREMENT_SOURCES | {name: key for name, key in given.items() if key}
 
 

@@ -233,9 +233,11 @@ def container_command(job: JobDescription, workdir: str, staged: StagedContainer
 
 
 def job_script(job: JobDescription, workdir: str, metadata: ImageMetadata | None,
-               staged: StagedContainer | None = None) -> str:
+               staged: StagedContainer | None = None,
+               site_environment: dict[str, str] | None = None) -> str:
     """The user script UNICORE/X would send: environment, cd, the command, exit code (a
-    registered container's command through the launcher, ``staged``)."""
+    registered container's command through the launcher, ``staged``; ``site_environment``:
+    what the site sets, e.g. a cluster's node list — the job's own variables win)."""
     if staged is not None:
         executable, *arguments = container_command(job, workdir, staged)
         app_env: dict[str, str] = {}
@@ -252,7 +254,8 @@ def job_script(job: JobDescription, workdir: str, metadata: ImageMetadata | None
         f"[ -L \"$UC_OUTPUT_DIRECTORY/{EXIT_CODE_FILE}\" ]; then "
         f"rm -f \"$UC_OUTPUT_DIRECTORY/{EXIT_CODE_FILE}\"; fi",
     ]
-    for name, value in {**app_env, **job.parameters, **job.environment}.items():
+    for name, value in {**(site_environment or {}), **app_env, **job.parameters,
+                        **job.environment}.items():
         lines.append(f"{name}={q(value)}; export {name}")
     if job.precommand:
         lines.append(job.precommand)
@@ -445,7 +448,7 @@ class JobRunner:
         assert tsi is not None and job.workdir
         desc = job.description
         script = job_script(desc, job.workdir, target.image.metadata,
-                            self._staged_container(job, target))
+                            self._staged_container(job, target), target.job_environment)
         if job.state is J.STAGINGIN:
             job.lifecycle.advance(J.QUEUED)
         try:

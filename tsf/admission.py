@@ -36,6 +36,7 @@ class SiteLimits:
     memory_mib: int = 8192
     runtime_s: int = 86400
     disk_gib: int = 64
+    nodes: int = 4  #: VMs of one multi-node job
 
     def check(self, requirements: Requirements, sources: dict[str, str] | None = None) -> None:
         """Raise JobDescriptionError naming the first requirement above its site limit;
@@ -98,6 +99,10 @@ class Admission:
     def check(self, description: JobDescription, owned: list[Job]) -> None:
         """Raise for a job the site cannot take from an owner who keeps ``owned``."""
         self.site.check(description.requirements, requirement_sources(description))
+        nodes = description.nodes or 1
+        if nodes > self.site.nodes:
+            raise JobDescriptionError("Resources.Nodes", f"{nodes} is outside this site's "
+                                                         f"limit: 1 to {self.site.nodes}")
         self.check_owner(owned, description_bytes(description))
 
     def check_owner(self, owned: list[Job], new_bytes: int = 0) -> None:

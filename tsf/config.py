@@ -37,6 +37,7 @@ Example (every value shown is the default; ``state_dir`` defaults to ``$GRIDVM_H
     max_memory_mib = 8192             # may ask for (more is a 400 at submit and in
     max_runtime_s = 86400             # images/match); an image's default size is cut
     max_disk_gib = 64                 # down to them
+    max_nodes = 4                     # VMs of one multi-node job (Resources.Nodes)
     user_max_jobs = 1000              # per user: jobs kept (finished or not),
     user_max_unfinished_jobs = 100    # jobs not yet finished,
     user_max_description_mib = 16     # JSON of the job descriptions kept,
@@ -56,6 +57,27 @@ Example (every value shown is the default; ``state_dir`` defaults to ``$GRIDVM_H
                                       # URLs (a file of another of the user's jobs works)
     max_mib = 1024                    # largest file
     timeout_s = 300                   # one transfer, in all
+
+    [[hosts]]                         # hypervisor hosts (none: one, site.libvirt_uri,
+    name = "node1"                    # named "default"), one table each
+    uri = "qemu+ssh://gridvm@node1/system"  # libvirt URI (remote drivers: ssh, tls)
+    address = "127.0.0.1"             # where the host binds forwarded TSI ports
+    site_address = "127.0.0.1"        # where the host reaches the site's callback listener
+    cpus = 0                          # capacity overrides; 0 = what libvirt reports
+    memory_mib = 0
+    enabled = true                    # false: takes no new instance (DRAINING)
+    storage_pool = ""                 # a directory on the host: images and media go there
+                                      # as libvirt volumes (the host needs only libvirtd);
+                                      # "" = files of this machine (a local host)
+
+    [placement]                       # which host boots a new instance
+    strategy = "spread"               # "spread" (most free vCPUs) or "pack" (fewest)
+    cpu_ratio = 4.0                   # vCPUs per host CPU gridvm's instances may hold
+    memory_ratio = 1.0                # instance memory per MiB of host memory
+    cached_image_weight = 2.0         # preference for a host that has the image cached
+    host_grace_s = 60                 # a host unreachable this long is DOWN: its
+                                      # instances fail HOST_LOST (with [[hosts]] only: a
+                                      # site of site.libvirt_uri waits for it forever)
 
     [[pools]]                         # warm pools (none by default), one table each:
     name = "atlas"                    # instances are owned by "pool:atlas" until taken
@@ -115,7 +137,9 @@ from typing import Any
 from base.errors import GridvmError
 from base.reasons import Reason
 from tsf.admission import Admission, SiteLimits, UserLimits
+from tsf.placement import HostPolicy
 from tsf.pools import PoolSpec, check_specs
+from vmm.hosts import DEFAULT_HOST, HostSpec
 
 
 class ConfigError(GridvmError, ValueError):
@@ -142,6 +166,27 @@ class TransfersSection:
     url_prefixes: list = field(default_factory=list)
     max_mib: int = 1024
     timeout_s: float = 300.0
+
+
+@dataclass
+class HostSection:
+    name: str = ""
+    uri: str = ""
+    address: str = "127.0.0.1"
+    site_address: str = "127.0.0.1"
+    cpus: int = 0
+    memory_mib: int = 0
+    enabled: bool = True
+    storage_pool: str = ""
+
+
+@dataclass
+class PlacementSection:
+    strategy: str = "spread"
+    cpu_ratio: float = 4.0
+    memory_ratio: float = 1.0
+    cached_image_weight: float = 2.0
+    host_grace_s: float = 60.0
 
 
 @dataclass
@@ -204,6 +249,7 @@ class LimitsSection:
     max_memory_mib: int = 8192
     max_runtime_s: int = 86400
     max_disk_gib: int = 64
+    max_nodes: int = 4
     user_max_jobs: int = 1000
     user_max_unfinished_jobs: int = 100
     user_max_description_mib: int = 16
@@ -252,6 +298,8 @@ class SiteConfig:
     health: HealthSection = field(default_factory=HealthSection)
     transfers: TransfersSection = field(default_factory=TransfersSection)
     pools: list = field(default_factory=list)  #: PoolSection per [[pools]] table
+    hosts: list = field(default_factory=list)  #: HostSection per [[hosts]] table
+    placement: PlacementSection = field(default_factory=PlacementSection)
     trust: TrustSection = field(default_factory=TrustSection)
     subscriptions: list = field(default_factory=list)  #: SubscriptionSection per table
     exchange: ExchangeSection = field(default_factory=ExchangeSection)
@@ -292,10 +340,27 @@ class SiteConfig:
         limits = self.limits
         return Admission(
             SiteLimits(max(limits.max_cpus, 1), max(limits.max_memory_mib, 1),
-                       max(limits.max_runtime_s, 1), limits.max_disk_gib),
+                       max(limits.max_runtime_s, 1), limits.max_disk_gib,
+                       max(limits.max_nodes, 1)),
             UserLimits(limits.user_max_jobs, limits.user_max_unfinished_jobs,
                        limits.user_max_description_mib << 20,
                        limits.user_max_storage_gib << 30))
+
+    def host_specs(self) -> list[HostSpec]:
+        """The hypervisor hosts: the [[hosts]] tables, else site.libvirt_uri as one."""
+        if not self.hosts:
+            return [HostSpec(DEFAULT_HOST, self.site.libvirt_uri)]
+        return [HostSpec(h.name, h.uri, h.address, h.site_address, h.cpus, h.memory_mib,
+                         h.enabled, h.storage_pool) for h in self.hosts]
+
+    def host_grace(self) -> float | None:
+        """Seconds an unreachable host has before it is DOWN; None for a one-host site
+        without [[hosts]]: its instances wait for its libvirtd to come back, as before."""
+        return self.placement.host_grace_s if self.hosts else None
+
+    def host_policy(self) -> HostPolicy:
+        p = self.placement
+        return HostPolicy(p.strategy, p.cpu_ratio, p.memory_ratio, p.cached_image_weight)
 
     def pool_specs(self) -> list[PoolSpec]:
         return [PoolSpec(p.name, p.image, p.idle, p.vcpus, p.memory_mib, tuple(p.vos))
@@ -303,8 +368,9 @@ class SiteConfig:
 
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {f.name: dict(vars(getattr(self, f.name))) for f in fields(self)
-                               if f.name not in ("pools", "subscriptions")}
+                               if f.name not in TABLE_ARRAYS}
         doc["pools"] = [dict(vars(p)) for p in self.pools]
+        doc["hosts"] = [dict(vars(h)) for h in self.hosts]
         doc["subscriptions"] = [dict(vars(s)) for s in self.subscriptions]
         return doc
 
@@ -323,6 +389,11 @@ class SiteConfig:
             return TrustPolicy.from_file(self.trust.anchors, **options)
         except BadRequest as err:
             raise ConfigError(f"trust.anchors: {err.message}") from None
+
+
+#: the sections that are arrays of tables, and the section of each table
+TABLE_ARRAYS = {"pools": PoolSection, "subscriptions": SubscriptionSection,
+                "hosts": HostSection}
 
 
 def _section(cls, name: str, values: Any):
@@ -353,10 +424,10 @@ def config_from_dict(doc: dict[str, Any]) -> SiteConfig:
     for name, values in doc.items():
         if name not in sections:
             raise ConfigError(f"unknown section [{name}]; known: {', '.join(sections)}")
-        if name in ("pools", "subscriptions"):
+        if name in TABLE_ARRAYS:
             if not isinstance(values, list):
                 raise ConfigError(f"{name} must be an array of tables: [[{name}]]")
-            kind = PoolSection if name == "pools" else SubscriptionSection
+            kind = TABLE_ARRAYS[name]
             setattr(config, name, [_section(kind, f"{name}[{i}]", table)
                                    for i, table in enumerate(values)])
             continue
@@ -372,10 +443,48 @@ def config_from_dict(doc: dict[str, Any]) -> SiteConfig:
     if not config.site.name.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"site.name must be letters, digits, - and _: {config.site.name!r}")
     _check_subscriptions(config)
+    _check_hosts(config)
     if config.trust.require_endorsement and not config.trust.anchors:
         raise ConfigError("trust.require_endorsement needs trust.anchors (a PEM bundle of "
                           "the endorsers or CAs this site trusts)")
     return config
+
+
+MAX_HOSTS = 1000
+
+
+def _check_hosts(config: SiteConfig) -> None:
+    import ipaddress
+    import re
+
+    if len(config.hosts) > MAX_HOSTS:
+        raise ConfigError(f"hosts: at most {MAX_HOSTS} [[hosts]] tables, got {len(config.hosts)}")
+    seen = set()
+    for i, host in enumerate(config.hosts):
+        where = f"hosts[{i}]"
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", host.name):
+            raise ConfigError(f"{where}.name must be 1-64 letters, digits, ., - and _, got "
+                              f"{host.name!r}")
+        if host.name in seen:
+            raise ConfigError(f"{where}.name: {host.name!r} is there twice")
+        seen.add(host.name)
+        if not re.fullmatch(r"[a-z][a-z0-9+]*://\S*", host.uri):
+            raise ConfigError(f"{where}.uri must be a libvirt URI (e.g. qemu+ssh://user@host/"
+                              f"system), got {host.uri!r}")
+        for key in ("address", "site_address"):
+            try:
+                ipaddress.ip_address(getattr(host, key))
+            except ValueError:
+                raise ConfigError(f"{where}.{key} must be an IP address, got "
+                                  f"{getattr(host, key)!r}") from None
+        if host.storage_pool and not host.storage_pool.startswith("/"):
+            raise ConfigError(f"{where}.storage_pool must be an absolute path on the host")
+    placement = config.placement
+    if placement.strategy not in ("spread", "pack"):
+        raise ConfigError(f"placement.strategy must be \"spread\" or \"pack\", got "
+                          f"{placement.strategy!r}")
+    if placement.cpu_ratio <= 0 or placement.memory_ratio <= 0:
+        raise ConfigError("placement.cpu_ratio and placement.memory_ratio must be positive")
 
 
 def _check_subscriptions(config: SiteConfig) -> None:

@@ -18,6 +18,12 @@ class InstanceBusy(GridvmError):
     reason = Reason.BAD_REQUEST
 
 
+class ClusterBusy(GridvmError):
+    """A cluster that is starting, scaling or stopping was asked to scale (HTTP 409)."""
+
+    reason = Reason.BAD_REQUEST
+
+
 class TerminationRefused(GridvmError, ValueError):
     """A termination time the site does not accept (past, or beyond one job lifetime)."""
 

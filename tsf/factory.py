@@ -28,7 +28,7 @@ from base.reasons import Reason
 from image_repo.errors import RepositoryError
 from image_repo.repository import ImageRepository
 from image_repo.trust import TrustPolicy
-from target_system.drivers import TSIConnector, VirtualMachines, connect_tsi
+from target_system.drivers import Hosts, TSIConnector, VirtualMachines, connect_tsi
 from target_system.instance import (
     Deadlines,
     HealthPolicy,
@@ -44,17 +44,22 @@ from target_system.store import StateStore
 from target_system.transfers import TransferPolicy
 from tsf import recovery
 from tsf.admission import Admission
+from tsf.clusters import ClusterKeeper, VirtualCluster
 from tsf.errors import InstanceBusy, NotFound
 from tsf.imports import fetch_imports, same_site_imports
 from tsf.lifetimes import DEFAULT_JOB_LIFETIME, EXPIRY_INTERVAL, Lifetimes
-from tsf.placement import Action, Need, Quotas, choose
+from tsf.placement import Action, HostPolicy, Need, Quotas, choose
 from tsf.pools import PoolKeeper, PoolSpec
 from tsf.registry import InstanceRegistry
 from tsf.sites import SiteRegistry
+from vmm.switch import ClusterNetworks
 
 __all__ = ["InstanceBusy", "NotFound", "Quotas", "TargetSystemFactory"]
 
 log = logging.getLogger(__name__)
+
+#: times a job is placed again when its instance is lost with its host before it starts
+MAX_REPLACEMENTS = 2
 
 
 def _delegated(part: str, name: str, doc: str) -> property:
@@ -80,7 +85,9 @@ class TargetSystemFactory(service.MultiService):
                  pools: Sequence[PoolSpec] = (), pool_interval: float = 10.0,
                  trust: TrustPolicy | None = None,
                  tsi_connector: TSIConnector = connect_tsi,
-                 admission: Admission | None = None):
+                 admission: Admission | None = None, hosts: Hosts | None = None,
+                 host_policy: HostPolicy | None = None,
+                 networks: ClusterNetworks | None = None):
         super().__init__()
         self.repository = repository
         self.vmm = vmm
@@ -89,11 +96,16 @@ class TargetSystemFactory(service.MultiService):
         self.reactor = reactor
         self.runner = runner or JobRunner(reactor)
         self.store = store
+        #: the hypervisor hosts (None: a VM manager of one host, as in unit tests)
+        self.hosts = hosts
         self.registry = InstanceRegistry(
             repository, vmm, credentials, reactor, quotas=quotas or Quotas(),
             deadlines=deadlines or Deadlines(), health=health or HealthPolicy(), store=store,
             trust=trust or TrustPolicy(), context_hooks=context_hooks or {},
-            tsi_connector=tsi_connector)
+            tsi_connector=tsi_connector, hosts=hosts, host_policy=host_policy)
+        #: virtual clusters (multi-node jobs), each on a switch of its own
+        self.clusters = ClusterKeeper(self.registry, networks or ClusterNetworks(
+            Path(getattr(vmm, "state_dir", self.storage_root)) / "clusters"), reactor)
         #: the site's size limits and the per-user limits, checked at submit
         self.admission = admission or Admission()
         self.keep_on_stop = False  #: stopService detaches instead of terminating
@@ -267,16 +279,22 @@ class TargetSystemFactory(service.MultiService):
 
     async def _process(self, job: Job) -> Job:
         caller = self._callers[job.job_id]
+        cluster: VirtualCluster | None = None
         try:
             image = await self.registry._match(job, caller)
             if image is None:
                 return job
-            target = self._target_for(job, caller, image)
-            if target.state is not InstanceState.READY and target.state is not InstanceState.BUSY:
-                job.note(f"waiting for instance {target.instance_id} ({target.state.name})")
             fetched = defer.Deferred.fromCoroutine(fetch_imports(
                 job, lambda job_id: self.job(job_id, caller), self.transfers))
-            await target.start()  # the imports are fetched meanwhile
+            if (job.description.nodes or 1) > 1:  # the imports are fetched meanwhile
+                cluster = self.clusters.for_job(
+                    job, caller, image, Need.of(job, caller, image, self.admission.site))
+                target = cluster.nodes["node0"]
+                job.note(f"waiting for instance {target.instance_id} ({target.state.name}) and "
+                         f"the other {len(cluster.nodes) - 1} nodes of its cluster")
+                await cluster.start(cluster.nodes.values())
+            else:
+                target = await self._started_target(job, caller, image)
             await fetched
             if job.state.terminal:  # aborted while the instance booted, or an import failed
                 return job
@@ -291,9 +309,37 @@ class TargetSystemFactory(service.MultiService):
             log.exception("job %s", job.job_id)
             job.fail(Reason.HYPERVISOR_ERROR, f"{type(err).__name__}: {err}")
         finally:
+            if cluster is not None:
+                await self._end_cluster(cluster, job)
             self._running.pop(job.job_id, None)
             job.settle()
         return job
+
+    async def _started_target(self, job: Job, caller: Caller,
+                              image: ImageToBoot) -> TargetSystem:
+        """Place the job and wait until its instance is up.  A job whose instance is lost
+        with its host before the job started there is placed again (another host, if one
+        fits), up to ``MAX_REPLACEMENTS`` times."""
+        attempt = 0
+        while True:
+            target = self._target_for(job, caller, image)
+            if target.state is not InstanceState.READY and target.state is not InstanceState.BUSY:
+                job.note(f"waiting for instance {target.instance_id} ({target.state.name})")
+            try:
+                await target.start()
+                return target
+            except InstanceFailed as err:
+                if err.reason != Reason.HOST_LOST or attempt >= MAX_REPLACEMENTS or \
+                        job.state.terminal:
+                    raise
+                attempt += 1
+                job.note(f"instance {target.instance_id} was lost with its host before the job "
+                         f"started ({err}): placing the job again")
+
+    async def _end_cluster(self, cluster: VirtualCluster, job: Job) -> None:
+        """A multi-node job's nodes end with it (its outputs are kept by then)."""
+        await cluster.end(f"multi-node job {job.job_id} ended")
+        self.clusters.forget(cluster)
 
     def _target_for(self, job: Job, caller: Caller, image: ImageToBoot) -> TargetSystem:
         """Carry out placement's decision for the job: reserve it a slot on the instance
@@ -385,9 +431,12 @@ class TargetSystemFactory(service.MultiService):
         stopped = super().stopService()
 
         def end(_result):
-            if self.keep_on_stop:
-                return self.detach()
-            return defer.DeferredList([t.terminate("site shutdown")
-                                       for t in self.registry.live()])
+            if self.keep_on_stop:  # clusters end: their switches live in this process
+                ending = defer.Deferred.fromCoroutine(self.clusters.end_all("site shutdown"))
+                return ending.addCallback(lambda _r: self.detach())
+            ending = defer.DeferredList([t.terminate("site shutdown")
+                                         for t in self.registry.live()])
+            return ending.addCallback(lambda _r: defer.Deferred.fromCoroutine(
+                self.clusters.end_all("site shutdown")))
 
         return stopped.addCallback(end)

@@ -12,7 +12,9 @@ restarted site reports what it took back:
 - ``gridvm_tsi_round_trip_seconds{instance}``: the last health ping of each live instance;
 - ``gridvm_store_bytes`` (image blobs) and ``gridvm_site_storage_bytes`` (job files), walked
   in a thread at most every ``DISK_INTERVAL`` seconds;
-- ``gridvm_failed_logins_total``: from the REST site's failed-login backoff.
+- ``gridvm_failed_logins_total``: from the REST site's failed-login backoff;
+- ``gridvm_host_up{host,state}`` (1 for the host's state: UP, DRAINING or DOWN) and
+  ``gridvm_host_used_vcpus{host}``: the hypervisor hosts.
 """
 
 from __future__ import annotations
@@ -131,6 +133,22 @@ class SiteCollector:
                                 "storage", value=self.disk.storage)
         yield CounterMetricFamily("gridvm_failed_logins", "Failed logins since the start",
                                   value=getattr(self.backoff, "failures_total", 0))
+        yield from self._hosts()
+
+    def _hosts(self):
+        if self.factory.hosts is None:
+            return
+        state = GaugeMetricFamily("gridvm_host_up", "1 for each hypervisor host's state",
+                                  labels=["host", "state"])
+        used = GaugeMetricFamily("gridvm_host_used_vcpus", "vCPUs gridvm's live instances "
+                                 "hold per hypervisor host", labels=["host"])
+        usage = self.factory.registry.host_usage()
+        for view in self.factory.hosts.views():
+            state.add_metric([view.name, str(view.state)], 1)
+            held = usage.get(view.name)
+            used.add_metric([view.name], held.vcpus if held else 0)
+        yield state
+        yield used
 
 
 class MetricsResource(resource.Resource):

@@ -28,6 +28,7 @@ from typing import Protocol
 from base.identity import Caller
 from base.reasons import Reason
 from target_system.instance import ImageToBoot
+from target_system.jobdesc import JobDescription
 from target_system.jobs import Job
 from target_system.lifecycle import InstanceState
 from tsf.admission import SiteLimits
@@ -77,16 +78,22 @@ class Need:
     @classmethod
     def of(cls, job: Job, caller: Caller, image: ImageToBoot,
            site: SiteLimits | None = None) -> Need:
-        vcpus, memory = _size(job, image, site or SiteLimits())
+        return cls.sized(job.description, caller, image, site)
+
+    @classmethod
+    def sized(cls, description: JobDescription, caller: Caller, image: ImageToBoot,
+              site: SiteLimits | None = None) -> Need:
+        """The need of a description's size (a job's, or a cluster service's)."""
+        vcpus, memory = _size(description, image, site or SiteLimits())
         return cls(caller, image.image_id, vcpus, memory)
 
 
-def _size(job: Job, image: ImageToBoot, site: SiteLimits) -> tuple[int, int]:
+def _size(description: JobDescription, image: ImageToBoot, site: SiteLimits) -> tuple[int, int]:
     """The job's size, else the image's default; never more than the site's limits (an
     image's default size may be larger)."""
     hardware = image.metadata and image.metadata.origin.virtual_hardware
-    vcpus = max(job.description.cpus or 1, (hardware and hardware.vcpus) or 1)
-    memory = max(-(-(job.description.memory or 0) // (1 << 20)),
+    vcpus = max(description.cpus or 1, (hardware and hardware.vcpus) or 1)
+    memory = max(-(-(description.memory or 0) // (1 << 20)),
                   (hardware and hardware.memory_mib) or DEFAULT_MEMORY_MIB)
     return min(vcpus, site.cpus), min(memory, site.memory_mib)
 
@@ -117,6 +124,14 @@ class NotRetiring(InstanceFilter):
 
     def why_not(self, instance, need):
         return f"is retiring ({instance.retiring})" if instance.retiring else None
+
+
+class NotClusterNode(InstanceFilter):
+    """A node of a virtual cluster serves its cluster only."""
+
+    def why_not(self, instance, need):
+        node = getattr(instance, "node", None)
+        return f"is node {node.name} of cluster {node.cluster}" if node is not None else None
 
 
 class BigEnough(InstanceFilter):
@@ -168,8 +183,8 @@ class SiteQuota(BootQuota):
         return f"the site runs {live} instances, its limit is {quotas.total}"
 
 
-OWN_FILTERS: tuple[InstanceFilter, ...] = (SameImage(), NotDraining(), NotRetiring(),
-                                           BigEnough())
+OWN_FILTERS: tuple[InstanceFilter, ...] = (SameImage(), NotClusterNode(), NotDraining(),
+                                           NotRetiring(), BigEnough())
 QUOTAS: tuple[BootQuota, ...] = (PerUserQuota(), SiteQuota())
 
 
@@ -259,6 +274,25 @@ def choose(need: Need, live: Sequence[Instance], quotas: Quotas,
     return decide(Action.BOOT)
 
 
+def choose_nodes(need: Need, count: int, live: Sequence[Instance],
+                 quotas: Quotas) -> Decision:
+    """Boot ``count`` new instances of the caller's for a virtual cluster (its nodes have a
+    NIC on the cluster's own switch: none is reused, shared or taken from a pool) when the
+    quotas let all of them boot; else refuse with ``QUOTA_EXCEEDED``."""
+    mine = sum(t.owner == need.caller.user for t in live)
+    limit = ""
+    if mine + count > quotas.per_user:
+        limit = (f"{count} more instances would make you {mine + count}, the limit per user "
+                 f"is {quotas.per_user}")
+    elif len(live) + count > quotas.total:
+        limit = (f"{count} more instances would make the site run {len(live) + count}, its "
+                 f"limit is {quotas.total}")
+    if limit:
+        return Decision(Action.REFUSE, need.vcpus, need.memory_mib, limit=limit,
+                        reason=Reason.QUOTA_EXCEEDED)
+    return Decision(Action.BOOT, need.vcpus, need.memory_mib)
+
+
 def _passing(instances: Sequence[Instance], filters: Sequence[InstanceFilter], need: Need,
              skipped: list[Skip]) -> list[Instance]:
     """The instances every filter passes; the others go to ``skipped`` with every reason."""
@@ -270,3 +304,176 @@ def _passing(instances: Sequence[Instance], filters: Sequence[InstanceFilter], n
         else:
             passing.append(instance)
     return passing
+
+
+# --------------------------------------------------------------------------- hosts -----------
+#
+# Where a new instance boots.  Each host filter answers for a whole list of hosts at once
+# (Nova's ``filter_all``, one list comprehension over the hosts, no allocation per host:
+# 10,000 hosts take a few milliseconds), and
+# for one host with its ``why_not``; a job no host takes fails naming every host's reasons.
+# The weigher then scores the survivors; the best score wins (ties: the first configured).
+
+
+class Host(Protocol):
+    """What host placement reads of a hypervisor host (``vmm.hosts.HostView`` has it)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def cpus(self) -> int: ...
+    @property
+    def memory_mib(self) -> int: ...
+    @property
+    def free_memory_mib(self) -> int: ...
+    @property
+    def cached(self) -> frozenset[str]: ...
+    @property
+    def message(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class HostUsage:
+    """What gridvm's own live instances hold of a host."""
+
+    vcpus: int = 0
+    memory_mib: int = 0
+
+
+NO_USAGE = HostUsage()
+
+
+@dataclass(frozen=True)
+class HostPolicy:
+    """How hosts are chosen: ``spread`` (the most free vCPUs first) or ``pack`` (the
+    fewest); overcommit ratios on libvirt's CPUs and memory; how much an image already
+    cached on a host counts (against at most 1 for spread or pack)."""
+
+    strategy: str = "spread"
+    cpu_ratio: float = 4.0
+    memory_ratio: float = 1.0
+    cached_image_weight: float = 2.0
+
+
+class HostFilter:
+    """One rule a host must pass to take a new instance."""
+
+    def why_not(self, host: Host, used: HostUsage, need: Need,
+                policy: HostPolicy) -> str | None:
+        raise NotImplementedError
+
+    def filter_all(self, hosts: list[Host], usage: Mapping[str, HostUsage], need: Need,
+                   policy: HostPolicy) -> list[Host]:
+        """The hosts that pass (a filter may do this faster than one ``why_not`` each)."""
+        get = usage.get
+        return [h for h in hosts if self.why_not(h, get(h.name, NO_USAGE), need, policy) is None]
+
+
+class HostUp(HostFilter):
+    """Only an UP host takes instances (not DRAINING, not DOWN)."""
+
+    def why_not(self, host, used, need, policy):
+        if host.state == "UP":
+            return None
+        return f"is {host.state}" + (f" ({host.message})" if host.message else "")
+
+    def filter_all(self, hosts, usage, need, policy):
+        return [h for h in hosts if h.state == "UP"]
+
+
+class EnoughCpus(HostFilter):
+    def why_not(self, host, used, need, policy):
+        room = host.cpus * policy.cpu_ratio - used.vcpus
+        if room >= need.vcpus:
+            return None
+        return (f"has {max(int(room), 0)} of {host.cpus} vCPU free (ratio {policy.cpu_ratio:g}), "
+                f"the job needs {need.vcpus}")
+
+    def filter_all(self, hosts, usage, need, policy):
+        get, ratio, wanted = usage.get, policy.cpu_ratio, need.vcpus
+        return [h for h in hosts if h.cpus * ratio - get(h.name, NO_USAGE).vcpus >= wanted]
+
+
+class EnoughMemory(HostFilter):
+    def why_not(self, host, used, need, policy):
+        room = host.memory_mib * policy.memory_ratio - used.memory_mib
+        if room >= need.memory_mib:
+            return None
+        return (f"has {max(int(room), 0)} of {host.memory_mib} MiB free for instances, the job "
+                f"needs {need.memory_mib} MiB")
+
+    def filter_all(self, hosts, usage, need, policy):
+        get, ratio, wanted = usage.get, policy.memory_ratio, need.memory_mib
+        return [h for h in hosts
+                if h.memory_mib * ratio - get(h.name, NO_USAGE).memory_mib >= wanted]
+
+
+class EnoughFreeMemory(HostFilter):
+    """What the host's kernel has free now (other programs use memory too)."""
+
+    def why_not(self, host, used, need, policy):
+        if host.free_memory_mib >= need.memory_mib:
+            return None
+        return f"has {host.free_memory_mib} MiB free memory now, the job needs {need.memory_mib}"
+
+    def filter_all(self, hosts, usage, need, policy):
+        wanted = need.memory_mib
+        return [h for h in hosts if h.free_memory_mib >= wanted]
+
+
+HOST_FILTERS: tuple[HostFilter, ...] = (HostUp(), EnoughCpus(), EnoughMemory(),
+                                        EnoughFreeMemory())
+
+
+@dataclass(frozen=True)
+class HostDecision:
+    """The host a new instance boots on (None: none fits), and why the others do not."""
+
+    host: Host | None
+    #: when none fits: (host name, why not) of every host, in host order
+    rejected: tuple[tuple[str, str], ...] = ()
+
+    def why_not(self) -> str:
+        """The reason a job that fits no host fails with: every host's."""
+        return "no hypervisor host can take the instance: " + "; ".join(
+            f"{name} {why}" for name, why in self.rejected)
+
+
+def choose_host(need: Need, hosts: Sequence[Host], usage: Mapping[str, HostUsage],
+                policy: HostPolicy = HostPolicy(),
+                filters: Sequence[HostFilter] = HOST_FILTERS) -> HostDecision:
+    """The best host for a new instance with ``need``, given what gridvm's live instances
+    hold of each (``usage`` by host name).  When none fits, every host's reasons."""
+    passing = list(hosts)
+    for f in filters:
+        passing = f.filter_all(passing, usage, need, policy)
+        if not passing:
+            return HostDecision(None, _every_reason(need, hosts, usage, policy, filters))
+    return HostDecision(_best(passing, need, usage, policy))
+
+
+def _every_reason(need: Need, hosts: Sequence[Host], usage: Mapping[str, HostUsage],
+                  policy: HostPolicy, filters: Sequence[HostFilter]
+                  ) -> tuple[tuple[str, str], ...]:
+    """Why each host does not fit: every failing filter's reason."""
+    rejected = []
+    for host in hosts:
+        used = usage.get(host.name, NO_USAGE)
+        reasons = [why for f in filters if (why := f.why_not(host, used, need, policy))]
+        rejected.append((host.name, ", ".join(reasons)))
+    return tuple(rejected)
+
+
+def _best(hosts: list[Host], need: Need, usage: Mapping[str, HostUsage],
+          policy: HostPolicy) -> Host:
+    """The weigher: a host's score is its share of free vCPUs (spread: more is better,
+    pack: less), plus ``cached_image_weight`` when it has the job's image.  The first of
+    equal scores wins: ties go to the first configured host."""
+    sign = -1.0 if policy.strategy == "pack" else 1.0
+    cached_weight, image, ratio, get = (policy.cached_image_weight, need.image_id,
+                                        policy.cpu_ratio, usage.get)
+    scores = [sign * (1.0 - get(h.name, NO_USAGE).vcpus / (h.cpus * ratio or 1.0))
+              + (cached_weight if image in h.cached else 0.0) for h in hosts]
+    return hosts[scores.index(max(scores))]

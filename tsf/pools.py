@@ -27,6 +27,7 @@ from twisted.python import failure
 
 from base.identity import Caller
 from image_repo.errors import RepositoryError
+from target_system.instance import InstanceFailed
 
 if TYPE_CHECKING:
     from target_system.instance import TargetSystem
@@ -152,7 +153,13 @@ class PoolKeeper(service.Service):
                     log.warning("pool %s: the site runs %d instances, its limit", spec.name,
                                 len(registry.live()))
                     break
-                target = registry.boot(spec.owner, admin, image, spec.vcpus, spec.memory_mib)
+                try:
+                    target = registry.boot(spec.owner, admin, image, spec.vcpus,
+                                           spec.memory_mib)
+                except InstanceFailed as err:
+                    log.warning("pool %s: %s", spec.name, err)
+                    self._failed(spec.name, failure.Failure(err))
+                    break
                 target.keep_idle = True
                 log.info("pool %s: booting instance %s", spec.name, target.instance_id)
                 target.start().addCallbacks(

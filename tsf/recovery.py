@@ -51,6 +51,7 @@ async def recover(factory: TargetSystemFactory, adopted) -> dict[str, int]:
             deadlines=registry.deadlines, health=registry.health,
             tsi_connector=registry.tsi_connector)
         target.keep_idle = pool_name(target.owner) is not None
+        registry.locate(target)
         registry.add(target)
         await target.reconnect()
         counts["instances"] += 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Mapping
+from typing import Any
 
 from twisted.internet import threads
 
@@ -21,7 +22,7 @@ from base.reasons import Reason
 from image_repo.errors import RepositoryError
 from image_repo.repository import ImageRepository
 from image_repo.trust import TrustPolicy
-from target_system.drivers import TSIConnector, VirtualMachines
+from target_system.drivers import Hosts, TSIConnector, VirtualMachines
 from target_system.instance import (
     Deadlines,
     HealthPolicy,
@@ -34,7 +35,7 @@ from target_system.jobdesc import JobDescription
 from target_system.jobs import Job
 from target_system.store import StateStore
 from tsf.containers import find_container
-from tsf.placement import Quotas
+from tsf.placement import HostDecision, HostPolicy, HostUsage, Need, Quotas, choose_host
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,13 @@ class InstanceRegistry:
                  credentials: SiteCredentials, reactor, *, quotas: Quotas,
                  deadlines: Deadlines, health: HealthPolicy, store: StateStore | None,
                  trust: TrustPolicy, context_hooks: Mapping[str, bytes],
-                 tsi_connector: TSIConnector):
+                 tsi_connector: TSIConnector, hosts: Hosts | None = None,
+                 host_policy: HostPolicy | None = None):
         self.repository = repository
         self.vmm = vmm
+        #: the hypervisor hosts new instances are placed on (None: the vmm's one host)
+        self.hosts = hosts
+        self.host_policy = host_policy or HostPolicy()
         self.credentials = credentials
         self.reactor = reactor
         self.quotas = quotas
@@ -87,18 +92,67 @@ class InstanceRegistry:
                 for t in self.live()}
 
     # -- new and restored instances ------------------------------------------------------
+    def host_usage(self) -> dict[str, HostUsage]:
+        """What the live instances hold of each host, by host name."""
+        usage: dict[str, list[int]] = {}
+        for target in self.live():
+            held = usage.setdefault(target.host, [0, 0])
+            held[0] += target.vcpus
+            held[1] += target.memory_mib
+        return {name: HostUsage(v, m) for name, (v, m) in usage.items()}
+
+    def place(self, need: Need, local_only: bool = False) -> HostDecision:
+        """The host a new instance with ``need`` boots on (see ``tsf.placement``);
+        ``local_only``: among the hosts whose libvirt runs on the site's machine."""
+        assert self.hosts is not None
+        views = self.hosts.views()
+        if local_only:
+            views = [view for view in views if view.local]
+        return choose_host(need, views, self.host_usage(), self.host_policy)
+
     def boot(self, owner: str, caller: Caller, image: ImageToBoot, vcpus: int,
-             memory: int) -> TargetSystem:
-        """A new instance (``caller``: who the pre-boot trust check reads the image as)."""
+             memory: int, **node: Any) -> TargetSystem:
+        """A new instance (``caller``: who the pre-boot trust check reads the image as) on
+        the host placement chooses; InstanceFailed ``NO_HOST_FITS`` (every host's reason)
+        when none can take it.  ``node``: a cluster node's ``TargetSystem`` arguments
+        (``node``, ``cluster_nic``, ``job_environment``, ``extra_context`` added to the
+        site's hooks); a cluster node boots only on a host local to the site, where its
+        switch's sockets are."""
+        hooks = {f"init.d/{name}": script for name, script in self.context_hooks.items()}
+        placed = {}
+        if self.hosts is not None:
+            decision = self.place(Need(caller, image.image_id, vcpus, memory),
+                                  local_only="cluster_nic" in node)
+            if decision.host is None:
+                raise InstanceFailed(Reason.NO_HOST_FITS, decision.why_not())
+            host = decision.host
+            placed = {"host": host.name, "address": host.address,
+                      "callback_address": host.site_address}
         target = TargetSystem(
             instance_id=uuid.uuid4().hex[:12], owner=owner, image=image, vmm=self.vmm,
             credentials=self.credentials, reactor=self.reactor, vcpus=vcpus, memory_mib=memory,
             deadlines=self.deadlines, health=self.health, tsi_connector=self.tsi_connector,
-            extra_context={f"init.d/{name}": script
-                           for name, script in self.context_hooks.items()},
-            admit=self._trust_check(image, caller) if self.trust.require else None)
+            extra_context={**hooks, **node.pop("extra_context", {})},
+            admit=self._trust_check(image, caller) if self.trust.require else None,
+            **placed, **node)
         self.add(target)
         return target
+
+    def locate(self, target: TargetSystem) -> None:
+        """Set a restored instance's host from where its domain was found.  One whose
+        domain no host has while a host is DOWN is lost with it (``HOST_LOST``), not
+        "vanished": should that host come back, the domain is destroyed there."""
+        if self.hosts is None:
+            return
+        target.host = self.hosts.host_of(target.instance_id)
+        views = self.hosts.views()
+        for view in views:
+            if view.name == target.host:
+                target.callback_address = view.site_address
+        down = [view.name for view in views if view.state == "DOWN"]
+        if target.vm is None and down and not target.lifecycle.terminal:
+            target.lifecycle.fail(Reason.HOST_LOST, "its VM is on no reachable host (DOWN: "
+                                  f"{', '.join(down)})")
 
     def add(self, target: TargetSystem) -> None:
         """Track ``target`` (a new or a restored one) and snapshot its every change."""
@@ -111,11 +165,17 @@ class InstanceRegistry:
             try:
                 verdict = await threads.deferToThread(self.repository.assess, image.image_id,
                                                       caller, self.trust)
+                bases = await threads.deferToThread(self.repository.assess_bases,
+                                                    image.image_id, caller, self.trust)
             except RepositoryError as err:
                 raise InstanceFailed(err.reason, str(err)) from None
             if not verdict.trusted:
                 raise InstanceFailed(Reason.IMAGE_UNTRUSTED, f"{image.name} is no longer trusted: "
                                      f"{verdict.message}")
+            for base, base_verdict in bases:
+                if not base_verdict.trusted:
+                    raise InstanceFailed(Reason.IMAGE_UNTRUSTED, f"{image.name} is a layer on "
+                                         f"{base}, which is not trusted: {base_verdict.message}")
             log.info("image %s trusted before boot: %s", image.name, verdict.message)
 
         return admit
@@ -163,10 +223,24 @@ class InstanceRegistry:
         job.note(f"matched image {best.ref}")
         return image
 
+    async def match_image(self, requirements, caller: Caller, what: str) -> ImageToBoot:
+        """The best image for ``requirements`` (of ``what``, e.g. a cluster's service), or
+        InstanceFailed NO_MATCHING_IMAGE with the reasons per image."""
+        result = await threads.deferToThread(
+            lambda: self.repository.match(requirements, caller, policy=self.trust))
+        if result.best is None:
+            rejected = await threads.deferToThread(lambda: result.rejected)
+            reasons = "; ".join(f"{r.ref}: " + ", ".join(x.message for x in r.reasons)
+                                for r in rejected[:10])
+            raise InstanceFailed(Reason.NO_MATCHING_IMAGE, f"no image fits {what}"
+                                 + (f" ({reasons})" if reasons else " (none is visible)"))
+        return await threads.deferToThread(self._load_image, result.best.id, caller)
+
     def _load_image(self, image_id: str, caller: Caller) -> ImageToBoot:
         record = self.repository.get(image_id, caller)
         paths = self.repository.content_paths(image_id, caller)
-        return ImageToBoot(record.id, record.name, record.metadata, paths)
+        backing = tuple(self.repository.backing_files(image_id, caller))
+        return ImageToBoot(record.id, record.name, record.metadata, paths, backing)
 
     async def resolve_container_image(self, desc: JobDescription, caller: Caller) -> None:
         """A CONTAINER job whose IMAGE_URL names a registered container image runs it with

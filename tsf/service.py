@@ -35,8 +35,7 @@ from tsf.rest.app import Limits, Sizing
 from tsf.rest.auth import Authenticator, TokenIssuer
 from tsf.rest.backoff import LoginBackoff
 from tsf.users import UsersFile
-from vmm.hypervisor import Hypervisor
-from vmm.manager import VirtualMachineManager
+from vmm.hosts import HostPool, build_hosts
 
 log = logging.getLogger("gridvm.site")
 
@@ -134,7 +133,7 @@ class SiteService(service.MultiService):
         super().__init__()
         self.config, self.reactor = config, reactor
         self.repository: ImageRepository | None = None
-        self.vmm: VirtualMachineManager | None = None
+        self.vmm: HostPool | None = None
         self.factory: TargetSystemFactory | None = None
         self.subscriptions: SubscriptionRefresher | None = None
         self.users: UsersFile | None = None
@@ -167,12 +166,14 @@ class SiteService(service.MultiService):
         log.info("catalogue %s: %d image(s)", _safe_url(config.database_url), images)
         self.users = UsersFile(config.users_file)
         log.info("users file %s: %d user(s)", config.users_file, len(self.users))
-        self.vmm = VirtualMachineManager(Hypervisor(config.site.libvirt_uri, reactor),
-                                         state / "vmm", reactor=reactor,
-                                         prefix=config.site.domain_prefix)
+        specs = config.host_specs()
+        self.vmm = HostPool(build_hosts(specs, state / "vmm", reactor,
+                                        prefix=config.site.domain_prefix),
+                            reactor, grace=config.host_grace(),
+                            drained_file=state / "vmm" / "drained.json")
         adopted = await self.vmm.start()
-        log.info("hypervisor %s connected; %d domain(s) of an earlier run found",
-                 config.site.libvirt_uri, len(adopted))
+        log.info("%d hypervisor host(s) (%s); %d domain(s) of an earlier run found",
+                 len(specs), ", ".join(f"{s.name} {s.uri}" for s in specs), len(adopted))
         self.vmm.setServiceParent(self)
         credentials = SiteCredentials.load_or_create(state / "ca")
         h, d = config.health, config.deadlines
@@ -186,7 +187,8 @@ class SiteService(service.MultiService):
             job_lifetime=config.limits.job_lifetime_days * 86400 or None,
             transfers=TransferPolicy(tuple(config.transfers.url_prefixes),
                                  config.transfers.max_mib << 20, config.transfers.timeout_s),
-            pools=config.pool_specs(), trust=trust, admission=config.admission())
+            pools=config.pool_specs(), trust=trust, admission=config.admission(),
+            hosts=self.vmm, host_policy=config.host_policy())
         self.factory.keep_on_stop = config.site.keep_instances
         counts = await self.factory.recover(adopted)
         log.info("taken back from an earlier run: %(instances)d instance(s), "
@@ -223,7 +225,8 @@ class SiteService(service.MultiService):
             tokens,
             Limits(max_json=limits.max_json_kib << 10, max_upload=limits.max_upload_mib << 20,
                    max_image_file=limits.image_file_mib << 20),
-            sizing=Sizing(limits.max_cpus, limits.max_memory_mib, limits.max_runtime_s),
+            sizing=Sizing(limits.max_cpus, limits.max_memory_mib, limits.max_runtime_s,
+                          max(limits.max_nodes, 1)),
             exchange=config.exchange, list_signer=ListSigner.from_config(config),
             uploads=uploads)
         expiry = TimerService(60, threads.deferToThread, uploads.expire)
@@ -310,7 +313,7 @@ async def start_site(config: SiteConfig, reactor=None) -> SiteService:
         return await site.start()
     except BaseException:
         if site.vmm is not None:
-            await defer.maybeDeferred(site.vmm.hypervisor.close)
+            await defer.maybeDeferred(site.vmm.close)
         if site.repository is not None:
             site.repository.close()
         raise

@@ -56,8 +56,9 @@ def network_config(mac: str = QEMU_DEFAULT_MAC) -> bytes:
 
 
 def user_data(*, job_user: str, job_group: str | None, workdir_root: str,
-              config_path: str = "tsi/agent.conf") -> bytes:
-    """``#cloud-config`` creating the job user and starting the agent from the medium.
+              config_path: str = "tsi/agent.conf", start_script: str | None = None) -> bytes:
+    """``#cloud-config`` creating the job user and starting the agent from the medium (for
+    an image's own TSI: the medium's ``start_script``).
 
     It all happens in ``bootcmd``, the first thing cloud-init's network stage runs: waiting
     for the ``users``/``runcmd`` modules of the later stages would cost a minute and more of
@@ -74,7 +75,8 @@ def user_data(*, job_user: str, job_group: str | None, workdir_root: str,
         "--property=DefaultDependencies=no", "--property=Restart=always",
         "--property=RestartSec=1", f"--setenv=PYTHONPATH={MOUNT_POINT}/{AGENT_LIB}",
         "--setenv=PYTHONDONTWRITEBYTECODE=1", "--setenv=LANG=C.UTF-8",
-        "python3", "-m", "tsi_bridge.agent", "--config", f"{MOUNT_POINT}/{config_path}"])
+        *(["/bin/sh", f"{MOUNT_POINT}/{start_script}"] if start_script else
+          ["python3", "-m", "tsi_bridge.agent", "--config", f"{MOUNT_POINT}/{config_path}"])])
     config = {"bootcmd": [
         f"getent group {group} >/dev/null || groupadd {group}",
         f"id -u {user} >/dev/null 2>&1 || useradd --create-home --gid {group} "
@@ -89,13 +91,14 @@ def user_data(*, job_user: str, job_group: str | None, workdir_root: str,
 
 
 def nocloud_files(instance_id: str, agent_files: dict[str, bytes], *, job_user: str,
-                  job_group: str | None, workdir_root: str) -> dict[str, bytes]:
+                  job_group: str | None, workdir_root: str,
+                  start_script: str | None = None) -> dict[str, bytes]:
     """Everything on the medium: NoCloud's three files, the agent and its configuration
     (``agent_files`` as made by ``tsi_bridge.context.agent_context_files``)."""
     return {
         "meta-data": meta_data(instance_id),
         "user-data": user_data(job_user=job_user, job_group=job_group,
-                               workdir_root=workdir_root),
+                               workdir_root=workdir_root, start_script=start_script),
         "network-config": network_config(),
         **agent_sources(),
         **agent_files,

@@ -257,16 +257,19 @@ class UserNetConfig:
     guest_port: int = 4433
     callback_port: int | None = None
     pci_slot: int = 0x10
+    host_address: str = "127.0.0.1"  #: where the host binds the TSI forward
+    callback_address: str = "127.0.0.1"  #: where the host reaches the site's callback port
 
     def qemu_args(self) -> list[str]:
         netdev = (f"user,id=gridvmnet,net=10.0.2.0/24,restrict=on,"
-                  f"hostfwd=tcp:127.0.0.1:{self.host_port}-:{self.guest_port}")
+                  f"hostfwd=tcp:{self.host_address}:{self.host_port}-:{self.guest_port}")
         if self.callback_port:
             # One relay process per guest connection (a chardev target would be a single
             # stream, but a TSI worker needs two connections and a pool needs more).
             # ",," is QEMU's escaped comma.
             netdev += (f",guestfwd=tcp:{GUEST_TSI_ADDRESS}:{self.callback_port}"
-                       f"-cmd:{SOCAT} STDIO TCP4:127.0.0.1:{self.callback_port},,nodelay")
+                       f"-cmd:{SOCAT} STDIO "
+                       f"TCP4:{self.callback_address}:{self.callback_port},,nodelay")
         device = f"virtio-net-pci,netdev=gridvmnet,bus=pci.0,addr={self.pci_slot:#x}"
         return ["-netdev", netdev, "-device", device]
 
@@ -280,14 +283,38 @@ class UserNetConfig:
                     key, _, val = part.partition("=")
                     if key == "hostfwd":
                         host, guest = val.removeprefix("tcp:").split("-:")
-                        net.host_port = int(host.rsplit(":", 1)[1])
+                        net.host_address, _, port = host.rpartition(":")
+                        net.host_port = int(port)
                         net.guest_port = int(guest)
                     elif key == "guestfwd":
                         net.callback_port = int(val.split("-", 1)[0].rsplit(":", 1)[1])
+                        relay = val.split("TCP4:", 1)[-1]
+                        if ":" in relay:
+                            net.callback_address = relay.rsplit(":", 1)[0]
             elif flag == "-device" and value.startswith("virtio-net-pci,netdev=gridvmnet") \
                     and net is not None:
                 net.pci_slot = int(value.rsplit("addr=", 1)[1], 16)
         return net
+
+
+@dataclass(eq=True)
+class ClusterNicConfig:
+    """A second virtio NIC on a cluster's private switch (``vmm.switch``), passed through
+    ``<qemu:commandline>``: ``-netdev dgram`` between the node's own unix socket and the
+    switch's, so frames never touch a host interface.  Its MAC tells the guest which NIC
+    is the cluster's.  The arguments stay in the domain's extra QEMU arguments."""
+
+    local_socket: str = ""
+    switch_socket: str = ""
+    mac: str = ""
+    pci_slot: int = 0x11
+
+    def qemu_args(self) -> list[str]:
+        netdev = (f"dgram,id=gridvmcluster,local.type=unix,local.path={self.local_socket},"
+                  f"remote.type=unix,remote.path={self.switch_socket}")
+        device = (f"virtio-net-pci,netdev=gridvmcluster,mac={self.mac},bus=pci.0,"
+                  f"addr={self.pci_slot:#x}")
+        return ["-netdev", netdev, "-device", device]
 
 
 @dataclass(eq=True)

@@ -84,6 +84,7 @@ class DomainEvent:
     domain: str
     event: LifecycleEvent
     detail: int
+    host_lost: str = ""  #: set when the domain's host is DOWN (why): it is lost with it
 
     @property
     def unexpected_stop(self) -> bool:
@@ -117,6 +118,15 @@ class Keepalive:
 
     interval: int = 5
     count: int = 3
+
+
+@dataclass(frozen=True)
+class HostCapacity:
+    """What a hypervisor host has, as libvirt reports it."""
+
+    cpus: int
+    memory_mib: int
+    free_memory_mib: int
 
 
 @dataclass(frozen=True)
@@ -229,6 +239,24 @@ class Hypervisor:
                 raise HypervisorError(_message(err)) from None
 
         return threads.deferToThreadPool(self._reactor, self._pool, guarded)
+
+    def run(self, fn: Callable[[libvirt.virConnect], Any]) -> defer.Deferred:
+        """Run ``fn(connection)`` on the connection's worker thread (libvirt calls of other
+        modules, e.g. ``vmm.volumes``); fires with its result."""
+        return self._call(lambda: fn(self.connection))
+
+    def capacity(self) -> defer.Deferred:
+        """Fires with the host's :class:`HostCapacity`."""
+
+        def capacity() -> HostCapacity:
+            info = self.connection.getInfo()
+            try:
+                free = self.connection.getFreeMemory() >> 20
+            except libvirt.libvirtError:  # e.g. the test driver
+                free = info[1]
+            return HostCapacity(cpus=info[2], memory_mib=info[1], free_memory_mib=free)
+
+        return self._call(capacity)
 
     @property
     def connection(self) -> libvirt.virConnect:

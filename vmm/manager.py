@@ -1,7 +1,8 @@
 """Boot instances from images and know when their agent answers, or why it never will.
 
 ``VirtualMachineManager.boot(spec)`` stages the image (verified base files in the host
-cache, a qcow2 overlay, a contextualization medium), creates the domain with isolated
+cache, a qcow2 overlay, a contextualization medium — as files here, or as volumes of the
+host's storage pool, ``vmm.volumes``), creates the domain with isolated
 user-mode networking and waits until the agent behind the forwarded port answers.  A boot
 that fails ends with a reason code — ``BOOT_TIMEOUT``, ``GUEST_CRASHED`` (with the tail of
 the console log), ``HYPERVISOR_ERROR``, ``IMAGE_UNAVAILABLE`` or
@@ -17,6 +18,7 @@ stop), boots waiting for the connection go on, and destroys that failed are retr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -35,6 +37,7 @@ from base.reasons import Reason
 from vmm import context, ports
 from vmm.consoles import ConsoleKeeper
 from vmm.domain import (
+    ClusterNicConfig,
     ControllerConfig,
     DiskConfig,
     DomainConfig,
@@ -57,6 +60,7 @@ from vmm.hypervisor import DomainEvent, DomainState, Hypervisor, LifecycleEvent
 from vmm.identity import load_or_create_site_id
 from vmm.readiness import Probe, ProbeRace, line_probe
 from vmm.storage import BaseImageCache, create_overlay
+from vmm.volumes import StoragePool
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +87,8 @@ class BootSpec:
     disk: ImageFile | None = None
     disk_format: str = "qcow2"
     arch: str = "x86_64"
+    #: the bases below a layered qcow2 ``disk``, lowest first (each verified and cached once)
+    backing: tuple[ImageFile, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kernel is None and self.disk is None:
@@ -104,6 +110,9 @@ class InstanceSpec:
     host_port: int | None = None  #: the TSI forward on 127.0.0.1 (None: pick a free one)
     context_files: dict[str, bytes] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    host: str = ""  #: the hypervisor host placement chose ("": a one-host site's)
+    #: a second NIC on a cluster's private switch (a node of a virtual cluster)
+    cluster_nic: ClusterNicConfig | None = None
     boot_timeout: float = 120.0
     staging_timeout: float = 600.0
     probe: Probe | None = None
@@ -126,6 +135,7 @@ class Instance:
     created: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
     greeting: str = ""
+    address: str = "127.0.0.1"  #: where the TSI forward listens (the host's TSI address)
 
     @property
     def console_log(self) -> Path:
@@ -160,15 +170,32 @@ def console_tail(path: Path, lines: int = 20) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+@dataclass(frozen=True)
+class Staged:
+    """An instance's files, ready for its domain (paths on its host)."""
+
+    disks: list[DiskConfig]
+    kernel: str | None
+    initrd: str | None
+    console: str
+
+
 class VirtualMachineManager(service.Service):
-    """Boots, tracks and removes the instances of one hypervisor connection."""
+    """Boots, tracks and removes the instances of one hypervisor connection.
+
+    With a ``storage_pool`` the instance's files are volumes of that libvirt pool on the
+    host (``vmm.volumes``), so that the host needs nothing but libvirtd; without, they are
+    files in ``state_dir`` (the host is this machine).  ``address`` is where the host binds
+    forwarded TSI ports, ``site_address`` where it reaches the site's callback listener.
+    """
 
     name = "vmm"
 
     def __init__(self, hypervisor: Hypervisor, state_dir: Path, *, reactor=None,
                  prefix: str = DOMAIN_PREFIX, tb_cache_mib: int | None = 32,
                  probe_interval: float = 0.1, site_id: str | None = None,
-                 destroy_timeout: float = 60.0):
+                 destroy_timeout: float = 60.0, storage_pool: StoragePool | None = None,
+                 address: str = "127.0.0.1", site_address: str = "127.0.0.1"):
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -183,6 +210,8 @@ class VirtualMachineManager(service.Service):
         self.probe_interval = probe_interval
         self.site_id = site_id or load_or_create_site_id(self.state_dir)
         self.destroy_timeout = destroy_timeout
+        self.storage_pool = storage_pool
+        self.address, self.site_address = address, site_address
         self.instances: dict[str, Instance] = {}
         self._undestroyed: set[str] = set()  #: instance ids whose destroy failed: retried
         hypervisor.add_reconnect_listener(self._after_reconnect)
@@ -238,11 +267,10 @@ class VirtualMachineManager(service.Service):
         directory.chmod(0o755)
         created = False
         try:
-            staging = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
-                                                self._stage, spec, directory)
+            staging = self._staging(spec, name, directory, started)
             staging.addTimeout(spec.staging_timeout, self.reactor)
             try:
-                disks, kernel, initrd = await staging
+                staged = await staging
             except defer.TimeoutError:
                 raise ImageUnavailable(
                     f"staging the image took longer than {spec.staging_timeout:g} s") from None
@@ -254,7 +282,7 @@ class VirtualMachineManager(service.Service):
                 spec.staging_timeout - (time.monotonic() - started))
 
             mark = time.monotonic()
-            _config, host_port = await self._create(spec, name, directory, disks, kernel, initrd)
+            _config, host_port = await self._create(spec, name, directory, staged)
             created = True
             timings["create"] = time.monotonic() - mark
 
@@ -263,6 +291,7 @@ class VirtualMachineManager(service.Service):
                 instance_id=spec.instance_id, domain=name, host_port=host_port,
                 callback_port=spec.callback_port, directory=directory, image=spec.image,
                 labels=dict(spec.labels), created=time.time(), timings=timings,
+                address=self.address,
             )
             deadline = started + spec.boot_timeout
             instance.greeting = await self._wait_ready(instance, spec, deadline)
@@ -278,28 +307,65 @@ class VirtualMachineManager(service.Service):
                  ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()))
         return instance
 
-    def _stage(self, spec: InstanceSpec, directory: Path) -> tuple[list[DiskConfig],
-                                                                   Path | None, Path | None]:
+    def _staging(self, spec: InstanceSpec, name: str, directory: Path,
+                 started: float) -> defer.Deferred:
+        """Stage the instance's files: in a thread as local files, or on the host's worker
+        thread as volumes of its pool (once the connection is there)."""
+        if self.storage_pool is None:
+            return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+                                             self._stage, spec, directory)
+        pool = self.storage_pool
+
+        async def stage() -> Staged:
+            await self.hypervisor.wait_connected(
+                spec.staging_timeout - (time.monotonic() - started))
+            return await self.hypervisor.run(
+                lambda conn: self._stage_volumes(conn, pool, spec, name, directory))
+
+        return defer.Deferred.fromCoroutine(stage())
+
+    def _stage(self, spec: InstanceSpec, directory: Path) -> Staged:
         """Blocking: cache the base files, create the overlay and the medium."""
         boot = spec.boot
         kernel = self.cache.ensure(boot.kernel.path, boot.kernel.sha512) if boot.kernel else None
         initrd = self.cache.ensure(boot.initrd.path, boot.initrd.sha512) if boot.initrd else None
-        disks: list[DiskConfig] = []
-        targets = iter(("vda", "vdb", "vdc"))
+        overlay = medium = None
         if boot.disk is not None:
-            base = self.cache.ensure(boot.disk.path, boot.disk.sha512)
+            if boot.backing:
+                base = self.cache.ensure_chain([(f.path, f.sha512)
+                                                for f in (*boot.backing, boot.disk)])
+            else:
+                base = self.cache.ensure(boot.disk.path, boot.disk.sha512)
             overlay = create_overlay(base, directory / "overlay.qcow2", boot.disk_format)
-            disks.append(DiskConfig(source=str(overlay), target=next(targets),
-                                    serial=ROOT_DISK_SERIAL, cache="unsafe"))
         if spec.context_files:
             medium = context.build_medium(spec.context_files, directory / "context.iso")
-            disks.append(DiskConfig(source=str(medium), target=next(targets), driver_type="raw",
-                                    serial=context.SERIAL, readonly=True))
-        return disks, kernel, initrd
+        return Staged(_disks(overlay, medium), kernel and str(kernel), initrd and str(initrd),
+                      str(directory / "console.log"))
+
+    def _stage_volumes(self, conn: libvirt.virConnect, pool: StoragePool, spec: InstanceSpec,
+                       name: str, directory: Path) -> Staged:
+        """Worker thread: upload what the host lacks, make the instance's own volumes."""
+        boot = spec.boot
+        kernel = pool.base(conn, boot.kernel.path, boot.kernel.sha512) if boot.kernel else None
+        initrd = pool.base(conn, boot.initrd.path, boot.initrd.sha512) if boot.initrd else None
+        overlay = medium = None
+        if boot.disk is not None:
+            if boot.backing:  # each layer names its backing file by a path of this machine
+                raise ImageUnavailable("a layered image cannot boot on a host whose files are "
+                                       f"volumes of its storage pool yet ({len(boot.backing)} "
+                                       "layer(s) below the disk)")
+            base = pool.base(conn, boot.disk.path, boot.disk.sha512)
+            overlay = pool.overlay(conn, name, base, boot.disk_format)
+        if spec.context_files:
+            local = context.build_medium(spec.context_files, directory / "context.iso")
+            medium = pool.upload(conn, name, "-context.iso", local)
+        return Staged(_disks(overlay, medium), kernel, initrd, pool.console(conn, name))
 
     def domain_config(self, spec: InstanceSpec, name: str, directory: Path,
-                      disks: list[DiskConfig], kernel: Path | None, initrd: Path | None,
-                      host_port: int) -> DomainConfig:
+                      disks: list[DiskConfig], kernel: Path | str | None,
+                      initrd: Path | str | None, host_port: int,
+                      console: str | None = None) -> DomainConfig:
+        """``console``: the console log's path on the host (default: in ``directory``)."""
         if kernel is None:  # the disk's own bootloader
             os_config = OSConfig(arch=spec.boot.arch, boot_devices=["hd"])
         else:
@@ -312,11 +378,14 @@ class VirtualMachineManager(service.Service):
             vcpus=spec.vcpus,
             os=os_config,
             tb_cache_mib=self.tb_cache_mib,
-            devices=[*disks, SerialFileConfig(path=str(directory / "console.log")),
+            devices=[*disks, SerialFileConfig(path=console or str(directory / "console.log")),
                      RngConfig(), MemballoonConfig("virtio", free_page_reporting=True),
                      ControllerConfig("usb", "none")],
             network=UserNetConfig(host_port=host_port, guest_port=spec.guest_port,
-                                  callback_port=spec.callback_port),
+                                  callback_port=spec.callback_port,
+                                  host_address=self.address,
+                                  callback_address=self.site_address),
+            extra_qemu_args=spec.cluster_nic.qemu_args() if spec.cluster_nic else [],
             metadata=GridvmMetadata(instance_id=spec.instance_id, site=self.site_id,
                                     image=spec.image,
                                     state_dir=str(directory), created=time.time(),
@@ -324,11 +393,12 @@ class VirtualMachineManager(service.Service):
                                     labels=dict(spec.labels)),
         )
 
-    async def _create(self, spec, name, directory, disks, kernel, initrd):
+    async def _create(self, spec, name, directory, staged: Staged):
         last_error: Exception | None = None
         for _attempt in range(1 if spec.host_port else 3):
-            host_port = spec.host_port or ports.free_port()
-            config = self.domain_config(spec, name, directory, disks, kernel, initrd, host_port)
+            host_port = spec.host_port or ports.free_port(self.address)
+            config = self.domain_config(spec, name, directory, staged.disks, staged.kernel,
+                                        staged.initrd, host_port, staged.console)
             try:
                 await self.hypervisor.create(config)
                 return config, host_port
@@ -346,11 +416,12 @@ class VirtualMachineManager(service.Service):
             if event.stopped:
                 stopped.append(event)
 
-        race = ProbeRace(self.reactor, probe, "127.0.0.1", instance.host_port,
+        race = ProbeRace(self.reactor, probe, self.address, instance.host_port,
                          interval=self.probe_interval)
 
         async def still_booting() -> None:
             if stopped:
+                await self._fetch_console(instance.domain, instance.directory)
                 raise self._crashed(instance, "the guest stopped while booting")
             try:
                 state = await self.hypervisor.state(instance.domain)
@@ -359,8 +430,10 @@ class VirtualMachineManager(service.Service):
                     raise
                 state = DomainState.RUNNING  # reconnecting: the boot deadline still holds
             if not state.alive:
+                await self._fetch_console(instance.domain, instance.directory)
                 raise self._crashed(instance, f"the guest is {state.name.lower()}")
             if time.monotonic() >= deadline:
+                await self._fetch_console(instance.domain, instance.directory)
                 raise BootTimeout(
                     f"the agent in {instance.domain} did not answer within "
                     f"{spec.boot_timeout:g} s ({race.last_failure}); console: "
@@ -376,12 +449,35 @@ class VirtualMachineManager(service.Service):
         return GuestCrashed(f"{what}; console: {crash_summary(instance.console_tail(200))}")
 
     async def _discard(self, name: str, directory: Path, created: bool) -> None:
-        if created:
-            try:
+        try:
+            if created:
                 await self.hypervisor.destroy(name)
-            except HypervisorError:
-                log.exception("could not destroy %s after a failed boot", name)
+            await self._remove_volumes(name, directory)
+        except HypervisorError:
+            log.exception("could not destroy %s after a failed boot", name)
         self._remove_directory(directory)
+
+    async def _fetch_console(self, name: str, directory: Path) -> None:
+        """Copy the end of a console log volume into the instance's directory (local
+        files need nothing: QEMU writes there)."""
+        pool = self.storage_pool
+        if pool is None:
+            return
+        try:
+            data = await self.hypervisor.run(lambda conn: pool.console_tail(conn, name))
+        except HypervisorError as err:
+            log.warning("could not read the console of %s: %s", name, err)
+            return
+        with contextlib.suppress(OSError):
+            (directory / "console.log").write_bytes(data)
+
+    async def _remove_volumes(self, name: str, directory: Path) -> None:
+        """After its domain is gone: keep the end of the console, delete the instance's
+        volumes (no pool: its files go with its directory)."""
+        pool = self.storage_pool
+        if pool is not None:
+            await self._fetch_console(name, directory)
+            await self.hypervisor.run(lambda conn: pool.remove_instance(conn, name))
 
     # -- events --------------------------------------------------------------------------
     def watch(self, instance_id: str, callback: Callable[[DomainEvent], None]
@@ -416,7 +512,8 @@ class VirtualMachineManager(service.Service):
         while True:
             try:
                 await self.hypervisor.wait_connected(deadline - self.reactor.seconds())
-                await self._destroy_own(name)
+                if await self._destroy_own(name):
+                    await self._remove_volumes(name, self.instance_dir(instance_id))
                 break
             except HypervisorError as err:
                 if self.reactor.seconds() + delay >= deadline:
@@ -430,16 +527,23 @@ class VirtualMachineManager(service.Service):
         self.instances.pop(instance_id, None)
         self._remove_directory(self.instance_dir(instance_id))
 
-    async def _destroy_own(self, name: str) -> None:
-        """Destroy ``name`` if it is this site's; done only once the domain has stopped."""
+    async def _destroy_own(self, name: str) -> bool:
+        """Destroy ``name`` if it is this site's (True); done only once the domain has
+        stopped."""
         try:
             await self.hypervisor.destroy(name, site=self.site_id)
         except ForeignDomain as err:
             log.warning("leaving alone %s: %s", name, err)
-            return
+            return False
         state = await self.hypervisor.state(name)
         if state.alive:
             raise HypervisorError(f"{name} is still {state.name.lower()} after its destroy")
+        return True
+
+    @property
+    def undestroyed(self) -> frozenset[str]:
+        """The instances whose destroy failed: retried after the next reconnection."""
+        return frozenset(self._undestroyed)
 
     def _after_reconnect(self) -> defer.Deferred:
         return defer.Deferred.fromCoroutine(self._recheck())
@@ -488,12 +592,13 @@ class VirtualMachineManager(service.Service):
                 directory=Path(meta.state_dir) if meta.state_dir
                 else self.instance_dir(meta.instance_id),
                 image=meta.image, labels=dict(meta.labels), created=meta.created,
+                address=self.address,
             )
             if state.alive:
                 self.instances[meta.instance_id] = instance
             found.append(AdoptedDomain(name, state, instance))
-            log.info("adopted %s (%s, TSI on 127.0.0.1:%d)", name, state.name.lower(),
-                     instance.host_port)
+            log.info("adopted %s (%s, TSI on %s:%d)", name, state.name.lower(),
+                     instance.address, instance.host_port)
         return found
 
     def remove_stale_directories(self) -> list[str]:
@@ -505,6 +610,19 @@ class VirtualMachineManager(service.Service):
                 self._remove_directory(entry)
                 removed.append(entry.name)
         return removed
+
+
+def _disks(overlay: Path | str | None, medium: Path | str | None) -> list[DiskConfig]:
+    """The root disk (an overlay) and the contextualization medium, in this order."""
+    disks: list[DiskConfig] = []
+    targets = iter(("vda", "vdb", "vdc"))
+    if overlay is not None:
+        disks.append(DiskConfig(source=str(overlay), target=next(targets),
+                                serial=ROOT_DISK_SERIAL, cache="unsafe"))
+    if medium is not None:
+        disks.append(DiskConfig(source=str(medium), target=next(targets), driver_type="raw",
+                                serial=context.SERIAL, readonly=True))
+    return disks
 
 
 #: how a domain that vanished while the connection was down is reported

@@ -102,7 +102,7 @@ def _wait_flags(parser: argparse.ArgumentParser) -> None:
 
 # --------------------------------------------------------------------------- submit ----------
 
-def read_job_file(path: str) -> dict[str, Any]:
+def read_job_file(path: str, what: str = "a job description") -> dict[str, Any]:
     name = "stdin" if path == "-" else path
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text()
@@ -116,7 +116,7 @@ def read_job_file(path: str) -> dict[str, Any]:
         raise CliError(f"{name}: not valid JSON: line {err.lineno} column {err.colno}: "
                        f"{err.msg}", EXIT_USAGE, reason=Reason.BAD_REQUEST) from None
     if not isinstance(doc, dict):
-        raise CliError(f"{name}: a job description is a JSON object", EXIT_USAGE,
+        raise CliError(f"{name}: {what} is a JSON object", EXIT_USAGE,
                        reason=Reason.BAD_REQUEST)
     return doc
 

@@ -15,8 +15,10 @@ ARCHITECTURE_CODES = (
     "TSI_ERROR", "STAGING_FAILED", "JOB_ABORTED", "NONZERO_EXIT", "RUNTIME_EXCEEDED",
     "SERVER_RESTARTED",
 )
-#: codes gridvm adds to architecture.md's list (REST's 404s; CONTAINER jobs)
-ADDED_CODES = ("NOT_FOUND", "CONTAINER_UNKNOWN", "CONTAINER_FAILED")
+#: codes gridvm adds to architecture.md's list (REST's 404s; an image layers depend on;
+#: CONTAINER jobs; a job no hypervisor host takes)
+ADDED_CODES = ("NOT_FOUND", "IMAGE_IN_USE", "CONTAINER_UNKNOWN", "CONTAINER_FAILED",
+               "NO_HOST_FITS")
 
 
 def test_every_architecture_code_is_a_member_and_nothing_else_is():

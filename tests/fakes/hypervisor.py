@@ -56,6 +56,12 @@ class FakeVirtualMachines:
         self._unplug(instance)
         self._emit(instance_id, LifecycleEvent.STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED)
 
+    def lose_host(self, instance_id: str, why: str) -> None:
+        """The instance's host is DOWN: watchers are told as the host pool tells them."""
+        for watcher in list(self._watchers.get(instance_id, [])):
+            watcher(DomainEvent(DOMAIN_PREFIX + instance_id, LifecycleEvent.STOPPED,
+                                libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED, host_lost=why))
+
     # -- VirtualMachines -----------------------------------------------------------------
     def watch(self, instance_id: str, callback: Watcher) -> Callable[[], None]:
         watchers = self._watchers.setdefault(instance_id, [])

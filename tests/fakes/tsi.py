@@ -280,8 +280,9 @@ class FakeTSINetwork:
         self.links: list[FakeTSIClient] = []  #: every link ever made, in order
         self._callback_port = 40000
 
-    def __call__(self, reactor, port: int, tls, *, user: str,
-                 callback_port: int = 0) -> FakeTSIClient:
+    def __call__(self, reactor, port: int, tls, *, user: str, callback_port: int = 0,
+                 address: str = "127.0.0.1",
+                 callback_address: str = "127.0.0.1") -> FakeTSIClient:
         link = FakeTSIClient(self, reactor, port, user=user, callback_port=callback_port)
         self.links.append(link)
         return link

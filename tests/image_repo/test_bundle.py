@@ -137,3 +137,21 @@ def test_damaged_bundles_are_refused_and_nothing_is_registered(repo, other, tmp_
         import_bundle(other, tmp_path / "cut.tar", BOB)
     assert other.list(ADMIN, include_deleted=True) == []
     assert list(other.store.digests()) == []
+
+
+def test_a_layered_image_travels_with_its_base_and_keeps_its_layer(repo, other, tmp_path):
+    from .test_layers import disk_document, qemu_img
+
+    base, layer = tmp_path / "base.qcow2", tmp_path / "layer.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", str(base), "64M")
+    qemu_img("create", "-q", "-f", "qcow2", "-b", str(base), "-F", "qcow2", str(layer))
+    base_record = repo.register(disk_document("bundle-base", base), [base], ALICE)
+    layered = repo.register(disk_document("bundle-layer", layer, backing=base_record.id),
+                            [layer], ALICE)
+    bundle = export_bundle(repo, layered.ref, ALICE, tmp_path / "layer.tar")
+    result = import_bundle(other, bundle, BOB)
+    assert [r.id for r in result.imported] == [base_record.id, layered.id]
+    [member] = other.backing_files(layered.id, BOB)
+    assert member.image_id == base_record.id
+    imported = other.get(layered.id, BOB).metadata.origin.content[0]
+    assert imported.sha512 == layered.metadata.origin.content[0].sha512  # not rewritten again

@@ -76,3 +76,65 @@ def test_a_passed_deadline_says_what_the_console_showed():
     assert life.reason == Reason.BOOT_TIMEOUT
     assert life.message == ("booting took longer than 10 s; console: BOOTING stuck at "
                             "'Booting from ROM'")
+
+
+# -- an image with its own TSI (tsi.flavour unicore) ------------------------------------------
+
+OWN_TSI = {"tsi.flavour": "unicore",
+           "tsi.start_command": ["/opt/unicore/tsi/bin/tsi", "--foreground"],
+           "tsi.property_keys": {"my_port": "tsi.listen_port"}}
+
+
+def credentials():
+    from tsi_bridge.ca import CertificateAuthority
+
+    ca = CertificateAuthority.create()
+    return ca, ca.issue_server(), ca.issue_instance("abc")
+
+
+def test_an_image_with_its_own_tsi_gets_properties_and_a_start_script_not_agent_conf():
+    from target_system.contextualization import tsi_files
+
+    ca, server, issued = credentials()
+    own = validate(variant(KERNEL_DOC, **OWN_TSI))
+    files = tsi_files(own, ca, server, issued, callback_port=40001, listen_port=4433,
+                      job_user="gridvm", job_group=None, workdir_root="/w")
+    assert "tsi/agent.conf" not in files
+    assert files["tsi/tsi.key"] == issued.key_pem  # .key: root-only on the medium
+    props = files["tsi/tsi.properties"].decode().splitlines()
+    assert "tsi.listen_port=4433" in props and "tsi.unicorex_port=40001" in props
+    assert files["tsi/start"].decode().splitlines()[-1] == (
+        "exec /opt/unicore/tsi/bin/tsi --foreground /run/gridvm/ctx/tsi/tsi.properties")
+    gridvm = tsi_files(KERNEL, ca, server, issued, callback_port=40001, listen_port=4433,
+                       job_user="gridvm", job_group=None, workdir_root="/w")
+    assert "tsi/agent.conf" in gridvm and "tsi/start" not in gridvm
+
+
+def test_a_cloud_init_image_with_its_own_tsi_runs_the_start_script_from_its_unit():
+    doc = variant(CLOUD_DOC, **OWN_TSI)
+    files = medium_files(validate(doc), "abc", AGENT_FILES, job_user="gridvm",
+                         job_group=None, workdir_root="/w")
+    user_data = files["user-data"].decode()
+    assert "/bin/sh /run/gridvm/ctx/tsi/start" in user_data
+    assert "tsi_bridge.agent" not in user_data
+
+
+@pytest.mark.parametrize(("changes", "where", "message"), [
+    ({"tsi.flavour": "unicore"}, "tsi.start_command", "needs the command"),
+    ({"tsi.start_command": ["/bin/tsi"]}, "tsi.start_command", "only for flavour 'unicore'"),
+    ({**OWN_TSI, "tsi.start_command": ["tsi"]}, "tsi.start_command", "absolute path"),
+    ({**OWN_TSI, "tsi.start_command": ["/bin/x"] * 33}, "tsi.start_command", "1 to 32"),
+    ({**OWN_TSI, "tsi.property_keys": {"port": "tsi.my_port"}}, "tsi.property_keys",
+     "unknown setting 'port'"),
+    ({**OWN_TSI, "tsi.property_keys": {"my_port": "a=b"}}, "tsi.property_keys",
+     "not a property key"),
+    ({**OWN_TSI, "tsi.tls_required": False}, "tsi.tls_required", "mutual TLS"),
+    ({**OWN_TSI, "tsi.properties_file": "etc/tsi.properties"}, "tsi.properties_file",
+     "absolute path"),
+])
+def test_own_tsi_metadata_is_checked_naming_the_key(changes, where, message):
+    from image_repo.errors import BadRequest
+
+    with pytest.raises(BadRequest) as err:
+        validate(variant(KERNEL_DOC, **changes))
+    assert err.value.path == where and message in str(err.value)

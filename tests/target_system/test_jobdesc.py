@@ -2,7 +2,13 @@
 
 import pytest
 
-from target_system.jobdesc import JobDescriptionError, parse_job, parse_memory, parse_runtime
+from target_system.jobdesc import (
+    JobDescriptionError,
+    parse_job,
+    parse_memory,
+    parse_runtime,
+    requirement_sources,
+)
 
 
 def test_pyunicore_helper_style_description():
@@ -51,7 +57,7 @@ def test_container_application_selects_by_image_url():
     ({"Executable": "x", "Resources": {"Runtime": "soon"}}, "Resources.Runtime"),
     ({"Executable": "x", "Resources": {"Memory": "lots"}}, "Resources.Memory"),
     ({"Executable": "x", "Resources": {"CPUs": 0}}, "Resources.CPUs"),
-    ({"Executable": "x", "Resources": {"Nodes": 2}}, "Resources.Nodes"),
+    ({"Executable": "x", "Resources": {"Nodes": 0}}, "Resources.Nodes"),
     ({"Executable": "x", "Arguments": "a b"}, "Arguments"),
     ({"Executable": "x", "Environment": ["NOEQUALS"]}, "Environment[0]"),
     ({"Executable": "x", "Environment": {"1BAD": "v"}}, "Environment.1BAD"),
@@ -217,6 +223,30 @@ def test_every_size_given_is_read_and_one_node_has_one_size(resources, path):
     with pytest.raises(JobDescriptionError) as err:
         parse_job({"Executable": "/bin/true", "Resources": resources})
     assert err.value.path == path
+
+
+@pytest.mark.parametrize("resources, cpus", [
+    ({"Nodes": 3, "CPUsPerNode": 2}, 2), ({"Nodes": 3, "TotalCPUs": 6}, 2),
+    ({"Nodes": 2, "CPUs": 4, "CPUsPerNode": 2}, 2), ({"Nodes": 2}, None),
+])
+def test_a_multi_node_job_sizes_each_node(resources, cpus):
+    job = parse_job({"Executable": "/bin/true", "Resources": resources})
+    assert job.nodes == resources["Nodes"] and job.cpus == cpus
+    assert job.requirements.cpus == cpus
+    if "CPUsPerNode" in resources:
+        assert requirement_sources(job)["cpus"] == "Resources.CPUsPerNode"
+
+
+@pytest.mark.parametrize("resources, path, complaint", [
+    ({"Nodes": 2, "CPUs": 3}, "Resources.CPUs", "cannot be split evenly over 2 nodes"),
+    ({"Nodes": 2, "TotalCPUs": 4, "CPUsPerNode": 1}, "Resources.TotalCPUs",
+     "not Nodes x CPUsPerNode"),
+    ({"Nodes": 2, "CPUs": 4, "TotalCPUs": 2}, "Resources.TotalCPUs", "disagrees"),
+])
+def test_a_multi_node_job_s_cpus_must_add_up(resources, path, complaint):
+    with pytest.raises(JobDescriptionError) as err:
+        parse_job({"Executable": "/bin/true", "Resources": resources})
+    assert err.value.path == path and complaint in str(err.value)
 
 
 def test_agreeing_sizes_are_one():

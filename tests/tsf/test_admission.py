@@ -41,6 +41,8 @@ def make_site(tmp_path, credentials):  # noqa: F811
     ({"Runtime": "2d"}, "Resources.Runtime", "172800 s is outside this site's limit: 1 to "
                                              "86400 s"),
     ({"Disk": "65G"}, "Resources.Disk", "65 GiB is outside this site's limit: 1 to 64 GiB"),
+    ({"Nodes": 5}, "Resources.Nodes", "5 is outside this site's limit: 1 to 4"),
+    ({"Nodes": 2, "CPUsPerNode": 5}, "Resources.CPUsPerNode", "5 is outside"),
 ])
 def test_a_job_outside_the_site_limits_is_refused_before_anything(make_site, resources, path,
                                                                   complaint):

@@ -14,8 +14,9 @@ from target_system.instance import ImageToBoot
 from target_system.jobdesc import parse_job
 from target_system.jobs import Job
 from target_system.lifecycle import InstanceState
+from target_system.nodes import NodeIdentity
 from tests.image_repo.examples import builder_document
-from tsf.placement import Action, Need, Quotas, Skip, choose
+from tsf.placement import Action, Need, Quotas, Skip, choose, choose_nodes
 from tsf.pools import PoolSpec
 
 S = InstanceState
@@ -36,6 +37,7 @@ class Live:
     vcpus: int = 1
     memory_mib: int = 256
     retiring: str | None = None
+    node: NodeIdentity | None = None
 
 
 def need(vcpus: int = 1, memory_mib: int = 256, caller: Caller = ALICE) -> Need:
@@ -162,3 +164,21 @@ def test_the_need_is_the_larger_of_the_job_and_the_images_hardware():
     image = ImageToBoot("img", "big", validate(doc), {})
     assert Need.of(job, ALICE, image) == Need(ALICE, "img", 2, 512)
     assert Need.of(job, ALICE, ImageToBoot("img", "bare", None, {})).memory_mib == 256
+
+
+def test_a_cluster_node_is_never_reused_for_another_job():
+    node = Live("node", node=NodeIdentity("c1", 1, "node1", "worker", "10.77.1.3", "02:00"))
+    decision = place([node])
+    assert decision.action is Action.BOOT
+    assert decision.skipped == (Skip("node", ("is node node1 of cluster c1",)),)
+
+
+def test_a_cluster_boots_all_its_nodes_or_none():
+    mine = [Live("a")]
+    assert choose_nodes(need(), 1, mine, QUOTAS).action is Action.BOOT
+    refused = choose_nodes(need(), 2, mine, QUOTAS)
+    assert (refused.action, refused.reason) == (Action.REFUSE, Reason.QUOTA_EXCEEDED)
+    assert refused.limit == ("2 more instances would make you 3, the limit per user is 2")
+    others = [Live(str(n), owner="bob") for n in range(3)]
+    site_full = choose_nodes(need(), 2, others, QUOTAS)
+    assert site_full.limit == ("2 more instances would make the site run 5, its limit is 4")

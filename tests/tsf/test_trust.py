@@ -122,3 +122,26 @@ async def test_trust_is_checked_again_right_before_the_boot(site, pki):
     assert "STAGING" in target.lifecycle.entered and "BOOTING" not in target.lifecycle.entered
     assert target.vm is None
     assert not (factory.vmm.instance_dir(target.instance_id)).exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_layer_is_trusted_only_with_its_base(site, pki, tmp_path):
+    from tests.image_repo.test_layers import disk_document, qemu_img
+
+    repository, make_factory, _image = site
+    base, layer = tmp_path / "base.qcow2", tmp_path / "layer.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", str(base), "64M")
+    qemu_img("create", "-q", "-f", "qcow2", "-b", str(base), "-F", "qcow2", str(layer))
+    base_record = repository.register(disk_document("trust-base", base), [base], ALICE)
+    doc = disk_document("trust-layer", layer, backing=base_record.id)
+    doc["semantic"] = {"os": {"distro": "debian"}}
+    record = repository.register(doc, [layer], ALICE)
+    endorser = pki.endorsers["ed25519"]
+    repository.endorse(record.ref, create_endorsement(
+        record.identity, endorser.cert_pem, endorser.key_pem(), expires=NOW + 30 * DAY), ALICE)
+    factory = make_factory(TrustPolicy([pki.ca.cert], require=True))
+    job = factory.submit({"Executable": "true", "Resources": {"Image": record.ref}}, ALICE)
+    await factory.wait(job.job_id, ALICE)
+    assert job.lifecycle.reason == "IMAGE_UNTRUSTED"
+    assert job.lifecycle.message == (
+        "trust-layer is a layer on trust-base:1, which is not trusted: not endorsed")

@@ -17,7 +17,18 @@ from tsf.dashboard.site import Dashboard
 from tsf.exchange import ListSigner
 from tsf.factory import TargetSystemFactory
 from tsf.metrics import MetricsResource
-from tsf.rest import base, gridvm, imagelists, images, jobs, oai, sites, storages
+from tsf.rest import (
+    base,
+    clusters,
+    gridvm,
+    hosts,
+    imagelists,
+    images,
+    jobs,
+    oai,
+    sites,
+    storages,
+)
 from tsf.rest.app import CoreResource, Limits, RestApp, Sizing
 from tsf.rest.auth import Authenticator, TokenIssuer
 from tsf.rest.http import BoundedRequest
@@ -40,7 +51,8 @@ def build_app(site_name: str, factory: TargetSystemFactory, authenticator: Authe
     app = RestApp(site_name, authenticator, factory, tokens, factory.sites,
                   limits=limits or Limits(), sizing=sizing or Sizing(), exchange=exchange,
                   list_signer=list_signer, uploads=uploads)
-    for family in (base, sites, jobs, storages, gridvm, images, oai, imagelists):
+    for family in (base, sites, jobs, storages, gridvm, clusters, hosts, images, oai,
+                   imagelists):
         family.install(app)
     return app
 

@@ -31,7 +31,7 @@ from base.reasons import Reason
 from image_repo.repository import ImageRepository
 from image_repo.uploads import Uploads
 from tsf.config import ExchangeSection
-from tsf.errors import InstanceBusy
+from tsf.errors import ClusterBusy, InstanceBusy
 from tsf.exchange import ListSigner
 from tsf.factory import TargetSystemFactory
 from tsf.rest.auth import Authenticator, Principal, TokenIssuer
@@ -96,6 +96,7 @@ class Sizing:
     cpus: int = 4
     memory_mib: int = 8192
     runtime_s: int = 86400
+    nodes: int = 4
 
 
 @dataclass
@@ -303,7 +304,7 @@ _STATUS = {Reason.BAD_REQUEST: 400, Reason.NOT_AUTHORIZED: 403, Reason.NOT_FOUND
 
 def _status_of(err: GridvmError) -> int | None:
     """The HTTP status of a domain error (None: an unexpected one, answered 500)."""
-    return 409 if isinstance(err, InstanceBusy) else _STATUS.get(err.reason)
+    return 409 if isinstance(err, InstanceBusy | ClusterBusy) else _STATUS.get(err.reason)
 
 
 def _internal_error(reason: failure.Failure, request: server.Request, what: str) -> RestError:

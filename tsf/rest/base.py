@@ -29,19 +29,19 @@ async def get_base(call: Call) -> Response:
             "selectedSupplementaryGroups": groups[1:],
         }
         client["vos"] = list(user.vos)
-    hypervisor = app.factory.vmm.hypervisor.status
+    hosts = app.factory.vmm
+    down = hosts.status_message()
     server = {
         "siteName": app.site_name, "version": SERVER_VERSION,
         "upSince": iso(app.started), "currentTime": iso(time.time()),
-        "jobSubmission": {"enabled": True, "message": "" if hypervisor.connected else
-                          "the hypervisor is not reachable: new VMs wait until it is back"},
+        "jobSubmission": {"enabled": True, "message": "" if not down else
+                          f"not every hypervisor is reachable ({down}): new VMs wait for "
+                          "their host or go to another"},
         "externalConnections": {}, "trustedCAs": [], "trustedSAMLIssuers": [],
         "gridvm": {"software": "gridvm", "description": "jobs run in VMs booted from an "
                                                         "image repository",
-                   "hypervisor": {"connected": hypervisor.connected,
-                                  "since": iso(hypervisor.since),
-                                  "message": hypervisor.message,
-                                  "reconnects": hypervisor.reconnects}},
+                   "hypervisor": hosts.status().to_dict() | {
+                       "since": iso(hosts.status().since)}},
     }
     links = {
         "self": link(call.base, "this resource"),

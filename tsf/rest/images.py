@@ -37,6 +37,7 @@ from base.identity import Caller
 from base.reasons import Reason
 from image_repo import bundle
 from image_repo.errors import (
+    ImageInUse,
     ImageNotFound,
     ImageUnavailable,
     NotAuthorized,
@@ -70,7 +71,7 @@ def _http_error(err: RepositoryError) -> RestError:
         status = 403
     elif isinstance(err, QuotaExceeded):
         status = 413
-    elif isinstance(err, ImageUnavailable):
+    elif isinstance(err, ImageUnavailable | ImageInUse):
         status = 409
     else:
         status = 400

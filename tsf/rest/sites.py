@@ -73,7 +73,8 @@ def resources_of(records, limits: Sizing) -> dict:
     archs = sorted({d.get("origin", {}).get("architecture") for d in docs} - {None})
     cpus, memory, runtime = limits.cpus, limits.memory_mib, limits.runtime_s
     partition = {
-        "Image": names, "Nodes": "1-1", "CPUsPerNode": f"1-{cpus}", "TotalCPUs": f"1-{cpus}",
+        "Image": names, "Nodes": f"1-{limits.nodes}", "CPUsPerNode": f"1-{cpus}",
+        "TotalCPUs": f"1-{cpus * limits.nodes}",
         "CPUs": f"1-{cpus}", "Memory": f"1-{memory}M", "MemoryPerNode": f"1-{memory}M",
         "Runtime": f"1-{runtime}", "OperatingSystem": distros or "*",
         "OperatingSystemVersion": "*", "CPUArchitecture": archs or "*", "VO": "*",

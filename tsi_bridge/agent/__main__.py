@@ -1,10 +1,13 @@
 """``python3 -m tsi_bridge.agent --config FILE [flags]``: run the gridvm TSI agent.
 
 Flags override the config file (handy for development and tests); see docs/tsi-bridge.md.
+``--properties FILE`` reads the official UNICORE TSI's ``tsi.properties`` instead, so the
+agent can be started exactly as the official TSI is.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -22,11 +25,12 @@ FLAGS = {
 }
 SWITCHES = {"--no-switch-uid": ("switch_uid", False), "--confine-paths": ("confine_paths", True),
             "--no-user-helpers": ("user_helpers", False)}
-USAGE = ("usage: python3 -m tsi_bridge.agent [--config FILE] "
+USAGE = ("usage: python3 -m tsi_bridge.agent [--config FILE | --properties FILE] "
          + " ".join(f"[{flag} V]" for flag in FLAGS) + " " + " ".join(f"[{s}]" for s in SWITCHES))
 
 
 def parse(argv: list[str]) -> tuple[str | None, dict[str, object]]:
+    """(config file, overrides); ``--properties FILE`` turns into overrides."""
     config_file, overrides = None, {}
     args = list(argv)
     while args:
@@ -41,13 +45,17 @@ def parse(argv: list[str]) -> tuple[str | None, dict[str, object]]:
         if "=" in flag:
             flag, value = flag.split("=", 1)
             args.insert(0, value)
-        if flag not in FLAGS and flag != "--config":
+        if flag not in FLAGS and flag not in ("--config", "--properties"):
             raise SystemExit(f"gridvm-tsi: unknown argument {flag}\n{USAGE}")
         if not args:
             raise SystemExit(f"gridvm-tsi: {flag} needs a value")
         value = args.pop(0)
         if flag == "--config":
             config_file = value
+        elif flag == "--properties":
+            from tsi_bridge.agent.config import properties_values, read_properties
+
+            overrides.update(properties_values(read_properties(value), dict(os.environ)))
         else:
             overrides[FLAGS[flag]] = value
     return config_file, overrides
@@ -57,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     from tsi_bridge.agent import log
     from tsi_bridge.agent.config import Config, ConfigError
 
-    config_file, overrides = parse(sys.argv[1:] if argv is None else argv)
     try:
+        config_file, overrides = parse(sys.argv[1:] if argv is None else argv)
         config = Config.load(config_file, overrides)
     except ConfigError as err:
         print(f"gridvm-tsi: configuration error: {err}", file=sys.stderr)

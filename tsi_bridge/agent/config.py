@@ -1,4 +1,5 @@
-"""The agent's configuration: a JSON file (see docs/tsi-bridge.md) plus command-line flags.
+"""The agent's configuration: a JSON file (see docs/tsi-bridge.md) plus command-line flags,
+or the official UNICORE TSI's ``tsi.properties`` (:func:`properties_values`).
 
 Unknown keys are errors that name the key; relative TLS file paths are relative to the config
 file's directory.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 
 TIMEOUT_DEFAULTS = {
     "handshake": 10.0,        # TLS handshake + first line on the shepherd port
@@ -42,6 +45,8 @@ DEFAULTS: dict[str, object] = {
     "record_ttl": 7 * 24 * 3600.0,
     "port_file": None,         # write the bound port here (handy with listen_port 0)
     "log_level": "info",
+    "readiness_line": True,    # answer "ping gridvm" (the official TSI does not)
+    "allowed_dns": [],         # subjects the TLS peer may have (empty: any the CA issued)
 }
 
 TLS_KEYS = ("cert", "key", "ca", "peer_cert")
@@ -79,6 +84,8 @@ class Config:
             raise ConfigError("log_level must be debug, info, warning or error")
         if not isinstance(merged["allowed_peers"], list):
             raise ConfigError("allowed_peers must be a list of IP addresses")
+        if not isinstance(merged["allowed_dns"], list):
+            raise ConfigError("allowed_dns must be a list of distinguished names")
         if not isinstance(merged["environment"], dict):
             raise ConfigError("environment must be an object")
         merged["tls"] = _tls(merged["tls"], base_dir)
@@ -113,6 +120,62 @@ class Config:
             else:
                 values[key] = value
         return cls(values, base_dir)
+
+
+PROPERTY_LINE = re.compile(r"\s*([a-zA-Z0-9.\-_/]+)\s*=\s*(.*)$")  # as the official TSI
+#: where a site that starts the agent like the official TSI says where to call back
+CALLBACK_HOST_VARIABLE = "GRIDVM_TSI_CALLBACK_HOST"
+
+
+def read_properties(path: str) -> dict[str, str]:
+    """``key=value`` lines of a properties file, read the way the official TSI reads them."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.readlines()
+    except OSError as err:
+        raise ConfigError(f"cannot read {path}: {err.strerror}") from err
+    found = {}
+    for line in lines:
+        match = PROPERTY_LINE.match(line)
+        if match:
+            found[match.group(1)] = match.group(2).strip()
+    return found
+
+
+def properties_values(props: dict[str, str], environ: dict[str, str]) -> dict[str, object]:
+    """Agent settings from the official TSI's keys: ``tsi.my_addr``/``tsi.my_port`` to
+    listen on, ``tsi.unicorex_machine`` (the hosts allowed to connect), ``tsi.unicorex_port``,
+    ``tsi.keystore``/``tsi.certificate``/``tsi.truststore`` (mutual TLS when a keystore is
+    set), ``tsi.allowed_dn.N``, ``tsi.debug``.  Other keys are ignored, as the official TSI
+    keeps them unused.  Like the official TSI it calls back to the peer's address unless
+    ``GRIDVM_TSI_CALLBACK_HOST`` names another, and answers no readiness line."""
+    values: dict[str, object] = {
+        "listen_address": props.get("tsi.my_addr") or "0.0.0.0",
+        "listen_port": props.get("tsi.my_port") or 4433,
+        "callback_port": props.get("tsi.unicorex_port") or None,
+        "callback_host": environ.get(CALLBACK_HOST_VARIABLE) or None,
+        "allowed_peers": _addresses(props.get("tsi.unicorex_machine", "")),
+        "allowed_dns": [v for k, v in sorted(props.items()) if k.startswith("tsi.allowed_dn.")],
+        "readiness_line": False,
+        "log_level": "debug" if props.get("tsi.debug", "0").lower() in ("1", "true") else "info",
+    }
+    if props.get("tsi.keystore"):
+        values["tls"] = {"key": props["tsi.keystore"], "cert": props.get("tsi.certificate"),
+                         "ca": props.get("tsi.truststore")}
+    return values
+
+
+def _addresses(machines: str) -> list[str]:
+    found: list[str] = []
+    for machine in (m.strip() for m in machines.split(",")):
+        if not machine:
+            continue
+        try:
+            infos = socket.getaddrinfo(machine, 0, socket.AF_INET, socket.SOCK_STREAM)
+        except OSError as err:
+            raise ConfigError(f"tsi.unicorex_machine: cannot resolve {machine!r}") from err
+        found += [info[4][0] for info in infos if info[4][0] not in found]
+    return found
 
 
 def _number(key: str, value: object, positive: bool = False) -> float:

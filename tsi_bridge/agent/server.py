@@ -54,7 +54,7 @@ class Agent:
         self.tls = None
         if config.tls:
             from tsi_bridge.agent.tls import AgentTLS
-            self.tls = AgentTLS(**config.tls)
+            self.tls = AgentTLS(**config.tls, allowed_dns=config.allowed_dns)
         os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
         self._prepare_workdir_root()
         self.jobs = JobTable(config.state_dir, shell=config.shell, nice=config.job_nice,
@@ -159,7 +159,7 @@ class Agent:
             conn.close()
             return
         words = line.split()
-        if line == protocol.READINESS_REQUEST.decode().strip():
+        if line == protocol.READINESS_REQUEST.decode().strip() and config.readiness_line:
             conn.sendall(f"{protocol.READINESS_REPLY_PREFIX}{protocol.AGENT_VERSION}\n".encode())
             conn.close()
             return

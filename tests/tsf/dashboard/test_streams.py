@@ -80,6 +80,8 @@ async def test_metrics_for_administrators_only(dash_site):
                  "gridvm_site_storage_bytes"):
         assert name in text, name
     assert 'gridvm_jobs{reason="' in text and 'state="FAILED"' in text
+    assert 'gridvm_host_up{host="default",state="UP"} 1.0' in text
+    assert 'gridvm_host_used_vcpus{host="default"} 0.0' in text
     stored = [line for line in text.splitlines() if line.startswith("gridvm_store_bytes ")]
     assert float(stored[0].split()[1]) > 1e6  # the test images' blobs
     failed = [line for line in text.splitlines()

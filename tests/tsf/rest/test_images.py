@@ -316,3 +316,28 @@ async def test_bundles_export_and_import_over_rest(creators_site, tmp_path):
     assert imported.status_code == 201, imported.text
     assert [i["id"] for i in imported.json()["imported"]] == [record.id]
     assert (await http("GET", f"images/{record.id}", user="carol")).status_code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_layer_uploads_in_pieces_and_its_base_cannot_be_deleted_before_it(
+        creators_site, tmp_path):
+    from tests.image_repo.test_layers import disk_document, qemu_img
+
+    _site, http = creators_site
+    base, layer = tmp_path / "base.qcow2", tmp_path / "layer.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", str(base), "64M")
+    qemu_img("create", "-q", "-f", "qcow2", "-b", str(base), "-F", "qcow2", str(layer))
+    for name, disk, backing in (("rest-base", base, None), ("rest-layer", layer, "rest-base")):
+        started = await http("POST", "images", user="carol",
+                             json=disk_document(name, disk, backing=backing))
+        assert started.status_code == 201, started.text
+        sent = await http("PUT", f"{started.headers['location']}/files/{disk.name}",
+                          user="carol", content=disk.read_bytes())
+        assert sent.status_code == 201, sent.text
+    assert sent.json()["metadata"]["origin"]["backing_image"] is not None
+    refused = await http("DELETE", "images/rest-base", user="carol")
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["reason"] == "IMAGE_IN_USE"
+    assert "rest-layer:1" in refused.json()["errorMessage"]
+    assert (await http("DELETE", "images/rest-layer", user="carol")).status_code == 200
+    assert (await http("DELETE", "images/rest-base", user="carol")).status_code == 200
