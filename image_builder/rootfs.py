@@ -18,6 +18,7 @@ from image_builder.errors import BuildError
 #: Kernel modules the guest loads (their dependencies are added in load order).
 GUEST_MODULES = (
     "virtio_pci", "virtio_net", "virtio_blk", "virtio-rng", "virtio_console", "isofs",
+    "virtio_balloon",  # free page reporting: pages the guest frees go back to the host
 )
 #: The subset the disk loader needs to find its root disk.
 LOADER_MODULES = ("virtio_pci", "virtio_blk")

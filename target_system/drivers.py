@@ -70,6 +70,16 @@ class TSILink(Protocol):
 
     def get_status_listing(self, all_jobs: bool = False) -> defer.Deferred: ...
 
+    def wait_status(self, seconds: float) -> defer.Deferred:
+        """The status listing once a job ended since the last answer, or after ``seconds``,
+        pushed by gridvm's agent; None from a TSI that only answers GETSTATUSLISTING."""
+
+    def make_directories(self, paths: list[str]) -> defer.Deferred:
+        """``mkdir -p`` of each path."""
+
+    def remove_tree(self, path: str) -> defer.Deferred:
+        """``rm -rf``."""
+
     def abort_job(self, bssid: str) -> defer.Deferred: ...
 
     def job_details(self, bssid: str) -> defer.Deferred: ...

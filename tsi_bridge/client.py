@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import shlex
 from collections import deque
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -93,6 +94,9 @@ class TSIClient:
         self._closed = False
         #: whether the TSI streams directories (GRIDVM_GETDIRECTORY): None until tried
         self.streams: bool | None = None
+        #: our extensions the TSI answered as unknown (the official TSI): not sent again
+        self.unsupported: set[str] = set()
+        self._ended_seen = -1  #: the agent's count of ended jobs at its last WAITSTATUS
 
     # ------------------------------------------------------------------ pool
 
@@ -208,6 +212,19 @@ class TSIClient:
         return await self._with_worker(
             lambda w: w.request(message, what, timeout or self.request_timeout))
 
+    async def _extension(self, name: str, body: str, timeout: float | None = None):
+        """The reply to one of our extensions, or None once the TSI does not know it (then
+        remembered, so the caller's standard way is used from then on)."""
+        if name in self.unsupported:
+            return None
+        try:
+            return await self._request(body, name, timeout)
+        except TSICommandFailed as err:
+            if "Unknown #TSI_" in err.message or f"#TSI_{name} is not supported" in err.message:
+                self.unsupported.add(name)
+                return None
+            raise
+
     # ------------------------------------------------------------------ commands
 
     @_deferred
@@ -259,6 +276,24 @@ class TSIClient:
             raise TSIError(f"SUBMIT returned no job id: {reply.payload[:80]!r}")
         self.submitted.add(bssid)
         return bssid
+
+    @_deferred
+    async def wait_status(self, seconds: float) -> dict[str, JobStatus] | None:
+        """The status listing (as ``get_status_listing``) as soon as a job has ended since
+        the last answer (the first call answers at once), at the latest after ``seconds``
+        — pushed by our agent (GRIDVM_WAITSTATUS); None from a TSI that only answers
+        GETSTATUSLISTING (poll that instead)."""
+        seconds = min(seconds, protocol.MAX_JOB_WAIT)
+        reply = await self._extension(
+            "GRIDVM_WAITSTATUS", protocol.wait_status_body(self._ended_seen, seconds),
+            seconds + self.request_timeout)
+        if reply is None:
+            return None
+        try:
+            self._ended_seen, listing = protocol.parse_wait_status(reply.payload)
+        except protocol.ProtocolError as err:
+            raise TSIError(f"{self.name}: {err}") from None
+        return {b: JobStatus(*entry) for b, entry in listing.items() if b in self.submitted}
 
     def track(self, bssid: str) -> None:
         """Treat ``bssid`` as ours (e.g. a job re-adopted after a server restart)."""
@@ -318,6 +353,24 @@ class TSIClient:
     async def get_user_info(self) -> dict[str, object]:
         reply = await self._request(protocol.user_info_body(), "GET_USER_INFO")
         return protocol.parse_user_info(reply.payload)
+
+    @_deferred
+    async def make_directories(self, paths: list[str]) -> None:
+        """``mkdir -p`` of each path: without a shell on our agent (GRIDVM_MKDIR, one
+        request per path), else one script for all."""
+        for at, path in enumerate(paths):
+            body = protocol.path_body("GRIDVM_MKDIR", path)
+            if await self._extension("GRIDVM_MKDIR", body) is None:
+                await self.execute_script("mkdir -p " + " ".join(map(shlex.quote, paths[at:])))
+                return
+
+    @_deferred
+    async def remove_tree(self, path: str) -> None:
+        """``rm -rf -- path``: without a shell on our agent (GRIDVM_REMOVE)."""
+        body = protocol.path_body("GRIDVM_REMOVE", path)
+        if await self._extension("GRIDVM_REMOVE", body) is not None:
+            return
+        await self.execute_script(f"rm -rf -- {shlex.quote(path)}")
 
     # ------------------------------------------------------------------ files
 

@@ -49,8 +49,12 @@ COMMANDS = (
 
 #: gridvm's own commands (our agent only; the official TSI answers "Unknown #TSI_* command").
 #: GRIDVM_GETDIRECTORY: a job directory's regular files as one tar stream (see
-#: ``get_directory_body``).
-EXTENSIONS = ("GRIDVM_GETDIRECTORY",)
+#: ``get_directory_body``); GRIDVM_MKDIR and GRIDVM_REMOVE: ``mkdir -p`` and ``rm -rf`` of
+#: one path without starting a shell; GRIDVM_WAITSTATUS: the status listing once a job has
+#: ended or a few seconds passed (``wait_status_body``): job ends pushed, not polled.
+EXTENSIONS = ("GRIDVM_GETDIRECTORY", "GRIDVM_MKDIR", "GRIDVM_REMOVE", "GRIDVM_WAITSTATUS")
+#: Longest wait a GRIDVM_WAITSTATUS may ask for, seconds.
+MAX_JOB_WAIT = 60.0
 
 #: The line that ends a request's header: the user's script follows it.
 SCRIPT_TAG = "#TSI_SCRIPT"
@@ -209,6 +213,33 @@ def get_directory_body(path: str) -> str:
     ``TSI_OK`` with the report (``format_report_line`` lines, then ``TOTAL <files>
     <bytes>``), or ``TSI_FAILED``."""
     return "#TSI_GRIDVM_GETDIRECTORY\n" + _param("FILE", path)
+
+
+def path_body(command: str, path: str) -> str:
+    """GRIDVM_MKDIR and GRIDVM_REMOVE (our agent only) of ``path``."""
+    return f"#TSI_{command}\n" + _param("FILE", path)
+
+
+def wait_status_body(seen: int, seconds: float) -> str:
+    """GRIDVM_WAITSTATUS (our agent only): the agent counts the jobs that ended; it answers
+    once its count differs from ``seen`` (at once if it already does), or after ``seconds``
+    (at most ``MAX_JOB_WAIT``), with ``ENDED <count>`` and then the status listing as
+    GETSTATUSLISTING gives it (see ``parse_wait_status``)."""
+    return ("#TSI_GRIDVM_WAITSTATUS\n" + _param("GRIDVM_SEEN", int(seen))
+            + _param("WAIT", f"{seconds:g}"))
+
+
+def format_wait_status(ended: int, listing: str) -> str:
+    return f"ENDED {ended}\n{listing}"
+
+
+def parse_wait_status(payload: str) -> tuple[int, dict[str, tuple[str, str, str]]]:
+    """The agent's count of ended jobs and the status listing of a GRIDVM_WAITSTATUS."""
+    first, _, listing = payload.partition("\n")
+    words = first.split()
+    if len(words) != 2 or words[0] != "ENDED" or not words[1].isdigit():
+        raise ProtocolError(f"GRIDVM_WAITSTATUS: no ENDED line: {first[:80]!r}")
+    return int(words[1]), parse_status_listing(listing)
 
 
 # --------------------------------------------------------------------------------------------

@@ -181,14 +181,22 @@ class RngConfig(ConfigObject):
 
 @dataclass(eq=True)
 class MemballoonConfig(ConfigObject):
+    """The balloon device; with ``free_page_reporting`` the guest hands the pages it frees
+    back to the host (QEMU discards them), so an idle guest holds only what it uses."""
+
     root_name = "memballoon"
     model: str = "none"
+    free_page_reporting: bool = False
 
     def format_dom(self) -> etree._Element:
-        return etree.Element("memballoon", model=self.model)
+        element = etree.Element("memballoon", model=self.model)
+        if self.free_page_reporting:
+            element.set("freePageReporting", "on")
+        return element
 
     def parse_dom(self, element: etree._Element) -> None:
         self.model = element.get("model", "none")
+        self.free_page_reporting = element.get("freePageReporting") == "on"
 
 
 @dataclass(eq=True)

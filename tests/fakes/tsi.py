@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,6 +208,16 @@ class FakeTSIClient:
         return self._call("GETSTATUSLISTING", lambda agent: {
             job.bssid: JobStatus("RUNNING", "batch", "R") for job in agent.running()
             if all_jobs or job.bssid in self.submitted})
+
+    def wait_status(self, seconds: float) -> defer.Deferred:
+        """Like the official TSI: no pushed status (the runner polls)."""
+        return defer.succeed(None)
+
+    def make_directories(self, paths: list[str]) -> defer.Deferred:
+        return self.execute_script("mkdir -p " + " ".join(map(shlex.quote, paths)))
+
+    def remove_tree(self, path: str) -> defer.Deferred:
+        return self.execute_script(f"rm -rf -- {shlex.quote(path)}")
 
     def abort_job(self, bssid: str) -> defer.Deferred:
         return self._call("ABORTJOB", lambda agent: agent.abort(bssid))

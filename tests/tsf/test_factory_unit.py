@@ -257,3 +257,26 @@ async def test_an_instance_with_a_running_job_ends_only_when_forced(site):
     await site.run_until(lambda: ended.called)
     assert (job.state, job.lifecycle.reason) == (J.FAILED, Reason.JOB_ABORTED)
     assert target.state is InstanceState.TERMINATED and site.vms.instances == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_exit_code_comes_from_the_kept_copy_of_the_job_directory(site):
+    job = await site.finished(site.factory.submit(JOB, ALICE))
+    agent = site.agent(site.factory.instance(job.instance_id, ALICE))
+    assert (job.state, job.exit_code) == (J.SUCCESSFUL, 0)
+    # stdout, stderr and the exit code file copied once; nothing read again for the code
+    assert agent.requests.count("GETFILECHUNK") == 3 and "GETJOBDETAILS" not in agent.requests
+    assert (job.storage / "UNICORE_SCRIPT_EXIT_CODE").read_text() == "0\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_restarted_run_without_exit_code_does_not_take_the_earlier_runs(site):
+    first = await site.finished(site.factory.submit(JOB, ALICE))
+    site.network.job_seconds = None
+    again = site.factory.restart(first.job_id, ALICE)
+    agent = site.agent(await site.running(again))
+    agent.finish(again.bssid)
+    del agent.files[f"{again.workdir}/UNICORE_SCRIPT_EXIT_CODE"]  # killed before writing it
+    await site.finished(again)
+    assert (again.state, again.lifecycle.reason, again.exit_code) == (
+        J.FAILED, Reason.NONZERO_EXIT, None)

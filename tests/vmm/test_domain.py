@@ -34,7 +34,7 @@ def full_config() -> DomainConfig:
                        serial="gridvm-ctx", readonly=True),
             SerialFileConfig(path="/i/console.log"),
             RngConfig(),
-            MemballoonConfig(),
+            MemballoonConfig("virtio", free_page_reporting=True),
             ControllerConfig("usb", "none"),
         ],
         network=UserNetConfig(host_port=40001, guest_port=4433, callback_port=40002),
@@ -66,6 +66,8 @@ def test_emitted_xml_has_what_libvirt_needs():
     assert root.find("devices/serial").get("type") == "file"
     assert root.find("devices/rng/backend").text == "/dev/urandom"
     assert root.find("devices/controller").get("model") == "none"  # no USB bus
+    balloon = root.find("devices/memballoon")  # freed guest pages go back to the host
+    assert (balloon.get("model"), balloon.get("freePageReporting")) == ("virtio", "on")
     args = [a.get("value") for a in root.iter(f"{{{QEMU_NS}}}arg")]
     netdev = args[args.index("-netdev") + 1]
     assert "restrict=on" in netdev

@@ -23,7 +23,8 @@ FLAGS = {
     "--request-timeout": "timeouts.request", "--transfer-timeout": "timeouts.transfer",
     "--script-timeout": "timeouts.script", "--abort-grace": "timeouts.abort_grace",
 }
-SWITCHES = {"--no-switch-uid": ("switch_uid", False), "--confine-paths": ("confine_paths", True)}
+SWITCHES = {"--no-switch-uid": ("switch_uid", False), "--confine-paths": ("confine_paths", True),
+            "--no-user-helpers": ("user_helpers", False)}
 USAGE = ("usage: python3 -m tsi_bridge.agent [--config FILE | --properties FILE] "
          + " ".join(f"[{flag} V]" for flag in FLAGS) + " " + " ".join(f"[{s}]" for s in SWITCHES))
 

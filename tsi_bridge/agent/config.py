@@ -32,6 +32,7 @@ DEFAULTS: dict[str, object] = {
     "switch_uid": True,        # only effective when the agent runs as root
     "job_user": None,          # privileged: run every request as this user (None: the identity)
     "job_group": None,
+    "user_helpers": True,      # privileged: file work as the user in kept helpers, not forks
     "workdir_root": "/tmp",
     "confine_paths": False,    # refuse file paths outside workdir_root
     "state_dir": "/var/lib/gridvm-tsi",

@@ -1,10 +1,13 @@
-"""LS, DF and GET_USER_INFO payloads, computed with the request user's permissions."""
+"""LS, DF and GET_USER_INFO payloads, and GRIDVM_MKDIR/GRIDVM_REMOVE, done with the request
+user's permissions."""
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import os
 import pwd
+import shutil
 import stat
 
 from tsi_bridge import protocol
@@ -89,3 +92,25 @@ def user_info_payload(runas: RunAs) -> str:
         status = f"keyfile '{keyfile}': {err}"
     lines.append(f"status: {status}")
     return "\n".join(lines) + "\n"
+
+
+def _make_directory(path: str) -> None:
+    os.makedirs(path, exist_ok=True)
+
+
+def make_directory(runas: RunAs, path: str) -> None:
+    """``mkdir -p path`` as the user."""
+    call_as(runas, _make_directory, path)
+
+
+def _remove_tree(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)  # never follows a link out of the tree
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def remove_tree(runas: RunAs, path: str) -> None:
+    """``rm -rf path`` as the user (a missing path is fine)."""
+    call_as(runas, _remove_tree, path)

@@ -10,7 +10,8 @@
 The agent is multi-threaded, so it never changes its own uid: processes get the user through
 ``subprocess.Popen(user=..., group=..., extra_groups=...)``; file operations run in a short
 forked child that switches uid and either returns its result or passes back an open file
-descriptor.
+descriptor — a long-lived helper of that user (``tsi_bridge.agent.helpers``) once the agent
+has set one up with :func:`use_helpers`, a fork per call otherwise.
 """
 
 from __future__ import annotations
@@ -145,7 +146,27 @@ def _gid(group: str) -> int:
         raise RequestFailed(f"Unknown group {group}") from None
 
 
-def _become(runas: RunAs) -> None:
+#: The helpers that do call_as/open_as without a fork (None: fork every time).
+_helpers = None
+
+
+def use_helpers(pool) -> None:
+    """Route :func:`call_as` and :func:`open_as` through ``pool`` (a ``HelperPool``, or
+    None to fork per call again)."""
+    global _helpers
+    _helpers = pool
+
+
+def _unpack(outcome: dict, path: str | None = None):
+    """The result a helper or child reported, or the error it reported raised."""
+    if "ok" in outcome:
+        return outcome["ok"]
+    if "errno" in outcome:
+        raise OSError(outcome["errno"], outcome["strerror"], outcome.get("filename", path))
+    raise RequestFailed(outcome["error"])
+
+
+def become(runas: RunAs) -> None:
     os.setgroups(runas.groups)
     os.setgid(runas.gid)
     os.setuid(runas.uid)
@@ -156,13 +177,20 @@ def call_as(runas: RunAs, function, *args):
     OSErrors come back as OSErrors."""
     if not runas.switch:
         return function(*args)
+    if _helpers is not None:
+        from tsi_bridge.agent.helpers import HelperUnavailable
+
+        try:
+            return _unpack(_helpers.call(runas, function, args))
+        except HelperUnavailable:
+            pass  # fork, as without helpers
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         try:
             os.close(read_end)
             try:
-                _become(runas)
+                become(runas)
                 outcome = {"ok": function(*args)}
             except OSError as err:
                 outcome = {"errno": err.errno, "strerror": err.strerror,
@@ -189,11 +217,7 @@ def call_as(runas: RunAs, function, *args):
         outcome = json.loads(b"".join(chunks))
     except ValueError:
         raise RequestFailed("internal error: the helper process died") from None
-    if "ok" in outcome:
-        return outcome["ok"]
-    if "errno" in outcome:
-        raise OSError(outcome["errno"], outcome["strerror"], outcome["filename"])
-    raise RequestFailed(outcome["error"])
+    return _unpack(outcome)
 
 
 def fork_as(runas: RunAs, keep: list[int], function, *args) -> int:
@@ -210,11 +234,25 @@ def fork_as(runas: RunAs, keep: list[int], function, *args) -> int:
                 low = fd + 1
             os.closerange(low, os.sysconf("SC_OPEN_MAX"))
             if runas.switch:
-                _become(runas)
+                become(runas)
             status = function(*args)
         finally:
             os._exit(status)
     return pid
+
+
+def run_as(runas: RunAs, keep: list[int], function, *args) -> int:
+    """``function(*args, *keep)`` with ``runas``'s permissions until it returns, in a
+    helper or a forked child (see :func:`fork_as`); returns its exit status."""
+    if runas.switch and _helpers is not None:
+        from tsi_bridge.agent.helpers import HelperUnavailable
+
+        try:
+            return _unpack(_helpers.call(runas, function, args, keep))
+        except HelperUnavailable:
+            pass  # fork, as without helpers
+    pid = fork_as(runas, keep, function, *args, *keep)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
 def open_as(runas: RunAs, path: str, flags: int, mode: int = 0o644) -> int:
@@ -222,13 +260,25 @@ def open_as(runas: RunAs, path: str, flags: int, mode: int = 0o644) -> int:
     passes the descriptor back over a socket pair."""
     if not runas.switch:
         return os.open(path, flags, mode)
+    if _helpers is not None:
+        from tsi_bridge.agent.helpers import HelperUnavailable
+
+        try:
+            outcome, fd = _helpers.open(runas, path, flags, mode)
+        except HelperUnavailable:
+            pass  # fork, as without helpers
+        else:
+            if fd is not None:
+                return fd
+            _unpack(outcome, path)
+            raise RequestFailed(f"internal error: no descriptor for {path}")
     parent, child = socket.socketpair()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         try:
             parent.close()
             try:
-                _become(runas)
+                become(runas)
                 fd = os.open(path, flags, mode)
                 socket.send_fds(child, [b"0"], [fd])
             except OSError as err:

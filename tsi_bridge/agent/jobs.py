@@ -94,6 +94,8 @@ class JobTable:
         self.shell, self.nice, self.abort_grace = shell, nice, abort_grace
         self.record_ttl, self.environment = record_ttl, environment
         self._lock = threading.RLock()
+        self._ended = threading.Condition(self._lock)  #: notified whenever a job ends
+        self.ended_count = 0  #: jobs that ended since the agent started
         self._jobs: dict[str, dict] = {}
         self._processes: dict[str, subprocess.Popen] = {}
         self._background: list[subprocess.Popen] = []
@@ -189,8 +191,15 @@ class JobTable:
             self._jobs[bssid] = record
             self._processes[bssid] = process
             self._save(record)
+        # its end is seen at once (GRIDVM_WAITSTATUS), not at the supervisor's next round
+        threading.Thread(target=self._reap, args=(process,), name=f"reaper-{bssid}",
+                         daemon=True).start()
         log.info(f"job {bssid} started: pid {process.pid} in {uspace} as {runas.user}")
         return bssid
+
+    def _reap(self, process: subprocess.Popen) -> None:
+        process.wait()
+        self.refresh()
 
     def add_background(self, process: subprocess.Popen) -> None:
         """A process started for EXECUTESCRIPT with DISCARD_OUTPUT: reaped here."""
@@ -214,6 +223,17 @@ class JobTable:
             shown = {k: v for k, v in record.items() if k not in ("runas", "kill_at")}
             shown["user"] = record["runas"]["user"]
             return json.dumps(shown, sort_keys=True)
+
+    def wait_ended(self, seen: int, seconds: float) -> int:
+        """The count of jobs ended since the agent started, once it differs from ``seen``,
+        at the latest after ``seconds``."""
+        deadline = time.monotonic() + seconds
+        with self._ended:
+            while True:
+                left = deadline - time.monotonic()
+                if self.ended_count != seen or left <= 0:
+                    return self.ended_count
+                self._ended.wait(left)
 
     # ---------------------------------------------------------------- control
 
@@ -309,6 +329,8 @@ class JobTable:
                 record["exit_code_error"] = getattr(err, "strerror", None) or str(err)
                 log.warning(f"job {record['bssid']}: cannot write {path}: {err}")
         self._save(record)
+        self.ended_count += 1
+        self._ended.notify_all()
         log.info(f"job {record['bssid']} finished: exit code {exit_code}"
                  + (f" ({record['reason']})" if record["reason"] else ""))
 

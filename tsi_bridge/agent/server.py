@@ -17,7 +17,8 @@ import threading
 from tsi_bridge import protocol
 from tsi_bridge.agent import log
 from tsi_bridge.agent.config import Config
-from tsi_bridge.agent.identity import IdentityResolver
+from tsi_bridge.agent.helpers import HelperPool
+from tsi_bridge.agent.identity import IdentityResolver, use_helpers
 from tsi_bridge.agent.jobs import JobTable
 from tsi_bridge.agent.worker import Worker
 
@@ -59,6 +60,10 @@ class Agent:
         self.jobs = JobTable(config.state_dir, shell=config.shell, nice=config.job_nice,
                              abort_grace=config.timeouts["abort_grace"],
                              record_ttl=config.record_ttl, environment=config.environment)
+        #: long-lived per-user processes for file work as the user (no fork per request)
+        self.helpers = HelperPool() if self.identities.privileged and config.user_helpers \
+            else None
+        use_helpers(self.helpers)
         self.stop = threading.Event()
         self._slots = threading.BoundedSemaphore(config.max_connections)
         self._counter = 0
@@ -119,6 +124,8 @@ class Agent:
             threading.Thread(target=self._serve_connection, args=(conn, address, name),
                              name=name, daemon=True).start()
         self.listener.close()
+        if self.helpers is not None:
+            self.helpers.close()
 
     def _serve_connection(self, conn: socket.socket, address: tuple, name: str) -> None:
         try:

@@ -15,13 +15,12 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import threading
 import time
 
 from tsi_bridge import protocol
 from tsi_bridge.agent import archive, files, log
-from tsi_bridge.agent.identity import RequestFailed, RunAs, fork_as, open_as
+from tsi_bridge.agent.identity import RequestFailed, RunAs, open_as, run_as
 
 PIECE = 1024 * 1024
 #: Report lines of a GRIDVM_GETDIRECTORY kept (the rest counted), and report bytes read.
@@ -305,25 +304,29 @@ class Worker:
         path = self._path(runas, protocol.get_param(message, "FILE"))
         tar_read, tar_write = os.pipe()
         report_read, report_write = os.pipe()
-        try:
-            pid = fork_as(runas, [tar_write, report_write], _archive_child, path,
-                          tar_write, report_write)
-        finally:
-            os.close(tar_write)
-            os.close(report_write)
+        ended: list[int] = []
+
+        def archive_as_user() -> None:  # the writer; its pipes close when it is done
+            try:
+                ended.append(run_as(runas, [tar_write, report_write], _archive_child, path))
+            finally:
+                os.close(tar_write)
+                os.close(report_write)
+
+        writer = threading.Thread(target=archive_as_user, name=f"{self.name}-archive",
+                                  daemon=True)
+        writer.start()
         report, problem = bytearray(), None
         try:
             self.reply(protocol.ok_reply(protocol.STREAM_HEADER))
             problem = self._relay(tar_read, report_read, report)
             self._send(self.data, protocol.FRAME.pack(0))
         finally:
-            for fd in (tar_read, report_read):
+            for fd in (tar_read, report_read):  # a writer still going fails on its pipe
                 with contextlib.suppress(OSError):
                     os.close(fd)
-            if problem is not None or sys.exc_info()[0] is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+            writer.join()
+        status = ended[0] if ended else 1
         lines = report.decode("utf-8", "replace").splitlines()
         if len(report) > MAX_REPORT_BYTES:  # head kept, then the tail's last line (TOTAL)
             lines = lines[:MAX_REPORT] + lines[-1:]
@@ -377,6 +380,33 @@ class Worker:
         path = self._path(runas, protocol.get_param(message, "FILE"))
         self.reply(protocol.ok_reply(files.df_payload(runas, path)))
 
+    def make_directory(self, message: str) -> None:
+        runas = self._runas(message)
+        files.make_directory(runas, self._path(runas, protocol.get_param(message, "FILE")))
+        self.reply(protocol.ok_reply())
+
+    def remove(self, message: str) -> None:
+        runas = self._runas(message)
+        path = self._path(runas, protocol.get_param(message, "FILE"))
+        if os.path.realpath(path) in ("/", os.path.realpath(self.config.workdir_root)):
+            raise RequestFailed(f"{path}: refusing to remove the root of the working area")
+        files.remove_tree(runas, path)
+        self.reply(protocol.ok_reply())
+
+    def wait_status(self, message: str) -> None:
+        """GRIDVM_WAITSTATUS: the status listing once a job has ended since the client's
+        last answer (its GRIDVM_SEEN), or after WAIT s."""
+        try:
+            seconds = float(protocol.get_param(message, "WAIT") or "0")
+        except ValueError:
+            seconds = -1.0
+        if not 0 <= seconds <= protocol.MAX_JOB_WAIT:
+            raise RequestFailed(f"#TSI_WAIT must be 0 to {protocol.MAX_JOB_WAIT:g} seconds")
+        ended = self.agent.jobs.wait_ended(protocol.get_number(message, "GRIDVM_SEEN"),
+                                           seconds)
+        listing = protocol.format_status_listing(self.agent.jobs.listing())
+        self.reply(protocol.ok_reply(protocol.format_wait_status(ended, listing)))
+
     def submit(self, message: str) -> None:
         runas = self._runas(message)
         message = runas.substitute(message)
@@ -422,7 +452,8 @@ class Worker:
 
 
 def _archive_child(path: str, tar_write: int, report_write: int) -> int:
-    """The forked child of GRIDVM_GETDIRECTORY (already the request's user)."""
+    """The writer of GRIDVM_GETDIRECTORY (a helper or a forked child, already the request's
+    user): the archive into ``tar_write``, its report into ``report_write``."""
     try:
         archive.write_archive(path, tar_write, report_write)
     except Exception as err:  # reported, whatever it is: the child has no log
@@ -452,4 +483,7 @@ HANDLERS = {
     "RESUMEJOB": Worker.resume_job,
     "GET_COMPUTE_BUDGET": Worker.compute_budget,
     "GRIDVM_GETDIRECTORY": Worker.get_directory,
+    "GRIDVM_MKDIR": Worker.make_directory,
+    "GRIDVM_REMOVE": Worker.remove,
+    "GRIDVM_WAITSTATUS": Worker.wait_status,
 }
