@@ -38,8 +38,11 @@ async def test_boot_until_the_agent_answers_then_destroy(vmm, built_images, kind
     files = {p.name for p in instance.directory.iterdir()}
     assert {"context.iso", "console.log"} <= files
     assert ("overlay.qcow2" in files) == (kind == "qcow2")
-    assert len([p for p in (vmm.state_dir / "cache").rglob("*") if p.is_file()]) == (
-        3 if kind == "qcow2" else 2)
+    cached = [p for p in (vmm.state_dir / "cache").rglob("*") if p.is_file()]
+    images = [p for p in cached if p.suffix != ".verified"]
+    assert len(images) == (3 if kind == "qcow2" else 2)  # each image file cached once
+    assert sorted(p.name + ".verified" for p in images) == \
+        sorted(p.name for p in cached if p.suffix == ".verified")  # and verified
     adopted = {a.instance.instance_id: a for a in await vmm.adopt() if a.instance}
     assert adopted[instance.instance_id].instance.host_port == instance.host_port
     assert adopted[instance.instance_id].instance.labels == {"owner": "alice"}
