@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from target_system.jobdesc import JobDescriptionError, _check_keys, _int, _str
 from tsf.rest.app import Call, RestApp
-from tsf.rest.http import Response, int_param, link
-from tsf.rest.sites import paging_links
+from tsf.rest.http import Response, link
+from tsf.rest.sites import paged_list
 
 SCALE_KEYS = {"Service", "Count"}
 
@@ -37,13 +37,8 @@ async def create_cluster(call: Call) -> Response:
 
 async def list_clusters(call: Call) -> Response:
     clusters = sorted(call.app.factory.clusters.list(call.caller), key=lambda c: c.created)
-    offset = int_param(call.args, "offset", 0)
-    num = int_param(call.args, "num", 200, 1, call.app.limits.max_page)
-    page = clusters[offset: offset + num]
-    return Response(json={
-        "clusters": [call.url("clusters", c.cluster_id) for c in page],
-        "details": [_doc(call, c) for c in page],
-        "_links": paging_links(call, "clusters", offset, num, len(clusters))})
+    return paged_list(call, "clusters", clusters,
+                      lambda c: call.url("clusters", c.cluster_id), _doc)
 
 
 async def get_cluster(call: Call, cluster_id: str) -> Response:

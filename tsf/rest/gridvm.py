@@ -27,7 +27,7 @@ from tsf.rest.http import (
     not_found,
     str_param,
 )
-from tsf.rest.sites import paging_links
+from tsf.rest.sites import paged_list, paging_links
 
 
 def _instance_doc(call: Call, target) -> dict:
@@ -43,13 +43,8 @@ def _instance_doc(call: Call, target) -> dict:
 async def list_instances(call: Call) -> Response:
     targets = call.app.factory.list_instances(call.caller)
     targets.sort(key=lambda t: (t.lifecycle.entered.get("REQUESTED", 0), t.instance_id))
-    offset = int_param(call.args, "offset", 0)
-    num = int_param(call.args, "num", 200, 1, call.app.limits.max_page)
-    page = targets[offset: offset + num]
-    return Response(json={
-        "instances": [call.url("instances", t.instance_id) for t in page],
-        "details": [_instance_doc(call, t) for t in page],
-        "_links": paging_links(call, "instances", offset, num, len(targets))})
+    return paged_list(call, "instances", targets,
+                      lambda t: call.url("instances", t.instance_id), _instance_doc)
 
 
 async def delete_instance(call: Call, instance_id: str) -> Response:

@@ -180,6 +180,17 @@ async def list_sites(call: Call) -> Response:
                           "_links": paging_links(call, "sites", offset, num, len(sites))})
 
 
+def paged_list(call: Call, name: str, items: list, url_of, doc_of) -> Response:
+    """One page (``offset``, ``num``) of ``items`` as the collection ``name``: their URLs, their
+    documents as ``details`` and the paging links."""
+    offset = int_param(call.args, "offset", 0)
+    num = int_param(call.args, "num", 200, 1, call.app.limits.max_page)
+    page = items[offset: offset + num]
+    return Response(json={name: [url_of(item) for item in page],
+                          "details": [doc_of(call, item) for item in page],
+                          "_links": paging_links(call, name, offset, num, len(items))})
+
+
 def paging_links(call: Call, name: str, offset: int, num: int, total: int,
                  extra: str = "") -> dict:
     links = {"self": link(call.url(name) + f"?offset={offset}&num={num}{extra}")}
