@@ -18,7 +18,20 @@ pytestmark = [needs_browser]
 
 
 def _text(element_id: str):
-    return lambda driver: driver.find_element(By.ID, element_id).text
+    """A browser step: the text of an element, once the page has it."""
+    return lambda driver: WebDriverWait(driver, 30).until(
+        ready.presence_of_element_located((By.ID, element_id))).text
+
+
+def _follow(driver, by: str, value: str) -> None:
+    """Click an element that leads to a new page and wait until that page has replaced this one.
+
+    A click returns before the browser has left the old page, so a lookup straight after it may
+    still see the old page (the CI failure this guards against).
+    """
+    old_page = driver.find_element(By.TAG_NAME, "html")
+    driver.find_element(by, value).click()
+    WebDriverWait(driver, 30).until(ready.staleness_of(old_page))
 
 
 @pytest_twisted.ensureDeferred
@@ -58,9 +71,8 @@ async def test_catalogue_search_and_image_page(dash_site, browser):
     def search(driver):
         driver.find_element(By.ID, "s-os").send_keys("debian")
         driver.find_element(By.ID, "s-version").send_keys(">=99")
-        driver.find_element(By.ID, "search").click()
-        return (driver.find_element(By.ID, "candidates").text,
-                driver.find_element(By.ID, "rejected").text)
+        _follow(driver, By.ID, "search")
+        return _text("candidates")(driver), _text("rejected")(driver)
 
     candidates, rejected = await browser(search)
     assert "no visible image fits" in candidates
@@ -69,7 +81,7 @@ async def test_catalogue_search_and_image_page(dash_site, browser):
     await browser(lambda d: d.get(dashboard + "/images?os=debian"))
     assert PUBLIC in await browser(_text("candidates"))
     await browser.shot("search")
-    await browser(lambda d: d.find_element(By.CSS_SELECTOR, "#candidates a").click())
+    await browser(lambda d: _follow(d, By.CSS_SELECTOR, "#candidates a"))
     assert (await browser(_text("image-ref"))).startswith(PUBLIC)
     assert "debian" in (await browser(_text("meta-semantic"))).lower()
     assert PUBLIC in await browser(_text("lineage"))
@@ -147,7 +159,7 @@ async def test_abort_a_job(dash_site, browser):
     await browser(log_in(dashboard))
     await browser(lambda d: d.get(dashboard + "/jobs"))
     await browser(_submit("/bin/sleep", "600"))
-    await browser(lambda d: d.find_element(By.ID, "action-abort").click())
+    await browser(lambda d: _follow(d, By.ID, "action-abort"))
     assert await browser(_until_state(("SUCCESSFUL", "FAILED"))) == "FAILED"
     await browser.shot("job-aborted")
 
