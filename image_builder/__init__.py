@@ -228,7 +228,7 @@ def _assemble(recipe: Recipe, work: Path, packages: list[debian.Package], debs: 
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(modules_dir / rel, target)
 
-    rootfs.prune(root)
+    rootfs.prune(root, keep_charsets=bool(recipe.packages))
     rootfs.install_busybox(root)
     rootfs.install_system_files(root, kernel_version, order)
     rootfs.install_python(root)

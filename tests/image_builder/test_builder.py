@@ -10,7 +10,7 @@ import pytest
 
 from image_builder import BuildError, build_image
 from image_builder.metadata import upstream_version
-from image_builder.rootfs import module_load_order
+from image_builder.rootfs import CHARSET_MODULES, module_load_order, prune
 from tests.conftest import TEST_ROOT
 
 
@@ -27,6 +27,17 @@ def test_module_load_order_puts_dependencies_first(tmp_path):
                      "kernel/b/virtio_net.ko", "kernel/d/virtio-rng.ko"]
     with pytest.raises(BuildError, match="nope not found"):
         module_load_order(tmp_path, ("nope",))
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_prune_drops_the_iconv_charsets_unless_told_to_keep_them(tmp_path, keep):
+    gconv = tmp_path / CHARSET_MODULES
+    gconv.mkdir(parents=True)
+    (gconv / "BIG5.so").write_bytes(b"x")
+    (tmp_path / "usr/lib/x86_64-linux-gnu/libc.so.6").write_bytes(b"x")
+    prune(tmp_path, keep_charsets=keep)
+    assert gconv.exists() is keep
+    assert (tmp_path / "usr/lib/x86_64-linux-gnu/libc.so.6").exists()
 
 
 @pytest.mark.parametrize(("debian", "upstream"), [
