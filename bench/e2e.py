@@ -49,6 +49,7 @@ JOB = {"Executable": "true", "Resources": {"OperatingSystem": "debian", "CPUs": 
 IN_FLIGHT = 8
 #: gridvm's small-job extensions, switched off for the throughput baseline
 STANDARD_ONLY = {"GRIDVM_MKDIR", "GRIDVM_REMOVE", "GRIDVM_WAITSTATUS"}
+JOB_PHASES = ("READY", "STAGINGIN", "QUEUED", "RUNNING", "STAGINGOUT")
 
 
 def median(values):
@@ -68,9 +69,10 @@ async def one_job(factory, description) -> tuple[float, float, object]:
     return marks["RUNNING"] - started, marks["SUCCESSFUL"] - started, job
 
 
-async def many_jobs(factory, description, count: int) -> tuple[int, float, set]:
+async def many_jobs(factory, description, count: int) -> tuple[int, float, set, dict]:
     """``count`` jobs, at most ``IN_FLIGHT`` unfinished at a time (sustained: a fresh one as
-    each ends; 200 at once overload one small guest); (successful, seconds, instances)."""
+    each ends; 200 at once overload one small guest); (successful, seconds, instances,
+    median seconds per job phase)."""
     started = time.monotonic()
     jobs = []
     window = defer.DeferredSemaphore(IN_FLIGHT)
@@ -81,8 +83,10 @@ async def many_jobs(factory, description, count: int) -> tuple[int, float, set]:
 
     await defer.gatherResults([window.run(one) for _ in range(count)])
     elapsed = time.monotonic() - started
+    phases = [j.lifecycle.phase_seconds() for j in jobs]
     return (sum(j.state.name == "SUCCESSFUL" for j in jobs), elapsed,
-            {j.instance_id for j in jobs})
+            {j.instance_id for j in jobs},
+            {k: median([p.get(k, 0) for p in phases]) for k in JOB_PHASES})
 
 
 async def main(reactor, args) -> None:
@@ -156,11 +160,11 @@ async def main(reactor, args) -> None:
         # baseline: the same instance driven with standard TSI commands only (shell for
         # mkdir/rm, status polled), as before gridvm's small-job extensions
         link.unsupported.update(STANDARD_ONLY)
-        base_ok, base_elapsed, _ = await many_jobs(factory, two_slots, args.jobs)
+        base_ok, base_elapsed, _, base_phases = await many_jobs(factory, two_slots, args.jobs)
         link.unsupported.difference_update(STANDARD_ONLY)
         print(f"throughput, standard commands: {base_ok}/{args.jobs} jobs in "
               f"{base_elapsed:.1f} s: {args.jobs / base_elapsed:.2f} jobs/s", flush=True)
-        ok, elapsed, instances = await many_jobs(factory, two_slots, args.jobs)
+        ok, elapsed, instances, phases = await many_jobs(factory, two_slots, args.jobs)
 
         results["cold"] = {"to_running_median_s": median(cold_running),
                            "to_successful_median_s": median(cold_done),
@@ -184,13 +188,15 @@ async def main(reactor, args) -> None:
                                      args.jobs / base_elapsed, 2),
                                  "standard_commands_successful": base_ok,
                                  "ratio_over_standard_commands": round(
-                                     base_elapsed / elapsed, 3)}
+                                     base_elapsed / elapsed, 3),
+                                 "job_phases_median_s": phases,
+                                 "standard_commands_job_phases_median_s": base_phases}
         results["instance_phases_median_s"] = {
             k: median([p.get(k, 0) for p in instance_phases])
             for k in ("REQUESTED", "STAGING", "BOOTING", "CONNECTING")}
         results["job_phases_median_s"] = {
             k: median([p.get(k, 0) for p in job_phases])
-            for k in ("READY", "STAGINGIN", "QUEUED", "RUNNING", "STAGINGOUT")}
+            for k in JOB_PHASES}
         print(f"cold: RUNNING {results['cold']['to_running_median_s']} s, SUCCESSFUL "
               f"{results['cold']['to_successful_median_s']} s; bare boot "
               f"{results['cold']['bare_qemu_boot_median_s']} s; ratio "
@@ -201,7 +207,8 @@ async def main(reactor, args) -> None:
               f"{results['pooled']['to_successful_median_s']} s (RUNNING "
               f"{results['pooled']['ratio_running_over_cold']} of cold)")
         print(f"throughput: {ok}/{args.jobs} jobs in {elapsed:.1f} s on {len(instances)} "
-              f"instance(s): {args.jobs / elapsed:.2f} jobs/s")
+              f"instance(s): {args.jobs / elapsed:.2f} jobs/s; median phases {phases}, with "
+              f"standard commands {base_phases}")
     finally:
         for target in list(factory.instances.values()):
             await target.terminate("bench over")

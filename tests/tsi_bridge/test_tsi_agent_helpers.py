@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from tsi_bridge import protocol
 from tsi_bridge.agent import identity
 from tsi_bridge.agent.helpers import HelperPool, HelperUnavailable
 from tsi_bridge.agent.identity import RunAs, call_as, open_as
+from tsi_bridge.agent.launcher import LauncherPool
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
 
@@ -96,3 +98,58 @@ def test_descriptors_go_along_with_a_call_and_are_closed_after_it(helpers, nobod
         assert os.read(read_end, 100) == b""
     finally:
         os.close(read_end)
+
+
+@pytest.fixture
+def launchers():
+    pool = LauncherPool()
+    yield pool
+    pool.close()
+
+
+def _job_files(directory: Path) -> tuple[int, str]:
+    """stdout+stderr of a job (a descriptor of the user's) and its exit code file."""
+    out = directory / "stdout"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    return fd, str(directory / protocol.EXIT_CODE_FILE)
+
+
+def test_the_launcher_starts_jobs_as_the_user_without_forking_the_agent(launchers, nobody,
+                                                                       shared):
+    os.chmod(shared, 0o777)
+    out_fd, exit_file = _job_files(shared)
+    try:
+        process = launchers.spawn(nobody, ["/bin/sh", "-c", "id -u; echo $$; exit 3"],
+                                  str(shared), {"PATH": "/usr/bin:/bin"}, out_fd, out_fd,
+                                  exit_file)
+    finally:
+        os.close(out_fd)
+    assert process.wait() == 3 and process.poll() == 3
+    uid, pid = (shared / "stdout").read_text().split()
+    assert int(uid) == nobody.uid and int(pid) == process.pid
+    # its own session; the exit code file written for it, as the user
+    assert process.exit_code_written and Path(exit_file).read_text() == "3\n"
+    assert Path(exit_file).stat().st_uid == nobody.uid
+    launcher = launchers._launchers[(nobody.uid, nobody.gid, tuple(nobody.groups))]
+    assert launcher.pid != os.getpid()
+    with pytest.raises(FileNotFoundError):
+        launchers.spawn(nobody, ["/no/such/program"], str(shared), {}, 1, 2, exit_file)
+
+
+def test_a_signal_is_reported_as_popen_does_and_a_dead_launcher_orphans(launchers, nobody,
+                                                                       shared):
+    out_fd, exit_file = _job_files(shared)
+    try:
+        killed = launchers.spawn(nobody, ["/bin/sh", "-c", "kill -9 $$"], str(shared), {},
+                                 out_fd, out_fd, exit_file)
+        assert killed.wait() == -9 and Path(exit_file).read_text() == "137\n"
+        sleeper = launchers.spawn(nobody, ["/bin/sleep", "30"], str(shared), {}, out_fd,
+                                  out_fd, exit_file + ".2")
+    finally:
+        os.close(out_fd)
+    launcher = launchers._launchers[(nobody.uid, nobody.gid, tuple(nobody.groups))]
+    os.kill(launcher.pid, signal.SIGKILL)  # the user may kill it
+    assert sleeper.wait() is None and sleeper.orphaned
+    os.kill(sleeper.pid, signal.SIGKILL)
+    again = launchers.spawn(nobody, ["/bin/true"], str(shared), {}, 1, 2, exit_file)
+    assert again.wait() == 0  # a new launcher took over

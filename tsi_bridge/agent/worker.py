@@ -390,8 +390,8 @@ class Worker:
         path = self._path(runas, protocol.get_param(message, "FILE"))
         if os.path.realpath(path) in ("/", os.path.realpath(self.config.workdir_root)):
             raise RequestFailed(f"{path}: refusing to remove the root of the working area")
-        files.remove_tree(runas, path)
-        self.reply(protocol.ok_reply())
+        total, free = files.remove_tree(runas, path)
+        self.reply(protocol.ok_reply(protocol.format_df(total, free)))
 
     def wait_status(self, message: str) -> None:
         """GRIDVM_WAITSTATUS: the status listing once a job has ended since the client's
@@ -407,7 +407,16 @@ class Worker:
         listing = protocol.format_status_listing(self.agent.jobs.listing())
         self.reply(protocol.ok_reply(protocol.format_wait_status(ended, listing)))
 
-    def submit(self, message: str) -> None:
+    def gridvm_submit(self, message: str) -> None:
+        """GRIDVM_SUBMIT: SUBMIT with the job directory made and the message's small files
+        written into it first (one helper call for all of that)."""
+        try:
+            inline = protocol.parse_inline_files(message)
+        except protocol.ProtocolError as err:
+            raise RequestFailed(str(err)) from None
+        self.submit(message, inline)
+
+    def submit(self, message: str, inline: list[tuple[str, bytes, int]] = ()) -> None:
         runas = self._runas(message)
         message = runas.substitute(message)
         uspace = self._path(runas, protocol.get_param(message, "USPACE_DIR")
@@ -418,11 +427,19 @@ class Worker:
         stderr = protocol.get_param(message, "STDERR") or "stderr"
         for name in (stdout, stderr):
             self._path(runas, os.path.join(outcome, name))
+        files = []
+        for name, data, mode in inline:
+            path = self._path(runas, os.path.join(uspace, name), "TSI_GRIDVM_FILE")
+            if os.path.isabs(name) or ".." in name.split("/") or \
+                    not path.startswith(uspace.rstrip("/") + "/"):
+                raise RequestFailed(f"#TSI_GRIDVM_FILE {name!r} leads outside the job "
+                                    "directory")
+            files.append((path, data, mode))
         bssid = self.agent.jobs.submit(
             runas, message, uspace, outcome, stdout, stderr,
             time_limit=protocol.get_number(message, "TIME", 0),
             memory_mb=protocol.get_number(message, "MEMORY", 0),
-            name=protocol.get_param(message, "JOBNAME") or "UNICORE_Job")
+            name=protocol.get_param(message, "JOBNAME") or "UNICORE_Job", files=files)
         self.reply(protocol.ok_reply(bssid))
 
     def status_listing(self, message: str) -> None:
@@ -486,4 +503,5 @@ HANDLERS = {
     "GRIDVM_MKDIR": Worker.make_directory,
     "GRIDVM_REMOVE": Worker.remove,
     "GRIDVM_WAITSTATUS": Worker.wait_status,
+    "GRIDVM_SUBMIT": Worker.gridvm_submit,
 }
