@@ -48,7 +48,9 @@ JOB = {"Executable": "true", "Resources": {"OperatingSystem": "debian", "CPUs": 
 #: Jobs of the throughput run unfinished at once (four per job slot of the instance).
 IN_FLIGHT = 8
 #: gridvm's small-job extensions, switched off for the throughput baseline
-STANDARD_ONLY = {"GRIDVM_MKDIR", "GRIDVM_REMOVE", "GRIDVM_WAITSTATUS"}
+STANDARD_ONLY = {"GRIDVM_MKDIR", "GRIDVM_REMOVE", "GRIDVM_WAITSTATUS", "GRIDVM_SUBMIT"}
+#: Jobs of the per-exchange breakdown (one at a time).
+BREAKDOWN_JOBS = 20
 JOB_PHASES = ("READY", "STAGINGIN", "QUEUED", "RUNNING", "STAGINGOUT")
 
 
@@ -87,6 +89,35 @@ async def many_jobs(factory, description, count: int) -> tuple[int, float, set, 
     return (sum(j.state.name == "SUCCESSFUL" for j in jobs), elapsed,
             {j.instance_id for j in jobs},
             {k: median([p.get(k, 0) for p in phases]) for k in JOB_PHASES})
+
+
+async def exchange_breakdown(reactor, target) -> dict[str, float]:
+    """Median milliseconds of each TSI exchange of a small job, one job at a time on the
+    idle instance: what a job costs without queueing (PING: the bare round trip)."""
+    tsi, root = target.tsi, target.settings.workdir_root
+    script = "echo $? > UNICORE_SCRIPT_EXIT_CODE\n"
+    times: dict[str, list[float]] = {}
+
+    async def timed(name, call, *args, **kwargs):
+        started = time.monotonic()
+        result = await call(*args, **kwargs)
+        times.setdefault(name, []).append((time.monotonic() - started) * 1000)
+        return result
+
+    await tsi.wait_status(0)  # answers at once: the count of ended jobs known
+    for n in range(BREAKDOWN_JOBS):
+        workdir = f"{root}/breakdown-{n}"
+        await timed("PING", tsi.ping)
+        bssid = await timed("GRIDVM_SUBMIT", tsi.submit_with_files, script, [],
+                            uspace_dir=workdir)
+        while bssid in await timed("GRIDVM_WAITSTATUS (to the job's end)", tsi.wait_status,
+                                   5):
+            pass
+        local = Path(tempfile.mkdtemp(dir=ROOT)) / "out.tar"
+        await timed("GRIDVM_GETDIRECTORY", tsi.get_directory, workdir, str(local))
+        shutil.rmtree(local.parent)
+        await timed("GRIDVM_REMOVE", tsi.remove_tree, workdir)
+    return {name: round(statistics.median(values), 1) for name, values in times.items()}
 
 
 async def main(reactor, args) -> None:
@@ -165,6 +196,8 @@ async def main(reactor, args) -> None:
         print(f"throughput, standard commands: {base_ok}/{args.jobs} jobs in "
               f"{base_elapsed:.1f} s: {args.jobs / base_elapsed:.2f} jobs/s", flush=True)
         ok, elapsed, instances, phases = await many_jobs(factory, two_slots, args.jobs)
+        breakdown = await exchange_breakdown(reactor, factory.instances[first.instance_id])
+        print(f"one job at a time, median ms per exchange: {breakdown}", flush=True)
 
         results["cold"] = {"to_running_median_s": median(cold_running),
                            "to_successful_median_s": median(cold_done),
@@ -190,6 +223,7 @@ async def main(reactor, args) -> None:
                                  "ratio_over_standard_commands": round(
                                      base_elapsed / elapsed, 3),
                                  "job_phases_median_s": phases,
+                                 "exchange_median_ms": breakdown,
                                  "standard_commands_job_phases_median_s": base_phases}
         results["instance_phases_median_s"] = {
             k: median([p.get(k, 0) for p in instance_phases])

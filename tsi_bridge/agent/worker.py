@@ -124,7 +124,7 @@ class Worker:
             self.reply(protocol.failed_reply(
                 f"#TSI_{command} is not supported by the gridvm TSI agent"))
             return
-        log.debug(f"{self.name}: {command}")
+        started = time.monotonic()
         try:
             handler(self, message)
         except ChannelBroken:
@@ -134,6 +134,8 @@ class Worker:
         except Exception as err:
             log.error(f"{self.name}: {command} failed: {type(err).__name__}: {err}")
             self.reply(protocol.failed_reply(f"internal error: {type(err).__name__}: {err}"))
+        if log.debugging():  # the time each request takes in the agent
+            log.debug(f"{self.name}: {command} {(time.monotonic() - started) * 1000:.1f} ms")
 
     # ---------------------------------------------------------------- helpers
 
