@@ -107,49 +107,49 @@ def launchers():
     pool.close()
 
 
-def _job_files(directory: Path) -> tuple[int, str]:
-    """stdout+stderr of a job (a descriptor of the user's) and its exit code file."""
-    out = directory / "stdout"
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-    return fd, str(directory / protocol.EXIT_CODE_FILE)
+def _start(directory: Path, argv: list[str], name: str = "job") -> dict:
+    """The launcher's request for a job in ``directory`` (made by the launcher)."""
+    job = directory / name
+    return {"dirs": [str(job)], "files": [[str(job / "in" / "a"), "aW5saW5l", 0o600]],
+            "job_file": [str(job / "UNICORE_Job_1"), "#!/bin/sh\n"],
+            "stdout": str(job / "stdout"), "stderr": str(job / "stdout"), "spawn": argv,
+            "cwd": str(job), "env": {"PATH": "/usr/bin:/bin"},
+            "exit_file": str(job / protocol.EXIT_CODE_FILE)}
 
 
-def test_the_launcher_starts_jobs_as_the_user_without_forking_the_agent(launchers, nobody,
-                                                                       shared):
-    os.chmod(shared, 0o777)
-    out_fd, exit_file = _job_files(shared)
-    try:
-        process = launchers.spawn(nobody, ["/bin/sh", "-c", "id -u; echo $$; exit 3"],
-                                  str(shared), {"PATH": "/usr/bin:/bin"}, out_fd, out_fd,
-                                  exit_file)
-    finally:
-        os.close(out_fd)
+def test_the_launcher_prepares_and_starts_jobs_as_the_user_without_forking_the_agent(
+        launchers, nobody, shared):
+    process = launchers.start(nobody, _start(shared, [
+        "/bin/sh", "-c", "id -u; echo $$; cat in/a; exit 3"]))
     assert process.wait() == 3 and process.poll() == 3
-    uid, pid = (shared / "stdout").read_text().split()
-    assert int(uid) == nobody.uid and int(pid) == process.pid
-    # its own session; the exit code file written for it, as the user
-    assert process.exit_code_written and Path(exit_file).read_text() == "3\n"
-    assert Path(exit_file).stat().st_uid == nobody.uid
+    job = shared / "job"
+    uid, pid, inline = (job / "stdout").read_text().split()
+    assert int(uid) == nobody.uid and int(pid) == process.pid and inline == "inline"
+    for made in (job, job / "in" / "a", job / "UNICORE_Job_1", job / "stdout"):
+        assert made.stat().st_uid == nobody.uid  # made as the user
+    assert (job / "in" / "a").stat().st_mode & 0o777 == 0o600
+    # the exit code file written for it, as the user
+    exit_file = job / protocol.EXIT_CODE_FILE
+    assert process.exit_code_written and exit_file.read_text() == "3\n"
+    assert exit_file.stat().st_uid == nobody.uid
     launcher = launchers._launchers[(nobody.uid, nobody.gid, tuple(nobody.groups))]
     assert launcher.pid != os.getpid()
     with pytest.raises(FileNotFoundError):
-        launchers.spawn(nobody, ["/no/such/program"], str(shared), {}, 1, 2, exit_file)
+        launchers.start(nobody, _start(shared, ["/no/such/program"]))
+    (shared / "locked").mkdir(mode=0o500)  # root's: the user cannot write there
+    with pytest.raises(identity.RequestFailed, match="staging in: .*Permission denied"):
+        launchers.start(nobody, _start(shared / "locked", ["/bin/true"]))
 
 
 def test_a_signal_is_reported_as_popen_does_and_a_dead_launcher_orphans(launchers, nobody,
                                                                        shared):
-    out_fd, exit_file = _job_files(shared)
-    try:
-        killed = launchers.spawn(nobody, ["/bin/sh", "-c", "kill -9 $$"], str(shared), {},
-                                 out_fd, out_fd, exit_file)
-        assert killed.wait() == -9 and Path(exit_file).read_text() == "137\n"
-        sleeper = launchers.spawn(nobody, ["/bin/sleep", "30"], str(shared), {}, out_fd,
-                                  out_fd, exit_file + ".2")
-    finally:
-        os.close(out_fd)
+    killed = launchers.start(nobody, _start(shared, ["/bin/sh", "-c", "kill -9 $$"]))
+    assert killed.wait() == -9
+    assert (shared / "job" / protocol.EXIT_CODE_FILE).read_text() == "137\n"
+    sleeper = launchers.start(nobody, _start(shared, ["/bin/sleep", "30"], "sleeper"))
     launcher = launchers._launchers[(nobody.uid, nobody.gid, tuple(nobody.groups))]
     os.kill(launcher.pid, signal.SIGKILL)  # the user may kill it
     assert sleeper.wait() is None and sleeper.orphaned
     os.kill(sleeper.pid, signal.SIGKILL)
-    again = launchers.spawn(nobody, ["/bin/true"], str(shared), {}, 1, 2, exit_file)
+    again = launchers.start(nobody, _start(shared, ["/bin/true"], "again"))
     assert again.wait() == 0  # a new launcher took over

@@ -153,35 +153,21 @@ class JobTable:
                files: list[tuple[str, bytes, int]] = ()) -> str:
         """Start the job; the message itself becomes ``<uspace>/UNICORE_Job_<bssid>``;
         ``files`` (path, content, mode) are written first."""
-        try:
-            call_as(runas, _make_dirs, [uspace, outcome],
-                    [(path, base64.b64encode(data).decode(), mode) for path, data, mode in files])
-        except OSError as err:
-            raise RequestFailed(f"staging in: {err}") from None
         with self._lock:
             bssid = self._new_bssid()
         job_file = os.path.join(uspace, f"UNICORE_Job_{bssid}")
-        fd = open_as(runas, job_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o755)
-        try:
-            os.write(fd, message.encode())
-            os.fchmod(fd, 0o755)
-        finally:
-            os.close(fd)
         out_path = os.path.join(outcome, stdout)
         err_path = os.path.join(outcome, stderr)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-        out_fd = open_as(runas, out_path, flags)
-        err_fd = out_fd if err_path == out_path else open_as(runas, err_path, flags)
         argv = interpreter_command(message, job_file)
         if memory_mb > 0:
             argv = ["/bin/sh", "-c", f'ulimit -v {memory_mb * 1024} && exec "$@"', "sh", *argv]
-        try:
-            process = self._start(runas, argv, uspace, out_fd, err_fd,
-                                  os.path.join(outcome, protocol.EXIT_CODE_FILE))
-        finally:
-            os.close(out_fd)
-            if err_fd != out_fd:
-                os.close(err_fd)
+        start = {"dirs": [uspace, outcome], "job_file": [job_file, message],
+                 "files": [(path, base64.b64encode(data).decode(), mode)
+                           for path, data, mode in files],
+                 "stdout": out_path, "stderr": err_path, "spawn": argv, "cwd": uspace,
+                 "env": runas.environment(self.environment),
+                 "exit_file": os.path.join(outcome, protocol.EXIT_CODE_FILE)}
+        process = self._start(runas, start)
         if self.nice:
             with contextlib.suppress(OSError):
                 os.setpriority(os.PRIO_PROCESS, process.pid, self.nice)
@@ -209,22 +195,41 @@ class JobTable:
         log.info(f"job {bssid} started: pid {process.pid} in {uspace} as {runas.user}")
         return bssid
 
-    def _start(self, runas: RunAs, argv: list[str], uspace: str, out_fd: int, err_fd: int,
-               exit_file: str):
-        """The job's process: from the user's launcher when there is one (no fork of the
-        agent), else a ``Popen`` (which forks the whole agent to switch the uid)."""
-        env = runas.environment(self.environment)
+    def _start(self, runas: RunAs, start: dict):
+        """The job's files prepared and its process started (``start``: see
+        ``prepare_job``): all by the user's launcher in one call when there is one (no
+        fork of the agent), else step by step as the user and a ``Popen`` (which forks the
+        whole agent to switch the uid)."""
         if runas.switch and self.launchers is not None:
             from tsi_bridge.agent.helpers import HelperUnavailable
 
             try:
-                return self.launchers.spawn(runas, argv, uspace, env, out_fd, err_fd,
-                                            exit_file)
+                return self.launchers.start(runas, start)
             except HelperUnavailable as err:
                 log.warning(f"starting the job with a fork: {err}")
-        return subprocess.Popen(argv, cwd=uspace, stdin=subprocess.DEVNULL, stdout=out_fd,
-                                stderr=err_fd, start_new_session=True, env=env,
-                                **runas.popen_arguments())
+        try:
+            call_as(runas, _make_dirs, start["dirs"], start["files"])
+        except OSError as err:
+            raise RequestFailed(f"staging in: {err}") from None
+        job_file, text = start["job_file"]
+        fd = open_as(runas, job_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o755)
+        try:
+            os.write(fd, text.encode())
+            os.fchmod(fd, 0o755)
+        finally:
+            os.close(fd)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        out_fd = open_as(runas, start["stdout"], flags)
+        err_fd = out_fd if start["stderr"] == start["stdout"] else open_as(
+            runas, start["stderr"], flags)
+        try:
+            return subprocess.Popen(start["spawn"], cwd=start["cwd"], stdin=subprocess.DEVNULL,
+                                    stdout=out_fd, stderr=err_fd, start_new_session=True,
+                                    env=start["env"], **runas.popen_arguments())
+        finally:
+            os.close(out_fd)
+            if err_fd != out_fd:
+                os.close(err_fd)
 
     def _reap(self, process: subprocess.Popen) -> None:
         process.wait()
@@ -397,6 +402,39 @@ def interpreter_command(script: str, path: str) -> list[str]:
             argument = argument.strip()
             return [interpreter, argument, path] if argument else [interpreter, path]
     return ["/bin/sh", path]
+
+
+class StagingFailed(OSError):
+    """A directory or inline file of a job could not be made (``prepare_job``)."""
+
+
+def prepare_job(start: dict) -> tuple[int, int]:
+    """As the job's user (its launcher): the job's directories and inline files, its job
+    file, and descriptors of its stdout and stderr (one if they are the same file).
+
+    ``start``: ``dirs``, ``files`` (path, base64 content, mode), ``job_file`` (path, text),
+    ``stdout``, ``stderr`` — and, for the launcher, ``spawn`` (argv), ``cwd``, ``env`` and
+    ``exit_file``."""
+    try:
+        _make_dirs(start["dirs"], start["files"])
+    except OSError as err:
+        raise StagingFailed(err.errno, err.strerror, err.filename) from None
+    job_file, text = start["job_file"]
+    fd = os.open(job_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o755)
+    try:
+        os.write(fd, text.encode())
+        os.fchmod(fd, 0o755)
+    finally:
+        os.close(fd)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    out_fd = os.open(start["stdout"], flags, 0o644)
+    if start["stderr"] == start["stdout"]:
+        return out_fd, out_fd
+    try:
+        return out_fd, os.open(start["stderr"], flags, 0o644)
+    except OSError:
+        os.close(out_fd)
+        raise
 
 
 def _make_dirs(paths: list[str], files: list[tuple[str, str, int]] = ()) -> None:

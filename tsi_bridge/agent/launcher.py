@@ -4,13 +4,14 @@
 which costs ~50 ms in a software-emulated guest.  A launcher is forked once per user (like
 the helpers of ``tsi_bridge.agent.helpers``), switches uid and then starts each job with
 ``os.posix_spawn`` (``vfork`` and ``exec``, no page tables copied), watching it through a
-pidfd.  When a job ends, the launcher writes its exit code file (as the user, unless the
-job wrote it) and tells the agent, whose :class:`LaunchedProcess` then answers ``poll`` and
-``wait`` as a ``Popen`` would.
+pidfd; it also makes the job's directories, inline files, job file and output files first
+(``jobs.prepare_job``), so a submit is one call.  When a job ends, the launcher writes its
+exit code file (as the user, unless the job wrote it) and tells the agent, whose
+:class:`LaunchedProcess` then answers ``poll`` and ``wait`` as a ``Popen`` would.
 
-Messages are those of the helpers (a 4-byte length and JSON, descriptors by
-``SCM_RIGHTS``): ``{"spawn": argv, "cwd", "env", "exit_file"}`` with the job's stdout and
-stderr descriptors, answered ``{"pid": n}`` or an error; then, at any time,
+Messages are those of the helpers (a 4-byte length and JSON): the ``start`` of
+``prepare_job`` with ``spawn`` (argv), ``cwd``, ``env`` and ``exit_file``, answered
+``{"pid": n}`` or an error (``staging``: a directory or inline file failed); then, at any time,
 ``{"exited": pid, "returncode": rc, "exit_code_error": text-or-null}``.  A launcher that
 dies leaves its jobs ``orphaned`` (the job table then watches them by pid, as after an
 agent restart); one that cannot be had raises :class:`HelperUnavailable` (start with a
@@ -29,8 +30,8 @@ import threading
 from collections.abc import Callable
 
 from tsi_bridge.agent.helpers import CALL_TIMEOUT, HelperUnavailable, _receive, _send
-from tsi_bridge.agent.identity import RunAs, become
-from tsi_bridge.agent.jobs import exit_status, write_exit_code
+from tsi_bridge.agent.identity import RequestFailed, RunAs, become
+from tsi_bridge.agent.jobs import StagingFailed, exit_status, prepare_job, write_exit_code
 
 HAVE_PIDFD = hasattr(os, "pidfd_open")
 
@@ -60,17 +61,20 @@ class LaunchedProcess:
             self.on_end()
 
 
-def _spawn(request: dict, fds: list[int]) -> int:
-    """The job, started (in the launcher) with ``fds`` as stdout and stderr."""
-    out_fd, err_fd = fds[0], fds[-1]
+def _spawn(request: dict) -> int:
+    """The job prepared and started (in the launcher, as the user)."""
+    out_fd, err_fd = prepare_job(request)
     actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                (os.POSIX_SPAWN_DUP2, out_fd, 1), (os.POSIX_SPAWN_DUP2, err_fd, 2)]
-    os.chdir(request["cwd"])  # posix_spawn has no cwd action before Python 3.13
     try:
+        os.chdir(request["cwd"])  # posix_spawn has no cwd action before Python 3.13
         return os.posix_spawnp(request["spawn"][0], request["spawn"], request["env"],
-                              file_actions=actions, setsid=True)
+                               file_actions=actions, setsid=True)
     finally:
         os.chdir("/")
+        os.close(out_fd)
+        if err_fd != out_fd:
+            os.close(err_fd)
 
 
 def _ended(pid: int, exit_file: str) -> dict:
@@ -97,15 +101,17 @@ def _serve(sock: socket.socket) -> None:  # pragma: no cover - runs in the launc
                     if received is None:
                         return
                     request, fds = received
+                    for fd in fds:
+                        os.close(fd)
                     try:
-                        pid = _spawn(request, fds)
+                        pid = _spawn(request)
                         pidfd = os.pidfd_open(pid)
                     except OSError as err:
-                        _send(sock, {"errno": err.errno, "strerror": err.strerror})
+                        _send(sock, {"errno": err.errno, "strerror": err.strerror,
+                                     "filename": err.filename if isinstance(
+                                         err.filename, str) else None,
+                                     "staging": isinstance(err, StagingFailed)})
                         continue
-                    finally:
-                        for fd in fds:
-                            os.close(fd)
                     children[pidfd] = (pid, request["exit_file"])
                     selector.register(pidfd, selectors.EVENT_READ)
                     _send(sock, {"pid": pid})
@@ -143,16 +149,14 @@ class Launcher:
         self._running_lock = threading.Lock()  # read by this thread, and at its end
         threading.Thread(target=self._read, name=f"launcher-{pid}", daemon=True).start()
 
-    def spawn(self, argv: list[str], cwd: str, env: dict[str, str], stdout: int,
-              stderr: int, exit_file: str) -> LaunchedProcess:
-        """Start ``argv`` in its own session; OSError as the spawn raised it."""
-        fds = [stdout] if stdout == stderr else [stdout, stderr]
-        request = {"spawn": argv, "cwd": cwd, "env": env, "exit_file": exit_file}
+    def start(self, request: dict) -> LaunchedProcess:
+        """Prepare and start the job of ``request`` in its own session; OSError as the
+        launcher met it, RequestFailed ``staging in: ...`` for a directory or file."""
         with self._lock:
             if not self.alive:
                 raise HelperUnavailable(f"launcher {self.pid} ended")
             try:
-                _send(self.sock, request, fds)
+                _send(self.sock, request)
                 reply = self._replies.get(timeout=CALL_TIMEOUT)
             except OSError as err:
                 self.close()
@@ -163,8 +167,11 @@ class Launcher:
         if reply is None:
             raise HelperUnavailable(f"launcher {self.pid} ended")
         if isinstance(reply, dict):
-            raise OSError(reply.get("errno", 0), reply.get("strerror", "spawn failed"),
-                          argv[0])
+            error = OSError(reply.get("errno", 0), reply.get("strerror", "spawn failed"),
+                            reply.get("filename"))
+            if reply.get("staging"):
+                raise RequestFailed(f"staging in: {error}")
+            raise error
         return reply
 
     def _read(self) -> None:
@@ -224,9 +231,9 @@ class LauncherPool:
         self._launchers: dict[tuple, Launcher] = {}
         self._closed = False
 
-    def spawn(self, runas: RunAs, argv: list[str], cwd: str, env: dict[str, str],
-              stdout: int, stderr: int, exit_file: str) -> LaunchedProcess:
-        """The job started by ``runas``'s launcher; HelperUnavailable: start it otherwise."""
+    def start(self, runas: RunAs, request: dict) -> LaunchedProcess:
+        """The job prepared and started by ``runas``'s launcher (see ``Launcher.start``);
+        HelperUnavailable: do that otherwise."""
         if not HAVE_PIDFD:
             raise HelperUnavailable("no pidfd_open on this system")
         key = (runas.uid, runas.gid, tuple(runas.groups))
@@ -239,7 +246,7 @@ class LauncherPool:
                     launcher = self._launchers[key] = Launcher(runas)
                 except OSError as err:
                     raise HelperUnavailable(f"cannot start a launcher: {err}") from None
-        return launcher.spawn(argv, cwd, env, stdout, stderr, exit_file)
+        return launcher.start(request)
 
     def close(self) -> None:
         with self._lock:
