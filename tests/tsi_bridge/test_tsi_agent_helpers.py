@@ -137,7 +137,7 @@ def test_the_launcher_prepares_and_starts_jobs_as_the_user_without_forking_the_a
     with pytest.raises(FileNotFoundError):
         launchers.start(nobody, _start(shared, ["/no/such/program"]))
     (shared / "locked").mkdir(mode=0o500)  # root's: the user cannot write there
-    with pytest.raises(identity.RequestFailed, match="staging in: .*Permission denied"):
+    with pytest.raises(identity.RequestFailed, match=r"staging in: .*Permission denied"):
         launchers.start(nobody, _start(shared / "locked", ["/bin/true"]))
 
 

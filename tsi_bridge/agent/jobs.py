@@ -212,12 +212,8 @@ class JobTable:
         except OSError as err:
             raise RequestFailed(f"staging in: {err}") from None
         job_file, text = start["job_file"]
-        fd = open_as(runas, job_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o755)
-        try:
-            os.write(fd, text.encode())
-            os.fchmod(fd, 0o755)
-        finally:
-            os.close(fd)
+        _write_job_file(open_as(runas, job_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o755),
+                        text)
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
         out_fd = open_as(runas, start["stdout"], flags)
         err_fd = out_fd if start["stderr"] == start["stdout"] else open_as(
@@ -420,12 +416,7 @@ def prepare_job(start: dict) -> tuple[int, int]:
     except OSError as err:
         raise StagingFailed(err.errno, err.strerror, err.filename) from None
     job_file, text = start["job_file"]
-    fd = os.open(job_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o755)
-    try:
-        os.write(fd, text.encode())
-        os.fchmod(fd, 0o755)
-    finally:
-        os.close(fd)
+    _write_job_file(os.open(job_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o755), text)
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
     out_fd = os.open(start["stdout"], flags, 0o644)
     if start["stderr"] == start["stdout"]:
@@ -435,6 +426,15 @@ def prepare_job(start: dict) -> tuple[int, int]:
     except OSError:
         os.close(out_fd)
         raise
+
+
+def _write_job_file(fd: int, text: str) -> None:
+    """The job's message into ``fd`` (closed after), executable."""
+    try:
+        os.write(fd, text.encode())
+        os.fchmod(fd, 0o755)
+    finally:
+        os.close(fd)
 
 
 def _make_dirs(paths: list[str], files: list[tuple[str, str, int]] = ()) -> None:
