@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -71,11 +72,12 @@ async def one_job(factory, description) -> tuple[float, float, object]:
     return marks["RUNNING"] - started, marks["SUCCESSFUL"] - started, job
 
 
-async def many_jobs(factory, description, count: int) -> tuple[int, float, set, dict]:
+async def many_jobs(factory, description, count: int
+                    ) -> tuple[int, float, set, dict, float]:
     """``count`` jobs, at most ``IN_FLIGHT`` unfinished at a time (sustained: a fresh one as
     each ends; 200 at once overload one small guest); (successful, seconds, instances,
-    median seconds per job phase)."""
-    started = time.monotonic()
+    median seconds per job phase, the site's own CPU milliseconds per job)."""
+    started, cpu = time.monotonic(), time.process_time()
     jobs = []
     window = defer.DeferredSemaphore(IN_FLIGHT)
 
@@ -85,10 +87,26 @@ async def many_jobs(factory, description, count: int) -> tuple[int, float, set, 
 
     await defer.gatherResults([window.run(one) for _ in range(count)])
     elapsed = time.monotonic() - started
+    site_cpu_ms = round((time.process_time() - cpu) * 1000 / count, 1)
     phases = [j.lifecycle.phase_seconds() for j in jobs]
     return (sum(j.state.name == "SUCCESSFUL" for j in jobs), elapsed,
             {j.instance_id for j in jobs},
-            {k: median([p.get(k, 0) for p in phases]) for k in JOB_PHASES})
+            {k: median([p.get(k, 0) for p in phases]) for k in JOB_PHASES}, site_cpu_ms)
+
+
+#: The guest's CPU counters: the whole machine's, then each python3 process's (the agent,
+#: its helpers and launchers; the jobs themselves are their children, counted apart).
+GUEST_CPU = "head -1 /proc/stat; cat /proc/[0-9]*/stat 2>/dev/null | grep '(python3' || true"
+
+
+async def guest_cpu(tsi) -> tuple[int, int]:
+    """(busy jiffies of the whole guest, jiffies of its python3 processes)."""
+    lines = (await tsi.execute_script(GUEST_CPU)).splitlines()
+    cpu = [int(v) for v in lines[0].split()[1:]]
+    busy = sum(cpu) - cpu[3] - cpu[4]  # all but idle and iowait
+    python = sum(int(f[11]) + int(f[12]) for f in
+                 (line.rsplit(")", 1)[1].split() for line in lines[1:] if ")" in line))
+    return busy, python
 
 
 async def exchange_breakdown(reactor, target) -> dict[str, float]:
@@ -191,11 +209,20 @@ async def main(reactor, args) -> None:
         # baseline: the same instance driven with standard TSI commands only (shell for
         # mkdir/rm, status polled), as before gridvm's small-job extensions
         link.unsupported.update(STANDARD_ONLY)
-        base_ok, base_elapsed, _, base_phases = await many_jobs(factory, two_slots, args.jobs)
+        base_ok, base_elapsed, _, base_phases, base_cpu = await many_jobs(factory, two_slots,
+                                                                          args.jobs)
         link.unsupported.difference_update(STANDARD_ONLY)
         print(f"throughput, standard commands: {base_ok}/{args.jobs} jobs in "
               f"{base_elapsed:.1f} s: {args.jobs / base_elapsed:.2f} jobs/s", flush=True)
-        ok, elapsed, instances, phases = await many_jobs(factory, two_slots, args.jobs)
+        busy, python = await guest_cpu(link)
+        ok, elapsed, instances, phases, site_cpu = await many_jobs(factory, two_slots,
+                                                                   args.jobs)
+        busy_after, python_after = await guest_cpu(link)
+        hz = os.sysconf("SC_CLK_TCK")
+        guest = {"busy_ms_per_job": round((busy_after - busy) * 1000 / hz / args.jobs, 1),
+                 "agent_helpers_launchers_ms_per_job": round(
+                     (python_after - python) * 1000 / hz / args.jobs, 1)}
+        print(f"guest CPU per job (both vCPUs): {guest}", flush=True)
         breakdown = await exchange_breakdown(reactor, factory.instances[first.instance_id])
         print(f"one job at a time, median ms per exchange: {breakdown}", flush=True)
 
@@ -224,6 +251,9 @@ async def main(reactor, args) -> None:
                                      base_elapsed / elapsed, 3),
                                  "job_phases_median_s": phases,
                                  "exchange_median_ms": breakdown,
+                                 "site_cpu_ms_per_job": site_cpu,
+                                 "guest_cpu": guest,
+                                 "standard_commands_site_cpu_ms_per_job": base_cpu,
                                  "standard_commands_job_phases_median_s": base_phases}
         results["instance_phases_median_s"] = {
             k: median([p.get(k, 0) for p in instance_phases])
