@@ -20,7 +20,7 @@ import time
 
 from tsi_bridge import protocol
 from tsi_bridge.agent import archive, files, log
-from tsi_bridge.agent.identity import RequestFailed, RunAs, open_as, run_as
+from tsi_bridge.agent.identity import RequestFailed, RunAs, open_as, start_as
 
 PIECE = 1024 * 1024
 #: Report lines of a GRIDVM_GETDIRECTORY kept (the rest counted), and report bytes read.
@@ -306,19 +306,16 @@ class Worker:
         path = self._path(runas, protocol.get_param(message, "FILE"))
         tar_read, tar_write = os.pipe()
         report_read, report_write = os.pipe()
-        ended: list[int] = []
-
-        def archive_as_user() -> None:  # the writer; its pipes close when it is done
-            try:
-                ended.append(run_as(runas, [tar_write, report_write], _archive_child, path))
-            finally:
-                os.close(tar_write)
-                os.close(report_write)
-
-        writer = threading.Thread(target=archive_as_user, name=f"{self.name}-archive",
-                                  daemon=True)
-        writer.start()
-        report, problem = bytearray(), None
+        try:  # the writer has its own copies: its pipes close when it is done
+            finish = start_as(runas, [tar_write, report_write], _archive_child, path)
+        except BaseException:
+            for fd in (tar_read, report_read):
+                os.close(fd)
+            raise
+        finally:
+            os.close(tar_write)
+            os.close(report_write)
+        report, problem, status = bytearray(), None, 1
         try:
             self.reply(protocol.ok_reply(protocol.STREAM_HEADER))
             problem = self._relay(tar_read, report_read, report)
@@ -327,8 +324,8 @@ class Worker:
             for fd in (tar_read, report_read):  # a writer still going fails on its pipe
                 with contextlib.suppress(OSError):
                     os.close(fd)
-            writer.join()
-        status = ended[0] if ended else 1
+            with contextlib.suppress(RequestFailed, OSError):
+                status = finish()
         lines = report.decode("utf-8", "replace").splitlines()
         if len(report) > MAX_REPORT_BYTES:  # head kept, then the tail's last line (TOTAL)
             lines = lines[:MAX_REPORT] + lines[-1:]
