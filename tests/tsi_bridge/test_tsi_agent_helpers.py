@@ -153,3 +153,12 @@ def test_a_signal_is_reported_as_popen_does_and_a_dead_launcher_orphans(launcher
     os.kill(sleeper.pid, signal.SIGKILL)
     again = launchers.start(nobody, _start(shared, ["/bin/true"], "again"))
     assert again.wait() == 0  # a new launcher took over
+
+
+def test_a_bad_request_is_refused_and_the_launcher_keeps_its_jobs(launchers, nobody, shared):
+    sleeper = launchers.start(nobody, _start(shared, ["/bin/sh", "-c", "sleep 0.3"]))
+    bad = _start(shared, ["/bin/true"], "bad")
+    bad["files"] = [[str(shared / "bad" / "f"), "not base64!", 0o644]]
+    with pytest.raises(identity.RequestFailed, match="Error"):
+        launchers.start(nobody, bad)
+    assert sleeper.wait() == 0 and not sleeper.orphaned  # still watched by its launcher

@@ -112,6 +112,9 @@ def _serve(sock: socket.socket) -> None:  # pragma: no cover - runs in the launc
                                          err.filename, str) else None,
                                      "staging": isinstance(err, StagingFailed)})
                         continue
+                    except Exception as err:  # a bad request never ends the launcher
+                        _send(sock, {"error": f"{type(err).__name__}: {err}"})
+                        continue
                     children[pidfd] = (pid, request["exit_file"])
                     selector.register(pidfd, selectors.EVENT_READ)
                     _send(sock, {"pid": pid})
@@ -166,6 +169,8 @@ class Launcher:
                 raise HelperUnavailable(f"launcher {self.pid} did not answer") from None
         if reply is None:
             raise HelperUnavailable(f"launcher {self.pid} ended")
+        if isinstance(reply, dict) and "error" in reply:
+            raise RequestFailed(reply["error"])
         if isinstance(reply, dict):
             error = OSError(reply.get("errno", 0), reply.get("strerror", "spawn failed"),
                             reply.get("filename"))
