@@ -20,7 +20,7 @@ from tsi_bridge.agent.config import Config
 from tsi_bridge.agent.helpers import HelperPool
 from tsi_bridge.agent.identity import IdentityResolver, use_helpers
 from tsi_bridge.agent.jobs import JobTable
-from tsi_bridge.agent.launcher import LauncherPool
+from tsi_bridge.agent.launcher import HAVE_PIDFD, LauncherPool
 from tsi_bridge.agent.worker import Worker
 
 
@@ -63,7 +63,7 @@ class Agent:
             else None
         use_helpers(self.helpers)
         #: and for starting the user's jobs (no fork of the agent per job)
-        self.launchers = LauncherPool() if self.helpers is not None else None
+        self.launchers = LauncherPool() if self.helpers is not None and HAVE_PIDFD else None
         self.jobs = JobTable(config.state_dir, shell=config.shell, nice=config.job_nice,
                              abort_grace=config.timeouts["abort_grace"],
                              record_ttl=config.record_ttl, environment=config.environment,
