@@ -64,3 +64,31 @@ async def test_status_is_posted_with_retries_and_bad_settings_are_refused(built_
             assert "does not send to" in elsewhere.json()["errorMessage"]
     finally:
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_state_shorter_than_any_look_is_notified_too(built_images):
+    """The notifier hears of each transition: a state left within the same turn of the
+    reactor is still posted, in order."""
+    from target_system.lifecycle import JobState
+
+    receiver = Receiver()
+    port = reactor.listenTCP(0, server.Site(receiver), interface="127.0.0.1")
+    prefix = f"http://127.0.0.1:{port.getHost().port}/"
+    try:
+        async with running_site(built_images, transfers={"url_prefixes": [prefix]}) as (
+                site, _http):
+            job = site.factory.submit(parse_job({
+                "Executable": "/bin/true", "Notification": prefix + "hook",
+                "NotificationSettings": {"status": ["STAGINGIN", "FAILED"]}}), ALICE,
+                start=False)
+            job.lifecycle.advance(JobState.STAGINGIN)
+            job.lifecycle.advance(JobState.QUEUED)
+            site.factory.abort(job.job_id, ALICE)
+            for _ in range(100):
+                if len(receiver.got) >= 2:
+                    break
+                await task.deferLater(reactor, 0.1, lambda: None)
+            assert [doc["status"] for doc in receiver.got] == ["STAGINGIN", "FAILED"]
+    finally:
+        await port.stopListening()
