@@ -223,7 +223,9 @@ class FakeTSIClient:
             lambda _output: None)
 
     def submit_with_files(self, script: str, files, **params) -> defer.Deferred:
-        """Like the official TSI: no GRIDVM_SUBMIT (the runner stages in, then submits)."""
+        """Like the official TSI: no GRIDVM_SUBMIT (the runner stages in, then submits),
+        remembered as the real client does."""
+        self.unsupported.add("GRIDVM_SUBMIT")
         return defer.succeed(None)
 
     def abort_job(self, bssid: str) -> defer.Deferred:
