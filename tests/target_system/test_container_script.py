@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import shlex
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def launcher_words(site_environment=None) -> list[str]:
 
 def test_on_a_cluster_node_the_container_gets_the_node_variables_and_peer_files():
     words = launcher_words({"PBS_NODEFILE": f"{CLUSTER_DIR}/hostfile", "GRIDVM_NODES": "a b"})
-    pairs = set(zip(words, words[1:], strict=False))
+    pairs = set(itertools.pairwise(words))
     assert {("--env", "PBS_NODEFILE"), ("--env", "GRIDVM_NODES"),
             ("--bind-ro", CLUSTER_DIR), ("--bind-ro", "/etc/hosts")} <= pairs
 
