@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -48,7 +49,10 @@ JOB = {"Executable": "true", "Resources": {"OperatingSystem": "debian", "CPUs": 
 #: Jobs of the throughput run unfinished at once (four per job slot of the instance).
 IN_FLIGHT = 8
 #: gridvm's small-job extensions, switched off for the throughput baseline
-STANDARD_ONLY = {"GRIDVM_MKDIR", "GRIDVM_REMOVE", "GRIDVM_WAITSTATUS"}
+STANDARD_ONLY = {"GRIDVM_MKDIR", "GRIDVM_REMOVE", "GRIDVM_WAITSTATUS", "GRIDVM_SUBMIT"}
+#: Jobs of the per-exchange breakdown (one at a time).
+BREAKDOWN_JOBS = 20
+JOB_PHASES = ("READY", "STAGINGIN", "QUEUED", "RUNNING", "STAGINGOUT")
 
 
 def median(values):
@@ -68,10 +72,12 @@ async def one_job(factory, description) -> tuple[float, float, object]:
     return marks["RUNNING"] - started, marks["SUCCESSFUL"] - started, job
 
 
-async def many_jobs(factory, description, count: int) -> tuple[int, float, set]:
+async def many_jobs(factory, description, count: int
+                    ) -> tuple[int, float, set, dict, float]:
     """``count`` jobs, at most ``IN_FLIGHT`` unfinished at a time (sustained: a fresh one as
-    each ends; 200 at once overload one small guest); (successful, seconds, instances)."""
-    started = time.monotonic()
+    each ends; 200 at once overload one small guest); (successful, seconds, instances,
+    median seconds per job phase, the site's own CPU milliseconds per job)."""
+    started, cpu = time.monotonic(), time.process_time()
     jobs = []
     window = defer.DeferredSemaphore(IN_FLIGHT)
 
@@ -81,8 +87,55 @@ async def many_jobs(factory, description, count: int) -> tuple[int, float, set]:
 
     await defer.gatherResults([window.run(one) for _ in range(count)])
     elapsed = time.monotonic() - started
+    site_cpu_ms = round((time.process_time() - cpu) * 1000 / count, 1)
+    phases = [j.lifecycle.phase_seconds() for j in jobs]
     return (sum(j.state.name == "SUCCESSFUL" for j in jobs), elapsed,
-            {j.instance_id for j in jobs})
+            {j.instance_id for j in jobs},
+            {k: median([p.get(k, 0) for p in phases]) for k in JOB_PHASES}, site_cpu_ms)
+
+
+#: The guest's CPU counters: the whole machine's, then each python3 process's (the agent,
+#: its helpers and launchers; the jobs themselves are their children, counted apart).
+GUEST_CPU = "head -1 /proc/stat; cat /proc/[0-9]*/stat 2>/dev/null | grep '(python3' || true"
+
+
+async def guest_cpu(tsi) -> tuple[int, int]:
+    """(busy jiffies of the whole guest, jiffies of its python3 processes)."""
+    lines = (await tsi.execute_script(GUEST_CPU)).splitlines()
+    cpu = [int(v) for v in lines[0].split()[1:]]
+    busy = sum(cpu) - cpu[3] - cpu[4]  # all but idle and iowait
+    python = sum(int(f[11]) + int(f[12]) for f in
+                 (line.rsplit(")", 1)[1].split() for line in lines[1:] if ")" in line))
+    return busy, python
+
+
+async def exchange_breakdown(reactor, target) -> dict[str, float]:
+    """Median milliseconds of each TSI exchange of a small job, one job at a time on the
+    idle instance: what a job costs without queueing (PING: the bare round trip)."""
+    tsi, root = target.tsi, target.settings.workdir_root
+    script = "echo $? > UNICORE_SCRIPT_EXIT_CODE\n"
+    times: dict[str, list[float]] = {}
+
+    async def timed(name, call, *args, **kwargs):
+        started = time.monotonic()
+        result = await call(*args, **kwargs)
+        times.setdefault(name, []).append((time.monotonic() - started) * 1000)
+        return result
+
+    await tsi.wait_status(0)  # answers at once: the count of ended jobs known
+    for n in range(BREAKDOWN_JOBS):
+        workdir = f"{root}/breakdown-{n}"
+        await timed("PING", tsi.ping)
+        bssid = await timed("GRIDVM_SUBMIT", tsi.submit_with_files, script, [],
+                            uspace_dir=workdir)
+        while bssid in await timed("GRIDVM_WAITSTATUS (to the job's end)", tsi.wait_status,
+                                   5):
+            pass
+        local = Path(tempfile.mkdtemp(dir=ROOT)) / "out.tar"
+        await timed("GRIDVM_GETDIRECTORY", tsi.get_directory, workdir, str(local))
+        shutil.rmtree(local.parent)
+        await timed("GRIDVM_REMOVE", tsi.remove_tree, workdir)
+    return {name: round(statistics.median(values), 1) for name, values in times.items()}
 
 
 async def main(reactor, args) -> None:
@@ -156,11 +209,22 @@ async def main(reactor, args) -> None:
         # baseline: the same instance driven with standard TSI commands only (shell for
         # mkdir/rm, status polled), as before gridvm's small-job extensions
         link.unsupported.update(STANDARD_ONLY)
-        base_ok, base_elapsed, _ = await many_jobs(factory, two_slots, args.jobs)
+        base_ok, base_elapsed, _, base_phases, base_cpu = await many_jobs(factory, two_slots,
+                                                                          args.jobs)
         link.unsupported.difference_update(STANDARD_ONLY)
         print(f"throughput, standard commands: {base_ok}/{args.jobs} jobs in "
               f"{base_elapsed:.1f} s: {args.jobs / base_elapsed:.2f} jobs/s", flush=True)
-        ok, elapsed, instances = await many_jobs(factory, two_slots, args.jobs)
+        busy, python = await guest_cpu(link)
+        ok, elapsed, instances, phases, site_cpu = await many_jobs(factory, two_slots,
+                                                                   args.jobs)
+        busy_after, python_after = await guest_cpu(link)
+        hz = os.sysconf("SC_CLK_TCK")
+        guest = {"busy_ms_per_job": round((busy_after - busy) * 1000 / hz / args.jobs, 1),
+                 "agent_helpers_launchers_ms_per_job": round(
+                     (python_after - python) * 1000 / hz / args.jobs, 1)}
+        print(f"guest CPU per job (both vCPUs): {guest}", flush=True)
+        breakdown = await exchange_breakdown(reactor, factory.instances[first.instance_id])
+        print(f"one job at a time, median ms per exchange: {breakdown}", flush=True)
 
         results["cold"] = {"to_running_median_s": median(cold_running),
                            "to_successful_median_s": median(cold_done),
@@ -184,13 +248,19 @@ async def main(reactor, args) -> None:
                                      args.jobs / base_elapsed, 2),
                                  "standard_commands_successful": base_ok,
                                  "ratio_over_standard_commands": round(
-                                     base_elapsed / elapsed, 3)}
+                                     base_elapsed / elapsed, 3),
+                                 "job_phases_median_s": phases,
+                                 "exchange_median_ms": breakdown,
+                                 "site_cpu_ms_per_job": site_cpu,
+                                 "guest_cpu": guest,
+                                 "standard_commands_site_cpu_ms_per_job": base_cpu,
+                                 "standard_commands_job_phases_median_s": base_phases}
         results["instance_phases_median_s"] = {
             k: median([p.get(k, 0) for p in instance_phases])
             for k in ("REQUESTED", "STAGING", "BOOTING", "CONNECTING")}
         results["job_phases_median_s"] = {
             k: median([p.get(k, 0) for p in job_phases])
-            for k in ("READY", "STAGINGIN", "QUEUED", "RUNNING", "STAGINGOUT")}
+            for k in JOB_PHASES}
         print(f"cold: RUNNING {results['cold']['to_running_median_s']} s, SUCCESSFUL "
               f"{results['cold']['to_successful_median_s']} s; bare boot "
               f"{results['cold']['bare_qemu_boot_median_s']} s; ratio "
@@ -201,7 +271,8 @@ async def main(reactor, args) -> None:
               f"{results['pooled']['to_successful_median_s']} s (RUNNING "
               f"{results['pooled']['ratio_running_over_cold']} of cold)")
         print(f"throughput: {ok}/{args.jobs} jobs in {elapsed:.1f} s on {len(instances)} "
-              f"instance(s): {args.jobs / elapsed:.2f} jobs/s")
+              f"instance(s): {args.jobs / elapsed:.2f} jobs/s; median phases {phases}, with "
+              f"standard commands {base_phases}")
     finally:
         for target in list(factory.instances.values()):
             await target.terminate("bench over")

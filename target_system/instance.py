@@ -463,12 +463,14 @@ class TargetSystem:
         if not self.jobs and self.retiring and self.usable:
             self.terminate(self.retiring)
 
-    async def has_room(self, minimum: int) -> bool:
+    async def has_room(self, minimum: int, space: dict[str, int] | None = None) -> bool:
         """Whether the job directories' file system has ``minimum`` bytes free (one that
-        reports no size, like ramfs, counts as roomy); if not, the instance is retired."""
+        reports no size, like ramfs, counts as roomy); if not, the instance is retired.
+        ``space``: that file system's DF figures when the caller has them already."""
         if self.tsi is None:
             return True
-        space = await self.tsi.df(self.settings.workdir_root)
+        if space is None:
+            space = await self.tsi.df(self.settings.workdir_root)
         if space["TOTAL"] <= 0 or space["FREE"] >= minimum:
             return True
         self.retiring = (f"only {space['FREE']} of {space['TOTAL']} bytes free for job "

@@ -40,6 +40,7 @@ from target_system.containers import (
 from target_system.instance import InstanceFailed, TargetSystem
 from target_system.jobdesc import JobDescription, JobDescriptionError
 from target_system.lifecycle import JobState, Lifecycle, Transition, job_lifecycle
+from target_system.nodes import CLUSTER_DIR
 from target_system.stageout import StageOutResult, stage_out
 from target_system.transfers import (
     TransferFailed,
@@ -47,7 +48,8 @@ from target_system.transfers import (
     transfer_failed,
     upload_file,
 )
-from tsi_bridge.errors import TSIConnectionLost, TSIError, TSIUnreachable
+from tsi_bridge import protocol
+from tsi_bridge.errors import TSICommandFailed, TSIConnectionLost, TSIError, TSIUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -219,17 +221,20 @@ def shell_word(value: str) -> str:
     return f"$'{escaped}'"
 
 
-def container_command(job: JobDescription, workdir: str, staged: StagedContainer) -> list[str]:
+def container_command(job: JobDescription, workdir: str, staged: StagedContainer,
+                      site_environment: dict[str, str] | None = None) -> list[str]:
     """A CONTAINER job's command in its container: COMMAND by the container's shell, the
-    job's Arguments as its positional parameters."""
+    job's Arguments as its positional parameters.  On a cluster node (a ``site_environment``)
+    the container also gets the node variables, the peer files and /etc/hosts."""
     assert job.container is not None
     command, arguments, _env = resolve_application(job, None)
     names = sorted({"UC_WORKING_DIRECTORY", "UC_OUTPUT_DIRECTORY", *job.parameters,
-                    *job.environment})
+                    *job.environment, *(site_environment or {})})
+    binds = (CLUSTER_DIR, "/etc/hosts") if site_environment else ()
     return launcher_argv(staged, job.container, workdir=workdir,
                          command=["/bin/sh", "-c", f'{command} "$@"', "sh", *arguments],
                          env_names=names, cpus=job.cpus,
-                         memory_mib=job.memory and -(-job.memory // (1 << 20)))
+                         memory_mib=job.memory and -(-job.memory // (1 << 20)), binds=binds)
 
 
 def job_script(job: JobDescription, workdir: str, metadata: ImageMetadata | None,
@@ -239,7 +244,7 @@ def job_script(job: JobDescription, workdir: str, metadata: ImageMetadata | None
     registered container's command through the launcher, ``staged``; ``site_environment``:
     what the site sets, e.g. a cluster's node list — the job's own variables win)."""
     if staged is not None:
-        executable, *arguments = container_command(job, workdir, staged)
+        executable, *arguments = container_command(job, workdir, staged, site_environment)
         app_env: dict[str, str] = {}
     else:
         executable, arguments, app_env = resolve_application(job, metadata)
@@ -337,7 +342,8 @@ class JobRunner:
             target.claim(job.job_id)
             # Each step starts from wherever the job is: a job resumed after a restart
             # picks up where it was.
-            if job.state in (J.READY, J.STAGINGIN):
+            if job.state in (J.READY, J.STAGINGIN) and not await self._submit_at_once(
+                    job, target):
                 await self._stage_in(job, target)
             if job.state in (J.STAGINGIN, J.QUEUED) and not job.bssid:
                 await self._submit(job, target)
@@ -367,22 +373,72 @@ class JobRunner:
         if target.usable and job.workdir and job.state in (J.STAGINGOUT, J.FAILED):
             await self._stage_out(job, target)
         if target.usable and job.workdir:  # housekeeping before the instance is reused
-            if job.kept:
-                await self._remove_workdir(job, target)
-            await self._check_room(job, target)
+            space = await self._remove_workdir(job, target) if job.kept else None
+            await self._check_room(job, target, space)
         target.listeners.remove(listener)
         target.release(job.job_id)
         if job.state is J.STAGINGOUT:  # SUCCESSFUL only once its slot is free: a client's
             self._finish(job)  # next job then reuses the instance instead of booting one
         job.settle()
 
-    async def _check_room(self, job: Job, target: TargetSystem) -> None:
-        """Before the instance can take another job: enough free space, else retired."""
+    async def _check_room(self, job: Job, target: TargetSystem,
+                          space: dict[str, int] | None) -> None:
+        """Before the instance can take another job: enough free space, else retired
+        (``space``: the DF figures the removal of the job directory answered, if any)."""
         try:
-            if not await target.has_room(self.min_free_space):
+            if not await target.has_room(self.min_free_space, space):
                 job.note(f"instance {target.instance_id} retired: {target.retiring}")
         except TSIError as err:
             log.info("free space of %s: %s", target.instance_id, err)
+
+    async def _submit_at_once(self, job: Job, target: TargetSystem) -> bool:
+        """A job whose inputs are at most a few small inline imports: its directory made,
+        the imports written and the job submitted in one exchange (our agent's
+        GRIDVM_SUBMIT); False when the job or the TSI needs the way step by step."""
+        tsi = target.tsi
+        desc = job.description
+        assert tsi is not None
+        inline = [item for item in desc.imports if item.data is not None]
+        if ("GRIDVM_SUBMIT" in tsi.unsupported or desc.container is not None
+                or len(inline) != len(desc.imports)
+                or len(inline) > protocol.MAX_INLINE_FILES
+                or sum(len(item.data) for item in inline) > protocol.MAX_INLINE_BYTES
+                or await threads.deferToThread(job.inputs_dir.exists)):
+            return False
+        if job.state is J.READY:
+            job.lifecycle.advance(J.STAGINGIN)
+        job.workdir = posixpath.join(target.settings.workdir_root, job.job_id)
+        script = job_script(desc, job.workdir, target.image.metadata, None,
+                            target.job_environment)
+        files = [(item.to, item.data, item.mode or 0o644) for item in inline]
+        try:
+            job.bssid = await tsi.submit_with_files(script, files, **self._submit_params(job))
+        except ValueError as err:  # refused by the framing (e.g. a line a TSI would misread)
+            raise JobDescriptionError("", f"the job script cannot be sent: {err}") from None
+        except TSICommandFailed as err:
+            if not err.message.startswith("staging in:"):
+                raise
+            job.fail(Reason.STAGING_FAILED, err.message)
+            return True
+        if job.bssid is None:  # not our agent: step by step from now on
+            return False
+        job.note(f"staged {len(files)} file(s) into {job.workdir} and submitted as "
+                 f"{job.bssid}")
+        if job.state.terminal:  # aborted while submitting
+            await self._abort_in_guest(job, target)
+        else:
+            job.lifecycle.advance(J.QUEUED)
+        return True
+
+    @staticmethod
+    def _submit_params(job: Job) -> dict[str, Any]:
+        """The SUBMIT parameters of ``job`` besides its script."""
+        desc = job.description
+        return {"uspace_dir": job.workdir, "stdout": desc.stdout, "stderr": desc.stderr,
+                "job_name": desc.name if desc.name != "N/A" else "UNICORE_Job",
+                "runtime": desc.runtime,
+                "memory_mb": desc.memory // (1 << 20) if desc.memory else None,
+                "total_processors": desc.cpus}
 
     async def _stage_in(self, job: Job, target: TargetSystem) -> None:
         tsi = target.tsi
@@ -452,12 +508,7 @@ class JobRunner:
         if job.state is J.STAGINGIN:
             job.lifecycle.advance(J.QUEUED)
         try:
-            job.bssid = await tsi.submit(
-                script, uspace_dir=job.workdir, stdout=desc.stdout, stderr=desc.stderr,
-                job_name=desc.name if desc.name != "N/A" else "UNICORE_Job",
-                runtime=desc.runtime,
-                memory_mb=desc.memory // (1 << 20) if desc.memory else None,
-                total_processors=desc.cpus)
+            job.bssid = await tsi.submit(script, **self._submit_params(job))
         except ValueError as err:  # refused by the framing (e.g. a line a TSI would misread)
             raise JobDescriptionError("", f"the job script cannot be sent: {err}") from None
         job.note(f"submitted as {job.bssid}")
@@ -582,14 +633,16 @@ class JobRunner:
                     job.exit_problem = (f"the job left no exit code: the disk of its "
                                         f"instance is full ({space['FREE']} bytes free)")
 
-    async def _remove_workdir(self, job: Job, target: TargetSystem) -> None:
-        """The job's files are in site storage: free the guest's disk for the next job."""
+    async def _remove_workdir(self, job: Job, target: TargetSystem) -> dict[str, int] | None:
+        """The job's files are in site storage: free the guest's disk for the next job;
+        the free space of the job directories then, when the TSI answered it."""
         if target.tsi is None or not target.usable or not job.workdir:
-            return
+            return None
         try:
-            await target.tsi.remove_tree(job.workdir)
+            return await target.tsi.remove_tree(job.workdir)
         except TSIError as err:
             job.note(f"could not remove the job directory from the instance: {err}")
+            return None
 
     async def _export(self, job: Job) -> None:
         """Upload the job's ``Exports`` from its site-storage copy (``STAGING_FAILED`` when

@@ -252,25 +252,29 @@ class TSIClient:
                      shebang: str = "#!/bin/bash") -> str:
         """Submit a batch job with the ``#TSI_*`` parameters UNICORE/X sends; returns the
         BSSID, which is remembered as ours (see ``get_status_listing``)."""
-        params: dict[str, object] = {
-            "OUTCOME_DIR": outcome_dir or uspace_dir, "USPACE_DIR": uspace_dir,
-            "STDOUT": stdout, "STDERR": stderr, "JOBNAME": job_name, "EMAIL": email or "NONE",
-        }
-        if project:
-            params["PROJECT"] = project
-        if runtime and runtime > 0:
-            params["TIME"] = int(runtime)
-        if memory_mb and memory_mb > 0:
-            params["MEMORY"] = int(memory_mb)
-        params.update({"NODES": nodes or -1, "PROCESSORS_PER_NODE": processors_per_node or -1,
-                       "TOTAL_PROCESSORS": total_processors or -1, "QUEUE": queue or "NONE"})
-        if umask:
-            params["UMASK"] = umask
-        for name, value in (extra or {}).items():
-            if not name.isidentifier() or name.upper() != name:
-                raise ValueError(f"bad #TSI_ parameter name {name!r}")
-            params[name] = value
+        params = _submit_params(
+            uspace_dir=uspace_dir, outcome_dir=outcome_dir, stdout=stdout, stderr=stderr,
+            job_name=job_name, email=email, runtime=runtime, memory_mb=memory_mb,
+            nodes=nodes, processors_per_node=processors_per_node,
+            total_processors=total_processors, queue=queue, project=project, umask=umask,
+            extra=extra)
         reply = await self._request(protocol.submit_body(script, params, shebang), "SUBMIT")
+        return self._submitted(reply)
+
+    @_deferred
+    async def submit_with_files(self, script: str, files: list[tuple[str, bytes, int]], *,
+                                uspace_dir: str, **params) -> str | None:
+        """``submit`` (its keyword arguments, but ``shebang``) with ``uspace_dir`` made and
+        ``files`` (name relative to it, content, mode) written first, all in one exchange
+        (GRIDVM_SUBMIT); None from a TSI without it (then make the directory, write the
+        files and ``submit``, one by one)."""
+        body = protocol.gridvm_submit_body(
+            script, _submit_params(uspace_dir=uspace_dir, **params), files)
+        reply = await self._extension("GRIDVM_SUBMIT", body)
+        return None if reply is None else self._submitted(reply)
+
+    def _submitted(self, reply: protocol.Reply) -> str:
+        """The BSSID a SUBMIT answered, remembered as ours."""
         bssid = reply.payload.strip()
         if not bssid or len(bssid.split()) != 1:
             raise TSIError(f"SUBMIT returned no job id: {reply.payload[:80]!r}")
@@ -365,12 +369,21 @@ class TSIClient:
                 return
 
     @_deferred
-    async def remove_tree(self, path: str) -> None:
-        """``rm -rf -- path``: without a shell on our agent (GRIDVM_REMOVE)."""
+    async def remove_tree(self, path: str) -> dict[str, int] | None:
+        """``rm -rf -- path``: without a shell on our agent (GRIDVM_REMOVE), which also
+        answers with the free space (as ``df``) of the parent directory; None when the
+        answer has none (a shell did it)."""
         body = protocol.path_body("GRIDVM_REMOVE", path)
-        if await self._extension("GRIDVM_REMOVE", body) is not None:
-            return
-        await self.execute_script(f"rm -rf -- {shlex.quote(path)}")
+        reply = await self._extension("GRIDVM_REMOVE", body)
+        if reply is None:
+            await self.execute_script(f"rm -rf -- {shlex.quote(path)}")
+            return None
+        if "TOTAL" not in reply.payload:  # an agent from before it answered the space
+            return None
+        try:
+            return protocol.parse_df(reply.payload)
+        except protocol.ProtocolError:
+            return None
 
     # ------------------------------------------------------------------ files
 
@@ -536,6 +549,36 @@ class TSIClient:
             if self.reactor.seconds() >= deadline:
                 return None
             await _sleep(self.reactor, poll_interval)
+
+
+def _submit_params(*, uspace_dir: str, outcome_dir: str | None = None, stdout: str = "stdout",
+                   stderr: str = "stderr", job_name: str = "UNICORE_Job",
+                   email: str | None = None, runtime: int | None = None,
+                   memory_mb: int | None = None, nodes: int | None = None,
+                   processors_per_node: int | None = None, total_processors: int | None = None,
+                   queue: str | None = None, project: str | None = None,
+                   umask: str | None = None, extra: dict[str, object] | None = None
+                   ) -> dict[str, object]:
+    """The ``#TSI_*`` parameters of a SUBMIT, as UNICORE/X sends them."""
+    params: dict[str, object] = {
+        "OUTCOME_DIR": outcome_dir or uspace_dir, "USPACE_DIR": uspace_dir,
+        "STDOUT": stdout, "STDERR": stderr, "JOBNAME": job_name, "EMAIL": email or "NONE",
+    }
+    if project:
+        params["PROJECT"] = project
+    if runtime and runtime > 0:
+        params["TIME"] = int(runtime)
+    if memory_mb and memory_mb > 0:
+        params["MEMORY"] = int(memory_mb)
+    params.update({"NODES": nodes or -1, "PROCESSORS_PER_NODE": processors_per_node or -1,
+                   "TOTAL_PROCESSORS": total_processors or -1, "QUEUE": queue or "NONE"})
+    if umask:
+        params["UMASK"] = umask
+    for name, value in (extra or {}).items():
+        if not name.isidentifier() or name.upper() != name:
+            raise ValueError(f"bad #TSI_ parameter name {name!r}")
+        params[name] = value
+    return params
 
 
 def _remove(path: str) -> None:

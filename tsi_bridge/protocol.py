@@ -19,6 +19,7 @@ See docs/tsi-bridge.md and the team's tsi-protocol.md for the byte-level details
 
 from __future__ import annotations
 
+import base64
 import re
 import struct
 
@@ -51,8 +52,14 @@ COMMANDS = (
 #: GRIDVM_GETDIRECTORY: a job directory's regular files as one tar stream (see
 #: ``get_directory_body``); GRIDVM_MKDIR and GRIDVM_REMOVE: ``mkdir -p`` and ``rm -rf`` of
 #: one path without starting a shell; GRIDVM_WAITSTATUS: the status listing once a job has
-#: ended or a few seconds passed (``wait_status_body``): job ends pushed, not polled.
-EXTENSIONS = ("GRIDVM_GETDIRECTORY", "GRIDVM_MKDIR", "GRIDVM_REMOVE", "GRIDVM_WAITSTATUS")
+#: ended or a few seconds passed (``wait_status_body``): job ends pushed, not polled;
+#: GRIDVM_SUBMIT: the job directory made, small files written into it and the job submitted
+#: in one exchange (``gridvm_submit_body``).
+EXTENSIONS = ("GRIDVM_GETDIRECTORY", "GRIDVM_MKDIR", "GRIDVM_REMOVE", "GRIDVM_WAITSTATUS",
+              "GRIDVM_SUBMIT")
+#: Files, and bytes of them in all, a GRIDVM_SUBMIT may carry.
+MAX_INLINE_FILES = 64
+MAX_INLINE_BYTES = 1024 * 1024
 #: Longest wait a GRIDVM_WAITSTATUS may ask for, seconds.
 MAX_JOB_WAIT = 60.0
 
@@ -168,6 +175,51 @@ def submit_body(script: str, params: dict[str, object], shebang: str = "#!/bin/b
     lines.append("#TSI_SCRIPT\n")
     lines.append(script)
     return "".join(lines)
+
+
+def gridvm_submit_body(script: str, params: dict[str, object],
+                       files: list[tuple[str, bytes, int]], shebang: str = "#!/bin/bash") -> str:
+    """GRIDVM_SUBMIT (our agent only): ``submit_body``'s job, with its USPACE_DIR made and
+    ``files`` — (name relative to it, content, mode) — written first, each a header line
+    ``#TSI_GRIDVM_FILE <mode, octal> <base64 name> <base64 content>``; at most
+    ``MAX_INLINE_FILES`` files of ``MAX_INLINE_BYTES`` in all.  The reply is SUBMIT's."""
+    if len(files) > MAX_INLINE_FILES or sum(len(d) for _n, d, _m in files) > MAX_INLINE_BYTES:
+        raise ValueError(f"GRIDVM_SUBMIT carries at most {MAX_INLINE_FILES} files of "
+                         f"{MAX_INLINE_BYTES} bytes")
+    body = submit_body(script, params, shebang).replace("\n#TSI_SUBMIT\n",
+                                                        "\n#TSI_GRIDVM_SUBMIT\n", 1)
+    head, tag, rest = body.partition(f"{SCRIPT_TAG}\n")
+    lines = [_param("GRIDVM_FILE", f"{mode:o} {_b64(name.encode())} {_b64(data)}")
+             for name, data, mode in files]
+    return head + "".join(lines) + tag + rest
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii") or "="
+
+
+def parse_inline_files(message: str) -> list[tuple[str, bytes, int]]:
+    """The ``#TSI_GRIDVM_FILE`` lines of a GRIDVM_SUBMIT: (name, content, mode)."""
+    files = []
+    for line in header_lines(message):
+        if not line.startswith("#TSI_GRIDVM_FILE "):
+            continue
+        words = line.split(" ")
+        try:
+            if len(words) != 4:
+                raise ValueError("not <mode> <name> <content>")
+            mode = int(words[1], 8)
+            name = base64.b64decode(words[2], validate=True).decode("utf-8")
+            data = b"" if words[3] == "=" else base64.b64decode(words[3], validate=True)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ProtocolError(f"bad #TSI_GRIDVM_FILE line: {err}") from None
+        if not 0 <= mode <= 0o7777:
+            raise ProtocolError(f"bad #TSI_GRIDVM_FILE mode {words[1]}")
+        files.append((name, data, mode))
+    if len(files) > MAX_INLINE_FILES or sum(len(d) for _n, d, _m in files) > MAX_INLINE_BYTES:
+        raise ProtocolError(f"GRIDVM_SUBMIT carries at most {MAX_INLINE_FILES} files of "
+                            f"{MAX_INLINE_BYTES} bytes")
+    return files
 
 
 def job_command_body(command: str, bssid: str) -> str:

@@ -128,6 +128,7 @@ class FakeTSIClient:
         self.closed = False
         #: like the official TSI: no directory streams, so stage-out goes file by file
         self.streams: bool | None = False
+        self.unsupported: set[str] = set()
         self._hanging: list[defer.Deferred] = []
 
     @property
@@ -217,7 +218,15 @@ class FakeTSIClient:
         return self.execute_script("mkdir -p " + " ".join(map(shlex.quote, paths)))
 
     def remove_tree(self, path: str) -> defer.Deferred:
-        return self.execute_script(f"rm -rf -- {shlex.quote(path)}")
+        """As the real client against the official TSI: by a script, no space answered."""
+        return self.execute_script(f"rm -rf -- {shlex.quote(path)}").addCallback(
+            lambda _output: None)
+
+    def submit_with_files(self, script: str, files, **params) -> defer.Deferred:
+        """Like the official TSI: no GRIDVM_SUBMIT (the runner stages in, then submits),
+        remembered as the real client does."""
+        self.unsupported.add("GRIDVM_SUBMIT")
+        return defer.succeed(None)
 
     def abort_job(self, bssid: str) -> defer.Deferred:
         return self._call("ABORTJOB", lambda agent: agent.abort(bssid))

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from tsi_bridge import protocol
 from tsi_bridge.agent import identity
 from tsi_bridge.agent.helpers import HelperPool, HelperUnavailable
 from tsi_bridge.agent.identity import RunAs, call_as, open_as
+from tsi_bridge.agent.launcher import LauncherPool
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
 
@@ -96,3 +98,67 @@ def test_descriptors_go_along_with_a_call_and_are_closed_after_it(helpers, nobod
         assert os.read(read_end, 100) == b""
     finally:
         os.close(read_end)
+
+
+@pytest.fixture
+def launchers():
+    pool = LauncherPool()
+    yield pool
+    pool.close()
+
+
+def _start(directory: Path, argv: list[str], name: str = "job") -> dict:
+    """The launcher's request for a job in ``directory`` (made by the launcher)."""
+    job = directory / name
+    return {"dirs": [str(job)], "files": [[str(job / "in" / "a"), "aW5saW5l", 0o600]],
+            "job_file": [str(job / "UNICORE_Job_1"), "#!/bin/sh\n"],
+            "stdout": str(job / "stdout"), "stderr": str(job / "stdout"), "spawn": argv,
+            "cwd": str(job), "env": {"PATH": "/usr/bin:/bin"},
+            "exit_file": str(job / protocol.EXIT_CODE_FILE)}
+
+
+def test_the_launcher_prepares_and_starts_jobs_as_the_user_without_forking_the_agent(
+        launchers, nobody, shared):
+    process = launchers.start(nobody, _start(shared, [
+        "/bin/sh", "-c", "id -u; echo $$; cat in/a; exit 3"]))
+    assert process.wait() == 3 and process.poll() == 3
+    job = shared / "job"
+    uid, pid, inline = (job / "stdout").read_text().split()
+    assert int(uid) == nobody.uid and int(pid) == process.pid and inline == "inline"
+    for made in (job, job / "in" / "a", job / "UNICORE_Job_1", job / "stdout"):
+        assert made.stat().st_uid == nobody.uid  # made as the user
+    assert (job / "in" / "a").stat().st_mode & 0o777 == 0o600
+    # the exit code file written for it, as the user
+    exit_file = job / protocol.EXIT_CODE_FILE
+    assert process.exit_code_written and exit_file.read_text() == "3\n"
+    assert exit_file.stat().st_uid == nobody.uid
+    launcher = launchers._launchers[(nobody.uid, nobody.gid, tuple(nobody.groups))]
+    assert launcher.pid != os.getpid()
+    with pytest.raises(FileNotFoundError):
+        launchers.start(nobody, _start(shared, ["/no/such/program"]))
+    (shared / "locked").mkdir(mode=0o500)  # root's: the user cannot write there
+    with pytest.raises(identity.RequestFailed, match=r"staging in: .*Permission denied"):
+        launchers.start(nobody, _start(shared / "locked", ["/bin/true"]))
+
+
+def test_a_signal_is_reported_as_popen_does_and_a_dead_launcher_orphans(launchers, nobody,
+                                                                       shared):
+    killed = launchers.start(nobody, _start(shared, ["/bin/sh", "-c", "kill -9 $$"]))
+    assert killed.wait() == -9
+    assert (shared / "job" / protocol.EXIT_CODE_FILE).read_text() == "137\n"
+    sleeper = launchers.start(nobody, _start(shared, ["/bin/sleep", "30"], "sleeper"))
+    launcher = launchers._launchers[(nobody.uid, nobody.gid, tuple(nobody.groups))]
+    os.kill(launcher.pid, signal.SIGKILL)  # the user may kill it
+    assert sleeper.wait() is None and sleeper.orphaned
+    os.kill(sleeper.pid, signal.SIGKILL)
+    again = launchers.start(nobody, _start(shared, ["/bin/true"], "again"))
+    assert again.wait() == 0  # a new launcher took over
+
+
+def test_a_bad_request_is_refused_and_the_launcher_keeps_its_jobs(launchers, nobody, shared):
+    sleeper = launchers.start(nobody, _start(shared, ["/bin/sh", "-c", "sleep 0.3"]))
+    bad = _start(shared, ["/bin/true"], "bad")
+    bad["files"] = [[str(shared / "bad" / "f"), "not base64!", 0o644]]
+    with pytest.raises(identity.RequestFailed, match="Error"):
+        launchers.start(nobody, bad)
+    assert sleeper.wait() == 0 and not sleeper.orphaned  # still watched by its launcher

@@ -33,7 +33,8 @@ def test_agent_import_closure_is_standard_library_only():
                     "tsi_bridge.agent.config", "tsi_bridge.agent.log",
                     "tsi_bridge.agent.identity", "tsi_bridge.agent.jobs",
                     "tsi_bridge.agent.worker", "tsi_bridge.agent.files",
-                    "tsi_bridge.agent.archive", "tsi_bridge.agent.helpers"}
+                    "tsi_bridge.agent.archive", "tsi_bridge.agent.helpers",
+                    "tsi_bridge.agent.launcher"}
     assert "ssl" not in modules and "asyncio" not in modules and "logging" not in modules
 
 

@@ -103,14 +103,17 @@ def make_directory(runas: RunAs, path: str) -> None:
     call_as(runas, _make_directory, path)
 
 
-def _remove_tree(path: str) -> None:
+def _remove_tree(path: str) -> list[int]:
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path)  # never follows a link out of the tree
     else:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+    return _df_numbers(os.path.dirname(path.rstrip("/")) or "/")
 
 
-def remove_tree(runas: RunAs, path: str) -> None:
-    """``rm -rf path`` as the user (a missing path is fine)."""
-    call_as(runas, _remove_tree, path)
+def remove_tree(runas: RunAs, path: str) -> tuple[int, int]:
+    """``rm -rf path`` as the user (a missing path is fine); then the total and free bytes
+    of the file system of its parent directory (in the same call)."""
+    total, free = call_as(runas, _remove_tree, path)
+    return total, free

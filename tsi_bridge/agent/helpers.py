@@ -141,8 +141,19 @@ class Helper:
     def request(self, request: dict, fds: list[int] = ()) -> tuple[dict, list[int]]:
         """Send one request (with ``fds``), return its outcome; HelperUnavailable if the
         helper is gone."""
+        self.send(request, fds)
+        return self.outcome()
+
+    def send(self, request: dict, fds: list[int] = ()) -> None:
         try:
             _send(self.sock, request, fds)
+        except OSError as err:
+            self.close()
+            raise HelperUnavailable(f"helper {self.pid}: {err}") from None
+
+    def outcome(self) -> tuple[dict, list[int]]:
+        """The outcome of the request sent last."""
+        try:
             received = _receive(self.sock)
         except (OSError, ValueError) as err:
             self.close()
@@ -199,19 +210,33 @@ class HelperPool:
 
     def _request(self, runas: RunAs, request: dict, fds: list[int] = ()
                  ) -> tuple[dict, list[int]]:
+        return self._begin(runas, request, fds)()
+
+    def _begin(self, runas: RunAs, request: dict, fds: list[int] = ()):
+        """Send ``request`` to a helper of ``runas``; returns the function that waits for
+        its outcome (and gives the helper back)."""
         helper = self._take(runas)
         key = _key(runas)
         try:
-            result = helper.request(request, fds)
+            helper.send(request, fds)
         except HelperUnavailable:
             self._gone(key)
             raise
-        with self._lock:
-            if self._closed:
-                helper.close()
-            else:
-                self._idle[key].append(helper)
-        return result
+
+        def outcome() -> tuple[dict, list[int]]:
+            try:
+                result = helper.outcome()
+            except HelperUnavailable:
+                self._gone(key)
+                raise
+            with self._lock:
+                if self._closed:
+                    helper.close()
+                else:
+                    self._idle[key].append(helper)
+            return result
+
+        return outcome
 
     def call(self, runas: RunAs, function, args: tuple, fds: list[int] = ()) -> dict:
         """The outcome of ``function(*args, *fds)`` in a helper of ``runas`` (the helper's
@@ -221,6 +246,20 @@ class HelperPool:
         for fd in fds:
             os.close(fd)
         return outcome
+
+    def begin_call(self, runas: RunAs, function, args: tuple, fds: list[int] = ()):
+        """``call`` in two halves: the request sent now (the caller may close its copies of
+        ``fds``), the returned function waits for the outcome."""
+        name = f"{function.__module__}:{function.__name__}"
+        outcome = self._begin(runas, {"call": name, "args": list(args)}, fds)
+
+        def finish() -> dict:
+            result, received = outcome()
+            for fd in received:
+                os.close(fd)
+            return result
+
+        return finish
 
     def open(self, runas: RunAs, path: str, flags: int, mode: int) -> tuple[dict, int | None]:
         """The outcome of ``os.open`` in a helper of ``runas`` and the descriptor, if any."""

@@ -244,15 +244,23 @@ def fork_as(runas: RunAs, keep: list[int], function, *args) -> int:
 def run_as(runas: RunAs, keep: list[int], function, *args) -> int:
     """``function(*args, *keep)`` with ``runas``'s permissions until it returns, in a
     helper or a forked child (see :func:`fork_as`); returns its exit status."""
+    return start_as(runas, keep, function, *args)()
+
+
+def start_as(runas: RunAs, keep: list[int], function, *args):
+    """:func:`run_as` started: once this returns, ``function`` has its own copies of
+    ``keep`` (the caller may close its); the returned function waits for the exit status."""
     if runas.switch and _helpers is not None:
         from tsi_bridge.agent.helpers import HelperUnavailable
 
         try:
-            return _unpack(_helpers.call(runas, function, args, keep))
+            finish = _helpers.begin_call(runas, function, args, keep)
         except HelperUnavailable:
             pass  # fork, as without helpers
+        else:
+            return lambda: _unpack(finish())
     pid = fork_as(runas, keep, function, *args, *keep)
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    return lambda: os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
 def open_as(runas: RunAs, path: str, flags: int, mode: int = 0o644) -> int:

@@ -16,6 +16,7 @@ the exit code file could not be written (a full disk).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import json
@@ -58,11 +59,11 @@ def _alive(pid: int, start_time: str | None) -> bool:
     return True
 
 
-def _exit_status(returncode: int) -> int:
+def exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def _write_exit_code(path: str, text: str) -> None:
+def write_exit_code(path: str, text: str) -> None:
     """Write the exit code file unless the job wrote one; one left empty (the job's own
     write failed, e.g. on a full disk) is written again.  A write that fails removes the
     empty file and raises: an empty file would only be waited for."""
@@ -88,11 +89,13 @@ class JobTable:
     """The jobs this agent started (and adopted), persisted under ``state_dir``."""
 
     def __init__(self, state_dir: str, *, shell: str, nice: int, abort_grace: float,
-                 record_ttl: float, environment: dict[str, str]) -> None:
+                 record_ttl: float, environment: dict[str, str], launchers=None) -> None:
         self.directory = os.path.join(state_dir, "jobs")
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         self.shell, self.nice, self.abort_grace = shell, nice, abort_grace
         self.record_ttl, self.environment = record_ttl, environment
+        #: a ``LauncherPool`` that starts a switching user's jobs without forking the agent
+        self.launchers = launchers
         self._lock = threading.RLock()
         self._ended = threading.Condition(self._lock)  #: notified whenever a job ends
         self.ended_count = 0  #: jobs that ended since the agent started
@@ -146,35 +149,25 @@ class JobTable:
     # ---------------------------------------------------------------- submit
 
     def submit(self, runas: RunAs, message: str, uspace: str, outcome: str, stdout: str,
-               stderr: str, time_limit: int, memory_mb: int, name: str) -> str:
-        """Start the job; the message itself becomes ``<uspace>/UNICORE_Job_<bssid>``."""
-        call_as(runas, _make_dirs, [uspace, outcome])
+               stderr: str, time_limit: int, memory_mb: int, name: str,
+               files: list[tuple[str, bytes, int]] = ()) -> str:
+        """Start the job; the message itself becomes ``<uspace>/UNICORE_Job_<bssid>``;
+        ``files`` (path, content, mode) are written first."""
         with self._lock:
             bssid = self._new_bssid()
         job_file = os.path.join(uspace, f"UNICORE_Job_{bssid}")
-        fd = open_as(runas, job_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o755)
-        try:
-            os.write(fd, message.encode())
-            os.fchmod(fd, 0o755)
-        finally:
-            os.close(fd)
         out_path = os.path.join(outcome, stdout)
         err_path = os.path.join(outcome, stderr)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-        out_fd = open_as(runas, out_path, flags)
-        err_fd = out_fd if err_path == out_path else open_as(runas, err_path, flags)
         argv = interpreter_command(message, job_file)
         if memory_mb > 0:
             argv = ["/bin/sh", "-c", f'ulimit -v {memory_mb * 1024} && exec "$@"', "sh", *argv]
-        try:
-            process = subprocess.Popen(
-                argv, cwd=uspace, stdin=subprocess.DEVNULL, stdout=out_fd, stderr=err_fd,
-                start_new_session=True, env=runas.environment(self.environment),
-                **runas.popen_arguments())
-        finally:
-            os.close(out_fd)
-            if err_fd != out_fd:
-                os.close(err_fd)
+        start = {"dirs": [uspace, outcome], "job_file": [job_file, message],
+                 "files": [(path, base64.b64encode(data).decode(), mode)
+                           for path, data, mode in files],
+                 "stdout": out_path, "stderr": err_path, "spawn": argv, "cwd": uspace,
+                 "env": runas.environment(self.environment),
+                 "exit_file": os.path.join(outcome, protocol.EXIT_CODE_FILE)}
+        process = self._start(runas, start)
         if self.nice:
             with contextlib.suppress(OSError):
                 os.setpriority(os.PRIO_PROCESS, process.pid, self.nice)
@@ -192,10 +185,47 @@ class JobTable:
             self._processes[bssid] = process
             self._save(record)
         # its end is seen at once (GRIDVM_WAITSTATUS), not at the supervisor's next round
-        threading.Thread(target=self._reap, args=(process,), name=f"reaper-{bssid}",
-                         daemon=True).start()
+        if isinstance(process, subprocess.Popen):
+            threading.Thread(target=self._reap, args=(process,), name=f"reaper-{bssid}",
+                             daemon=True).start()
+        else:
+            process.on_end = self.refresh
+            if process.poll() is not None or process.orphaned:  # ended already
+                self.refresh()
         log.info(f"job {bssid} started: pid {process.pid} in {uspace} as {runas.user}")
         return bssid
+
+    def _start(self, runas: RunAs, start: dict):
+        """The job's files prepared and its process started (``start``: see
+        ``prepare_job``): all by the user's launcher in one call when there is one (no
+        fork of the agent), else step by step as the user and a ``Popen`` (which forks the
+        whole agent to switch the uid)."""
+        if runas.switch and self.launchers is not None:
+            from tsi_bridge.agent.helpers import HelperUnavailable
+
+            try:
+                return self.launchers.start(runas, start)
+            except HelperUnavailable as err:
+                log.warning(f"starting the job with a fork: {err}")
+        try:
+            call_as(runas, _make_dirs, start["dirs"], start["files"])
+        except OSError as err:
+            raise RequestFailed(f"staging in: {err}") from None
+        job_file, text = start["job_file"]
+        _write_job_file(open_as(runas, job_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o755),
+                        text)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        out_fd = open_as(runas, start["stdout"], flags)
+        err_fd = out_fd if start["stderr"] == start["stdout"] else open_as(
+            runas, start["stderr"], flags)
+        try:
+            return subprocess.Popen(start["spawn"], cwd=start["cwd"], stdin=subprocess.DEVNULL,
+                                    stdout=out_fd, stderr=err_fd, start_new_session=True,
+                                    env=start["env"], **runas.popen_arguments())
+        finally:
+            os.close(out_fd)
+            if err_fd != out_fd:
+                os.close(err_fd)
 
     def _reap(self, process: subprocess.Popen) -> None:
         process.wait()
@@ -289,10 +319,13 @@ class JobTable:
                 if record["state"] == COMPLETED:
                     continue
                 process = self._processes.get(bssid)
+                if getattr(process, "orphaned", False):  # its launcher died: watch the pid
+                    self._processes.pop(bssid)
+                    process = None
                 if process is not None:
                     returncode = process.poll()
                     if returncode is not None:
-                        self._finish(record, _exit_status(returncode))
+                        self._finish(record, exit_status(returncode))
                         continue
                 elif not _alive(record["pid"], record["start_time"]):
                     self._finish(record, None)
@@ -315,14 +348,16 @@ class JobTable:
         record["finished"] = time.time()
         record["exit_code"] = exit_code
         record["kill_at"] = None
-        self._processes.pop(record["bssid"], None)
+        process = self._processes.pop(record["bssid"], None)
         if record["reason"] is not None:
             # the agent ended it: kill stragglers left in its process group
             self._signal(record, signal.SIGKILL)
-        if exit_code is not None:
+        if getattr(process, "exit_code_error", None):  # the launcher could not write it
+            record["exit_code_error"] = process.exit_code_error
+        elif exit_code is not None and not getattr(process, "exit_code_written", False):
             path = os.path.join(record["outcome"], protocol.EXIT_CODE_FILE)
             try:
-                call_as(RunAs.from_record(record["runas"]), _write_exit_code, path,
+                call_as(RunAs.from_record(record["runas"]), write_exit_code, path,
                         f"{exit_code}\n")
             except (OSError, RequestFailed) as err:
                 # GETJOBDETAILS tells why the file is missing (e.g. the disk is full)
@@ -365,6 +400,52 @@ def interpreter_command(script: str, path: str) -> list[str]:
     return ["/bin/sh", path]
 
 
-def _make_dirs(paths: list[str]) -> None:
+class StagingFailed(OSError):
+    """A directory or inline file of a job could not be made (``prepare_job``)."""
+
+
+def prepare_job(start: dict) -> tuple[int, int]:
+    """As the job's user (its launcher): the job's directories and inline files, its job
+    file, and descriptors of its stdout and stderr (one if they are the same file).
+
+    ``start``: ``dirs``, ``files`` (path, base64 content, mode), ``job_file`` (path, text),
+    ``stdout``, ``stderr`` — and, for the launcher, ``spawn`` (argv), ``cwd``, ``env`` and
+    ``exit_file``."""
+    try:
+        _make_dirs(start["dirs"], start["files"])
+    except OSError as err:
+        raise StagingFailed(err.errno, err.strerror, err.filename) from None
+    job_file, text = start["job_file"]
+    _write_job_file(os.open(job_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o755), text)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    out_fd = os.open(start["stdout"], flags, 0o644)
+    if start["stderr"] == start["stdout"]:
+        return out_fd, out_fd
+    try:
+        return out_fd, os.open(start["stderr"], flags, 0o644)
+    except OSError:
+        os.close(out_fd)
+        raise
+
+
+def _write_job_file(fd: int, text: str) -> None:
+    """The job's message into ``fd`` (closed after), executable."""
+    try:
+        os.write(fd, text.encode())
+        os.fchmod(fd, 0o755)
+    finally:
+        os.close(fd)
+
+
+def _make_dirs(paths: list[str], files: list[tuple[str, str, int]] = ()) -> None:
+    """The directories, then each file (path, base64 content, mode) written."""
     for path in paths:
         os.makedirs(path, exist_ok=True)
+    for path, data, mode in files:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+        try:
+            os.write(fd, base64.b64decode(data))
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)

@@ -14,6 +14,10 @@ def set_level(name: str) -> None:
     _threshold = LEVELS[name]
 
 
+def debugging() -> bool:
+    return _threshold <= LEVELS["debug"]
+
+
 def log(level: str, message: str) -> None:
     if LEVELS[level] >= _threshold:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")

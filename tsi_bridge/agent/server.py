@@ -20,6 +20,7 @@ from tsi_bridge.agent.config import Config
 from tsi_bridge.agent.helpers import HelperPool
 from tsi_bridge.agent.identity import IdentityResolver, use_helpers
 from tsi_bridge.agent.jobs import JobTable
+from tsi_bridge.agent.launcher import HAVE_PIDFD, LauncherPool
 from tsi_bridge.agent.worker import Worker
 
 
@@ -57,13 +58,16 @@ class Agent:
             self.tls = AgentTLS(**config.tls, allowed_dns=config.allowed_dns)
         os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
         self._prepare_workdir_root()
-        self.jobs = JobTable(config.state_dir, shell=config.shell, nice=config.job_nice,
-                             abort_grace=config.timeouts["abort_grace"],
-                             record_ttl=config.record_ttl, environment=config.environment)
         #: long-lived per-user processes for file work as the user (no fork per request)
         self.helpers = HelperPool() if self.identities.privileged and config.user_helpers \
             else None
         use_helpers(self.helpers)
+        #: and for starting the user's jobs (no fork of the agent per job)
+        self.launchers = LauncherPool() if self.helpers is not None and HAVE_PIDFD else None
+        self.jobs = JobTable(config.state_dir, shell=config.shell, nice=config.job_nice,
+                             abort_grace=config.timeouts["abort_grace"],
+                             record_ttl=config.record_ttl, environment=config.environment,
+                             launchers=self.launchers)
         self.stop = threading.Event()
         self._slots = threading.BoundedSemaphore(config.max_connections)
         self._counter = 0
@@ -126,6 +130,8 @@ class Agent:
         self.listener.close()
         if self.helpers is not None:
             self.helpers.close()
+        if self.launchers is not None:
+            self.launchers.close()
 
     def _serve_connection(self, conn: socket.socket, address: tuple, name: str) -> None:
         try:

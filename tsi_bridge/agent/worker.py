@@ -20,7 +20,7 @@ import time
 
 from tsi_bridge import protocol
 from tsi_bridge.agent import archive, files, log
-from tsi_bridge.agent.identity import RequestFailed, RunAs, open_as, run_as
+from tsi_bridge.agent.identity import RequestFailed, RunAs, open_as, start_as
 
 PIECE = 1024 * 1024
 #: Report lines of a GRIDVM_GETDIRECTORY kept (the rest counted), and report bytes read.
@@ -124,7 +124,7 @@ class Worker:
             self.reply(protocol.failed_reply(
                 f"#TSI_{command} is not supported by the gridvm TSI agent"))
             return
-        log.debug(f"{self.name}: {command}")
+        started = time.monotonic()
         try:
             handler(self, message)
         except ChannelBroken:
@@ -134,6 +134,8 @@ class Worker:
         except Exception as err:
             log.error(f"{self.name}: {command} failed: {type(err).__name__}: {err}")
             self.reply(protocol.failed_reply(f"internal error: {type(err).__name__}: {err}"))
+        if log.debugging():  # the time each request takes in the agent
+            log.debug(f"{self.name}: {command} {(time.monotonic() - started) * 1000:.1f} ms")
 
     # ---------------------------------------------------------------- helpers
 
@@ -304,19 +306,16 @@ class Worker:
         path = self._path(runas, protocol.get_param(message, "FILE"))
         tar_read, tar_write = os.pipe()
         report_read, report_write = os.pipe()
-        ended: list[int] = []
-
-        def archive_as_user() -> None:  # the writer; its pipes close when it is done
-            try:
-                ended.append(run_as(runas, [tar_write, report_write], _archive_child, path))
-            finally:
-                os.close(tar_write)
-                os.close(report_write)
-
-        writer = threading.Thread(target=archive_as_user, name=f"{self.name}-archive",
-                                  daemon=True)
-        writer.start()
-        report, problem = bytearray(), None
+        try:  # the writer has its own copies: its pipes close when it is done
+            finish = start_as(runas, [tar_write, report_write], _archive_child, path)
+        except BaseException:
+            for fd in (tar_read, report_read):
+                os.close(fd)
+            raise
+        finally:
+            os.close(tar_write)
+            os.close(report_write)
+        report, problem, status = bytearray(), None, 1
         try:
             self.reply(protocol.ok_reply(protocol.STREAM_HEADER))
             problem = self._relay(tar_read, report_read, report)
@@ -325,8 +324,8 @@ class Worker:
             for fd in (tar_read, report_read):  # a writer still going fails on its pipe
                 with contextlib.suppress(OSError):
                     os.close(fd)
-            writer.join()
-        status = ended[0] if ended else 1
+            with contextlib.suppress(RequestFailed, OSError):
+                status = finish()
         lines = report.decode("utf-8", "replace").splitlines()
         if len(report) > MAX_REPORT_BYTES:  # head kept, then the tail's last line (TOTAL)
             lines = lines[:MAX_REPORT] + lines[-1:]
@@ -390,8 +389,8 @@ class Worker:
         path = self._path(runas, protocol.get_param(message, "FILE"))
         if os.path.realpath(path) in ("/", os.path.realpath(self.config.workdir_root)):
             raise RequestFailed(f"{path}: refusing to remove the root of the working area")
-        files.remove_tree(runas, path)
-        self.reply(protocol.ok_reply())
+        total, free = files.remove_tree(runas, path)
+        self.reply(protocol.ok_reply(protocol.format_df(total, free)))
 
     def wait_status(self, message: str) -> None:
         """GRIDVM_WAITSTATUS: the status listing once a job has ended since the client's
@@ -407,7 +406,16 @@ class Worker:
         listing = protocol.format_status_listing(self.agent.jobs.listing())
         self.reply(protocol.ok_reply(protocol.format_wait_status(ended, listing)))
 
-    def submit(self, message: str) -> None:
+    def gridvm_submit(self, message: str) -> None:
+        """GRIDVM_SUBMIT: SUBMIT with the job directory made and the message's small files
+        written into it first (one helper call for all of that)."""
+        try:
+            inline = protocol.parse_inline_files(message)
+        except protocol.ProtocolError as err:
+            raise RequestFailed(str(err)) from None
+        self.submit(message, inline)
+
+    def submit(self, message: str, inline: list[tuple[str, bytes, int]] = ()) -> None:
         runas = self._runas(message)
         message = runas.substitute(message)
         uspace = self._path(runas, protocol.get_param(message, "USPACE_DIR")
@@ -418,11 +426,19 @@ class Worker:
         stderr = protocol.get_param(message, "STDERR") or "stderr"
         for name in (stdout, stderr):
             self._path(runas, os.path.join(outcome, name))
+        files = []
+        for name, data, mode in inline:
+            path = self._path(runas, os.path.join(uspace, name), "TSI_GRIDVM_FILE")
+            if os.path.isabs(name) or ".." in name.split("/") or \
+                    not path.startswith(uspace.rstrip("/") + "/"):
+                raise RequestFailed(f"#TSI_GRIDVM_FILE {name!r} leads outside the job "
+                                    "directory")
+            files.append((path, data, mode))
         bssid = self.agent.jobs.submit(
             runas, message, uspace, outcome, stdout, stderr,
             time_limit=protocol.get_number(message, "TIME", 0),
             memory_mb=protocol.get_number(message, "MEMORY", 0),
-            name=protocol.get_param(message, "JOBNAME") or "UNICORE_Job")
+            name=protocol.get_param(message, "JOBNAME") or "UNICORE_Job", files=files)
         self.reply(protocol.ok_reply(bssid))
 
     def status_listing(self, message: str) -> None:
@@ -486,4 +502,5 @@ HANDLERS = {
     "GRIDVM_MKDIR": Worker.make_directory,
     "GRIDVM_REMOVE": Worker.remove,
     "GRIDVM_WAITSTATUS": Worker.wait_status,
+    "GRIDVM_SUBMIT": Worker.gridvm_submit,
 }
