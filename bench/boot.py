@@ -8,6 +8,8 @@
 2. Overlay creation on a 1 GiB and a --big-gib GiB base against a full copy (+ fsync).
 3. QEMU resident memory per idle guest (``IDLE_WAIT`` s after ready), the vmm domain (its
    balloon reports the pages the guest frees) against bare QEMU; goal <= 190 MiB.
+4. --concurrent (8) cold boots started at once, all ready, against the linear cost
+   (--concurrent x the median single boot above); goal <= 1.1.
 
 The last line printed is one JSON object with every figure.
 """
@@ -110,6 +112,24 @@ async def bare_qemu_boot(reactor, spec: BootSpec, workdir: Path,
         proc.wait()
 
 
+async def concurrent_boots(manager: VirtualMachineManager, spec: BootSpec,
+                           count: int) -> float:
+    """Seconds until ``count`` boots started together are all ready (all destroyed after)."""
+    started = time.monotonic()
+    boots = [defer.Deferred.fromCoroutine(manager.boot(InstanceSpec(
+        boot=spec, callback_port=ports.free_port(), context_files={"bench.txt": b"x"})))
+        for _ in range(count)]
+    results = await defer.DeferredList(boots, consumeErrors=True)
+    elapsed = time.monotonic() - started
+    for ok, instance in results:
+        if ok:
+            await manager.destroy(instance.instance_id)
+    failed = [str(failure.value)[:200] for ok, failure in results if not ok]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {count} concurrent boots failed: {failed[0]}")
+    return elapsed
+
+
 async def vmm_boot(reactor, manager: VirtualMachineManager, spec: BootSpec) -> tuple[float,
                                                                                       dict, float]:
     started = time.monotonic()
@@ -119,10 +139,10 @@ async def vmm_boot(reactor, manager: VirtualMachineManager, spec: BootSpec) -> t
     pid = qemu_pid(instance.domain)
     await task.deferLater(reactor, IDLE_WAIT, lambda: None)  # idle: freed pages reported
     rss = rss_mib(pid) if pid else 0.0
-    if pid:
-        print(f"  vmm domain idle: RSS {rss:.1f} MiB, PSS {pss_mib(pid):.1f} MiB", flush=True)
+    pss = pss_mib(pid) if pid else 0.0
+    print(f"  vmm domain idle: RSS {rss:.1f} MiB, PSS {pss:.1f} MiB", flush=True)
     await manager.destroy(instance.instance_id)
-    return elapsed, instance.timings, rss
+    return elapsed, instance.timings, rss, pss
 
 
 def write_base(path: Path, gib: float) -> None:
@@ -167,10 +187,12 @@ async def main(reactor, args) -> None:
     try:
         await vmm_boot(reactor, manager, spec)  # warm the cache and libvirt
         vmm_times, bare_times, vmm_rss, bare_rss, phases = [], [], [], [], []
+        vmm_pss = []
         for run in range(args.runs):
-            t, timing, rss = await vmm_boot(reactor, manager, spec)
+            t, timing, rss, pss = await vmm_boot(reactor, manager, spec)
             vmm_times.append(t)
             vmm_rss.append(rss)
+            vmm_pss.append(pss)
             phases.append(timing)
             b, brss = await bare_qemu_boot(reactor, spec, workdir, IDLE_WAIT)
             bare_times.append(b)
@@ -185,10 +207,20 @@ async def main(reactor, args) -> None:
         }
         results["qemu_rss_mib"] = {"vmm_domain": round(statistics.median(vmm_rss), 1),
                                    "bare_qemu": round(statistics.median(bare_rss), 1)}
+        results["qemu_pss_mib"] = {"vmm_domain": round(statistics.median(vmm_pss), 1)}
         print(f"boot to ready: vmm {vmm_median:.2f} s, bare QEMU {bare_median:.2f} s, "
               f"ratio {vmm_median / bare_median:.3f} (goal <= 1.15)")
         print(f"QEMU RSS per guest: vmm domain {results['qemu_rss_mib']['vmm_domain']} MiB, "
-              f"bare {results['qemu_rss_mib']['bare_qemu']} MiB")
+              f"bare {results['qemu_rss_mib']['bare_qemu']} MiB, "
+              f"vmm domain PSS {results['qemu_pss_mib']['vmm_domain']} MiB (goal <= 190)")
+        if args.concurrent > 0:
+            together = await concurrent_boots(manager, spec, args.concurrent)
+            linear = args.concurrent * vmm_median
+            results["concurrent"] = {"boots": args.concurrent, "all_ready_s": round(together, 2),
+                                     "linear_s": round(linear, 2),
+                                     "ratio": round(together / linear, 3)}
+            print(f"{args.concurrent} concurrent cold boots all ready in {together:.1f} s, "
+                  f"linear {linear:.1f} s, ratio {together / linear:.3f} (goal <= 1.1)")
 
         results["overlay"] = {}
         for gib in (1, args.big_gib):
@@ -211,6 +243,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--big-gib", type=float, default=10)
+    parser.add_argument("--concurrent", type=int, default=8,
+                        help="cold boots started at once (0: skip)")
     parser.add_argument("--uri", default="qemu:///system")
     parser.add_argument("--agent", default=None,
                         help="agent package directory for the guest (default: tsi_bridge)")
