@@ -116,9 +116,9 @@ async def concurrent_boots(manager: VirtualMachineManager, spec: BootSpec,
                            count: int) -> float:
     """Seconds until ``count`` boots started together are all ready (all destroyed after)."""
     started = time.monotonic()
-    boots = [defer.Deferred.fromCoroutine(manager.boot(InstanceSpec(
-        boot=spec, callback_port=ports.free_port(), context_files={"bench.txt": b"x"})))
-        for _ in range(count)]
+    boots = [manager.boot(InstanceSpec(boot=spec, callback_port=ports.free_port(),
+                                      context_files={"bench.txt": b"x"}))
+             for _ in range(count)]
     results = await defer.DeferredList(boots, consumeErrors=True)
     elapsed = time.monotonic() - started
     for ok, instance in results:
@@ -179,7 +179,8 @@ async def main(reactor, args) -> None:
                         agent_package=args.agent and Path(args.agent))
     spec = boot_spec(image)
     manager = VirtualMachineManager(Hypervisor(args.uri, reactor), ROOT / "state",
-                                    reactor=reactor, prefix="gridvm-bench-")
+                                    reactor=reactor, prefix="gridvm-bench-",
+                                    tb_cache_mib=args.tb_cache_mib)
     await manager.start()
     workdir = Path(tempfile.mkdtemp(dir=ROOT))
     workdir.chmod(0o755)
@@ -245,6 +246,8 @@ if __name__ == "__main__":
     parser.add_argument("--big-gib", type=float, default=10)
     parser.add_argument("--concurrent", type=int, default=8,
                         help="cold boots started at once (0: skip)")
+    parser.add_argument("--tb-cache-mib", type=int, default=None,
+                        help="the vmm domains' TCG cache (default: vmm's choice per image)")
     parser.add_argument("--uri", default="qemu:///system")
     parser.add_argument("--agent", default=None,
                         help="agent package directory for the guest (default: tsi_bridge)")
