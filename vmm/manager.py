@@ -96,19 +96,6 @@ class BootSpec:
                            reason=Reason.BAD_REQUEST)
 
 
-#: TCG translation cache (MiB) of a micro guest (kernel + initramfs root, no disk): 16 MiB
-#: holds its boot's code (8 MiB doubles the boot time) and saves 16 MiB of QEMU memory
-#: against 32; guests booting from a disk (systemd, cloud-init) run far more code.
-MICRO_TB_CACHE_MIB = 16
-DISK_TB_CACHE_MIB = 32
-
-
-def tb_cache_for(boot: BootSpec) -> int:
-    """The translation cache a guest booting as ``boot`` gets."""
-    micro = boot.disk is None and boot.initrd is not None
-    return MICRO_TB_CACHE_MIB if micro else DISK_TB_CACHE_MIB
-
-
 @dataclass
 class InstanceSpec:
     """One instance to boot: the image, its resources, its contextualization."""
@@ -205,7 +192,7 @@ class VirtualMachineManager(service.Service):
     name = "vmm"
 
     def __init__(self, hypervisor: Hypervisor, state_dir: Path, *, reactor=None,
-                 prefix: str = DOMAIN_PREFIX, tb_cache_mib: int | None = None,
+                 prefix: str = DOMAIN_PREFIX, tb_cache_mib: int | None = 32,
                  probe_interval: float = 0.1, site_id: str | None = None,
                  destroy_timeout: float = 60.0, storage_pool: StoragePool | None = None,
                  address: str = "127.0.0.1", site_address: str = "127.0.0.1"):
@@ -390,7 +377,7 @@ class VirtualMachineManager(service.Service):
             memory_kib=spec.memory_mib * 1024,
             vcpus=spec.vcpus,
             os=os_config,
-            tb_cache_mib=self.tb_cache_mib or tb_cache_for(spec.boot),
+            tb_cache_mib=self.tb_cache_mib,
             devices=[*disks, SerialFileConfig(path=console or str(directory / "console.log")),
                      RngConfig(), MemballoonConfig("virtio", free_page_reporting=True),
                      ControllerConfig("usb", "none")],

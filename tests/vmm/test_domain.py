@@ -1,7 +1,5 @@
 """The domain XML model: emits what libvirt needs and reads back what libvirt returns."""
 
-from pathlib import Path
-
 import pytest
 from lxml import etree
 
@@ -147,13 +145,3 @@ def test_a_disk_with_its_own_bootloader_boots_from_hd_without_a_kernel():
     # the isolated network is the same as for a direct kernel boot
     assert UserNetConfig.from_qemu_args(
         [a.get("value") for a in root.iter(f"{{{QEMU_NS}}}arg")]) == config.network
-
-
-def test_micro_guests_get_a_smaller_translation_cache_than_disk_guests():
-    from vmm.manager import DISK_TB_CACHE_MIB, MICRO_TB_CACHE_MIB, BootSpec, ImageFile, tb_cache_for
-
-    kernel, initrd, disk = (ImageFile(Path(f"/img/{n}"), "0" * 128) for n in ("k", "i", "d"))
-    assert tb_cache_for(BootSpec(kernel=kernel, cmdline="", initrd=initrd)) == MICRO_TB_CACHE_MIB
-    assert tb_cache_for(BootSpec(kernel=kernel, cmdline="", initrd=initrd, disk=disk)) == \
-        DISK_TB_CACHE_MIB
-    assert MICRO_TB_CACHE_MIB < DISK_TB_CACHE_MIB
