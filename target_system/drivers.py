@@ -50,6 +50,9 @@ class TSILink(Protocol):
 
     #: whether the TSI streams a directory as one archive (gridvm's agent): None until tried
     streams: bool | None
+    #: whether SUBMIT makes its USPACE_DIR itself (gridvm's agent; the official TSI only
+    #: changes into it), so a job with nothing to stage needs no MKDIR before it
+    submit_makes_directory: bool
 
     @property
     def idle_workers(self) -> int: ...

@@ -331,6 +331,8 @@ class TargetSystem:
         self.tsi = self.tsi_connector(self.reactor, host_port, tls, user=self.settings.user,
                                       callback_port=callback_port, address=self.address,
                                       callback_address=self.callback_address)
+        # gridvm's agent makes a job's USPACE_DIR at SUBMIT; an image's own TSI does not
+        self.tsi.submit_makes_directory = tsi_flavour(self.image.metadata) != UNICORE
         return self.tsi.start()
 
     async def _reach_agent(self, deadline: float, *states: InstanceState) -> None:

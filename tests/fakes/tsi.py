@@ -128,6 +128,8 @@ class FakeTSIClient:
         self.closed = False
         #: like the official TSI: no directory streams, so stage-out goes file by file
         self.streams: bool | None = False
+        #: like the official TSI: SUBMIT needs its USPACE_DIR made first
+        self.submit_makes_directory = False
         self._hanging: list[defer.Deferred] = []
 
     @property
