@@ -190,14 +190,16 @@ class JobTable:
         with self._lock:
             self._jobs[bssid] = record
             self._processes[bssid] = process
-            self._save(record)
-        # its end is seen at once (GRIDVM_WAITSTATUS), not at the supervisor's next round
-        threading.Thread(target=self._reap, args=(process,), name=f"reaper-{bssid}",
+        # its record is saved and its end seen at once (GRIDVM_WAITSTATUS) by a thread of its
+        # own, so the SUBMIT is answered without waiting for the record's write
+        threading.Thread(target=self._reap, args=(process, record), name=f"reaper-{bssid}",
                          daemon=True).start()
         log.info(f"job {bssid} started: pid {process.pid} in {uspace} as {runas.user}")
         return bssid
 
-    def _reap(self, process: subprocess.Popen) -> None:
+    def _reap(self, process: subprocess.Popen, record: dict) -> None:
+        with self._lock:  # the record as it is now (the job may have ended already)
+            self._save(record)
         process.wait()
         self.refresh()
 
