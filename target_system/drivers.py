@@ -57,9 +57,6 @@ class TSILink(Protocol):
     @property
     def idle_workers(self) -> int: ...
 
-    def keep_workers(self, count: int) -> defer.Deferred:
-        """Opens connections until ``count`` are idle (no set-up for the next requests)."""
-
     def start(self) -> int:
         """Opens the callback listener; returns its port."""
 

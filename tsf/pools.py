@@ -43,9 +43,6 @@ OWNER_PREFIX = "pool:"
 MAX_BACKOFF = 600.0
 #: Longest wait, after a hand-over, for the taking job to run before the pool boots anew.
 REFILL_DELAY = 10.0
-#: TSI connections a waiting pool instance keeps open: the taking job's SUBMIT finds one
-#: free even while a health ping uses another (setting one up costs 0.2-0.8 s in a guest).
-SPARE_CONNECTIONS = 2
 
 
 @dataclass(frozen=True)
@@ -202,16 +199,8 @@ class PoolKeeper(service.Service):
                 target.keep_idle = True
                 log.info("pool %s: booting instance %s", spec.name, target.instance_id)
                 target.start().addCallbacks(
-                    lambda t, name=spec.name: self._ready(name, t),
+                    lambda _t, name=spec.name: self._backoff.pop(name, None),
                     lambda f, name=spec.name: self._failed(name, f))
-
-    def _ready(self, name: str, target: TargetSystem) -> None:
-        """A pool instance is up: its TSI connections are opened ahead of its taker."""
-        self._backoff.pop(name, None)
-        if target.tsi is not None and target.owner.startswith(OWNER_PREFIX):
-            target.tsi.keep_workers(SPARE_CONNECTIONS).addErrback(
-                lambda f: log.info("pool %s: instance %s: spare TSI connections: %s", name,
-                                   target.instance_id, f.getErrorMessage()))
 
     def _failed(self, name: str, reason: failure.Failure) -> None:
         if not self.running or name not in self.specs:

@@ -194,22 +194,6 @@ class TSIClient:
         return len(self._idle)
 
     @_deferred
-    async def keep_workers(self, count: int) -> None:
-        """Open workers until ``count`` are idle (``pool_size`` at most), so that the next
-        requests find a connection up instead of setting one up (TLS handshake, two
-        callbacks): for an instance that waits for its jobs."""
-        while (not self._closed and self.idle_workers < min(count, self.pool_size)
-               and self._count < self.pool_size):
-            self._count += 1
-            try:
-                worker = await self.new_worker()
-            except BaseException:
-                self._slot_freed()
-                raise
-            worker.on_broken = self._broken
-            self._release(worker)
-
-    @_deferred
     async def close(self) -> None:
         """Close all workers and the listener (running jobs are not touched)."""
         self._closed = True

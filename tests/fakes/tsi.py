@@ -130,17 +130,11 @@ class FakeTSIClient:
         self.streams: bool | None = False
         #: like the official TSI: SUBMIT needs its USPACE_DIR made first
         self.submit_makes_directory = False
-        self.kept_workers = 0  #: the most idle workers asked for (keep_workers)
         self._hanging: list[defer.Deferred] = []
 
     @property
     def idle_workers(self) -> int:
-        return max(1, self.kept_workers)
-
-    def keep_workers(self, count: int) -> defer.Deferred:
-        """Remembered in ``kept_workers`` (the fake needs no connections)."""
-        self.kept_workers = max(self.kept_workers, count)
-        return defer.succeed(None)
+        return 1
 
     def _call(self, command: str, answer: Callable[[FakeAgent], object]) -> defer.Deferred:
         """``answer(agent)`` as the TSI's reply, or the failure the real client would see."""

@@ -142,23 +142,6 @@ async def test_pool_serves_concurrent_requests_with_bounded_workers(endpoint):
 
 
 @pytest_twisted.ensureDeferred
-async def test_kept_workers_serve_concurrent_requests_without_a_new_connection(endpoint):
-    client = client_for(endpoint, pool_size=3)
-    opened = []
-    real = client.new_worker
-    client.new_worker = lambda: (opened.append(1), real())[1]
-    try:
-        await client.keep_workers(2)
-        assert client.idle_workers == 2 and len(opened) == 2
-        await client.keep_workers(5)  # no more than the pool holds
-        assert client.idle_workers == 3 and len(opened) == 3
-        assert await defer.gatherResults([client.ping() for _ in range(3)]) == ["11.2.1"] * 3
-        assert len(opened) == 3  # every request found its connection up
-    finally:
-        await client.close()
-
-
-@pytest_twisted.ensureDeferred
 async def test_channels_find_their_tcp_socket_for_quick_acks(endpoint):
     """Plain and under TLS, both channels of a worker reach the TCP socket they set
     TCP_QUICKACK on (the official TSI's split replies otherwise wait ~40 ms each)."""
