@@ -172,7 +172,6 @@ async def test_the_pool_boots_its_replacement_once_the_taking_job_runs(tmp_path,
     site = Site(tmp_path, credentials, Quotas(per_user=3, total=3), pool_interval=1,
                 pools=[PoolSpec("warm", image="gridvm-debian12-initramfs", idle=1)])
     admin = Caller.of("root", admin=True)
-    site.network.job_seconds = None
     site.factory.startService()
     try:
         await site.run_until(lambda: [t.state for t in site.factory.list_instances(admin)]
@@ -195,6 +194,37 @@ async def test_the_pool_boots_its_replacement_once_the_taking_job_runs(tmp_path,
         await site.run_until(lambda: job.state is J.RUNNING)
         assert job.instance_id == spare.instance_id and len(site.vms.specs) == 2
         await site.run_until(lambda: len(site.vms.specs) == 3, limit=1)  # at once
+    finally:
+        await site.factory.stopService()
+        site.wait(1)
+        site.repository.close()
+
+
+@pytest.mark.parametrize("job_seconds", [1.0, None])
+@pytest_twisted.ensureDeferred
+async def test_a_pool_instance_is_ready_once_a_warm_up_job_ran_through_its_agent(
+        tmp_path, credentials, job_seconds):
+    """The guest's first job pays for the user's helper and cold code: a pool instance runs
+    a no-op one before it waits; one that never ends holds READY back for half the
+    CONNECTING deadline only."""
+    site = Site(tmp_path, credentials, Quotas(per_user=2, total=2), pool_interval=10,
+                pools=[PoolSpec("warm", image="gridvm-debian12-initramfs", idle=1)])
+    site.network.job_seconds = job_seconds
+    admin = Caller.of("root", admin=True)
+    site.factory.startService()
+    try:
+        await site.run_until(lambda: [t.state for t in site.factory.list_instances(admin)]
+                             == [InstanceState.READY])
+        (warm,) = site.factory.list_instances(admin)
+        agent = site.agent(warm)
+        (warm_up,) = agent.jobs.values()
+        assert warm_up.workdir == "/home/gridvm/jobs/.gridvm-warm-up" and warm_up.script == "true\n"
+        connecting = warm.lifecycle.phase_seconds()["CONNECTING"]
+        if job_seconds:
+            assert warm_up.ended and f"rm -rf -- {warm_up.workdir}" in agent.scripts
+            assert job_seconds <= connecting < job_seconds + 0.5
+        else:
+            assert connecting == pytest.approx(20 / 2, abs=0.2)  # Site: connecting=20
     finally:
         await site.factory.stopService()
         site.wait(1)
