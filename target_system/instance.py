@@ -181,6 +181,9 @@ class TargetSystem:
         self._lease_timer = Timer(reactor)
         self._unwatch: Callable[[], None] | None = None
         self._started: defer.Deferred | None = None
+        #: run once the agent answers, before READY (a pool's warm-up job), for half the
+        #: CONNECTING deadline at most; its failure is logged, not the instance's
+        self.prime: Callable[[TargetSystem], Awaitable[None]] | None = None
 
     def __repr__(self) -> str:
         return (f"<TargetSystem {self.instance_id} of {self.owner} ({self.image.name}, "
@@ -305,6 +308,13 @@ class TargetSystem:
         life.advance(S.CONNECTING)
         await self._reach_agent(self.reactor.seconds() + self.deadlines.connecting,
                                 S.CONNECTING)
+        if self.prime is not None:
+            try:  # within half the phase's deadline: a slow warm-up must not fail the boot
+                await defer.ensureDeferred(self.prime(self)).addTimeout(
+                    self.deadlines.connecting / 2, self.reactor)
+            except Exception as err:
+                log.info("instance %s: priming failed: %s", self.instance_id, err)
+            self._still(S.CONNECTING)
         life.advance(S.READY)
         self._pings.start()
         if self.health.lease:
@@ -331,6 +341,8 @@ class TargetSystem:
         self.tsi = self.tsi_connector(self.reactor, host_port, tls, user=self.settings.user,
                                       callback_port=callback_port, address=self.address,
                                       callback_address=self.callback_address)
+        # gridvm's agent makes a job's USPACE_DIR at SUBMIT; an image's own TSI does not
+        self.tsi.submit_makes_directory = tsi_flavour(self.image.metadata) != UNICORE
         return self.tsi.start()
 
     async def _reach_agent(self, deadline: float, *states: InstanceState) -> None:
