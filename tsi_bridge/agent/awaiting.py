@@ -133,16 +133,22 @@ def take_identity(port: str, root: str = IDENTITY_ROOT, settle: float = SETTLE_S
     """Wait on ``port`` for the identity, apply it, ack it; returns the agent.conf path."""
     fd = os.open(port, os.O_RDWR | os.O_NOCTTY)
     try:
-        quiesce(settle)
-        announce(QUIESCENT_LINE)
-        sys.stdout.flush()
-        identity = parse_identity(read_line(fd))
-        step_clock(identity["time"])
-        reseed(identity["seed"])
-        set_hostname(identity["hostname"])
-        write_files(identity["files"], root)
-        draw = f"{random.getrandbits(64):016x}"
-        os.write(fd, f"ok {identity['instance_id']} {draw}\n".encode())
+        return identity_from(fd, root, settle, announce)
     finally:
         os.close(fd)
+
+
+def identity_from(fd: int, root: str = IDENTITY_ROOT, settle: float = SETTLE_SECONDS,
+                  announce=print) -> str:
+    """:func:`take_identity` on an open port."""
+    quiesce(settle)
+    announce(QUIESCENT_LINE)
+    sys.stdout.flush()
+    identity = parse_identity(read_line(fd))
+    step_clock(identity["time"])
+    reseed(identity["seed"])
+    set_hostname(identity["hostname"])
+    write_files(identity["files"], root)
+    draw = f"{random.getrandbits(64):016x}"
+    os.write(fd, f"ok {identity['instance_id']} {draw}\n".encode())
     return os.path.join(root, CONFIG)
