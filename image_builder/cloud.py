@@ -14,17 +14,16 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from image_builder import customize
-from image_builder.errors import BuildError
 from image_builder.metadata import apply_recipe, content_refs, upstream_version
 from image_builder.progress import Progress, Step, silent
 from image_builder.recipe import Recipe
+from image_builder.tools import run_tool
 from image_repo import schema
 
 CLOUD_BUILDER_VERSION = "2"
@@ -79,16 +78,7 @@ class CloudImage:
 
 
 def _run(cmd: list[str], timeout: float = 1800, **kwargs) -> str:
-    try:
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
-    except FileNotFoundError as err:
-        raise BuildError(f"{cmd[0]} not found: scripts/setup-host.sh installs it") from err
-    except subprocess.TimeoutExpired as err:
-        raise BuildError(f"{cmd[0]} did not finish within {timeout:g} s") from err
-    if result.returncode != 0:
-        detail = (result.stderr or result.stdout).strip().splitlines()
-        raise BuildError(f"{cmd[0]} failed: {detail[-1] if detail else result.returncode}")
-    return result.stdout
+    return run_tool(cmd, timeout=timeout, **kwargs)
 
 
 def cloud_key(packages: tuple[str, ...] = CLOUD_PACKAGES, recipe: Recipe | None = None) -> str:

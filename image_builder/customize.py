@@ -10,11 +10,11 @@ added with ``useradd`` in the root and its files get their owners at once.
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 from image_builder.errors import BuildError
 from image_builder.recipe import BASE_GROUPS, BASE_USERS, Recipe, RecipeFile
+from image_builder.tools import run_tool
 
 OWNERS_FILE = "etc/gridvm/owners"
 
@@ -93,7 +93,4 @@ def cloud_root(root: Path, recipe: Recipe) -> None:
 
 
 def _run(cmd: list[str]) -> None:
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    if result.returncode != 0:
-        detail = (result.stderr or result.stdout).strip().splitlines()
-        raise BuildError(f"{cmd[0]} failed: {detail[-1] if detail else result.returncode}")
+    run_tool(cmd, timeout=120)

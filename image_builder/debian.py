@@ -16,6 +16,7 @@ from pathlib import Path
 
 from image_builder.errors import BuildError
 from image_builder.progress import Progress, Step, silent
+from image_builder.tools import run_tool
 
 KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
 DOWNLOAD_TIMEOUT_S = 1800
@@ -34,14 +35,7 @@ class Package:
 
 
 def _run(cmd: list[str], cwd: Path | None = None) -> str:
-    try:
-        result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
-    except FileNotFoundError as err:
-        raise BuildError(f"{cmd[0]} not found: the build host needs apt (Debian)") from err
-    if result.returncode != 0:
-        detail = (result.stderr or result.stdout).strip().splitlines()
-        raise BuildError(f"{' '.join(cmd[:3])} failed: {detail[-1] if detail else 'no output'}")
-    return result.stdout
+    return run_tool(cmd, cwd=cwd, hint="the build host needs apt (Debian)", label_words=3)
 
 
 def kernel_package_name() -> str:

@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import tarfile
 import time
 from dataclasses import dataclass
@@ -22,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from image_builder import debian, rootfs
-from image_builder.errors import BuildError
 from image_builder.metadata import sha512_file, upstream_version
+from image_builder.tools import run_tool
 from image_repo import schema
 
 OCI_BUILDER_VERSION = "1"
@@ -48,14 +47,7 @@ class OciImage:
 
 
 def _run(cmd: list[str], **kwargs) -> str:
-    try:
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kwargs)
-    except FileNotFoundError as err:
-        raise BuildError(f"{cmd[0]} not found: scripts/setup-host.sh installs it") from err
-    if result.returncode != 0:
-        detail = (result.stderr or result.stdout).strip().splitlines()
-        raise BuildError(f"{' '.join(cmd[:2])} failed: {detail[-1] if detail else 'no output'}")
-    return result.stdout
+    return run_tool(cmd, label_words=2, **kwargs)
 
 
 def reference(busybox_version: str) -> str:

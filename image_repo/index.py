@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from image_repo.models import (
+    LAYER_BASE,
     ImageApplicationRow,
     ImageEndorsementRow,
     ImageFileRow,
@@ -67,6 +68,7 @@ class ImageProfile:
     endorsements: tuple[EndorsementSummary, ...] = ()
     content_type: str | None = None
     container_runtimes: frozenset[str] = frozenset()  #: OCI runtimes it offers (crun, runc)
+    backing_image: str | None = None  #: a layer's base (an image id), whose disk boots with it
 
     @property
     def ref(self) -> str:
@@ -137,7 +139,8 @@ class CatalogueIndex:
                     limit_runtime_s=row.limit_runtime_s, source_url=row.source_url,
                     created=_timestamp(row.created),
                     endorsements=endorsements.get(row.id, ()), content_type=row.content_type,
-                    container_runtimes=frozenset(labels.get((row.id, "runtime"), ()))))
+                    container_runtimes=frozenset(labels.get((row.id, "runtime"), ())),
+                    backing_image=next(iter(labels.get((row.id, LAYER_BASE), ())), None)))
             self.profiles = profiles
             # Writers reserve change numbers under the sequence row's lock and commit them
             # with their rows, so every change up to ``newest`` has been read.  Rows committed

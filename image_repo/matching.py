@@ -370,22 +370,40 @@ class BootableFilter(ImageFilter):
 
 class TrustFilter(ImageFilter):
     """The site's condition, not the job's: an endorsement the policy trusts at ``now`` (one
-    instant for the whole match)."""
+    instant for the whole match), for the image and, for a layer, for each base below it
+    (their disks boot with it).  ``profiles`` is the match's snapshot, where bases are found."""
 
     requirement = "endorsement"
+    MAX_BASES = 16  #: bounds the walk down a chain (registration allows fewer)
 
-    def __init__(self, policy: TrustPolicy, now: datetime):
-        self.policy, self.now = policy, now
+    def __init__(self, policy: TrustPolicy, now: datetime,
+                 profiles: dict[str, ImageProfile] | None = None):
+        self.policy, self.now, self.profiles = policy, now, profiles or {}
 
     def applies(self, req):
         return self.policy.require
 
     def reasons(self, image, req):
         verdict = self.policy.verdict(image.endorsements, self.now)
-        if verdict.trusted:
-            return []
-        return [Reason(Failure.IMAGE_UNTRUSTED, "endorsements", "an endorsement this site trusts",
-                       [f.to_dict() for f in verdict.findings], verdict.message)]
+        if not verdict.trusted:
+            return [Reason(Failure.IMAGE_UNTRUSTED, "endorsements",
+                           "an endorsement this site trusts",
+                           [f.to_dict() for f in verdict.findings], verdict.message)]
+        base_id, seen = image.backing_image, 0
+        while base_id is not None and seen < self.MAX_BASES:
+            base, seen = self.profiles.get(base_id), seen + 1
+            if base is None or base.status == "deleted":
+                return [Reason(Failure.IMAGE_UNAVAILABLE, "origin.backing_image",
+                               "a usable base", base_id,
+                               f"a layer on {base_id}, which is not in the catalogue")]
+            verdict = self.policy.verdict(base.endorsements, self.now)
+            if not verdict.trusted:
+                return [Reason(Failure.IMAGE_UNTRUSTED, "origin.backing_image",
+                               "an endorsement this site trusts, for every base", base.ref,
+                               f"a layer on {base.ref}, which is not trusted: "
+                               f"{verdict.message}")]
+            base_id = base.backing_image
+        return []
 
     def stated(self, image, req):
         return False  # every candidate is endorsed: no reason to rank one above another
@@ -475,10 +493,10 @@ class Matcher:
     def match(self, index: CatalogueIndex, req: Requirements, caller: Caller,
               limit: int | None = None, policy: TrustPolicy | None = None) -> MatchResult:
         active = [f for f in self.filters if f.applies(req)]
-        if policy is not None and policy.require:
-            active.append(TrustFilter(policy, policy.now()))
         with index.lock:
             profiles = index.profiles  # a snapshot: refreshes replace it (copy on write)
+            if policy is not None and policy.require:
+                active.append(TrustFilter(policy, policy.now(), profiles))
             pool = self._pool(index, active, req)
         considered = self._considered(req)
         candidates: list[tuple[tuple, Candidate]] = []

@@ -86,9 +86,13 @@ class ImageApplicationRow(Base):
     version: Mapped[str | None] = mapped_column(String(64))
 
 
+#: image_labels kind of a layered image's row: the value is its base's id
+LAYER_BASE = "layer-base"
+
+
 class ImageLabelRow(Base):
-    """VOs (kind 'vo'), communities (kind 'community') and the container runtime (kind
-    'runtime') of an image."""
+    """VOs (kind 'vo'), communities (kind 'community'), the container runtime (kind
+    'runtime') and a layer's base (kind :data:`LAYER_BASE`) of an image."""
 
     __tablename__ = "image_labels"
 

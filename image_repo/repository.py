@@ -39,6 +39,7 @@ from image_repo.errors import (
 from image_repo.index import CatalogueIndex
 from image_repo.matching import Matcher, MatchResult
 from image_repo.models import (
+    LAYER_BASE,
     ImageApplicationRow,
     ImageEndorsementRow,
     ImageFileRow,
@@ -83,8 +84,6 @@ KEPT_FIELDS = ("version", "status", "created", "updated", "counters", "ratings",
 _ID = re.compile(r"[0-9a-f]{32}")
 _NAME = re.compile(NAME_PATTERN)
 _CHUNK = 500
-#: image_labels kind of a layered image's row: the value is its base's id
-LAYER_BASE = "layer-base"
 
 FileArg = str | Path
 Files = Iterable[FileArg] | Mapping[str, FileArg]

@@ -73,10 +73,11 @@ def _instances(args: argparse.Namespace) -> int:
         state = doc.get("state", "?")
         if doc.get("reason"):
             state += f" ({doc['reason']})"
-        rows.append((doc.get("id"), state, doc.get("image"), doc.get("owner"),
+        rows.append((doc.get("id"), state, doc.get("image"), doc.get("host") or "-",
+                     doc.get("owner"),
                      age(doc.get("created"), now), health(doc), len(doc.get("jobs") or []),
                      phase_list(doc.get("phases") or {}, INSTANCE_PHASES)))
-    print_table(("INSTANCE", "STATE", "IMAGE", "OWNER", "AGE", "HEALTH", "JOBS", "PHASES"),
+    print_table(("INSTANCE", "STATE", "IMAGE", "HOST", "OWNER", "AGE", "HEALTH", "JOBS", "PHASES"),
                 rows, empty="no instances")
     return 0
 

@@ -264,11 +264,11 @@ async def test_instances_for_owner_operator_and_others(rest_site, tmp_path):
     assert "BOOTING" in mine[0]["phases"]
     table = await cli("instances")
     header, *rows = table.stdout.splitlines()
-    assert header.split() == ["INSTANCE", "STATE", "IMAGE", "OWNER", "AGE", "HEALTH", "JOBS",
-                              "PHASES"]
+    assert header.split() == ["INSTANCE", "STATE", "IMAGE", "HOST", "OWNER", "AGE", "HEALTH",
+                              "JOBS", "PHASES"]
     row = next(r for r in rows if r.startswith(mine[0]["id"]))
     assert PUBLIC in row and " alice " in row and "booting " in row
-    assert row.split()[5] == "ok"
+    assert row.split()[3] == mine[0]["host"] and row.split()[6] == "ok"
 
     operator = json.loads((await cli("instances", "--json", user="root")).stdout)
     assert {i["id"] for i in mine} <= {i["id"] for i in operator}

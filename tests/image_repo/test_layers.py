@@ -176,3 +176,30 @@ def test_a_disk_that_names_another_file_is_refused_unless_it_is_a_layer(repo, di
             repo.register(disk_document(name, disk), [disk], ALICE)
         assert caught.value.path == "origin.content[0]"
     assert not layers.names_other_files(base)
+
+
+def test_matching_requires_trust_in_every_base_of_a_layer(repo, disks, tmp_path, pki):
+    """A layer's bases boot with it: a requiring site matches a layer only if it trusts each
+    base too, and says which base it does not trust (it used to refuse only right before boot)."""
+    from tests.image_repo.test_trust import endorsement, policy
+
+    base, flat = disks
+    base_record = repo.register(disk_document("deb12-base", base), [base], ALICE)
+    layer = make_layer(flat, base, tmp_path / "layer.qcow2")
+    record = repo.register(disk_document("deb12-tools", layer, backing="deb12-base:1"),
+                           [layer], ALICE)
+    ec = pki.endorsers["ec"]
+    repo.endorse(record.ref, endorsement(ec, record).to_dict(), ALICE)
+    requiring = policy(pki.ca)
+
+    result = repo.match({"image": "deb12-tools"}, ALICE, policy=requiring)
+    assert result.candidates == []
+    [rejection] = [r for r in result.rejected if r.name == "deb12-tools"]
+    [reason] = rejection.reasons
+    assert (reason.code, reason.path) == (Reason.IMAGE_UNTRUSTED, "origin.backing_image")
+    assert reason.message == "a layer on deb12-base:1, which is not trusted: not endorsed"
+
+    repo.endorse(base_record.ref, endorsement(ec, base_record).to_dict(), ALICE)
+    trusted = repo.match({"image": "deb12-tools"}, ALICE, policy=requiring)
+    assert [c.id for c in trusted.candidates] == [record.id]
+    assert [c.id for c in repo.match({"image": "deb12-tools"}, ALICE).candidates] == [record.id]

@@ -139,9 +139,23 @@ async def test_a_layer_is_trusted_only_with_its_base(site, pki, tmp_path):
     endorser = pki.endorsers["ed25519"]
     repository.endorse(record.ref, create_endorsement(
         record.identity, endorser.cert_pem, endorser.key_pem(), expires=NOW + 30 * DAY), ALICE)
-    factory = make_factory(TrustPolicy([pki.ca.cert], require=True))
+    clock = Clock(NOW)
+    factory = make_factory(TrustPolicy([pki.ca.cert], require=True, clock=clock))
+    job = factory.submit({"Executable": "true", "Resources": {"Image": record.ref}}, ALICE)
+    await factory.wait(job.job_id, ALICE)
+    # the match already says why: the base is not trusted (no instance is made)
+    assert job.lifecycle.reason == "NO_MATCHING_IMAGE"
+    assert ("trust-layer:1: a layer on trust-base:1, which is not trusted: not endorsed"
+            in job.lifecycle.message)
+    assert factory.instances == {}
+
+    # the base trusted at the match, its endorsement expired by the boot: refused before it
+    expires = NOW + DAY
+    repository.endorse(base_record.ref, create_endorsement(
+        base_record.identity, endorser.cert_pem, endorser.key_pem(), expires=expires), ALICE)
+    repository.clock, repository.later = clock, expires + DAY
     job = factory.submit({"Executable": "true", "Resources": {"Image": record.ref}}, ALICE)
     await factory.wait(job.job_id, ALICE)
     assert job.lifecycle.reason == "IMAGE_UNTRUSTED"
-    assert job.lifecycle.message == (
-        "trust-layer is a layer on trust-base:1, which is not trusted: not endorsed")
+    assert job.lifecycle.message.startswith(
+        "trust-layer is a layer on trust-base:1, which is not trusted: endorsement by ")

@@ -67,7 +67,7 @@ def build_site(app: RestApp, metrics_token: str = "") -> server.Site:
     root.putChild(app.site_name.encode(), site_node)
     site_node.putChild(b"rest", rest_node)
     rest_node.putChild(b"core", CoreResource(app, f"/{app.site_name}/rest/core"))
-    sessions = SessionStore()
+    sessions = SessionStore(store=app.factory.store)
     site_node.putChild(b"dashboard", Dashboard(app, sessions))
     site_node.putChild(b"events", EventStreams(app, sessions, reactor))
     site_node.putChild(b"metrics", MetricsResource(app, metrics_token))
