@@ -27,7 +27,7 @@ from twisted.internet import defer, task
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from e2e import JOB, USER, one_job  # the same cold job as bench/e2e.py
+from e2e import JOB, one_job  # the same cold job as bench/e2e.py
 
 from base.db import make_engine, sqlite_url
 from base.identity import Caller

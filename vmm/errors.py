@@ -44,3 +44,7 @@ class RestoreFailed(VMMError):
     """An instance could not be restored from its image's snapshot (it is booted instead)."""
 
     reason = Reason.RESTORE_FAILED
+
+
+class DamagedSnapshot(RestoreFailed):
+    """libvirt or QEMU refused the snapshot's save file itself: it is dropped."""

@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING
 
 import libvirt
 from twisted.internet import defer, threads
+from twisted.python import failure
 
 from base.reasons import Reason
 from vmm import ports
-from vmm.errors import BootTimeout, GuestCrashed, RestoreFailed, VMMError
+from vmm.errors import BootTimeout, DamagedSnapshot, GuestCrashed, RestoreFailed, VMMError
 from vmm.injection import Identity, inject
 from vmm.snapshots import (
     AWAIT_IDENTITY_FILE,
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 #: the context files a restored guest can take as its identity (the rest is read at boot)
 IDENTITY_PREFIX = "tsi/"
 AGENT_CONFIG = "tsi/agent.conf"
+#: seconds before a snapshot whose build failed is built again
+RETRY_FAILED_BUILD = 600.0
 
 
 class SnapshotRestorer:
@@ -62,6 +65,7 @@ class SnapshotRestorer:
         self._versions: tuple[int, int] | None = None
         self._sources = guest_sources_digest()
         self._told_why_not: set[str] = set()
+        self._failed_builds: dict[str, float] = {}  #: key digest -> when its build failed
 
     # -- which snapshot --------------------------------------------------------------------
     def why_not_restorable(self, spec: InstanceSpec) -> str:
@@ -118,23 +122,27 @@ class SnapshotRestorer:
     def failed(self, snapshot: Snapshot, err: RestoreFailed) -> None:
         """A restore from ``snapshot`` failed: a damaged save file is dropped (and built
         anew for the next instance)."""
-        if "libvirt" in str(err):
+        if isinstance(err, DamagedSnapshot):
             log.warning("dropping snapshot %s after a failed restore", snapshot.key)
             self.store.delete(snapshot.key)
 
     # -- building ----------------------------------------------------------------------------
     def build_in_background(self, spec: InstanceSpec, key: SnapshotKey, slot: str) -> None:
-        if key.digest in self.builds:
+        """Build the snapshot of ``key`` after the builds before it; a key whose build
+        failed is tried again only after ``RETRY_FAILED_BUILD`` seconds."""
+        failed_at = self._failed_builds.get(key.digest)
+        if key.digest in self.builds or (
+                failed_at is not None and time.monotonic() - failed_at < RETRY_FAILED_BUILD):
             return
         d = self._build_lock.run(self.build, spec, key, slot)
         self.builds[key.digest] = d
 
         def done(result):
             self.builds.pop(key.digest, None)
-            if isinstance(result, Exception) or hasattr(result, "getErrorMessage"):
+            if isinstance(result, failure.Failure):
+                self._failed_builds[key.digest] = time.monotonic()
                 log.warning("building snapshot %s of %s failed: %s", key.digest, slot,
-                            result.getErrorMessage() if hasattr(result, "getErrorMessage")
-                            else result)
+                            result.getErrorMessage())
             return None
 
         d.addBoth(done)
@@ -316,7 +324,7 @@ class SnapshotRestorer:
         except RestoreFailed as err:
             if feeder.error is not None:
                 raise RestoreFailed(f"{err} (feeding the save file: {feeder.error})") from None
-            raise
+            raise DamagedSnapshot(str(err)) from None
         finally:
             feeder.stop()
         if feeder.error is not None:

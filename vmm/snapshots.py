@@ -116,10 +116,11 @@ class SnapshotStore:
     """``<root>/<key digest>/{memory.save, disk.qcow2, medium.iso, snapshot.json}``.
 
     A snapshot is complete once its ``snapshot.json`` is there (written last); one whose
-    key no longer matches its slot is deleted."""
+    key no longer matches its slot is deleted, and beyond ``limit`` the oldest are."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, limit: int = 8):
         self.root = Path(root)
+        self.limit = limit  #: snapshots kept at most (the oldest go first)
 
     def find(self, key: str) -> Snapshot | None:
         meta = self.root / key / "snapshot.json"
@@ -163,6 +164,10 @@ class SnapshotStore:
         building.rename(self.root / key)
         snapshot = self.find(key)
         assert snapshot is not None
+        for old in sorted(self.all(), key=lambda s: s.created)[:-self.limit]:
+            log.info("snapshot %s of %s: more than %d kept, deleted", old.key, old.slot,
+                     self.limit)
+            self.delete(old.key)
         return snapshot
 
 

@@ -19,6 +19,7 @@ from vmm.snapshots import (
     SAVE_HEADER,
     SAVE_MAGIC,
     SaveFeeder,
+    SnapshotStore,
     edit_save_head,
     guest_sources_digest,
 )
@@ -218,3 +219,12 @@ def test_a_bad_identity_line_is_refused(line, error):
 
 def test_struct_layout_matches_libvirt():
     assert SAVE_HEADER.size == 16 + 19 * 4 == struct.calcsize("<16s5I14I")
+
+
+def test_the_store_keeps_at_most_its_limit_of_snapshots(tmp_path):
+    store = SnapshotStore(tmp_path, limit=2)
+    for n in range(3):
+        building = store.building(f"k{n}")
+        (building / "memory.save").write_bytes(b"x")
+        store.commit(building, f"k{n}", f"slot{n}", "gridvm-s0123456789a", "u")
+    assert [s.key for s in store.all()] == ["k1", "k2"]
