@@ -272,7 +272,12 @@ class VirtualMachineManager(service.Service):
         when the restore fails: the reason is logged) boot it."""
         announced = False
         if self.restorer is not None:
-            snapshot = await self.restorer.usable(spec)
+            try:
+                snapshot = await self.restorer.usable(spec)
+            except (VMMError, OSError) as err:
+                log.warning("%s: no snapshot for %s (%s): booting it", Reason.RESTORE_FAILED,
+                            self.domain_name(spec.instance_id), err)
+                snapshot = None
             if snapshot is not None:
                 phases: list[str] = []
                 try:

@@ -72,6 +72,8 @@ class SnapshotRestorer:
         """Why the instance must boot ("" if it may be restored)."""
         if not spec.restorable:
             return "its image's TSI or contextualization cannot take an identity after start"
+        if not self.manager.hypervisor.uri.startswith("qemu"):
+            return "its hypervisor is not QEMU"
         if self.manager.storage_pool is not None:
             return "its host keeps instance files as volumes of a storage pool"
         if spec.cluster_nic is not None:

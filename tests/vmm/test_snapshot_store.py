@@ -120,6 +120,7 @@ def restorer(tmp_path, test_uri):
 async def test_a_changed_key_input_drops_the_old_snapshot_and_builds_anew(restorer, tmp_path):
     vmm = restorer
     await vmm.start()
+    vmm.hypervisor.uri = "qemu:///system"  # the test driver stands in for QEMU
     try:
         spec = restorable_spec(tmp_path)
         key, slot = await vmm.restorer.key(spec)
@@ -153,6 +154,8 @@ async def test_a_changed_key_input_drops_the_old_snapshot_and_builds_anew(restor
 
 def test_why_an_instance_is_not_restorable(restorer, tmp_path):
     why = restorer.restorer.why_not_restorable
+    assert why(restorable_spec(tmp_path)) == "its hypervisor is not QEMU"
+    restorer.hypervisor.uri = "qemu:///system"
     assert why(restorable_spec(tmp_path)) == ""
     assert "cannot take an identity" in why(restorable_spec(tmp_path, restorable=False))
     spec = restorable_spec(tmp_path)

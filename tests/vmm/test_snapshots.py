@@ -1,6 +1,7 @@
 """Cold start by restore: snapshots of a booted guest, instances restored from them with
 identities of their own, the fallback to a boot, and invalidation."""
 
+import hashlib
 import logging
 import time
 
@@ -34,12 +35,16 @@ class Guest:
         self.client = TSIClient(reactor, "127.0.0.1", host_port, tls=self.tls, user="gridvm")
         callback_port = self.client.start()
         self.spec = InstanceSpec(
-            boot=built_image_boot_spec(image), instance_id=spec_id, image="initramfs",
+            boot=built_image_boot_spec(image), instance_id=spec_id, image=image.kind,
             host_port=host_port, callback_port=callback_port, context_files=self.spec_files,
             restorable=True, probe=lambda h, p: probe_agent(reactor, h, p, self.tls))
 
     async def probe(self) -> list[str]:
         return (await self.client.execute_script(PROBE)).split()
+
+
+def digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 async def snapshot_of(vmm, spec):
@@ -104,3 +109,26 @@ async def test_a_restore_from_a_damaged_snapshot_falls_back_to_a_boot(
     finally:
         await guest.client.close()
         await vmm.destroy(instance.instance_id)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_qcow2_instance_is_restored_with_its_own_copy_of_the_disk(
+        restoring_vmm, built_images):
+    vmm = restoring_vmm
+    ca = CertificateAuthority.create()
+    server = ca.issue_server()
+    guest = Guest(built_images["qcow2"], ca, server)
+    snapshot = await snapshot_of(vmm, guest.spec)
+    assert snapshot.disk is not None  # the snapshot-time overlay
+    disk_before = digest(snapshot.disk)
+    instance = await vmm.boot(guest.spec)
+    try:
+        assert instance.started_by == "restored"
+        assert (instance.directory / "overlay.qcow2").exists()
+        written = await guest.client.execute_script(
+            "echo restored > /home/gridvm/mark && sync && cat /home/gridvm/mark")
+        assert written.strip() == "restored"
+    finally:
+        await guest.client.close()
+        await vmm.destroy(instance.instance_id)
+    assert digest(snapshot.disk) == disk_before  # the instance wrote to its own copy
