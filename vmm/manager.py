@@ -471,7 +471,10 @@ class VirtualMachineManager(service.Service):
                     raise
         raise HypervisorError(f"no free port for the TSI forward: {last_error}")
 
-    async def _wait_ready(self, instance: Instance, spec: InstanceSpec, deadline: float) -> str:
+    async def _wait_ready(self, instance: Instance, spec: InstanceSpec, deadline: float,
+                          race: int = 64) -> str:
+        """``race``: probe attempts at once (a booting guest's network may swallow the
+        first ones; a restored guest's agent listens already: one at a time)."""
         probe = spec.probe or line_probe(self.reactor)
         stopped: list[DomainEvent] = []
 
@@ -479,8 +482,8 @@ class VirtualMachineManager(service.Service):
             if event.stopped:
                 stopped.append(event)
 
-        race = ProbeRace(self.reactor, probe, self.address, instance.host_port,
-                         interval=self.probe_interval)
+        attempts = ProbeRace(self.reactor, probe, self.address, instance.host_port,
+                             interval=self.probe_interval, limit=race)
 
         async def still_booting() -> None:
             if stopped:
@@ -499,12 +502,12 @@ class VirtualMachineManager(service.Service):
                 await self._fetch_console(instance.domain, instance.directory)
                 raise BootTimeout(
                     f"the agent in {instance.domain} did not answer within "
-                    f"{spec.boot_timeout:g} s ({race.last_failure}); console: "
+                    f"{spec.boot_timeout:g} s ({attempts.last_failure}); console: "
                     f"{_one_line(instance.console_tail(5))}")
 
         unwatch = self.watch(instance.instance_id, on_event)
         try:
-            return await race.run(still_booting)
+            return await attempts.run(still_booting)
         finally:
             unwatch()
 

@@ -279,8 +279,8 @@ class SnapshotRestorer:
                 callback_port=spec.callback_port, directory=directory, image=spec.image,
                 labels=dict(spec.labels), created=time.time(), timings=timings,
                 address=manager.address, started_by="restored", identity_ack=ack)
-            instance.greeting = await manager._wait_ready(instance, spec,
-                                                          started + spec.boot_timeout)
+            instance.greeting = await manager._wait_ready(
+                instance, spec, started + spec.boot_timeout, race=1)
             timings["ready"] = time.monotonic() - mark
             timings["total"] = time.monotonic() - started
         except BaseException as err:

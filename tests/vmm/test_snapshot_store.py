@@ -178,10 +178,9 @@ def test_the_identity_goes_over_the_channel_and_is_acknowledged(tmp_path, monkey
 
     def guest() -> None:
         conn, _ = server.accept()
-        with conn:
-            result["conf"] = awaiting.identity_from(
-                conn.fileno(), str(root), settle=0,
-                announce=lambda line: result.update(line=line))
+        result["conf"], ack = awaiting.identity_from(
+            conn.fileno(), str(root), settle=0, announce=lambda line: result.update(line=line))
+        awaiting.acknowledge(conn.detach(), ack)  # once the agent listens
 
     thread = threading.Thread(target=guest)
     thread.start()

@@ -75,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config_file, overrides = parse(sys.argv[1:] if argv is None else argv)
         port = overrides.pop(AWAIT, None)
+        awaited = None
         if port is not None:
-            config_file = await_identity(str(port))
+            config_file, *awaited = await_identity(str(port))
         config = Config.load(config_file, overrides)
     except ConfigError as err:
         print(f"gridvm-tsi: configuration error: {err}", file=sys.stderr)
@@ -97,16 +98,23 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    if awaited:  # a restored instance: the host waits for this before it probes
+        from tsi_bridge.agent.awaiting import acknowledge
+
+        acknowledge(*awaited)
     agent.serve_forever()
     return 0
 
 
-def await_identity(port: str) -> str:
-    """Import all the agent needs, then wait for a restored instance's identity."""
+def await_identity(port: str) -> tuple[str, int, bytes]:
+    """Import all the agent needs, then wait for a restored instance's identity; returns
+    its agent.conf, the open port and the ack to send on it once the agent listens."""
     from tsi_bridge.agent import awaiting, server  # noqa: F401 - imported before the snapshot
 
     try:
-        return awaiting.take_identity(port)
+        fd = awaiting.open_port(port)
+        config_file, ack = awaiting.identity_from(fd)
+        return config_file, fd, ack
     except (OSError, awaiting.IdentityError) as err:
         print(f"gridvm-tsi: no identity: {err}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -6,8 +6,9 @@ on the console and blocks reading one JSON line from the virtio-serial ``PORT``.
 saves the guest there.  Every instance restored from it receives its own line
 (``vmm.injection``): the agent writes the files root-only below ``/run/gridvm/identity``,
 steps the clock, reseeds the kernel RNG, Python's ``random`` and OpenSSL's, sets the
-hostname, answers ``ok <instance id> <random draw>`` and runs from the ``tsi/agent.conf``
-it was given.  Standard library only (it runs in guests).
+hostname, and runs from the ``tsi/agent.conf`` it was given: once it listens it answers
+``ok <instance id> <random draw>`` (so the host's first probe finds it).  Standard library
+only (it runs in guests).
 """
 
 from __future__ import annotations
@@ -128,19 +129,22 @@ def set_hostname(hostname: str) -> None:
         pass
 
 
-def take_identity(port: str, root: str = IDENTITY_ROOT, settle: float = SETTLE_SECONDS,
-                  announce=print) -> str:
-    """Wait on ``port`` for the identity, apply it, ack it; returns the agent.conf path."""
-    fd = os.open(port, os.O_RDWR | os.O_NOCTTY)
+def open_port(port: str) -> int:
+    return os.open(port, os.O_RDWR | os.O_NOCTTY)
+
+
+def acknowledge(fd: int, ack: bytes) -> None:
+    """Tell the host the identity is taken (the agent listens by then); closes the port."""
     try:
-        return identity_from(fd, root, settle, announce)
+        os.write(fd, ack)
     finally:
         os.close(fd)
 
 
 def identity_from(fd: int, root: str = IDENTITY_ROOT, settle: float = SETTLE_SECONDS,
-                  announce=print) -> str:
-    """:func:`take_identity` on an open port."""
+                  announce=print) -> tuple[str, bytes]:
+    """Wait on the open port ``fd`` for the identity and apply it; returns the agent.conf
+    path and the ack line to :func:`acknowledge` once the agent listens."""
     quiesce(settle)
     announce(QUIESCENT_LINE)
     sys.stdout.flush()
@@ -150,5 +154,4 @@ def identity_from(fd: int, root: str = IDENTITY_ROOT, settle: float = SETTLE_SEC
     set_hostname(identity["hostname"])
     write_files(identity["files"], root)
     draw = f"{random.getrandbits(64):016x}"
-    os.write(fd, f"ok {identity['instance_id']} {draw}\n".encode())
-    return os.path.join(root, CONFIG)
+    return os.path.join(root, CONFIG), f"ok {identity['instance_id']} {draw}\n".encode()
