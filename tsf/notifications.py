@@ -3,11 +3,13 @@
 A job description may name ``Notification`` (an http(s) URL; it must lie under one of the
 site's ``transfers.url_prefixes``, else the submission is a 400) and ``NotificationSettings``
 (``status``: the states to notify of; by default RUNNING, SUCCESSFUL and FAILED).  The
-:class:`Notifier` compares the jobs' states every ``interval`` seconds and, for each job that
-entered a state to notify of, POSTs ``{"href", "status", "statusMessage", "exitCode",
-"name", "jobId"}`` (JSON), as UNICORE does.  A POST that fails is retried (1 s, 2 s, 4 s, …)
-until ``deadline`` seconds after the change; then it is given up and logged.  At most
-``max_pending`` notifications are under way at a time (the others wait for the next tick).
+:class:`Notifier` hears of every job transition from the registry's change feed (and looks at
+all jobs every ``interval`` seconds for what it had to leave) and, for each job that entered
+a state to notify of, POSTs ``{"href", "status", "statusMessage", "exitCode", "name",
+"jobId"}`` (JSON), as UNICORE does; a job's notifications go one after the other, in order.
+A POST that fails is retried (1 s, 2 s, 4 s, …) until ``deadline`` seconds after the change;
+then it is given up and logged.  At most ``max_pending`` notifications are under way at a
+time (the others wait for the next look).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def check_notification(desc: JobDescription, policy: TransferPolicy) -> None:
 
 @dataclass(frozen=True)
 class NotifyLimits:
-    interval: float = 0.5  #: seconds between two looks at the jobs' states
+    interval: float = 5.0  #: seconds between two looks at all jobs (changes come at once)
     deadline: float = 60.0  #: seconds after a change its notification is given up
     timeout: float = 10.0  #: seconds of one POST
     max_pending: int = 64
@@ -77,38 +79,62 @@ class Notifier(service.Service):
         self.pending = 0
         self._loop = task.LoopingCall(self.tick)
         self._loop.clock = reactor
+        self._unsubscribe: Callable[[], None] = lambda: None
+        #: one lock per job: its notifications are posted one after the other, in order
+        self._in_order: dict[str, defer.DeferredLock] = {}
 
     def startService(self):
         super().startService()
         for job in self.factory.list_jobs(SITE):  # what happened before a restart is old
             self.sent[job.job_id] = job.state.name
+        changes = getattr(getattr(self.factory, "registry", None), "changes", None)
+        if changes is not None:
+            self._unsubscribe = changes.subscribe(self.changed)
         self._loop.start(self.limits.interval, now=False)
 
     def stopService(self):
         super().stopService()
+        self._unsubscribe()
         if self._loop.running:
             self._loop.stop()
+
+    def changed(self, kind: str, object_id: str) -> None:
+        """A job changed state: notify now (a state passed quicker than a look is not lost)."""
+        if kind == "job" and (job := self.factory.jobs.get(object_id)) is not None:
+            self._consider(job)
 
     def tick(self) -> None:
         live = set()
         for job in self.factory.list_jobs(SITE):
             live.add(job.job_id)
-            desc, state = job.description, job.state.name
-            if not desc.notification or self.sent.get(job.job_id) == state:
-                continue
-            if self.pending >= self.limits.max_pending:
+            if not self._consider(job):
                 return
-            self.sent[job.job_id] = state
-            if state in desc.notify_states:
-                self.pending += 1
-                doc = {"href": self.job_url(job.job_id) if self.job_url else None,
-                       "jobId": job.job_id, "status": state,
-                       "statusMessage": job.lifecycle.message, "name": desc.name,
-                       "exitCode": None if job.exit_code is None else str(job.exit_code)}
-                d = defer.Deferred.fromCoroutine(self._deliver(desc.notification, doc))
-                d.addBoth(self._done)
         for gone in set(self.sent) - live:
             del self.sent[gone]
+        for gone in set(self._in_order) - live:
+            if not self._in_order[gone].locked:
+                del self._in_order[gone]
+
+    def _consider(self, job) -> bool:
+        """Notify of ``job``'s state if it is new and notified of; False when too many
+        notifications are under way (the next look at all jobs takes it up)."""
+        desc, state = job.description, job.state.name
+        if not desc.notification or self.sent.get(job.job_id) == state:
+            return True
+        if self.pending >= self.limits.max_pending:
+            return False
+        self.sent[job.job_id] = state
+        if state in desc.notify_states:
+            self.pending += 1
+            doc = {"href": self.job_url(job.job_id) if self.job_url else None,
+                   "jobId": job.job_id, "status": state,
+                   "statusMessage": job.lifecycle.message, "name": desc.name,
+                   "exitCode": None if job.exit_code is None else str(job.exit_code)}
+            lock = self._in_order.setdefault(job.job_id, defer.DeferredLock())
+            d = lock.run(lambda: defer.Deferred.fromCoroutine(
+                self._deliver(desc.notification, doc)))
+            d.addBoth(self._done)
+        return True
 
     def _done(self, _result) -> None:
         self.pending -= 1

@@ -34,6 +34,7 @@ from target_system.instance import (
 from target_system.jobdesc import JobDescription
 from target_system.jobs import Job
 from target_system.store import StateStore
+from tsf.changes import ChangeFeed
 from tsf.containers import find_container
 from tsf.placement import HostDecision, HostPolicy, HostUsage, Need, Quotas, choose_host
 
@@ -51,6 +52,8 @@ class InstanceRegistry:
                  host_policy: HostPolicy | None = None):
         self.repository = repository
         self.vmm = vmm
+        #: every job and instance transition, as it happens (the event streams follow it)
+        self.changes = ChangeFeed()
         #: the hypervisor hosts new instances are placed on (None: the vmm's one host)
         self.hosts = hosts
         self.host_policy = host_policy or HostPolicy()
@@ -157,6 +160,8 @@ class InstanceRegistry:
     def add(self, target: TargetSystem) -> None:
         """Track ``target`` (a new or a restored one) and snapshot its every change."""
         self.instances[target.instance_id] = target
+        target.listeners.append(
+            lambda t, _transition: self.changes.publish("instance", t.instance_id))
         self._persist_instance(target)
 
     def _trust_check(self, image: ImageToBoot, caller: Caller):
@@ -182,6 +187,8 @@ class InstanceRegistry:
 
     # -- persistence -----------------------------------------------------------------------
     def persist_job(self, job: Job, caller: Caller) -> None:
+        """Publish and (with a store) snapshot every change of a new or restored job."""
+        job.lifecycle.listeners.append(lambda _t: self.changes.publish("job", job.job_id))
         if self.store is None:
             return
         store = self.store

@@ -8,9 +8,11 @@ change, each ``data`` a JSON object (``id``, ``state``, ``reason``, ``exitCode``
 seconds keeps proxies from closing it; it ends after ``lifetime`` seconds (clients
 reconnect; ``retry`` says when).
 A stream opened with a session ends with the session (logout).
-Streams are bounded per user and in total (429 beyond).  Changes are found by comparing
-snapshots of the factory's ``list_jobs``/``list_instances`` every ``interval`` seconds, the
-same listing the REST API answers, so a stream shows exactly what the REST API would.
+Streams are bounded per user and in total (429 beyond).  Changes come from the registry's
+:class:`~tsf.changes.ChangeFeed` as they happen, so a stream shows every state a job or an
+instance passed through, however briefly; a snapshot of the factory's
+``list_jobs``/``list_instances`` (the listing the REST API answers) every ``interval``
+seconds catches what changes without a transition (an exit code set after its state).
 """
 
 from __future__ import annotations
@@ -30,15 +32,26 @@ from tsf.rest.auth import Principal
 from tsf.rest.http import RestError
 
 log = logging.getLogger(__name__)
+RETRY_MS = 1000  #: how long a client waits before it reconnects
 
 
 @dataclass(frozen=True)
 class StreamLimits:
-    interval: float = 0.5  #: seconds between two snapshots
+    interval: float = 2.0  #: seconds between two snapshots (changes are pushed at once)
     heartbeat: float = 15.0  #: seconds between two comment lines
     lifetime: float = 3600.0  #: seconds a stream lasts before the site ends it
     per_user: int = 8
     total: int = 256
+
+
+def job_event(job) -> dict:
+    return {"id": job.job_id, "state": job.state.name, "reason": job.lifecycle.reason,
+            "exitCode": job.exit_code, "instance": job.instance_id}
+
+
+def instance_event(target) -> dict:
+    return {"id": target.instance_id, "state": target.state.name,
+            "reason": target.lifecycle.reason}
 
 
 def snapshot(factory, caller, job_id: str | None) -> dict[tuple[str, str], dict]:
@@ -48,16 +61,26 @@ def snapshot(factory, caller, job_id: str | None) -> dict[tuple[str, str], dict]
     for job in jobs:
         if job_id is not None and job.job_id != job_id:
             continue
-        state[("job", job.job_id)] = {
-            "id": job.job_id, "state": job.state.name, "reason": job.lifecycle.reason,
-            "exitCode": job.exit_code, "instance": job.instance_id}
+        state[("job", job.job_id)] = job_event(job)
     wanted = {data["instance"] for data in state.values()}
     for target in factory.list_instances(caller):
         if job_id is None or target.instance_id in wanted:
-            state[("instance", target.instance_id)] = {
-                "id": target.instance_id, "state": target.state.name,
-                "reason": target.lifecycle.reason}
+            state[("instance", target.instance_id)] = instance_event(target)
     return state
+
+
+def one_event(factory, caller, job_id: str | None, kind: str, object_id: str) -> dict | None:
+    """The event data of one changed job or instance, if the stream shows it (else None)."""
+    try:
+        if kind == "job":
+            if job_id is not None and object_id != job_id:
+                return None
+            return job_event(factory.job(object_id, caller))
+        if job_id is not None and factory.job(job_id, caller).instance_id != object_id:
+            return None
+        return instance_event(factory.instance(object_id, caller))
+    except KeyError:  # not the caller's (NotFound), or gone
+        return None
 
 
 class EventStreams(resource.Resource):
@@ -111,7 +134,7 @@ class EventStreams(resource.Resource):
         request.setHeader("content-type", "text/event-stream; charset=utf-8")
         request.setHeader("cache-control", "no-store")
         request.setHeader("x-accel-buffering", "no")
-        request.write(f"retry: {int(limits.interval * 2000)}\n\n".encode())
+        request.write(f"retry: {RETRY_MS}\n\n".encode())
         Stream(self, request, caller, job_id, session_id).begin()
 
 
@@ -127,12 +150,31 @@ class Stream:
         self.loop = task.LoopingCall(self.tick)
         self.loop.clock = owner.reactor
         self.ended = False
+        self._unsubscribe = lambda: None
 
     def begin(self) -> None:
         self.deadline = self.owner.reactor.callLater(self.owner.limits.lifetime, self.close)
         self.request.notifyFinish().addBoth(lambda _r: self.stop())
         self.loop.start(self.owner.limits.interval, now=True).addErrback(
             lambda f: (log.error("event stream: %s", f.getTraceback()), self.close()))
+        changes = getattr(self.owner.app.factory.registry, "changes", None)
+        if changes is not None and not self.ended:
+            self._unsubscribe = changes.subscribe(self.changed)
+
+    def _send(self, key: tuple[str, str], data: dict) -> bool:
+        if self.last.get(key) == data:
+            return False
+        self.request.write(f"event: {key[0]}\ndata: {json.dumps(data)}\n\n".encode())
+        self.last[key] = data
+        return True
+
+    def changed(self, kind: str, object_id: str) -> None:
+        """A job or an instance changed state: tell the client now, if the stream shows it."""
+        if self.ended or self.request.finished:
+            return
+        data = one_event(self.owner.app.factory, self.caller, self.job_id, kind, object_id)
+        if data is not None and self._send((kind, object_id), data):
+            self.quiet = 0.0
 
     def tick(self) -> None:
         if self.session_id is not None and not self.owner.sessions.alive(self.session_id):
@@ -141,9 +183,7 @@ class Stream:
         now = snapshot(self.owner.app.factory, self.caller, self.job_id)
         wrote = False
         for key, data in now.items():
-            if self.last.get(key) != data:
-                self.request.write(f"event: {key[0]}\ndata: {json.dumps(data)}\n\n".encode())
-                wrote = True
+            wrote = self._send(key, data) or wrote
         self.last = now
         self.quiet = 0.0 if wrote else self.quiet + self.owner.limits.interval
         if self.quiet >= self.owner.limits.heartbeat:
@@ -159,6 +199,7 @@ class Stream:
         if self.ended:
             return
         self.ended = True
+        self._unsubscribe()
         if self.loop.running:
             self.loop.stop()
         if self.deadline.active():

@@ -10,6 +10,7 @@ import pytest_twisted
 from twisted.internet import reactor, task, threads
 
 from target_system.jobdesc import parse_job
+from target_system.lifecycle import JobState
 from tests.e2e.conftest import ALICE, BOB
 from tests.tsf.rest.conftest import PASSWORDS
 
@@ -53,6 +54,24 @@ async def test_the_stream_pushes_a_state_change_and_only_the_callers_jobs(dash_s
                                auth=("alice", PASSWORDS["alice"])).json()["reason"])
 
     assert await threads.deferToThread(refused) == (401, "NOT_FOUND")
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_stream_shows_every_state_however_briefly_it_lasted(dash_site):
+    """Changes are pushed as they happen: states a job passes through within one turn of
+    the reactor (far quicker than any poll) all reach the client, in order."""
+    site, _http, dashboard = dash_site
+    url = dashboard.removesuffix("/dashboard") + "/events"
+    job = site.factory.submit(parse_job({"Executable": "/bin/true"}), ALICE, start=False)
+    reading = threads.deferToThread(_read_events, url, "alice", 4, job=job.job_id)
+    reading.addTimeout(30, reactor)  # a missed state would leave the reader waiting
+    await task.deferLater(reactor, 1.5, lambda: None)
+    job.lifecycle.advance(JobState.STAGINGIN)
+    job.lifecycle.advance(JobState.QUEUED)
+    site.factory.abort(job.job_id, ALICE)
+    events = await reading
+    assert [data["state"] for _kind, data in events] == [
+        "READY", "STAGINGIN", "QUEUED", "FAILED"]
 
 
 @pytest_twisted.ensureDeferred
