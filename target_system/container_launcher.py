@@ -263,8 +263,10 @@ def check_architecture(config: dict, machine: str) -> None:
 # ------------------------------------------------------------------------- the run ---------
 
 def runtime_config(*, rootfs: str, workdir: str, args: list[str], env: dict[str, str],
-                   uid: int, gid: int, memory_mib: int | None) -> dict:
-    """A rootless OCI runtime configuration for one job."""
+                   uid: int, gid: int, memory_mib: int | None,
+                   binds: tuple[str, ...] = ()) -> dict:
+    """A rootless OCI runtime configuration for one job; ``binds``: the instance's paths
+    seen read-only at the same place inside (a cluster node's peer files, /etc/hosts)."""
     rlimits = [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}]
     if memory_mib:
         limit = memory_mib << 20
@@ -297,6 +299,8 @@ def runtime_config(*, rootfs: str, workdir: str, args: list[str], env: dict[str,
              "options": ["nosuid", "nodev", "mode=1777"]},
             {"destination": workdir, "type": "none", "source": workdir,
              "options": ["rbind", "rw", "nosuid", "nodev"]},
+            *({"destination": path, "type": "none", "source": path,
+               "options": ["rbind", "ro", *options]} for path in binds),
         ],
         "linux": {
             "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount", "user")],
@@ -348,6 +352,24 @@ def run(runtime: str, state: str, bundle: str, name: str) -> int:
     return code if code >= 0 else 128 - code
 
 
+def mount_points(rootfs: str, paths: list[str]) -> tuple[str, ...]:
+    """The ``paths`` of the instance that exist, each with its mount point made in the
+    container's root (a directory, or an empty file for a file)."""
+    found = []
+    for path in paths:
+        if not os.path.isabs(path) or not os.path.exists(path):
+            continue
+        target = _resolve(rootfs, path, follow_last=True)
+        if os.path.isdir(path):
+            os.makedirs(target, exist_ok=True)
+        elif not os.path.exists(target):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, "a"):
+                pass
+        found.append(path)
+    return tuple(found)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gridvm-container")
     parser.add_argument("--archive", required=True)
@@ -358,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpus", type=int)
     parser.add_argument("--memory-mib", type=int)
     parser.add_argument("--env", action="append", default=[])
+    parser.add_argument("--bind-ro", action="append", default=[])
     parser.add_argument("command", nargs="+")
     opts = parser.parse_args(argv)
     workdir = os.path.realpath(opts.workdir)
@@ -372,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         check_architecture(config, machine)
         rootfs = os.path.join(directory, "rootfs")
         os.makedirs(_resolve(rootfs, workdir, follow_last=True), exist_ok=True)
+        binds = mount_points(rootfs, opts.bind_ro)
         name = f"gridvm-{uuid.uuid4().hex[:12]}"
         bundle = os.path.join(opts.cache, "run", name)
         os.makedirs(bundle)
@@ -379,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
             json.dump(runtime_config(
                 rootfs=rootfs, workdir=workdir, args=opts.command,
                 env=container_environment(config, opts.env, workdir), uid=os.getuid(),
-                gid=os.getgid(), memory_mib=opts.memory_mib), f)
+                gid=os.getgid(), memory_mib=opts.memory_mib, binds=binds), f)
     except (ContainerFailed, OSError) as err:
         message = f"the container cannot run: {err}"
         print(f"gridvm-container: {message}", file=sys.stderr)

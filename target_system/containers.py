@@ -92,8 +92,9 @@ async def stage_container(tsi, staged: StagedContainer, container: ContainerToRu
 
 def launcher_argv(staged: StagedContainer, container: ContainerToRun, *, workdir: str,
                   command: list[str], env_names: list[str], cpus: int | None,
-                  memory_mib: int | None) -> list[str]:
-    """The job script's command: the launcher running ``command`` in the container."""
+                  memory_mib: int | None, binds: tuple[str, ...] = ()) -> list[str]:
+    """The job script's command: the launcher running ``command`` in the container
+    (``binds``: instance paths it sees read-only)."""
     argv = ["python3", staged.launcher, "--archive", staged.archive,
             "--sha512", container.sha512, "--cache", staged.cache, "--workdir", workdir,
             "--runtime", staged.runtime]
@@ -103,4 +104,6 @@ def launcher_argv(staged: StagedContainer, container: ContainerToRun, *, workdir
         argv += ["--memory-mib", str(memory_mib)]
     for name in env_names:
         argv += ["--env", name]
+    for path in binds:
+        argv += ["--bind-ro", path]
     return [*argv, "--", *command]

@@ -40,6 +40,7 @@ from target_system.containers import (
 from target_system.instance import InstanceFailed, TargetSystem
 from target_system.jobdesc import JobDescription, JobDescriptionError
 from target_system.lifecycle import JobState, Lifecycle, Transition, job_lifecycle
+from target_system.nodes import CLUSTER_DIR
 from target_system.stageout import StageOutResult, stage_out
 from target_system.transfers import (
     TransferFailed,
@@ -219,17 +220,20 @@ def shell_word(value: str) -> str:
     return f"$'{escaped}'"
 
 
-def container_command(job: JobDescription, workdir: str, staged: StagedContainer) -> list[str]:
+def container_command(job: JobDescription, workdir: str, staged: StagedContainer,
+                      site_environment: dict[str, str] | None = None) -> list[str]:
     """A CONTAINER job's command in its container: COMMAND by the container's shell, the
-    job's Arguments as its positional parameters."""
+    job's Arguments as its positional parameters.  On a cluster node (a ``site_environment``)
+    the container also gets the node variables, the peer files and /etc/hosts."""
     assert job.container is not None
     command, arguments, _env = resolve_application(job, None)
     names = sorted({"UC_WORKING_DIRECTORY", "UC_OUTPUT_DIRECTORY", *job.parameters,
-                    *job.environment})
+                    *job.environment, *(site_environment or {})})
+    binds = (CLUSTER_DIR, "/etc/hosts") if site_environment else ()
     return launcher_argv(staged, job.container, workdir=workdir,
                          command=["/bin/sh", "-c", f'{command} "$@"', "sh", *arguments],
                          env_names=names, cpus=job.cpus,
-                         memory_mib=job.memory and -(-job.memory // (1 << 20)))
+                         memory_mib=job.memory and -(-job.memory // (1 << 20)), binds=binds)
 
 
 def job_script(job: JobDescription, workdir: str, metadata: ImageMetadata | None,
@@ -239,7 +243,7 @@ def job_script(job: JobDescription, workdir: str, metadata: ImageMetadata | None
     registered container's command through the launcher, ``staged``; ``site_environment``:
     what the site sets, e.g. a cluster's node list — the job's own variables win)."""
     if staged is not None:
-        executable, *arguments = container_command(job, workdir, staged)
+        executable, *arguments = container_command(job, workdir, staged, site_environment)
         app_env: dict[str, str] = {}
     else:
         executable, arguments, app_env = resolve_application(job, metadata)

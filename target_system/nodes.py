@@ -109,7 +109,8 @@ def network_hook(node: NodeIdentity, peers: Sequence[Peer], owner: str) -> str:
         "    for dev in /sys/class/net/*; do",
         '        [ "$(cat "$dev/address" 2>/dev/null)" = "$mac" ] && nic=${dev##*/}',
         "    done",
-        '    [ -n "$nic" ] || { usleep 20000; i=$((i + 1)); }',
+        # busybox has usleep; a cloud image's coreutils sleep takes fractions
+        '    [ -n "$nic" ] || { usleep 20000 2>/dev/null || sleep 0.02; i=$((i + 1)); }',
         "done",
         'if [ -z "$nic" ]; then echo "gridvm: no cluster NIC with MAC $mac"; exit 1; fi',
         'ip link set "$nic" up',

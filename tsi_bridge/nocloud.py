@@ -23,6 +23,7 @@ MEDIUM_SERIAL = "gridvm-ctx"  #: the serial vmm gives the contextualization disk
 MOUNT_POINT = "/run/gridvm/ctx"
 AGENT_LIB = "lib"  #: directory on the medium holding the tsi_bridge package
 AGENT_UNIT = "gridvm-tsi"
+HOOKS_DIR = "init.d"  #: start-up hooks on the medium, run in name order before the agent
 #: QEMU gives the one NIC of a guest without an explicit MAC this address.
 QEMU_DEFAULT_MAC = "52:54:00:12:34:56"
 GUEST_ADDRESS = "10.0.2.15/24"
@@ -56,13 +57,18 @@ def network_config(mac: str = QEMU_DEFAULT_MAC) -> bytes:
 
 
 def user_data(*, job_user: str, job_group: str | None, workdir_root: str,
-              config_path: str = "tsi/agent.conf", start_script: str | None = None) -> bytes:
-    """``#cloud-config`` creating the job user and starting the agent from the medium (for
-    an image's own TSI: the medium's ``start_script``).
+              config_path: str = "tsi/agent.conf", start_script: str | None = None,
+              hostname: str = "gridvm") -> bytes:
+    """``#cloud-config`` creating the job user, running the medium's start-up hooks
+    (``init.d/*`` in name order, as gridvm's own images do: a cluster node's network, the
+    site's hooks) and starting the agent from the medium (for an image's own TSI: the
+    medium's ``start_script``).
 
     It all happens in ``bootcmd``, the first thing cloud-init's network stage runs: waiting
     for the ``users``/``runcmd`` modules of the later stages would cost a minute and more of
-    emulated boot time.  The commands are idempotent (bootcmd runs on every boot).
+    emulated boot time.  The commands are idempotent (bootcmd runs on every boot).  The
+    hostname is set there too, and ``preserve_hostname`` keeps cloud-init's later modules
+    from undoing what a hook set (a cluster node's name).
     """
     group = job_group or job_user
     user, group, workdir, ctx = (shlex.quote(v) for v in (job_user, group, workdir_root,
@@ -77,13 +83,17 @@ def user_data(*, job_user: str, job_group: str | None, workdir_root: str,
         "--setenv=PYTHONDONTWRITEBYTECODE=1", "--setenv=LANG=C.UTF-8",
         *(["/bin/sh", f"{MOUNT_POINT}/{start_script}"] if start_script else
           ["python3", "-m", "tsi_bridge.agent", "--config", f"{MOUNT_POINT}/{config_path}"])])
-    config = {"bootcmd": [
+    hooks = (f"for hook in {ctx}/{HOOKS_DIR}/*; do [ -f \"$hook\" ] && sh \"$hook\"; "
+             "done; true")
+    config = {"preserve_hostname": True, "bootcmd": [
+        f"hostname {shlex.quote(hostname)}",
         f"getent group {group} >/dev/null || groupadd {group}",
         f"id -u {user} >/dev/null 2>&1 || useradd --create-home --gid {group} "
         f"--shell /bin/bash --comment 'gridvm jobs' {user}",
         f"mkdir -p {ctx} {workdir}",
         f"chown {user}:{group} {workdir}",
         f"mountpoint -q {ctx} || mount -o ro /dev/disk/by-id/virtio-{MEDIUM_SERIAL} {ctx}",
+        hooks,
         f"systemctl is-active -q {AGENT_UNIT} || {agent}",
     ]}
     # JSON is YAML: cloud-init parses it as cloud-config after the header line.
@@ -98,7 +108,8 @@ def nocloud_files(instance_id: str, agent_files: dict[str, bytes], *, job_user: 
     return {
         "meta-data": meta_data(instance_id),
         "user-data": user_data(job_user=job_user, job_group=job_group,
-                               workdir_root=workdir_root, start_script=start_script),
+                               workdir_root=workdir_root, start_script=start_script,
+                               hostname=f"gridvm-{instance_id}"),
         "network-config": network_config(),
         **agent_sources(),
         **agent_files,

@@ -86,3 +86,23 @@ async def test_a_cloud_image_that_never_reaches_the_agent_ends_boot_timeout_with
     assert job.state is JobState.FAILED
     assert job.lifecycle.reason in (Reason.BOOT_TIMEOUT, Reason.TSI_UNREACHABLE), job.log
     assert "console" in job.lifecycle.message
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_two_node_job_on_cloud_images_gets_its_network_names_and_the_site_hooks(
+        site, cloud_image):
+    """cloud-init runs the medium's start-up hooks as gridvm's own images do: the cluster
+    NIC comes up, the node keeps its name, and the site's hooks run."""
+    factory, repository, _root = site
+    register(repository, cloud_image)
+    factory.registry.context_hooks["50-mark"] = b"echo hooked > /run/gridvm-hook-ran\n"
+    probe = ("hostname; cat /run/gridvm-hook-ran; tr '\\n' ' ' < \"$PBS_NODEFILE\"; echo; "
+             "python3 -c 'import socket; socket.create_connection((\"node1\", 4433), "
+             "timeout=20).close(); print(\"node1-reached\")'")
+    job = factory.submit({"Executable": "/bin/sh", "Arguments": ["-c", probe],
+                          "Resources": {"Image": "debian12-cloud", "Nodes": 2,
+                                        "CPUsPerNode": 1, "Runtime": "10min"}}, ALICE)
+    await finished(factory, job)
+    assert job.state is JobState.SUCCESSFUL, job.log
+    assert (job.storage / "stdout").read_text().split() == [
+        "node0", "hooked", "node0", "node1", "node1-reached"]

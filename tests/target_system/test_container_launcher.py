@@ -115,3 +115,31 @@ def test_main_says_why_a_container_cannot_start(tmp_path, capsys):
     note = (work / launcher.FAILURE_FILE).read_text()
     assert note.startswith("the container cannot run: the staged archive's sha512 is")
     assert "gridvm-container: the container cannot run" in capsys.readouterr().err
+
+
+def test_instance_paths_are_bound_read_only_with_their_mount_points_made(tmp_path,
+                                                                          monkeypatch):
+    """A cluster node's peer files and /etc/hosts reach a container job (MPI reads them)."""
+    archive = tmp_path / "image.oci.tar"
+    sha = oci_archive(archive, [LOWER])
+    runtime = tmp_path / "crun"
+    runtime.write_text(FAKE_RUNTIME)
+    runtime.chmod(0o755)
+    work, peers, hosts = tmp_path / "job", tmp_path / "cluster", tmp_path / "hosts"
+    work.mkdir()
+    peers.mkdir()
+    (peers / "hostfile").write_text("node0\nnode1\n")
+    hosts.write_text("10.77.0.2 node0\n")
+    monkeypatch.setenv("RECORD", str(tmp_path / "record"))
+    launcher.main(["--archive", str(archive), "--sha512", sha, "--cache",
+                   str(tmp_path / "cache"), "--workdir", str(work), "--runtime", str(runtime),
+                   "--bind-ro", str(peers), "--bind-ro", str(hosts),
+                   "--bind-ro", str(tmp_path / "absent"), "--", "true"])
+    config = json.loads((tmp_path / "record.config").read_text())
+    bound = {m["destination"]: m for m in config["mounts"] if m["source"] in (
+        str(peers), str(hosts), str(tmp_path / "absent"))}
+    assert set(bound) == {str(peers), str(hosts)}  # what the instance lacks is left out
+    assert all("ro" in m["options"] and "rbind" in m["options"] for m in bound.values())
+    rootfs = tmp_path / "cache" / sha[:64] / "rootfs"
+    assert (rootfs / str(peers).lstrip("/")).is_dir()
+    assert (rootfs / str(hosts).lstrip("/")).is_file()

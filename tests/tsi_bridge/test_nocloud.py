@@ -42,8 +42,11 @@ def test_meta_data_names_a_fresh_instance_and_its_hostname():
 def test_user_data_creates_the_job_user_and_starts_the_agent_from_the_medium():
     config = cloud_config(user_data(job_user="gridvm", job_group=None,
                                     workdir_root="/home/gridvm/jobs"))
-    assert list(config) == ["bootcmd"]  # the earliest stage with the network up
-    group, user, mkdir, chown, mount, agent = config["bootcmd"]
+    assert list(config) == ["preserve_hostname", "bootcmd"]  # bootcmd: the earliest stage
+    assert config["preserve_hostname"] is True  # with the network up; a hook's name stays
+    hostname, group, user, mkdir, chown, mount, hooks, agent = config["bootcmd"]
+    assert hostname == "hostname gridvm"
+    assert hooks.startswith(f"for hook in {MOUNT_POINT}/init.d/*;")
     assert group == "getent group gridvm >/dev/null || groupadd gridvm"
     assert user == ("id -u gridvm >/dev/null 2>&1 || useradd --create-home --gid gridvm "
                     "--shell /bin/bash --comment 'gridvm jobs' gridvm")
@@ -64,9 +67,26 @@ def test_user_data_creates_the_job_user_and_starts_the_agent_from_the_medium():
 def test_values_are_quoted_for_the_shell_and_a_job_group_is_used():
     config = cloud_config(user_data(job_user="jobs", job_group="vo",
                                     workdir_root="/w/a dir;x"))
-    assert config["bootcmd"][0] == "getent group vo >/dev/null || groupadd vo"
-    assert "--gid vo" in config["bootcmd"][1]
-    assert config["bootcmd"][3] == "chown jobs:vo '/w/a dir;x'"
+    assert config["bootcmd"][1] == "getent group vo >/dev/null || groupadd vo"
+    assert "--gid vo" in config["bootcmd"][2]
+    assert config["bootcmd"][4] == "chown jobs:vo '/w/a dir;x'"
+
+
+def test_the_mediums_start_up_hooks_run_in_name_order_and_a_failing_one_stops_nothing(
+        tmp_path):
+    """As gridvm's own images do: a cluster node's network, the site's hooks."""
+    config = cloud_config(user_data(job_user="gridvm", job_group=None,
+                                    workdir_root="/home/gridvm/jobs", hostname="node0"))
+    [hooks] = [c for c in config["bootcmd"] if c.startswith("for hook in")]
+    (tmp_path / "init.d").mkdir()
+    ran = tmp_path / "ran"
+    for name, word, end in (("20-second", "second", ""), ("00-first", "first", "exit 3"),
+                            ("10-middle", "middle", "")):
+        (tmp_path / "init.d" / name).write_text(f"echo {word} >> {ran}\n{end}\n")
+    result = subprocess.run(["sh", "-c", hooks.replace(MOUNT_POINT, str(tmp_path))])
+    assert result.returncode == 0
+    assert ran.read_text().split() == ["first", "middle", "second"]
+    assert "hostname node0" in config["bootcmd"]
 
 
 def test_the_medium_is_labelled_cidata_and_carries_nocloud_files_agent_and_config(tmp_path):
