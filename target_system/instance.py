@@ -29,6 +29,7 @@ from target_system.contextualization import (
     UNICORE,
     image_deadlines,
     medium_files,
+    restorable,
     tsi_files,
     tsi_flavour,
 )
@@ -217,6 +218,8 @@ class TargetSystem:
             "jobs": sorted(self.jobs), "created": self.lifecycle.entered.get("REQUESTED"),
             "phases": {k: round(v, 3) for k, v in self.lifecycle.phase_seconds().items()},
             "domain": self.vm.domain if self.vm else None,
+            #: "restored" (from a snapshot of its image) or "booted"
+            "startedBy": getattr(self.vm, "started_by", "booted") if self.vm else None,
             "host": self.host,
             **({"cluster": {"id": self.node.cluster, "node": self.node.name,
                             "role": self.node.role, "address": self.node.address}}
@@ -295,6 +298,7 @@ class TargetSystem:
             labels={"owner": self.owner, "image_name": self.image.name, **self.labels},
             host=self.host,
             cluster_nic=self.cluster_nic,
+            restorable=restorable(self.image.metadata) and self.cluster_nic is None,
             staging_timeout=self.deadlines.staging,
             boot_timeout=self.deadlines.staging + self.deadlines.booting,
             probe=probe,
