@@ -37,6 +37,7 @@ bench: setup
 	$(PY) bench/rest.py
 	$(PY) bench/layers.py
 	$(PY) bench/cluster.py
+	$(PY) bench/restore.py
 
 clean:
 	rm -rf var build *.egg-info

@@ -42,6 +42,8 @@ class Reason(StrEnum):
     HYPERVISOR_ERROR = "HYPERVISOR_ERROR"
     #: the guest did not become ready within its deadline
     BOOT_TIMEOUT = "BOOT_TIMEOUT"
+    #: restoring an instance from its image's memory snapshot failed (it boots instead)
+    RESTORE_FAILED = "RESTORE_FAILED"
     #: the domain stopped or crashed under a running instance
     GUEST_CRASHED = "GUEST_CRASHED"
     #: no TSI worker could be reached in the guest

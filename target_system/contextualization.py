@@ -70,6 +70,13 @@ def medium_files(metadata: ImageMetadata | None, instance_id: str,
                          workdir_root=workdir_root, start_script=start)
 
 
+def restorable(metadata: ImageMetadata | None) -> bool:
+    """Whether an instance of the image may be restored from a memory snapshot: gridvm's
+    agent from the image's own files takes its identity after the restore (a cloud-init
+    image or an image's own TSI reads its medium at boot)."""
+    return contextualization(metadata) == GRIDVM and tsi_flavour(metadata) == GRIDVM
+
+
 def image_deadlines(deadlines: Deadlines, metadata: ImageMetadata | None) -> Deadlines:
     """The site's deadlines, with BOOTING stretched to the image's ``tsi.boot_timeout_s``
     when that is longer (cloud-init under software emulation boots slower)."""

@@ -50,6 +50,9 @@ class TSILink(Protocol):
 
     #: whether the TSI streams a directory as one archive (gridvm's agent): None until tried
     streams: bool | None
+    #: whether SUBMIT makes its USPACE_DIR itself (gridvm's agent; the official TSI only
+    #: changes into it), so a job with nothing to stage needs no MKDIR before it
+    submit_makes_directory: bool
 
     @property
     def idle_workers(self) -> int: ...
@@ -67,6 +70,8 @@ class TSILink(Protocol):
     def submit(self, script: str, *, uspace_dir: str, **params) -> defer.Deferred: ...
 
     def track(self, bssid: str) -> None: ...
+
+    def forget(self, bssid: str) -> None: ...
 
     def get_status_listing(self, all_jobs: bool = False) -> defer.Deferred: ...
 

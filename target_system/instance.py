@@ -29,6 +29,7 @@ from target_system.contextualization import (
     UNICORE,
     image_deadlines,
     medium_files,
+    restorable,
     tsi_files,
     tsi_flavour,
 )
@@ -181,6 +182,9 @@ class TargetSystem:
         self._lease_timer = Timer(reactor)
         self._unwatch: Callable[[], None] | None = None
         self._started: defer.Deferred | None = None
+        #: run once the agent answers, before READY (a pool's warm-up job), for half the
+        #: CONNECTING deadline at most; its failure is logged, not the instance's
+        self.prime: Callable[[TargetSystem], Awaitable[None]] | None = None
 
     def __repr__(self) -> str:
         return (f"<TargetSystem {self.instance_id} of {self.owner} ({self.image.name}, "
@@ -214,6 +218,8 @@ class TargetSystem:
             "jobs": sorted(self.jobs), "created": self.lifecycle.entered.get("REQUESTED"),
             "phases": {k: round(v, 3) for k, v in self.lifecycle.phase_seconds().items()},
             "domain": self.vm.domain if self.vm else None,
+            #: "restored" (from a snapshot of its image) or "booted"
+            "startedBy": getattr(self.vm, "started_by", "booted") if self.vm else None,
             "host": self.host,
             **({"cluster": {"id": self.node.cluster, "node": self.node.name,
                             "role": self.node.role, "address": self.node.address}}
@@ -292,6 +298,7 @@ class TargetSystem:
             labels={"owner": self.owner, "image_name": self.image.name, **self.labels},
             host=self.host,
             cluster_nic=self.cluster_nic,
+            restorable=restorable(self.image.metadata) and self.cluster_nic is None,
             staging_timeout=self.deadlines.staging,
             boot_timeout=self.deadlines.staging + self.deadlines.booting,
             probe=probe,
@@ -305,6 +312,13 @@ class TargetSystem:
         life.advance(S.CONNECTING)
         await self._reach_agent(self.reactor.seconds() + self.deadlines.connecting,
                                 S.CONNECTING)
+        if self.prime is not None:
+            try:  # within half the phase's deadline: a slow warm-up must not fail the boot
+                await defer.ensureDeferred(self.prime(self)).addTimeout(
+                    self.deadlines.connecting / 2, self.reactor)
+            except Exception as err:
+                log.info("instance %s: priming failed: %s", self.instance_id, err)
+            self._still(S.CONNECTING)
         life.advance(S.READY)
         self._pings.start()
         if self.health.lease:
@@ -331,6 +345,8 @@ class TargetSystem:
         self.tsi = self.tsi_connector(self.reactor, host_port, tls, user=self.settings.user,
                                       callback_port=callback_port, address=self.address,
                                       callback_address=self.callback_address)
+        # gridvm's agent makes a job's USPACE_DIR at SUBMIT; an image's own TSI does not
+        self.tsi.submit_makes_directory = tsi_flavour(self.image.metadata) != UNICORE
         return self.tsi.start()
 
     async def _reach_agent(self, deadline: float, *states: InstanceState) -> None:

@@ -449,6 +449,11 @@ class JobRunner:
         workdir = job.workdir
         directories, files = await threads.deferToThread(job.input_files)
 
+        if not (directories or files or job.description.imports
+                or job.description.container) and tsi.submit_makes_directory:
+            job.note(f"nothing to stage: {workdir} is made at submit")
+            return
+
         async def stage() -> None:
             await tsi.make_directories(
                 [workdir, *(posixpath.join(workdir, name) for name in directories)])

@@ -38,9 +38,22 @@ def built_images() -> dict:
 @pytest_twisted.async_yield_fixture
 async def vmm():
     """A VM manager on qemu:///system with its own domain prefix and state directory."""
+    async for manager in _manager():
+        yield manager
+
+
+@pytest_twisted.async_yield_fixture
+async def restoring_vmm():
+    """Like ``vmm``, restoring instances from snapshots of their images."""
+    async for manager in _manager(restore=True):
+        yield manager
+
+
+async def _manager(**options):
     state = TEST_ROOT / f"state-{uuid.uuid4().hex[:8]}"
     manager = VirtualMachineManager(Hypervisor("qemu:///system", reactor), state,
-                                    reactor=reactor, prefix=f"gridvm-test-{state.name[6:]}-")
+                                    reactor=reactor, prefix=f"gridvm-test-{state.name[6:]}-",
+                                    **options)
     await manager.start()
     try:
         yield manager

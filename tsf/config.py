@@ -87,6 +87,11 @@ Example (every value shown is the default; ``state_dir`` defaults to ``$GRIDVM_H
     memory_mib = 256
     vos = ["atlas"]                   # users of these VOs may take one; [] = anyone
 
+    [fast_start]
+    restore = true                    # restore new instances of gridvm images from a
+                                      # memory snapshot of their image (taken in the
+                                      # background after the first boot); false = boot
+
     [deadlines]                       # seconds per instance phase
     staging = 600
     booting = 180
@@ -262,6 +267,11 @@ class LimitsSection:
 
 
 @dataclass
+class FastStartSection:
+    restore: bool = True
+
+
+@dataclass
 class DeadlinesSection:
     staging: float = 600.0
     booting: float = 180.0
@@ -295,6 +305,7 @@ class SiteConfig:
     quotas: QuotasSection = field(default_factory=QuotasSection)
     limits: LimitsSection = field(default_factory=LimitsSection)
     deadlines: DeadlinesSection = field(default_factory=DeadlinesSection)
+    fast_start: FastStartSection = field(default_factory=FastStartSection)
     health: HealthSection = field(default_factory=HealthSection)
     transfers: TransfersSection = field(default_factory=TransfersSection)
     pools: list = field(default_factory=list)  #: PoolSection per [[pools]] table

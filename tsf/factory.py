@@ -355,7 +355,7 @@ class TargetSystemFactory(service.MultiService):
         else:
             target = self.instances[decision.instance.instance_id]
         if decision.action is Action.TAKE:
-            self.pool_keeper.hand_over(target, caller)
+            self.pool_keeper.hand_over(target, caller, job)
         job.note(decision.note(target.instance_id))
         registry.reserve(target, job)
         return target

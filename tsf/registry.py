@@ -225,10 +225,18 @@ class InstanceRegistry:
                          + detail)
             return None
         best = result.best
-
-        image = await threads.deferToThread(self._load_image, best.id, caller)
+        image = self._live_image(best.id) or await threads.deferToThread(
+            self._load_image, best.id, caller)
         job.note(f"matched image {best.ref}")
         return image
+
+    def _live_image(self, image_id: str) -> ImageToBoot | None:
+        """A live instance's image ``image_id`` as it loaded it (an image id names fixed
+        content): a job placed beside it needs no second load from the repository."""
+        for target in self.live():
+            if target.image.image_id == image_id and target.image.metadata is not None:
+                return target.image
+        return None
 
     async def match_image(self, requirements, caller: Caller, what: str) -> ImageToBoot:
         """The best image for ``requirements`` (of ``what``, e.g. a cluster's service), or

@@ -168,7 +168,8 @@ class SiteService(service.MultiService):
         log.info("users file %s: %d user(s)", config.users_file, len(self.users))
         specs = config.host_specs()
         self.vmm = HostPool(build_hosts(specs, state / "vmm", reactor,
-                                        prefix=config.site.domain_prefix),
+                                        prefix=config.site.domain_prefix,
+                                        restore=config.fast_start.restore),
                             reactor, grace=config.host_grace(),
                             drained_file=state / "vmm" / "drained.json")
         adopted = await self.vmm.start()

@@ -94,6 +94,9 @@ class TSIClient:
         self._closed = False
         #: whether the TSI streams directories (GRIDVM_GETDIRECTORY): None until tried
         self.streams: bool | None = None
+        #: whether SUBMIT makes its USPACE_DIR (gridvm's agent does; whoever knows the TSI
+        #: is gridvm's sets it): a job with nothing to stage then needs no MKDIR first
+        self.submit_makes_directory = False
         #: our extensions the TSI answered as unknown (the official TSI): not sent again
         self.unsupported: set[str] = set()
         self._ended_seen = -1  #: the agent's count of ended jobs at its last WAITSTATUS

@@ -215,6 +215,28 @@ class ControllerConfig(ConfigObject):
         self.model = element.get("model", "none")
 
 
+@dataclass(eq=True)
+class ChannelConfig(ConfigObject):
+    """A virtio-serial port whose host end is a unix socket QEMU listens on (the guest
+    sees ``/dev/virtio-ports/<name>``): the channel a restored instance's identity comes by.
+    Written only: read back from libvirt it stays a :class:`RawDevice`."""
+
+    root_name = "channel"
+    path: str = ""
+    name: str = ""
+
+    def format_dom(self) -> etree._Element:
+        channel = etree.Element("channel", type="unix")
+        etree.SubElement(channel, "source", mode="bind", path=self.path)
+        etree.SubElement(channel, "target", type="virtio", name=self.name)
+        return channel
+
+    def parse_dom(self, element: etree._Element) -> None:
+        source, target = element.find("source"), element.find("target")
+        self.path = source.get("path", "") if source is not None else ""
+        self.name = target.get("name", "") if target is not None else ""
+
+
 class RawDevice(ConfigObject):
     """A device gridvm does not model, kept verbatim."""
 

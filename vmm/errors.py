@@ -38,3 +38,13 @@ class ForeignDomain(HypervisorError):
     """The domain belongs to another gridvm site (or to no gridvm site): left alone."""
 
     reason = Reason.HYPERVISOR_ERROR
+
+
+class RestoreFailed(VMMError):
+    """An instance could not be restored from its image's snapshot (it is booted instead)."""
+
+    reason = Reason.RESTORE_FAILED
+
+
+class DamagedSnapshot(RestoreFailed):
+    """libvirt or QEMU refused the snapshot's save file itself: it is dropped."""

@@ -19,6 +19,7 @@ stop), boots waiting for the connection go on, and destroys that failed are retr
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -26,7 +27,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import libvirt
@@ -34,9 +35,10 @@ from twisted.application import service
 from twisted.internet import defer, task, threads
 
 from base.reasons import Reason
-from vmm import context, ports
+from vmm import context, injection, ports, snapshots
 from vmm.consoles import ConsoleKeeper
 from vmm.domain import (
+    ChannelConfig,
     ClusterNicConfig,
     ControllerConfig,
     DiskConfig,
@@ -54,11 +56,13 @@ from vmm.errors import (
     GuestCrashed,
     HypervisorError,
     ImageUnavailable,
+    RestoreFailed,
     VMMError,
 )
 from vmm.hypervisor import DomainEvent, DomainState, Hypervisor, LifecycleEvent
 from vmm.identity import load_or_create_site_id
 from vmm.readiness import Probe, ProbeRace, line_probe
+from vmm.restoring import SnapshotRestorer
 from vmm.storage import BaseImageCache, create_overlay
 from vmm.volumes import StoragePool
 
@@ -119,6 +123,9 @@ class InstanceSpec:
     #: told "booting" once staging is done, right before the domain is created; a Deferred it
     #: returns is waited for, and a failure (of either) ends the boot
     on_phase: Callable[[str], defer.Deferred | None] | None = None
+    #: the guest runs gridvm's agent from the ``tsi/`` files of ``context_files``: it may be
+    #: restored from a snapshot of its image and given them as its identity (vmm.snapshots)
+    restorable: bool = False
 
 
 @dataclass
@@ -136,6 +143,9 @@ class Instance:
     timings: dict[str, float] = field(default_factory=dict)
     greeting: str = ""
     address: str = "127.0.0.1"  #: where the TSI forward listens (the host's TSI address)
+    started_by: str = "booted"  #: or "restored" (from a snapshot of its image)
+    #: a restored guest's answer to its identity (None: booted)
+    identity_ack: injection.IdentityAck | None = None
 
     @property
     def console_log(self) -> Path:
@@ -195,7 +205,8 @@ class VirtualMachineManager(service.Service):
                  prefix: str = DOMAIN_PREFIX, tb_cache_mib: int | None = 32,
                  probe_interval: float = 0.1, site_id: str | None = None,
                  destroy_timeout: float = 60.0, storage_pool: StoragePool | None = None,
-                 address: str = "127.0.0.1", site_address: str = "127.0.0.1"):
+                 address: str = "127.0.0.1", site_address: str = "127.0.0.1",
+                 restore: bool = False):
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -214,6 +225,8 @@ class VirtualMachineManager(service.Service):
         self.address, self.site_address = address, site_address
         self.instances: dict[str, Instance] = {}
         self._undestroyed: set[str] = set()  #: instance ids whose destroy failed: retried
+        #: restores instances from snapshots of their images (None: every instance boots)
+        self.restorer = SnapshotRestorer(self) if restore else None
         hypervisor.add_reconnect_listener(self._after_reconnect)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -255,6 +268,30 @@ class VirtualMachineManager(service.Service):
         return defer.Deferred.fromCoroutine(self._boot(spec))
 
     async def _boot(self, spec: InstanceSpec) -> Instance:
+        """Restore the instance from a snapshot of its image when there is one, else (or
+        when the restore fails: the reason is logged) boot it."""
+        announced = False
+        if self.restorer is not None:
+            try:
+                snapshot = await self.restorer.usable(spec)
+            except (VMMError, OSError) as err:
+                log.warning("%s: no snapshot for %s (%s): booting it", Reason.RESTORE_FAILED,
+                            self.domain_name(spec.instance_id), err)
+                snapshot = None
+            if snapshot is not None:
+                phases: list[str] = []
+                try:
+                    return await self.restorer.restore(spec, snapshot, phases)
+                except RestoreFailed as err:
+                    log.warning("%s: restoring %s from snapshot %s failed, booting it "
+                                "instead: %s", err.reason, self.domain_name(spec.instance_id),
+                                snapshot.key, err)
+                    self.restorer.failed(snapshot, err)
+                announced = bool(phases)
+        return await self._cold_boot(spec, announced)
+
+    async def _cold_boot(self, spec: InstanceSpec, announced: bool = False) -> Instance:
+        """``announced``: ``spec.on_phase`` was told "booting" already (by a restore)."""
         started = time.monotonic()
         name = self.domain_name(spec.instance_id)
         directory = self.instance_dir(spec.instance_id)
@@ -275,7 +312,7 @@ class VirtualMachineManager(service.Service):
                 raise ImageUnavailable(
                     f"staging the image took longer than {spec.staging_timeout:g} s") from None
             timings["staging"] = time.monotonic() - started
-            if spec.on_phase is not None:
+            if spec.on_phase is not None and not announced:
                 await defer.maybeDeferred(spec.on_phase, "booting")
             # the hypervisor may be reconnecting: wait for it within the staging deadline
             await self.hypervisor.wait_connected(
@@ -393,6 +430,32 @@ class VirtualMachineManager(service.Service):
                                     labels=dict(spec.labels)),
         )
 
+    def snapshot_domain_config(self, spec: InstanceSpec, name: str, directory: Path,
+                               staged: Staged, host_port: int, domain_uuid: str
+                               ) -> DomainConfig:
+        """The domain of a snapshot's template or of an instance restored from it: the
+        instance's domain with a fixed uuid and the identity channel."""
+        config = self.domain_config(spec, name, directory, staged.disks, staged.kernel,
+                                    staged.initrd, host_port, staged.console)
+        config.uuid = domain_uuid
+        config.devices.append(ChannelConfig(path=str(directory / "identity.sock"),
+                                            name=snapshots.IDENTITY_CHANNEL))
+        return config
+
+    def hardware_digest(self, spec: InstanceSpec) -> str:
+        """sha256 of the snapshot domain's XML with placeholders for its per-instance
+        parts (name, uuid, paths, ports, metadata)."""
+        placeholder = Path("/instance")
+        boot = spec.boot
+        staged = Staged(_disks(placeholder / "overlay.qcow2" if boot.disk else None,
+                               placeholder / "context.iso"),
+                        "kernel" if boot.kernel else None, "initrd" if boot.initrd else None,
+                        str(placeholder / "console.log"))
+        config = self.snapshot_domain_config(replace(spec, callback_port=None), "instance",
+                                             placeholder, staged, 0, "")
+        config.metadata = None
+        return hashlib.sha256(config.to_xml().encode()).hexdigest()
+
     async def _create(self, spec, name, directory, staged: Staged):
         last_error: Exception | None = None
         for _attempt in range(1 if spec.host_port else 3):
@@ -408,7 +471,10 @@ class VirtualMachineManager(service.Service):
                     raise
         raise HypervisorError(f"no free port for the TSI forward: {last_error}")
 
-    async def _wait_ready(self, instance: Instance, spec: InstanceSpec, deadline: float) -> str:
+    async def _wait_ready(self, instance: Instance, spec: InstanceSpec, deadline: float,
+                          race: int = 64) -> str:
+        """``race``: probe attempts at once (a booting guest's network may swallow the
+        first ones; a restored guest's agent listens already: one at a time)."""
         probe = spec.probe or line_probe(self.reactor)
         stopped: list[DomainEvent] = []
 
@@ -416,8 +482,8 @@ class VirtualMachineManager(service.Service):
             if event.stopped:
                 stopped.append(event)
 
-        race = ProbeRace(self.reactor, probe, self.address, instance.host_port,
-                         interval=self.probe_interval)
+        attempts = ProbeRace(self.reactor, probe, self.address, instance.host_port,
+                             interval=self.probe_interval, limit=race)
 
         async def still_booting() -> None:
             if stopped:
@@ -436,12 +502,12 @@ class VirtualMachineManager(service.Service):
                 await self._fetch_console(instance.domain, instance.directory)
                 raise BootTimeout(
                     f"the agent in {instance.domain} did not answer within "
-                    f"{spec.boot_timeout:g} s ({race.last_failure}); console: "
+                    f"{spec.boot_timeout:g} s ({attempts.last_failure}); console: "
                     f"{_one_line(instance.console_tail(5))}")
 
         unwatch = self.watch(instance.instance_id, on_event)
         try:
-            return await race.run(still_booting)
+            return await attempts.run(still_booting)
         finally:
             unwatch()
 

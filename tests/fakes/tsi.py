@@ -129,6 +129,8 @@ class FakeTSIClient:
         #: like the official TSI: no directory streams, so stage-out goes file by file
         self.streams: bool | None = False
         self.unsupported: set[str] = set()
+        #: like the official TSI: SUBMIT needs its USPACE_DIR made first
+        self.submit_makes_directory = False
         self._hanging: list[defer.Deferred] = []
 
     @property

@@ -25,7 +25,7 @@ from target_system.jobs import Job, JobRunner
 from target_system.lifecycle import InstanceState, JobState
 from target_system.store import instance_snapshot
 from tests.fakes.parts import FakeParts
-from tests.image_repo.examples import builder_document
+from tests.image_repo.examples import builder_document, variant
 from vmm.errors import GuestCrashed, HypervisorError
 
 S = InstanceState
@@ -85,6 +85,22 @@ def assert_gone(site: Site, target: TargetSystem) -> None:
 
 
 # -- bring-up ----------------------------------------------------------------------------
+def test_the_link_to_gridvms_agent_says_submit_makes_the_job_directory(site):
+    """gridvm's agent makes USPACE_DIR at SUBMIT (a job with nothing to stage is sent no
+    MKDIR first); an image's own TSI only changes into it, so its jobs still get one."""
+    assert site.ready().tsi.submit_makes_directory is True
+    own = validate(variant(builder_document(), **{
+        "tsi.flavour": "unicore", "tsi.start_command": ["/opt/unicore/tsi/bin/tsi"]}))
+    target = TargetSystem(instance_id="i2", owner="alice",
+                          image=ImageToBoot("img2", "own-tsi", own, IMAGE.paths),
+                          **site.options())
+    started = target.start()
+    assert target.tsi is not None and target.tsi.submit_makes_directory is False
+    target.terminate("test over")
+    site.wait(1)
+    assert isinstance(outcome(started), InstanceFailed)
+
+
 def test_bring_up_walks_every_phase_to_ready(site):
     site.vms.staging_seconds, site.vms.boot_seconds = 5, 10
     target = site.target()

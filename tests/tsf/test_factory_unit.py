@@ -16,7 +16,7 @@ from target_system.lifecycle import InstanceState, JobState
 from tests.fakes.parts import FakeParts
 from tests.image_repo.examples import builder_document, write_files
 from tsf.factory import InstanceBusy, NotFound, Quotas, TargetSystemFactory
-from tsf.pools import PoolSpec
+from tsf.pools import REFILL_DELAY, PoolSpec
 from vmm.errors import GuestCrashed
 
 ALICE = Caller.of("alice", groups=["users"])
@@ -163,6 +163,91 @@ async def test_a_job_takes_a_warm_pool_instance_and_the_pool_boots_another(tmp_p
         site.wait(1)  # an instance still booting is taken down on the next turn
         site.repository.close()
     assert site.vms.instances == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_pool_boots_its_replacement_once_the_taking_job_runs(tmp_path, credentials):
+    """A boot beside the job that took a pool instance would slow that job's start: the
+    replacement waits until the job runs — or REFILL_DELAY seconds, should it never."""
+    site = Site(tmp_path, credentials, Quotas(per_user=3, total=3), pool_interval=1,
+                pools=[PoolSpec("warm", image="gridvm-debian12-initramfs", idle=1)])
+    admin = Caller.of("root", admin=True)
+    site.factory.startService()
+    try:
+        await site.run_until(lambda: [t.state for t in site.factory.list_instances(admin)]
+                             == [InstanceState.READY])
+        (warm,) = site.factory.list_instances(admin)
+        site.agent(warm).stop_answering()  # the job's requests hang: it does not run
+        stuck = site.factory.submit(JOB, ALICE)
+        await site.run_until(lambda: stuck.job_id in warm.jobs)
+        until = site.clock.seconds() + REFILL_DELAY - 2  # the pool checks 8 times meanwhile
+        await site.run_until(lambda: site.clock.seconds() >= until)
+        assert len(site.vms.specs) == 1 and stuck.state is J.QUEUED
+        await site.run_until(lambda: len(site.vms.specs) == 2, limit=3)  # held no longer
+        await site.run_until(lambda: len(site.factory.waiting_in_pool(
+            site.factory.pools["warm"])) == 1 and site.vms.instances.keys() == {
+            t.instance_id for t in site.factory.list_instances(admin) if t.usable})
+
+        (spare,) = site.factory.waiting_in_pool(site.factory.pools["warm"])
+        site.factory.pool_interval = 3600  # from now on only a hand-over makes it boot
+        job = site.factory.submit(JOB, BOB)
+        await site.run_until(lambda: job.state is J.RUNNING)
+        assert job.instance_id == spare.instance_id and len(site.vms.specs) == 2
+        await site.run_until(lambda: len(site.vms.specs) == 3, limit=1)  # at once
+    finally:
+        await site.factory.stopService()
+        site.wait(1)
+        site.repository.close()
+
+
+@pytest.mark.parametrize("job_seconds", [1.0, None])
+@pytest_twisted.ensureDeferred
+async def test_a_pool_instance_is_ready_once_a_warm_up_job_ran_through_its_agent(
+        tmp_path, credentials, job_seconds):
+    """The guest's first job pays for the user's helper and cold code: a pool instance runs
+    a no-op one before it waits; one that never ends holds READY back for half the
+    CONNECTING deadline only."""
+    site = Site(tmp_path, credentials, Quotas(per_user=2, total=2), pool_interval=10,
+                pools=[PoolSpec("warm", image="gridvm-debian12-initramfs", idle=1)])
+    site.network.job_seconds = job_seconds
+    admin = Caller.of("root", admin=True)
+    site.factory.startService()
+    try:
+        await site.run_until(lambda: [t.state for t in site.factory.list_instances(admin)]
+                             == [InstanceState.READY])
+        (warm,) = site.factory.list_instances(admin)
+        agent = site.agent(warm)
+        (warm_up,) = agent.jobs.values()
+        assert warm_up.workdir == "/home/gridvm/jobs/.gridvm-warm-up" and warm_up.script == "true\n"
+        connecting = warm.lifecycle.phase_seconds()["CONNECTING"]
+        if job_seconds:
+            assert warm_up.ended and f"rm -rf -- {warm_up.workdir}" in agent.scripts
+            assert job_seconds <= connecting < job_seconds + 0.5
+        else:
+            assert connecting == pytest.approx(20 / 2, abs=0.2)  # Site: connecting=20
+    finally:
+        await site.factory.stopService()
+        site.wait(1)
+        site.repository.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_job_with_nothing_to_stage_is_submitted_without_a_mkdir(site):
+    """gridvm's agent makes the job directory at SUBMIT: one round trip less for a job that
+    stages nothing; a job with inputs gets its directory first."""
+    plain = await site.finished(site.factory.submit(JOB, ALICE))
+    agent = site.agent(site.factory.instance(plain.instance_id, ALICE))
+    assert plain.state is J.SUCCESSFUL and agent.requests[1] == "SUBMIT", agent.requests
+
+    def mkdirs() -> list[str]:
+        return [script for script in agent.scripts if script.startswith("mkdir")]
+
+    assert not mkdirs() and any("made at submit" in line for line in plain.log)
+    staged = await site.finished(site.factory.submit(
+        {**JOB, "Imports": [{"From": "inline://dummy", "To": "in.txt", "Data": "x"}]}, ALICE))
+    assert staged.state is J.SUCCESSFUL
+    assert mkdirs() == [f"mkdir -p {staged.workdir}"]
+    assert agent.files[f"{staged.workdir}/in.txt"] == b"x"
 
 
 @pytest_twisted.ensureDeferred

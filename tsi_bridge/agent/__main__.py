@@ -1,6 +1,9 @@
 """``python3 -m tsi_bridge.agent --config FILE [flags]``: run the gridvm TSI agent.
 
 Flags override the config file (handy for development and tests); see docs/tsi-bridge.md.
+``--await-identity PORT`` (a snapshot's template guest) waits on a virtio-serial port for the
+identity of a restored instance, whose agent.conf it then runs from
+(``tsi_bridge.agent.awaiting``).
 ``--properties FILE`` reads the official UNICORE TSI's ``tsi.properties`` instead, so the
 agent can be started exactly as the official TSI is.
 """
@@ -25,7 +28,9 @@ FLAGS = {
 }
 SWITCHES = {"--no-switch-uid": ("switch_uid", False), "--confine-paths": ("confine_paths", True),
             "--no-user-helpers": ("user_helpers", False)}
-USAGE = ("usage: python3 -m tsi_bridge.agent [--config FILE | --properties FILE] "
+AWAIT = "await_identity"  #: not a config key: taken out before the config is loaded
+USAGE = ("usage: python3 -m tsi_bridge.agent [--config FILE | --properties FILE | "
+         "--await-identity PORT] "
          + " ".join(f"[{flag} V]" for flag in FLAGS) + " " + " ".join(f"[{s}]" for s in SWITCHES))
 
 
@@ -45,13 +50,15 @@ def parse(argv: list[str]) -> tuple[str | None, dict[str, object]]:
         if "=" in flag:
             flag, value = flag.split("=", 1)
             args.insert(0, value)
-        if flag not in FLAGS and flag not in ("--config", "--properties"):
+        if flag not in FLAGS and flag not in ("--config", "--properties", "--await-identity"):
             raise SystemExit(f"gridvm-tsi: unknown argument {flag}\n{USAGE}")
         if not args:
             raise SystemExit(f"gridvm-tsi: {flag} needs a value")
         value = args.pop(0)
         if flag == "--config":
             config_file = value
+        elif flag == "--await-identity":
+            overrides[AWAIT] = value
         elif flag == "--properties":
             from tsi_bridge.agent.config import properties_values, read_properties
 
@@ -67,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         config_file, overrides = parse(sys.argv[1:] if argv is None else argv)
+        port = overrides.pop(AWAIT, None)
+        awaited = None
+        if port is not None:
+            config_file, *awaited = await_identity(str(port))
         config = Config.load(config_file, overrides)
     except ConfigError as err:
         print(f"gridvm-tsi: configuration error: {err}", file=sys.stderr)
@@ -87,8 +98,26 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    if awaited:  # a restored instance: the host waits for this before it probes
+        from tsi_bridge.agent.awaiting import acknowledge
+
+        acknowledge(*awaited)
     agent.serve_forever()
     return 0
+
+
+def await_identity(port: str) -> tuple[str, int, bytes]:
+    """Import all the agent needs, then wait for a restored instance's identity; returns
+    its agent.conf, the open port and the ack to send on it once the agent listens."""
+    from tsi_bridge.agent import awaiting, server  # noqa: F401 - imported before the snapshot
+
+    try:
+        fd = awaiting.open_port(port)
+        config_file, ack = awaiting.identity_from(fd)
+        return config_file, fd, ack
+    except (OSError, awaiting.IdentityError) as err:
+        print(f"gridvm-tsi: no identity: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":
