@@ -101,6 +101,9 @@ def site_config(root, **overrides):
         "deadlines": {"staging": 120, "booting": 120, "connecting": 60},
         "health": {"interval": 5, "idle_timeout": 0},
         "limits": {"max_json_kib": 64, "max_upload_mib": 8},
+        # restores are tested on their own (tests/tsf/rest/test_restore.py): here the
+        # instances boot, and no snapshot is built in the background beside each test
+        "fast_start": {"restore": False},
     }
     for section, values in overrides.items():
         doc.setdefault(section, {}).update(values)
