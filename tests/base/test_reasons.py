@@ -16,9 +16,9 @@ ARCHITECTURE_CODES = (
     "SERVER_RESTARTED",
 )
 #: codes gridvm adds to architecture.md's list (REST's 404s; an image layers depend on;
-#: CONTAINER jobs; a job no hypervisor host takes)
+#: CONTAINER jobs; a job no hypervisor host takes; a restore that fell back to a boot)
 ADDED_CODES = ("NOT_FOUND", "IMAGE_IN_USE", "CONTAINER_UNKNOWN", "CONTAINER_FAILED",
-               "NO_HOST_FITS")
+               "NO_HOST_FITS", "RESTORE_FAILED")
 
 
 def test_every_architecture_code_is_a_member_and_nothing_else_is():
