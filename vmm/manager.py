@@ -243,7 +243,9 @@ class VirtualMachineManager(service.Service):
 
     def stopService(self):
         super().stopService()
-        return self.hypervisor.close()
+        d = self.restorer.stop() if self.restorer is not None else defer.succeed(None)
+        d.addBoth(lambda _: self.hypervisor.close())
+        return d
 
     def instance_dir(self, instance_id: str) -> Path:
         return self.state_dir / "instances" / instance_id

@@ -66,6 +66,8 @@ class SnapshotRestorer:
         self._sources = guest_sources_digest()
         self._told_why_not: set[str] = set()
         self._failed_builds: dict[str, float] = {}  #: key digest -> when its build failed
+        #: the template domain being booted and saved now, if any
+        self.building_domain: str | None = None
 
     # -- which snapshot --------------------------------------------------------------------
     def why_not_restorable(self, spec: InstanceSpec) -> str:
@@ -179,6 +181,7 @@ class SnapshotRestorer:
                                                     ports.free_port(manager.address),
                                                     domain_uuid)
             created = True
+            self.building_domain = name
             await manager.hypervisor.create(config)
             await self._wait_quiescent(name, directory, started + self.build_timeout)
             save = building / "memory.save"
@@ -188,6 +191,7 @@ class SnapshotRestorer:
             await threads.deferToThread(self._keep_files, directory, building, staged)
             snapshot = self.store.commit(building, key.digest, slot, name, domain_uuid)
         finally:
+            self.building_domain = None
             if created:
                 await manager.hypervisor.destroy(name)
             shutil.rmtree(building, ignore_errors=True)
@@ -195,6 +199,18 @@ class SnapshotRestorer:
         log.info("snapshot %s of %s built in %.1f s (%d MB saved)", key.digest, slot,
                  time.monotonic() - started, snapshot.save_bytes // 1_000_000)
         return snapshot
+
+    def stop(self) -> defer.Deferred:
+        """Destroy the template of a build under way (the site stops: it would be left
+        running until the next start found it an orphan)."""
+        name = self.building_domain
+        if name is None:
+            return defer.succeed(None)
+        log.info("stopping: destroying snapshot template %s", name)
+        d = self.manager.hypervisor.destroy(name)
+        d.addErrback(lambda f: log.warning("destroying snapshot template %s: %s", name,
+                                           f.getErrorMessage()))
+        return d
 
     @staticmethod
     def _keep_files(directory: Path, building: Path, staged: Staged) -> None:

@@ -230,3 +230,29 @@ def test_the_store_keeps_at_most_its_limit_of_snapshots(tmp_path):
         (building / "memory.save").write_bytes(b"x")
         store.commit(building, f"k{n}", f"slot{n}", "gridvm-s0123456789a", "u")
     assert [s.key for s in store.all()] == ["k1", "k2"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_destroys_the_template_of_a_build_under_way(restorer):
+    """A site that stops while a snapshot is being built leaves no template VM running."""
+    from tests.vmm.test_hypervisor import config
+
+    vmm = restorer
+    await vmm.start()
+    name = vmm.domain_name("s0123456789a")
+    await vmm.hypervisor.create(config(name, "s0123456789a", site=vmm.site_id))
+    vmm.restorer.building_domain = name  # as _build sets it once the template is created
+    running = [n for n, _config, state in await vmm.hypervisor.list_domains(vmm.prefix)
+               if state.alive]
+    assert running == [name]
+    destroy, destroyed, left = vmm.hypervisor.destroy, [], []
+
+    async def destroying(domain, **options):  # what is left, seen before the close
+        destroyed.append(domain)
+        await destroy(domain, **options)
+        left.extend(n for n, _c, _s in await vmm.hypervisor.list_domains(vmm.prefix))
+
+    vmm.hypervisor.destroy = lambda domain, **options: defer.ensureDeferred(
+        destroying(domain, **options))
+    await vmm.stopService()
+    assert destroyed == [name] and left == [] and not vmm.hypervisor.connected
