@@ -117,24 +117,31 @@ def _serve(sock: socket.socket) -> None:
                 os.close(fd)
 
 
+def fork_as(runas: RunAs, serve) -> tuple[int, socket.socket]:
+    """A child process switched to ``runas`` that runs ``serve`` on its end of a socket pair
+    (every other descriptor closed, default signal handling): its pid and our end."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            keep = theirs.fileno()
+            os.closerange(3, keep)
+            os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, signal.SIG_DFL)
+            become(runas)
+            serve(theirs)
+        finally:
+            os._exit(0)
+    theirs.close()
+    return pid, ours
+
+
 class Helper:
     """One helper process of one user."""
 
     def __init__(self, runas: RunAs) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child
-            try:
-                keep = theirs.fileno()
-                os.closerange(3, keep)
-                os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
-                for signum in (signal.SIGTERM, signal.SIGINT):
-                    signal.signal(signum, signal.SIG_DFL)
-                become(runas)
-                _serve(theirs)
-            finally:
-                os._exit(0)
-        theirs.close()
+        pid, ours = fork_as(runas, _serve)
         ours.settimeout(CALL_TIMEOUT)
         self.pid, self.sock = pid, ours
 

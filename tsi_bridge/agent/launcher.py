@@ -29,8 +29,14 @@ import socket
 import threading
 from collections.abc import Callable
 
-from tsi_bridge.agent.helpers import CALL_TIMEOUT, HelperUnavailable, _receive, _send
-from tsi_bridge.agent.identity import RequestFailed, RunAs, become
+from tsi_bridge.agent.helpers import (
+    CALL_TIMEOUT,
+    HelperUnavailable,
+    _receive,
+    _send,
+    fork_as,
+)
+from tsi_bridge.agent.identity import RequestFailed, RunAs
 from tsi_bridge.agent.jobs import StagingFailed, exit_status, prepare_job, write_exit_code
 
 HAVE_PIDFD = hasattr(os, "pidfd_open")
@@ -130,20 +136,7 @@ class Launcher:
     """The launcher process of one user, and the agent's thread that reads its messages."""
 
     def __init__(self, runas: RunAs) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child
-            try:
-                keep = theirs.fileno()
-                os.closerange(3, keep)
-                os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
-                for signum in (signal.SIGTERM, signal.SIGINT):
-                    signal.signal(signum, signal.SIG_DFL)
-                become(runas)
-                _serve(theirs)
-            finally:
-                os._exit(0)
-        theirs.close()
+        pid, ours = fork_as(runas, _serve)
         self.pid, self.sock = pid, ours
         self.alive = True
         self._lock = threading.Lock()  # one spawn request at a time
