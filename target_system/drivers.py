@@ -44,6 +44,11 @@ class Hosts(Protocol):
     def host_of(self, instance_id: str) -> str:
         """The name of the host the instance runs on ("" when none knows it)."""
 
+    def await_instance(self, instance_id: str, host_name: str) -> defer.Deferred:
+        """Fires with the ``vmm.manager.Instance`` of a restored instance once its host,
+        unreachable since the start, joins with its domain; fails with a ``VMMError``
+        (``HOST_LOST`` past the grace period)."""
+
 
 class TSILink(Protocol):
     """The TSI commands a target system and its jobs use (see ``TSIClient``)."""

@@ -148,6 +148,9 @@ class TargetSystem:
         #: the hypervisor host it runs on ("": a one-host site's), where that host binds
         #: the TSI forward, and where it reaches the site's callback listener
         self.host, self.address, self.callback_address = host, address, callback_address
+        #: after a server restart: the host it waits for (unreachable since the start);
+        #: it takes no job until its VM is found there again
+        self.awaiting_host = ""
         self.vmm, self.credentials, self.reactor = vmm, credentials, reactor
         self.vcpus, self.memory_mib = vcpus, memory_mib
         self.deadlines = image_deadlines(deadlines or Deadlines(), image.metadata)
@@ -205,7 +208,7 @@ class TargetSystem:
 
     @property
     def usable(self) -> bool:
-        return self.state in (S.READY, S.BUSY)
+        return self.state in (S.READY, S.BUSY) and not self.awaiting_host
 
     def describe(self) -> dict[str, Any]:
         """What an operator or the owner sees: state, reason, health, phase timings."""
@@ -220,7 +223,7 @@ class TargetSystem:
             "domain": self.vm.domain if self.vm else None,
             #: "restored" (from a snapshot of its image) or "booted"
             "startedBy": getattr(self.vm, "started_by", "booted") if self.vm else None,
-            "host": self.host,
+            "host": self.host, **({"awaitingHost": True} if self.awaiting_host else {}),
             **({"cluster": {"id": self.node.cluster, "node": self.node.name,
                             "role": self.node.role, "address": self.node.address}}
                if self.node else {}),
@@ -375,6 +378,7 @@ class TargetSystem:
         target = cls(instance_id=row["id"], owner=row["owner"], image=image,
                      vcpus=row["vcpus"], memory_mib=row["memory_mib"], **kwargs)
         target.vm = vm
+        target.host = row.get("host") or ""
         if vm is not None:
             target.address = vm.address
         target.instance_cert_pem = (row["instance_cert"] or "").encode() or None

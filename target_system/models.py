@@ -27,6 +27,7 @@ class InstanceRow(Base):
     host_port: Mapped[int | None] = mapped_column(Integer)
     callback_port: Mapped[int | None] = mapped_column(Integer)
     domain: Mapped[str | None] = mapped_column(String(255))
+    host: Mapped[str | None] = mapped_column(String(64))  #: its hypervisor host's name
     instance_cert: Mapped[str | None] = mapped_column(Text)
     history: Mapped[list] = mapped_column(JSON, default=list)
     updated: Mapped[float] = mapped_column(Float)

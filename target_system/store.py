@@ -32,7 +32,7 @@ def instance_snapshot(target) -> dict[str, Any]:
         "message": life.message or "", "vcpus": target.vcpus, "memory_mib": target.memory_mib,
         "host_port": target.vm.host_port if target.vm else None,
         "callback_port": target.vm.callback_port if target.vm else None,
-        "domain": target.vm.domain if target.vm else None,
+        "domain": target.vm.domain if target.vm else None, "host": target.host or None,
         "instance_cert": target.instance_cert_pem.decode() if target.instance_cert_pem
         else None,
         "history": [list(item) for item in life.history], "updated": time.time(),

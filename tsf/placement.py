@@ -134,6 +134,15 @@ class NotClusterNode(InstanceFilter):
         return f"is node {node.name} of cluster {node.cluster}" if node is not None else None
 
 
+class NotAwaitingHost(InstanceFilter):
+    """After a server restart, an instance whose host is unreachable since the start takes
+    no job until its VM is found there again."""
+
+    def why_not(self, instance, need):
+        host = getattr(instance, "awaiting_host", "")
+        return f"waits for its host {host}, unreachable since the site started" if host else None
+
+
 class BigEnough(InstanceFilter):
     def why_not(self, instance, need):
         if instance.vcpus >= need.vcpus and instance.memory_mib >= need.memory_mib:
@@ -184,7 +193,7 @@ class SiteQuota(BootQuota):
 
 
 OWN_FILTERS: tuple[InstanceFilter, ...] = (SameImage(), NotClusterNode(), NotDraining(),
-                                           NotRetiring(), BigEnough())
+                                           NotRetiring(), NotAwaitingHost(), BigEnough())
 QUOTAS: tuple[BootQuota, ...] = (PerUserQuota(), SiteQuota())
 
 
@@ -261,7 +270,7 @@ def choose(need: Need, live: Sequence[Instance], quotas: Quotas,
                        for t in suitable[1:])
     if PerUserQuota().why_not(len(mine), len(live), quotas) is None:
         waiting = [t for t in live if pool_name(t.owner) is not None]
-        filters = (ServingPool(pools), SameImage(), Takeable(), BigEnough())
+        filters = (ServingPool(pools), SameImage(), Takeable(), NotAwaitingHost(), BigEnough())
         fitting = sorted(_passing(waiting, filters, need, skipped),
                          key=lambda t: TAKE_ORDER[t.state])
         if fitting:

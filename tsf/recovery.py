@@ -6,6 +6,8 @@ the next start the instances are restored from the state store around the domain
 adopted and reconnected; each unfinished job resumes at the step it was in (or starts
 afresh if it never reached its instance), fails with its instance's reason if that one is
 gone, or keeps waiting for its start.  Finished jobs stay available until deleted.
+An instance whose host is unreachable at the start waits for it in the background (within
+the hosts' grace period), and its unfinished jobs with it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from twisted.internet import threads
+from twisted.internet import defer, threads
 
 from base.identity import Caller
 from base.reasons import Reason
@@ -35,30 +37,12 @@ async def recover(factory: TargetSystemFactory, adopted) -> dict[str, int]:
     destroy the domains of this site that no live instance owns.  Returns the counts."""
     registry = factory.registry
     assert registry.store is not None
-    alive = {a.instance.instance_id: a.instance for a in adopted
-             if a.instance is not None and a.state.alive}
-    admin = Caller.of("gridvm", admin=True)
-    counts = {"instances": 0, "reconnected": 0, "jobs": 0, "resumed": 0, "finished": 0}
-    for row in await registry.store.load_instances(live_only=True):
-        try:
-            image = await threads.deferToThread(registry._load_image, row["image_id"], admin)
-        except RepositoryError as err:
-            log.warning("instance %s: its image is gone: %s", row["id"], err)
-            image = ImageToBoot(row["image_id"], row["image_name"], None, {})
-        target = TargetSystem.restore(
-            row, image, alive.pop(row["id"], None), vmm=registry.vmm,
-            credentials=registry.credentials, reactor=factory.reactor,
-            deadlines=registry.deadlines, health=registry.health,
-            tsi_connector=registry.tsi_connector)
-        target.keep_idle = pool_name(target.owner) is not None
-        registry.locate(target)
-        registry.add(target)
-        await target.reconnect()
-        counts["instances"] += 1
-        counts["reconnected"] += target.usable
-    for instance in alive.values():  # ours by prefix and metadata, but unknown
-        log.warning("destroying orphaned domain %s", instance.domain)
-        await registry.vmm.destroy(instance.instance_id)
+    counts = {"instances": 0, "reconnected": 0, "jobs": 0, "resumed": 0, "finished": 0,
+              "awaiting": 0}
+    #: instance id -> the unfinished jobs of an instance that awaits its host
+    awaiting: dict[str, list[tuple[Job, Caller]]] = {
+        target.instance_id: [] for target in await _take_back_instances(factory, adopted,
+                                                                        counts)}
     for row in await registry.store.load_jobs(live_only=False):
         caller = Caller.of(row["caller"]["user"], row["caller"]["groups"],
                            row["caller"]["vos"], row["caller"]["admin"])
@@ -81,7 +65,11 @@ async def recover(factory: TargetSystemFactory, adopted) -> dict[str, int]:
         target = registry.instances.get(job.instance_id or "")
         if job.state.name == "READY":  # never reached its instance: start it afresh
             target = None
-        if target is not None and target.usable:
+        if target is not None and target.instance_id in awaiting:
+            job.note(f"waiting for the host {target.host} of its instance after a server "
+                     "restart")
+            awaiting[target.instance_id].append((job, caller))
+        elif target is not None and target.usable:
             job.note("resumed after a server restart")
             factory.resume(job, target)
             counts["resumed"] += 1
@@ -95,12 +83,75 @@ async def recover(factory: TargetSystemFactory, adopted) -> dict[str, int]:
             job.note("restarted after a server restart")
             factory.start(job.job_id, caller)
     for target in registry.instances.values():
-        if target.state is InstanceState.BUSY and not target.jobs:
+        if target.state is InstanceState.BUSY and not target.jobs and \
+                target.instance_id not in awaiting:
             target.lifecycle.advance(InstanceState.READY)
-    log.info("recovered %(instances)d instances (%(reconnected)d reconnected), "
-             "%(jobs)d unfinished jobs (%(resumed)d resumed) and %(finished)d finished "
-             "jobs", counts)
+    for instance_id, jobs in awaiting.items():
+        target = registry.instances[instance_id]
+        defer.Deferred.fromCoroutine(_after_host(factory, target, jobs)).addErrback(
+            lambda f, i=instance_id: log.error("instance %s awaiting its host: %s", i,
+                                               f.getTraceback()))
+    log.info("recovered %(instances)d instances (%(reconnected)d reconnected, %(awaiting)d "
+             "awaiting their host), %(jobs)d unfinished jobs (%(resumed)d resumed) and "
+             "%(finished)d finished jobs", counts)
     return counts
+
+
+async def _take_back_instances(factory: TargetSystemFactory, adopted,
+                               counts: dict[str, int]) -> list[TargetSystem]:
+    """Restore the saved live instances around the adopted domains and reconnect them;
+    destroy this site's domains that none owns.  Returns those awaiting their host."""
+    registry = factory.registry
+    assert registry.store is not None
+    alive = {a.instance.instance_id: a.instance for a in adopted
+             if a.instance is not None and a.state.alive}
+    admin = Caller.of("gridvm", admin=True)
+    awaiting: list[TargetSystem] = []
+    for row in await registry.store.load_instances(live_only=True):
+        try:
+            image = await threads.deferToThread(registry._load_image, row["image_id"], admin)
+        except RepositoryError as err:
+            log.warning("instance %s: its image is gone: %s", row["id"], err)
+            image = ImageToBoot(row["image_id"], row["image_name"], None, {})
+        target = TargetSystem.restore(
+            row, image, alive.pop(row["id"], None), vmm=registry.vmm,
+            credentials=registry.credentials, reactor=factory.reactor,
+            deadlines=registry.deadlines, health=registry.health,
+            tsi_connector=registry.tsi_connector)
+        target.keep_idle = pool_name(target.owner) is not None
+        waits = registry.locate(target)
+        registry.add(target)
+        counts["instances"] += 1
+        if waits:
+            log.warning("instance %s: its host %s is unreachable: waiting for it",
+                        target.instance_id, target.host)
+            awaiting.append(target)
+            counts["awaiting"] += 1
+            continue
+        await target.reconnect()
+        counts["reconnected"] += target.usable
+    for instance in alive.values():  # ours by prefix and metadata, but unknown
+        log.warning("destroying orphaned domain %s", instance.domain)
+        await registry.vmm.destroy(instance.instance_id)
+    return awaiting
+
+
+async def _after_host(factory: TargetSystemFactory, target: TargetSystem,
+                      jobs: list[tuple[Job, Caller]]) -> None:
+    """Resume the jobs of an instance once its host is back, or fail them with it."""
+    usable = await factory.registry.await_host(target)
+    for job, _caller in jobs:
+        if job.state.terminal:
+            continue
+        if usable:
+            job.note(f"resumed: the host {target.host} is back")
+            factory.resume(job, target)
+        elif target.lifecycle.terminal:
+            job.fail(target.lifecycle.reason or Reason.HOST_LOST,
+                     f"its target system failed: {target.lifecycle.message}")
+            job.settle()
+    if usable and target.state is InstanceState.BUSY and not target.jobs:
+        target.lifecycle.advance(InstanceState.READY)
 
 
 async def detach(factory: TargetSystemFactory) -> None:

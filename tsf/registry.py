@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from twisted.internet import threads
+from twisted.internet import defer, threads
 
 from base.identity import Caller
 from base.reasons import Reason
@@ -37,6 +37,7 @@ from target_system.store import StateStore
 from tsf.changes import ChangeFeed
 from tsf.containers import find_container
 from tsf.placement import HostDecision, HostPolicy, HostUsage, Need, Quotas, choose_host
+from vmm.errors import VMMError
 
 log = logging.getLogger(__name__)
 
@@ -141,21 +142,54 @@ class InstanceRegistry:
         self.add(target)
         return target
 
-    def locate(self, target: TargetSystem) -> None:
-        """Set a restored instance's host from where its domain was found.  One whose
-        domain no host has while a host is DOWN is lost with it (``HOST_LOST``), not
-        "vanished": should that host come back, the domain is destroyed there."""
+    def locate(self, target: TargetSystem) -> bool:
+        """Set a restored instance's host from where its domain was found; True when its
+        domain was not found because the host it ran on is unreachable since the start:
+        it awaits that host (see :meth:`await_host`).  One whose domain no host has while
+        a host it did not record is DOWN is lost (``HOST_LOST``), not "vanished": should
+        that host come back, the domain is destroyed there."""
         if self.hosts is None:
-            return
-        target.host = self.hosts.host_of(target.instance_id)
+            return False
+        recorded = target.host
+        target.host = self.hosts.host_of(target.instance_id) or recorded
         views = self.hosts.views()
         for view in views:
             if view.name == target.host:
                 target.callback_address = view.site_address
         down = [view.name for view in views if view.state == "DOWN"]
-        if target.vm is None and down and not target.lifecycle.terminal:
+        if target.vm is not None or not down or target.lifecycle.terminal:
+            return False
+        if recorded in down and target.usable:
+            target.awaiting_host = recorded
+            return True
+        if not recorded:  # saved before rows named their host
             target.lifecycle.fail(Reason.HOST_LOST, "its VM is on no reachable host (DOWN: "
                                   f"{', '.join(down)})")
+        return False
+
+    async def await_host(self, target: TargetSystem) -> bool:
+        """Wait for the host of a restored instance that :meth:`locate` found unreachable,
+        then reconnect it; True when it is usable again.  It ends FAILED (``HOST_LOST``
+        past the grace period) otherwise."""
+        assert self.hosts is not None
+        try:
+            vm = await self.hosts.await_instance(target.instance_id, target.awaiting_host)
+        except defer.CancelledError:  # the site stops: the instance stays as it was saved
+            return False
+        except VMMError as err:
+            target.awaiting_host = ""
+            if not target.lifecycle.terminal:
+                target.lifecycle.fail(err.reason, f"after the restart: {err}")
+            await target.reconnect()  # ends a failed one: its VM is removed
+            return False
+        target.awaiting_host = ""
+        if target.lifecycle.terminal:  # ended (e.g. deleted) while it waited
+            await self.vmm.destroy(target.instance_id)
+            return False
+        target.vm, target.address = vm, vm.address
+        log.info("instance %s: its host %s is back", target.instance_id, target.host)
+        await target.reconnect()
+        return target.usable
 
     def add(self, target: TargetSystem) -> None:
         """Track ``target`` (a new or a restored one) and snapshot its every change."""

@@ -193,7 +193,8 @@ class SiteService(service.MultiService):
         self.factory.keep_on_stop = config.site.keep_instances
         counts = await self.factory.recover(adopted)
         log.info("taken back from an earlier run: %(instances)d instance(s), "
-                 "%(reconnected)d reconnected; %(jobs)d live job(s), %(resumed)d resumed; "
+                 "%(reconnected)d reconnected, %(awaiting)d awaiting their host; %(jobs)d "
+                 "live job(s), %(resumed)d resumed; "
                  "%(finished)d finished job(s)",
                  counts)
         self.factory.setServiceParent(self)

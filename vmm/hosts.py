@@ -16,6 +16,10 @@ its instances simply go on (the VM manager re-checks their domains after reconne
 When a DOWN host comes back, the destroys of its lost instances that failed meanwhile are
 retried, so nothing of theirs is left on it.  Drained hosts are remembered across restarts
 (``drained.json`` in the state directory).
+
+After a server restart, an instance whose host is unreachable at the start is **awaited**
+(:meth:`HostPool.await_instance`): when the host joins within the grace period its domain
+is handed back, else the instance is lost with it (``HOST_LOST``).
 """
 
 from __future__ import annotations
@@ -185,6 +189,8 @@ class HostPool(service.Service):
         self._capacity_at = 0.0
         self._joining: set[str] = set()
         self._asking: set[str] = set()  #: hosts asked for their capacity, not answered yet
+        #: instance id -> (its host's name, what await_instance handed out)
+        self._awaited: dict[str, tuple[str, defer.Deferred]] = {}
         for name in self._read_drained():
             if name in self.hosts:
                 self.hosts[name].drained = True
@@ -236,6 +242,8 @@ class HostPool(service.Service):
         """Stop watching the hosts and close every connection."""
         if self._monitor.running:
             self._monitor.stop()
+        for _host, waiting in list(self._awaited.values()):
+            waiting.cancel()  # the site stops: nothing is decided about these instances
         return defer.DeferredList([host.vmm.hypervisor.close() for host in self.hosts.values()])
 
     # -- watching the hosts ----------------------------------------------------------------
@@ -247,6 +255,9 @@ class HostPool(service.Service):
         for host in self.hosts.values():
             if not host.started:
                 self._try_joining(host)
+                if self.grace is not None and host.lost_since is not None and \
+                        now - host.lost_since >= self.grace:
+                    self._give_up_awaited(host, now - host.lost_since)
                 continue
             if host.vmm.hypervisor.connected:
                 if host.down:
@@ -302,12 +313,51 @@ class HostPool(service.Service):
                 self._joining.discard(host.name)
             log.info("host %s joined", host.name)
             for found in self._joined(host, adopted):
-                if found.instance is not None and found.instance.instance_id not in \
-                        self._watchers:
+                if found.instance is None:
+                    continue
+                awaited = self._awaited.pop(found.instance.instance_id, None)
+                if awaited is not None and found.state.alive:
+                    awaited[1].callback(found.instance)
+                    continue
+                if found.instance.instance_id not in self._watchers:
                     await self.destroy(found.instance.instance_id)
+                if awaited is not None:
+                    awaited[1].errback(VMMError(
+                        f"its VM on host {host.name} was {found.state.name.lower()} when "
+                        "the host came back", reason=Reason.GUEST_CRASHED))
+            self._end_awaited(host, VMMError(
+                f"its VM was not on host {host.name} when the host came back",
+                reason=Reason.GUEST_CRASHED))
 
         defer.Deferred.fromCoroutine(join()).addErrback(
             lambda f: log.error("joining host %s: %s", host.name, f.getTraceback()))
+
+    def await_instance(self, instance_id: str, host_name: str) -> defer.Deferred:
+        """Fires with the ``Instance`` of a restored instance whose host (unreachable since
+        the start) joins with its domain; fails with a :class:`VMMError`: ``HOST_LOST``
+        once the host is unreachable past the grace period, ``GUEST_CRASHED`` when it joins
+        without the domain.  Cancelled when the pool closes."""
+        host = self.host(host_name)
+        if host.started:
+            return defer.fail(VMMError(f"its VM is not on host {host_name}",
+                                       reason=Reason.GUEST_CRASHED))
+        waiting: defer.Deferred = defer.Deferred(
+            lambda _d: self._awaited.pop(instance_id, None))
+        self._awaited[instance_id] = (host_name, waiting)
+        return waiting
+
+    def _give_up_awaited(self, host: Host, seconds: float) -> None:
+        if not any(name == host.name for name, _waiting in self._awaited.values()):
+            return
+        host.message = f"unreachable for {seconds:.0f} s since the start"
+        self._end_awaited(host, VMMError(f"its host {host.name} is {host.message}",
+                                         reason=Reason.HOST_LOST))
+
+    def _end_awaited(self, host: Host, error: VMMError) -> None:
+        for instance_id, (name, waiting) in list(self._awaited.items()):
+            if name == host.name:
+                del self._awaited[instance_id]
+                waiting.errback(error)
 
     def _declare_lost(self, host: Host, seconds: float) -> None:
         host.down = True

@@ -197,3 +197,38 @@ async def test_a_host_that_vanishes_loses_its_jobs_and_the_other_host_goes_on(tw
                 "the lost instance's VM destroyed, its volumes removed", 90)
     assert not qemu_runs(doomed.vm.domain)
     await until(lambda: hosts.host_of(doomed.instance_id) == "", "the host forgets it", 10)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_restarted_site_waits_for_a_host_unreachable_at_its_start(two_hosts):
+    """The server restarts while the second host cannot be reached: its instance and running
+    job wait for it (not HOST_LOST at once), and go on once it answers within the grace."""
+    site, _http, relay, _pool_dir = two_hosts
+    site.vmm.drain("system")
+    waiting = site.factory.submit(job("echo before; sleep 20; echo after"), ALICE)
+    await wait_state(waiting, {JobState.RUNNING}, timeout=180)
+    instance_id = waiting.instance_id
+    assert site.factory.instance(instance_id, ALICE).host == "host2"
+    site.config.site.keep_instances = True  # its VM and job go on without the server
+    site.factory.keep_on_stop = True
+    await site.stopService()
+    await relay.cut()
+    second = await start_site(site.config, reactor)
+    try:
+        second.factory.runner.poll_interval = 0.5
+        target = second.factory.instance(instance_id, ALICE)
+        assert target.awaiting_host == "host2" and target.host == "host2", target.describe()
+        assert second.vmm.hosts["host2"].state is HostState.DOWN
+        resumed = second.factory.jobs[waiting.job_id]
+        assert any("waiting for the host host2" in line for line in resumed.log), resumed.log
+        relay.restore()  # back within the grace period (4 s)
+        await until(lambda: target.usable, "the instance reconnected on host2", 30)
+        assert target.vm is not None and target.vm.address == "127.0.0.2"
+        await finished(second.factory, resumed, ALICE, timeout=120)
+        assert resumed.state is JobState.SUCCESSFUL, resumed.log
+        assert (resumed.storage / "stdout").read_text() == "before\nafter\n"
+        assert any("resumed: the host host2 is back" in line for line in resumed.log)
+    finally:
+        second.config.site.keep_instances = False
+        second.factory.keep_on_stop = False
+        await second.stopService()

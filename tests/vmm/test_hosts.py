@@ -7,7 +7,7 @@ import uuid
 import libvirt
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, task
+from twisted.internet import defer, reactor, task
 
 from base.reasons import Reason
 from tests.vmm.conftest import NODE
@@ -192,3 +192,70 @@ def test_a_forward_port_on_another_machines_address_is_drawn_from_the_ephemeral_
     monkeypatch.setattr(socket.socket, "bind", not_here)
     low, high = ports.REMOTE_RANGE
     assert all(low <= ports.free_port("10.1.2.3") <= high for _ in range(20))
+
+
+class ComingBack(FlakyOpener):
+    """A host down until ``down`` is cleared, then back with the domains of ``running``
+    (the test driver starts empty at every connection: they are created again)."""
+
+    def __init__(self):
+        super().__init__()
+        self.down = True
+        self.running: list = []
+
+    def __call__(self, uri):
+        conn = super().__call__(uri)
+        for domain in self.running:
+            conn.createXML(domain.to_xml(), 0)
+        return conn
+
+
+@pytest_twisted.ensureDeferred
+async def test_instances_on_a_host_unreachable_at_the_start_are_awaited(tmp_path):
+    clock, opener = task.Clock(), ComingBack()
+    hosts = HostPool(make_hosts(tmp_path, openers={"b": opener}), clock, grace=10)
+    await hosts.start()
+    b = hosts.hosts["b"]
+    try:
+        back, gone, stopped = (uuid.uuid4().hex[:12] for _ in range(3))
+        opener.running = [config(b.vmm.domain_name(back), back, site=b.vmm.site_id)]
+        found = hosts.await_instance(back, "b")
+        missing = hosts.await_instance(gone, "b")
+        outcomes: dict[str, object] = {}
+        for name, waiting in (("back", found), ("gone", missing)):
+            waiting.addBoth(lambda result, name=name: outcomes.__setitem__(name, result))
+        clock.pump([1] * 5)  # within the grace period: nothing is decided
+        assert not outcomes and b.state is HostState.DOWN
+        opener.down = False
+        clock.advance(1)
+        await wait_for(lambda: len(outcomes) == 2)
+        assert outcomes["back"].instance_id == back and hosts.host_of(back) == "b"
+        assert outcomes["gone"].value.reason == Reason.GUEST_CRASHED
+        assert "not on host b when the host came back" in str(outcomes["gone"].value)
+        # once the host is there, an instance not found on it is not waited for
+        with pytest.raises(VMMError) as err:
+            await hosts.await_instance(stopped, "b")
+        assert err.value.reason == Reason.GUEST_CRASHED
+    finally:
+        await hosts.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_awaited_host_past_its_grace_period_loses_the_instance(tmp_path):
+    clock, opener = task.Clock(), ComingBack()
+    hosts = HostPool(make_hosts(tmp_path, openers={"b": opener}), clock, grace=10)
+    await hosts.start()
+    try:
+        waiting = hosts.await_instance("abc123def456", "b")
+        clock.pump([1] * 9)
+        assert not waiting.called
+        clock.pump([1] * 1)
+        with pytest.raises(VMMError) as err:
+            await waiting
+        assert err.value.reason == Reason.HOST_LOST
+        assert str(err.value) == "its host b is unreachable for 10 s since the start"
+        cancelled = hosts.await_instance("fedcba654321", "b")
+    finally:
+        await hosts.close()
+    with pytest.raises(defer.CancelledError):  # the site stopped: nothing was decided
+        await cancelled
