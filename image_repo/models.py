@@ -15,6 +15,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -167,3 +168,19 @@ class SubscriptionRow(Base):
     refreshed: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     checked: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     error: Mapped[str | None] = mapped_column(Text)  # why the last refresh failed
+
+
+class PendingUploadRow(Base):
+    """A registration waiting for its files (image_repo.uploads): kept across restarts with
+    the files received so far (in the store's ``uploads/<id>/``)."""
+
+    __tablename__ = "pending_uploads"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128), index=True)
+    caller: Mapped[dict] = mapped_column(JSON)  # user, groups, vos, admin
+    document: Mapped[dict] = mapped_column(JSON)  # validated, registered as it is
+    key: Mapped[str] = mapped_column(String(128))  # digest of the comparable document
+    expected: Mapped[dict] = mapped_column(JSON)  # file name -> index in origin.content
+    received: Mapped[list] = mapped_column(JSON, default=list)  # file names verified
+    expires: Mapped[float] = mapped_column(Float)  # seconds since the epoch

@@ -4,6 +4,8 @@ Layout below the root::
 
     blobs/ab/cdef…      one file per sha512 (first two hex digits as a fan-out directory)
     tmp/<pid>-<rand>/   files being copied in and hashed (staging)
+    uploads/<id>/       files of a registration waiting for the rest (kept across restarts;
+                        image_repo.uploads owns them)
     pending/<id>        journal of blobs placed by a registration that has not committed yet
     lock                flock: placing or removing blobs and committing happen under it
 
@@ -48,7 +50,8 @@ class BlobStore:
         self.blobs = self.root / "blobs"
         self.tmp = self.root / "tmp"
         self.pending = self.root / "pending"
-        for directory in (self.blobs, self.tmp, self.pending):
+        self.uploads = self.root / "uploads"
+        for directory in (self.blobs, self.tmp, self.pending, self.uploads):
             directory.mkdir(parents=True, exist_ok=True)
 
     # -- reading -----------------------------------------------------------------------------
@@ -87,6 +90,16 @@ class BlobStore:
         directory.mkdir()
         return directory
 
+    def open_upload(self, upload_id: str) -> Path:
+        """The directory of a registration waiting for files (its owner removes it)."""
+        directory = self.uploads / upload_id
+        directory.mkdir()
+        return directory
+
+    def _staged_here(self, source: Path) -> bool:
+        resolved = source.resolve()
+        return any(resolved.is_relative_to(area.resolve()) for area in (self.tmp, self.uploads))
+
     def stage(self, source: Path, staging: Path, expected_sha512: str, expected_size: int,
               where: str | None = None) -> StagedBlob:
         """Copy ``source`` into ``staging`` while hashing; check sha512 and size.
@@ -94,7 +107,7 @@ class BlobStore:
         ``where`` is the metadata path of the file's ref, named in a mismatch error.
         """
         target = staging / expected_sha512
-        if source.resolve().is_relative_to(self.tmp.resolve()):
+        if self._staged_here(source):
             # already in a staging area of this store (a registration that arrived in
             # pieces): link it instead of copying, and hash what was linked
             os.link(source, target)

@@ -9,8 +9,11 @@ only then is the image visible.  Nothing is visible before, whatever fails or di
 
 Sending a document again is idempotent: an identical document (same content digest, same
 metadata) finds the image registered from it, or the registration still pending for it.
-Pending registrations expire (:meth:`Uploads.expire`) and live in this process only: a
-restart drops them, and the store's recovery removes their staging directories.
+Pending registrations expire (:meth:`Uploads.expire`).  They are kept in the catalogue's
+database (``pending_uploads``) with the files received so far in the store's
+``uploads/<id>/``, so a server restart loses none: the creator sends the missing files to
+the same upload URL.  At the start, rows whose time is up or whose directory is gone, and
+directories no row names, are removed.
 
 Quota: the bytes of the distinct files of a user's images that are not deleted
 (:meth:`ImageRepository.stored_bytes`), plus what their pending registrations still expect,
@@ -32,11 +35,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from sqlalchemy import delete, select
+
+from base.db import session_scope
 from base.identity import Caller
 from image_repo import access
 from image_repo.errors import BadRequest, ChecksumMismatch, QuotaExceeded, UploadNotFound
+from image_repo.models import PendingUploadRow
 from image_repo.repository import KEPT_FIELDS, ImageRecord, ImageRepository
-from image_repo.schema import ContentRef, ImageMetadata
+from image_repo.schema import ContentRef, ImageMetadata, validate
 from image_repo.store import CHUNK
 from image_repo.strict import to_json
 
@@ -117,6 +124,7 @@ class Uploads:
         self._pending: dict[str, PendingRegistration] = {}
         self._lock = threading.Lock()  #: guards _pending
         self._registering = threading.Lock()  #: one commit or idempotence check at a time
+        self._load()
 
     # -- starting ---------------------------------------------------------------------------
 
@@ -150,10 +158,16 @@ class Uploads:
                                     f"already (the most there may be); finish or cancel one")
             self._check_quota(caller, mine, {ref.sha512: ref.size
                                              for _, ref in expected.values()})
+            upload_id = uuid.uuid4().hex
             pending = PendingRegistration(
-                id=uuid.uuid4().hex, caller=caller, document=meta.to_dict(), key=key,
-                expected=expected, directory=self.repository.store.open_staging(),
+                id=upload_id, caller=caller, document=meta.to_dict(), key=key,
+                expected=expected, directory=self.repository.store.open_upload(upload_id),
                 expires=self.clock() + self.expiry_s)
+            try:
+                self._save(pending)
+            except BaseException:
+                shutil.rmtree(pending.directory, ignore_errors=True)
+                raise
             self._pending[pending.id] = pending
         return Outcome(pending=pending)
 
@@ -236,6 +250,7 @@ class Uploads:
             if self._pending.get(upload_id) is not pending:  # expired or cancelled meanwhile
                 raise UploadNotFound(f"registration {upload_id} ended while {name} arrived")
             pending.received[name] = target
+            self._save(pending)
             if pending.missing:
                 return Outcome(pending=pending)
             if pending.committing:
@@ -249,7 +264,7 @@ class Uploads:
         finally:
             with self._lock:
                 self._pending.pop(upload_id, None)
-            shutil.rmtree(pending.directory, ignore_errors=True)
+            self._forget([pending])
         return Outcome(image=image)
 
     # -- ending -----------------------------------------------------------------------------
@@ -273,8 +288,64 @@ class Uploads:
         with self._lock:
             for pending in pendings:
                 self._pending.pop(pending.id, None)
+        self._forget(pendings)
+
+    def _forget(self, pendings: list[PendingRegistration]) -> None:
+        """Remove the rows and directories of registrations that ended."""
+        if not pendings:
+            return
+        with session_scope(self.repository._sessions) as session:
+            session.execute(delete(PendingUploadRow).where(
+                PendingUploadRow.id.in_([p.id for p in pendings])))
         for pending in pendings:
             shutil.rmtree(pending.directory, ignore_errors=True)
+
+    # -- across restarts --------------------------------------------------------------------
+
+    def _save(self, pending: PendingRegistration) -> None:
+        caller = pending.caller
+        with session_scope(self.repository._sessions) as session:
+            session.merge(PendingUploadRow(
+                id=pending.id, owner=caller.user,
+                caller={"user": caller.user, "groups": list(caller.groups),
+                        "vos": sorted(caller.vos), "admin": caller.admin},
+                document=pending.document, key=pending.key,
+                expected={name: index for name, (index, _ref) in pending.expected.items()},
+                received=sorted(pending.received), expires=pending.expires))
+
+    def _load(self) -> None:
+        """Take back the registrations an earlier run left waiting; remove what is stale."""
+        with session_scope(self.repository._sessions) as session:
+            rows = list(session.scalars(select(PendingUploadRow)))
+        now, stale = self.clock(), []
+        for row in rows:
+            pending = self._restored(row)
+            if pending is None or pending.expires <= now:
+                stale.append(row.id)
+            else:
+                self._pending[pending.id] = pending
+        if stale:
+            with session_scope(self.repository._sessions) as session:
+                session.execute(delete(PendingUploadRow).where(PendingUploadRow.id.in_(stale)))
+        for directory in self.repository.store.uploads.iterdir():
+            if directory.name not in self._pending:
+                shutil.rmtree(directory, ignore_errors=True)
+
+    def _restored(self, row: PendingUploadRow) -> PendingRegistration | None:
+        directory = self.repository.store.uploads / row.id
+        if not directory.is_dir():
+            return None
+        try:
+            content = validate(row.document).origin.content
+            expected = {name: (index, content[index]) for name, index in row.expected.items()}
+        except (BadRequest, IndexError, TypeError, ValueError):
+            return None  # a document this version no longer reads: the creator starts again
+        who = row.caller
+        caller = Caller.of(who["user"], who["groups"], who["vos"], who["admin"])
+        received = {name: directory / name for name in row.received
+                    if name in expected and (directory / name).is_file()}
+        return PendingRegistration(row.id, caller, row.document, row.key, expected,
+                                   directory, row.expires, received)
 
     def pending(self) -> list[PendingRegistration]:
         with self._lock:

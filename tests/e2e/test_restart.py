@@ -89,7 +89,7 @@ async def test_job_survives_a_server_restart(servers):
 
     second = await servers()
     assert second.recovered == {"instances": 1, "reconnected": 1, "jobs": 1, "resumed": 1,
-                                "finished": 0}
+                                "finished": 0, "awaiting": 0}
     again = second.factory.job(job.job_id, ALICE)
     assert again is not job and again.state is JobState.RUNNING
     await finished(second.factory, again)

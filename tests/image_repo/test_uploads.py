@@ -5,6 +5,7 @@ removed one at a time."""
 from __future__ import annotations
 
 import io
+import shutil
 import threading
 import time
 
@@ -13,6 +14,7 @@ import pytest
 from base.identity import Caller
 from base.reasons import Reason
 from image_repo.errors import BadRequest, ChecksumMismatch, QuotaExceeded, UploadNotFound
+from image_repo.repository import ImageRepository
 from image_repo.uploads import Uploads
 from tests.image_repo.examples import builder_document, variant
 
@@ -102,6 +104,49 @@ def test_expired_registrations_are_dropped_with_their_files(repo):
     now[0] += 61
     assert uploads.expire() == [pending.id]
     assert not pending.directory.exists() and repo.list(CREATOR) == []
+
+
+def test_a_registration_waiting_for_files_survives_a_restart(database_url, tmp_path):
+    first_run = ImageRepository(database_url, tmp_path / "store")
+    pending = Uploads(first_run).begin(_doc(), CREATOR).pending
+    _send(Uploads(first_run), pending, "vmlinuz", KERNEL)  # any instance: the rows are shared
+    first_run.close()
+
+    again = ImageRepository(database_url, tmp_path / "store")  # the server restarted
+    try:
+        uploads = Uploads(again)
+        waiting = uploads.get(pending.id, CREATOR)
+        assert waiting.missing == ["initrd.img"] and waiting.caller == CREATOR
+        assert waiting.expires == pending.expires and waiting.key == pending.key
+        with pytest.raises(UploadNotFound):  # still the creator's own
+            uploads.get(pending.id, OTHER)
+        assert uploads.begin(_doc(), CREATOR).pending.id == pending.id  # idempotent still
+        done = _send(uploads, waiting, "initrd.img", INITRD)
+        assert done.image is not None and done.image.ref == "piecewise:1"
+        assert not waiting.directory.exists() and Uploads(again).pending() == []
+    finally:
+        again.close()
+
+
+def test_stale_registrations_and_stray_files_are_removed_at_the_start(repo):
+    now = [1000.0]
+    uploads = Uploads(repo, expiry_s=60, clock=lambda: now[0])
+    expired = uploads.begin(_doc(), CREATOR).pending
+    lost = uploads.begin(_doc(**{"general.name": "lost-files"}), CREATOR).pending
+    shutil.rmtree(lost.directory)  # its files went (e.g. the store was cleaned by hand)
+    now[0] += 30
+    kept = uploads.begin(_doc(**{"general.name": "kept"}), CREATOR).pending
+    _send(uploads, kept, "vmlinuz", KERNEL)
+    stray = repo.store.uploads / "0123456789abcdef"
+    stray.mkdir()
+    now[0] += 31  # the first one's hour is over, the last one's is not
+    restarted = Uploads(repo, expiry_s=60, clock=lambda: now[0])
+    assert [p.id for p in restarted.pending()] == [kept.id]
+    assert restarted.get(kept.id, CREATOR).missing == ["initrd.img"]
+    assert not expired.directory.exists() and not stray.exists()
+    assert sorted(p.name for p in repo.store.uploads.iterdir()) == [kept.id]
+    with pytest.raises(UploadNotFound):
+        restarted.get(lost.id, CREATOR)
 
 
 def test_applications_are_added_and_removed_one_at_a_time(repo, tmp_path):

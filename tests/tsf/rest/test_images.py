@@ -9,8 +9,10 @@ import base64
 import hashlib
 import io
 import json
+import shutil
 import socket
 import tarfile
+import uuid
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
@@ -21,9 +23,11 @@ from base.identity import Caller
 from image_repo.bundle import export_bundle
 from image_repo.repository import ImageRepository
 from image_repo.trust import ImageIdentity, create_endorsement
+from tests.conftest import TEST_ROOT
 from tests.image_repo.examples import builder_document
 from tests.image_repo.pki import make
-from tests.tsf.rest.conftest import PASSWORDS
+from tests.tsf.rest.conftest import PASSWORDS, Http, site_config, write_users
+from tsf.service import start_site
 
 MIB = 1 << 20
 
@@ -341,3 +345,39 @@ async def test_a_layer_uploads_in_pieces_and_its_base_cannot_be_deleted_before_i
     assert "rest-layer:1" in refused.json()["errorMessage"]
     assert (await http("DELETE", "images/rest-layer", user="carol")).status_code == 200
     assert (await http("DELETE", "images/rest-base", user="carol")).status_code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_registration_waiting_for_files_survives_a_server_restart():
+    root = TEST_ROOT / f"rest-{uuid.uuid4().hex[:8]}"
+    root.mkdir(parents=True)
+    write_users(root / "users.json")
+    config = site_config(root)
+    files = _files("across-restart")
+    first = await start_site(config, reactor)
+    try:
+        http = Http(first.http_base)
+        started = await http("POST", "images", user="carol",
+                             json=_document("across-restart", files))
+        assert started.status_code == 201, started.text
+        upload = urlsplit(started.headers["location"]).path.split("/rest/core/", 1)[1]
+        sent = await http("PUT", f"{upload}/files/vmlinuz", user="carol",
+                          content=files["vmlinuz"])
+        assert sent.status_code == 200 and sent.json()["missing"] == ["initrd.img"]
+    finally:
+        await first.stopService()
+    second = await start_site(config, reactor)  # the same state: the same database and store
+    try:
+        http = Http(second.http_base)
+        waiting = await http("GET", upload, user="carol")
+        assert waiting.status_code == 200, waiting.text
+        assert waiting.json()["missing"] == ["initrd.img"]
+        assert (await http("GET", upload, user="dave")).status_code == 404
+        last = await http("PUT", f"{upload}/files/initrd.img", user="carol",
+                          content=files["initrd.img"])
+        assert last.status_code == 201, last.text
+        assert last.json()["ref"] == "across-restart:1"
+        assert (await http("GET", "images/across-restart", user="carol")).status_code == 200
+    finally:
+        await second.stopService()
+        shutil.rmtree(root, ignore_errors=True)
