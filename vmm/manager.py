@@ -389,11 +389,15 @@ class VirtualMachineManager(service.Service):
         initrd = pool.base(conn, boot.initrd.path, boot.initrd.sha512) if boot.initrd else None
         overlay = medium = None
         if boot.disk is not None:
-            if boot.backing:  # each layer names its backing file by a path of this machine
-                raise ImageUnavailable("a layered image cannot boot on a host whose files are "
-                                       f"volumes of its storage pool yet ({len(boot.backing)} "
-                                       "layer(s) below the disk)")
-            base = pool.base(conn, boot.disk.path, boot.disk.sha512)
+            if boot.backing:  # verified and checked as a chain here, then each uploaded
+                chain = (*boot.backing, boot.disk)
+                self.cache.ensure_chain([(f.path, f.sha512) for f in chain])
+                base = pool.base(conn, self.cache.path_for(chain[0].sha512), chain[0].sha512)
+                for member in chain[1:]:
+                    base = pool.layer(conn, self.cache.path_for(member.sha512), member.sha512,
+                                      base, directory)
+            else:
+                base = pool.base(conn, boot.disk.path, boot.disk.sha512)
             overlay = pool.overlay(conn, name, base, boot.disk_format)
         if spec.context_files:
             local = context.build_medium(spec.context_files, directory / "context.iso")

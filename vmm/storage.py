@@ -107,15 +107,12 @@ class BaseImageCache:
         stamp = _stamp_path(target)
         if stamp.is_file() and stamp.read_text() == _fingerprint(target):
             return
-        digest = hashlib.sha512()
-        with open(target, "rb") as cached:
-            for block in iter(lambda: cached.read(4 << 20), b""):
-                digest.update(block)
-        if digest.hexdigest() != sha512:
+        actual = file_sha512(target)
+        if actual != sha512:
             self.remove(sha512)
             raise ImageChecksumMismatch(f"the cached copy of {sha512[:16]}… changed after it "
                                         f"was verified (its sha512 is now "
-                                        f"{digest.hexdigest()[:16]}…); it was removed")
+                                        f"{actual[:16]}…); it was removed")
         self._stamp(target)
 
 
@@ -128,33 +125,43 @@ def _fingerprint(path: Path) -> str:
     return f"{info.st_size} {info.st_mtime_ns} {info.st_ino}\n"
 
 
-def backing_chain(path: Path) -> list[str]:
-    """The real paths of a qcow2 file and its backing files, top first."""
+def _qemu_img(args: list[str], failure: str) -> str:
+    """Run qemu-img; its output, or ImageUnavailable starting with ``failure``."""
     qemu_img = shutil.which("qemu-img")
     if qemu_img is None:
         raise HypervisorError("qemu-img not found (install qemu-utils)")
-    result = subprocess.run([qemu_img, "info", "--backing-chain", "--output=json", "-U",
-                             "-f", "qcow2", str(path)], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run([qemu_img, *args], capture_output=True, text=True, timeout=60)
     if result.returncode != 0:
         message = result.stderr.strip().splitlines()
-        raise ImageUnavailable(f"cannot read the backing chain of {path.name}: "
-                               f"{message[-1] if message else result.returncode}")
-    return [os.path.realpath(entry["filename"]) for entry in json.loads(result.stdout)]
+        raise ImageUnavailable(f"{failure}: {message[-1] if message else result.returncode}")
+    return result.stdout
+
+
+def backing_chain(path: Path) -> list[str]:
+    """The real paths of a qcow2 file and its backing files, top first."""
+    found = _qemu_img(["info", "--backing-chain", "--output=json", "-U", "-f", "qcow2",
+                       str(path)], f"cannot read the backing chain of {path.name}")
+    return [os.path.realpath(entry["filename"]) for entry in json.loads(found)]
 
 
 def create_overlay(base: Path, overlay: Path, backing_format: str = "qcow2") -> Path:
     """A qcow2 overlay on ``base`` (~10 ms, whatever the size of the base)."""
-    qemu_img = shutil.which("qemu-img")
-    if qemu_img is None:
-        raise HypervisorError("qemu-img not found (install qemu-utils)")
-    result = subprocess.run(
-        [qemu_img, "create", "-q", "-f", "qcow2", "-b", str(base), "-F", backing_format,
-         str(overlay)],
-        capture_output=True, text=True, timeout=60,
-    )
-    if result.returncode != 0:
-        message = result.stderr.strip().splitlines()
-        raise ImageUnavailable(f"cannot create overlay on {base.name}: "
-                               f"{message[-1] if message else result.returncode}")
+    _qemu_img(["create", "-q", "-f", "qcow2", "-b", str(base), "-F", backing_format,
+               str(overlay)], f"cannot create overlay on {base.name}")
     return overlay
+
+
+def name_backing(layer: Path, backing_name: str) -> Path:
+    """Make the qcow2 ``layer`` name its backing file ``backing_name`` (a qcow2 beside it
+    wherever the layer is placed); only the header changes, no data is read."""
+    _qemu_img(["rebase", "-q", "-u", "-f", "qcow2", "-b", backing_name, "-F", "qcow2",
+               str(layer)], f"cannot name the backing file of {layer.name}")
+    return layer
+
+
+def file_sha512(path: Path) -> str:
+    digest = hashlib.sha512()
+    with open(path, "rb") as reader:
+        for block in iter(lambda: reader.read(4 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

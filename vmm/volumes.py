@@ -4,7 +4,10 @@ A remote hypervisor host needs nothing but libvirtd: base images are uploaded in
 host's pool with libvirt's stream API, read back and checked against their sha512 on
 arrival, and kept there by checksum (``base-<sha512 prefix>``); each instance gets a qcow2
 overlay created as a volume backed by its base, its contextualization medium uploaded, and
-an empty console log volume QEMU writes.  ``remove_instance`` deletes an instance's own
+an empty console log volume QEMU writes.  A layered disk's members are uploaded the same
+way, each layer with its backing reference rewritten to the volume of the one below it
+(``base-<sha512 prefix>`` beside it; the rewritten copy is what is checked on arrival).
+``remove_instance`` deletes an instance's own
 volumes when it ends; the bases stay cached.
 
 Every function here blocks on libvirt: they run on the host connection's worker thread
@@ -15,13 +18,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import shutil
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from xml.sax.saxutils import escape
 
 import libvirt
 
 from vmm.errors import HypervisorError, ImageChecksumMismatch, ImageUnavailable
+from vmm.storage import file_sha512, name_backing
 
 BASE_PREFIX = "base-"
 VERIFIED = ".verified"  #: an empty volume beside a base: it arrived whole and checked
@@ -60,12 +65,45 @@ class StoragePool:
         found by its checksum (a shorter volume, a broken upload, is replaced)."""
         pool = self.open(conn)
         name = base_volume(sha512)
+        return self._verified(pool, name) or self._place(conn, pool, name, source, sha512)
+
+    def layer(self, conn: libvirt.virConnect, source: Path, sha512: str, lower: str,
+              scratch: Path) -> str:
+        """The path on the host of a layer (``source``, verified here against ``sha512``)
+        whose backing file is the volume at ``lower``: a copy naming that volume is
+        uploaded once (made in ``scratch``), then found by the layer's checksum."""
+        pool = self.open(conn)
+        name = base_volume(sha512)
+        found = self._verified(pool, name)
+        if found:
+            return found
+        renamed = scratch / f".layer-{sha512[:16]}.qcow2"
+        try:
+            shutil.copyfile(source, renamed)
+            name_backing(renamed, PurePosixPath(lower).name)
+            return self._place(conn, pool, name, renamed, file_sha512(renamed))
+        except OSError as err:
+            raise ImageUnavailable(f"cannot prepare the layer {source.name}: "
+                                   f"{err.strerror or err}") from err
+        finally:
+            renamed.unlink(missing_ok=True)
+
+    @staticmethod
+    def _verified(pool: libvirt.virStoragePool, name: str) -> str | None:
+        """The path of the volume ``name`` when it arrived whole and checked, else None
+        (what an upload that never finished left is deleted)."""
         vol, verified = _lookup(pool, name), _lookup(pool, name + VERIFIED)
         if vol is not None and verified is not None:
             return vol.path()
-        for stale in (vol, verified):  # an upload that never finished
+        for stale in (vol, verified):
             if stale is not None:
                 stale.delete(0)
+        return None
+
+    @staticmethod
+    def _place(conn: libvirt.virConnect, pool: libvirt.virStoragePool, name: str,
+               source: Path, sha512: str) -> str:
+        """Upload ``source`` as the volume ``name``, check it arrived as ``sha512``."""
         vol = _upload(conn, pool, name, source)
         arrived = _sha512(conn, vol)
         if arrived != sha512:

@@ -22,11 +22,14 @@ from twisted.internet import reactor, threads
 from twisted.protocols import portforward
 
 from base.reasons import Reason
+from image_repo.layers import make_layer
 from target_system.lifecycle import InstanceState, JobState
 from tests.conftest import TEST_ROOT
-from tests.e2e.conftest import ALICE, BOB
+from tests.e2e.conftest import ALICE, BOB, CREATOR
 from tests.e2e.test_jobs import INITRAMFS, finished, wait_state
+from tests.e2e.test_layers_and_own_tsi import layered_document
 from tests.e2e.test_libvirtd_restart import qemu_runs, until
+from tests.support.disks import changed_disk
 from tests.tsf.rest.conftest import Http, register_images, site_config, write_users
 from tsf.config import HostSection
 from tsf.service import start_site
@@ -232,3 +235,31 @@ async def test_a_restarted_site_waits_for_a_host_unreachable_at_its_start(two_ho
         second.config.site.keep_instances = False
         second.factory.keep_on_stop = False
         await second.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_layered_image_boots_on_a_host_whose_files_are_volumes(two_hosts, built_images,
+                                                                      tmp_path):
+    """Base and layer uploaded into host2's pool, the layer naming the base's volume."""
+    site, _http, _relay, pool_dir = two_hosts
+    built = built_images["qcow2"]
+    [base] = site.repository.list(CREATOR, name=built.metadata["general"]["name"])
+    disk = built.directory / "disk.qcow2"
+    flat = changed_disk(disk, tmp_path / "flat.qcow2", {"/etc/gridvm-layer": b"on host2\n"})
+    layer = make_layer(flat, disk, tmp_path / "layer.qcow2")
+    record = await threads.deferToThread(
+        site.repository.register, layered_document(built, base.id, layer), [layer], CREATOR)
+    site.vmm.drain("system")
+    try:
+        layered = site.factory.submit(
+            {"Executable": "/bin/cat", "Arguments": ["/etc/gridvm-layer"],
+             "Resources": {"Image": record.ref, "Runtime": "5min"}}, ALICE)
+        await finished(site.factory, layered, ALICE, timeout=300)
+    finally:
+        site.vmm.enable("system")
+    assert layered.state is JobState.SUCCESSFUL, layered.log
+    assert (layered.storage / "stdout").read_text() == "on host2\n"
+    assert site.factory.instance(layered.instance_id, ALICE).host == "host2"
+    volumes = pool_volumes(pool_dir)
+    for ref in (base.metadata.origin.content[-1], record.metadata.origin.content[-1]):
+        assert f"base-{ref.sha512[:64]}" in volumes, sorted(volumes)
