@@ -177,8 +177,8 @@ class HostPool(service.Service):
         self.hosts = {host.name: host for host in hosts}
         self.reactor = reactor
         self.grace, self.interval, self.capacity_every = grace, interval, capacity_every
-        #: seconds a host of several has to answer at the start (then it is DOWN and joins
-        #: when it answers); a one-host site waits for its host as it always did
+        #: seconds a host has to answer at the start (then it is DOWN and joins when it
+        #: answers)
         self.start_timeout = start_timeout
         self.drained_file = drained_file
         self._where: dict[str, Host] = {}  #: instance id -> its host (booting ones too)
@@ -202,21 +202,20 @@ class HostPool(service.Service):
 
     def start(self) -> defer.Deferred:
         """Connect to every host; fires with the domains adopted from earlier runs.  A host
-        that cannot be reached is DOWN and tried again (a one-host site fails instead)."""
+        that cannot be reached within ``start_timeout`` is DOWN and tried again every
+        ``interval`` (a one-host site's too: its REST service, finished jobs and files are
+        there while its libvirtd is not)."""
         return defer.Deferred.fromCoroutine(self._start())
 
     async def _start(self) -> list[AdoptedDomain]:
         starts = [host.vmm.start() for host in self.hosts.values()]
-        if len(starts) > 1:
-            for each in starts:
-                each.addTimeout(self.start_timeout, self.reactor)
+        for each in starts:
+            each.addTimeout(self.start_timeout, self.reactor)
         results = await defer.DeferredList(starts, consumeErrors=True)
         adopted: list[AdoptedDomain] = []
         for host, (ok, result) in zip(self.hosts.values(), results, strict=True):
             if ok:
                 adopted.extend(self._joined(host, result))
-            elif len(self.hosts) == 1:
-                result.raiseException()
             else:
                 host.message = f"not reachable at start: {result.getErrorMessage()}"
                 log.warning("host %s (%s) %s", host.name, host.spec.uri, host.message)
@@ -312,7 +311,9 @@ class HostPool(service.Service):
             finally:
                 self._joining.discard(host.name)
             log.info("host %s joined", host.name)
-            for found in self._joined(host, adopted):
+            joined = self._joined(host, adopted)
+            await self._refresh_capacity()  # placement needs it before the next 15 s tick
+            for found in joined:
                 if found.instance is None:
                     continue
                 awaited = self._awaited.pop(found.instance.instance_id, None)

@@ -127,3 +127,44 @@ async def test_site_reconnects_after_libvirtd_restarts(private_libvirtd, built_i
     finally:
         await site.stopService()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_site_starts_while_its_libvirtd_is_down_and_joins_it(private_libvirtd,
+                                                                      built_images):
+    """A one-host site whose libvirtd does not answer at the start serves anyway: its host
+    is DOWN saying why, a job fails NO_HOST_FITS naming it; once the daemon answers the site
+    connects by itself and jobs run."""
+    daemon = private_libvirtd
+    await threads.deferToThread(daemon.kill)
+    root = TEST_ROOT / f"lvdown-{uuid.uuid4().hex[:8]}"
+    root.mkdir(parents=True)
+    write_users(root / "users.json")
+    site = await start_site(site_config(root, site={"libvirt_uri": daemon.uri}), reactor)
+    http = Http(site.http_base)
+    try:
+        await threads.deferToThread(register_images, site.repository, built_images)
+        factory = site.factory
+        factory.runner.poll_interval = 0.5
+        health = (await http("GET", user=None)).json()["server"]["gridvm"]["hypervisor"]
+        assert health["connected"] is False, health
+        [host] = (await http("GET", "hosts", user="root")).json()["hosts"]
+        assert host["state"] == "DOWN" and "not reachable at start" in host["message"], host
+        refused = factory.submit({"Executable": "echo", "Arguments": ["too early"],
+                                  "Resources": INITRAMFS}, ALICE)
+        await finished(factory, refused)
+        assert refused.state is JobState.FAILED and refused.lifecycle.reason == "NO_HOST_FITS"
+        assert "DOWN" in refused.lifecycle.message, refused.lifecycle.message
+
+        await threads.deferToThread(daemon.start)
+        await until(lambda: site.vmm.hypervisor.connected, "the site connected", timeout=30)
+        [host] = (await http("GET", "hosts", user="root")).json()["hosts"]
+        assert host["state"] == "UP", host
+        job = factory.submit({"Executable": "echo", "Arguments": ["now"],
+                              "Resources": INITRAMFS}, ALICE)
+        await finished(factory, job)
+        assert job.state is JobState.SUCCESSFUL, job.log
+        assert (job.storage / "stdout").read_text() == "now\n"
+    finally:
+        await site.stopService()
+        shutil.rmtree(root, ignore_errors=True)

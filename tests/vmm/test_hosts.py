@@ -142,13 +142,31 @@ async def test_a_host_unreachable_at_the_start_is_down_and_joins_later(tmp_path)
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_one_host_pool_fails_to_start_as_a_single_hypervisor_did(tmp_path):
-    opener = FlakyOpener()
+async def test_a_one_host_site_starts_while_its_libvirtd_is_down_and_joins_it(tmp_path):
+    clock, opener = task.Clock(), FlakyOpener()
     opener.down = True
-    hosts = HostPool(make_hosts(tmp_path, ("only",), {"only": opener}), task.Clock())
-    with pytest.raises(Exception, match=r"nosuchdriver|no connection driver"):
-        await hosts.start()
-    await hosts.close()
+    hosts = HostPool(make_hosts(tmp_path, ("only",), {"only": opener}), clock, grace=None)
+    try:
+        assert await hosts.start() == []
+        only = hosts.hosts["only"]
+        assert only.state is HostState.DOWN and "not reachable at start" in only.message
+        assert "nosuchdriver" in only.message or "no connection driver" in only.message
+        with pytest.raises(VMMError) as err:
+            await hosts.boot(_spec("only"))
+        assert err.value.reason == Reason.HOST_LOST
+        clock.pump([1] * 3600)  # no grace period: tried again, never given up
+        await wait_for(lambda: opener.attempts >= 2)
+        assert only.state is HostState.DOWN
+        opener.down = False
+
+        def joined() -> bool:
+            clock.advance(1)  # the next attempt, once the one under way has failed
+            return only.state is HostState.UP
+
+        await wait_for(joined)
+        assert hosts.status().connected
+    finally:
+        await hosts.close()
 
 
 def _spec(host: str):
