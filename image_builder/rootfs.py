@@ -29,6 +29,9 @@ PYTHON_PRUNE = (
     "unittest/test", "distutils/tests", "ctypes/test", "sqlite3/test",
     "config-3.11-x86_64-linux-gnu",
 )
+#: Debian's sitecustomize: it installs apport's exception hook, and there is no apport in the
+#: guest (its stdlib link points at /etc: compiled on the build host, it would be the host's).
+PYTHON_PRUNE_FILES = ("usr/lib/python3.11/sitecustomize.py", "etc/python3.11/sitecustomize.py")
 PRUNE_DIRS = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale",
               "usr/share/lintian", "usr/share/bash-completion", "usr/share/menu")
 #: glibc's iconv modules for legacy character sets (8 MiB of guest RAM in an initramfs):
@@ -95,6 +98,8 @@ def prune(root: Path, *, keep_charsets: bool = False) -> None:
     stdlib = root / "usr/lib/python3.11"
     for rel in PYTHON_PRUNE:
         shutil.rmtree(stdlib / rel, ignore_errors=True)
+    for rel in PYTHON_PRUNE_FILES:
+        (root / rel).unlink(missing_ok=True)
     for codec in (stdlib / "lib-dynload").glob("_codecs_*"):  # CJK codecs
         codec.unlink()
     for cache in root.rglob("__pycache__"):
@@ -102,30 +107,34 @@ def prune(root: Path, *, keep_charsets: bool = False) -> None:
 
 
 def install_python(root: Path) -> None:
-    """``python3`` on PATH and the standard library compiled ahead of time.
+    """``python3`` on PATH and the standard library as sourceless bytecode.
 
     Debian ships no bytecode; compiling in the guest would cost seconds of emulated time on
-    every boot.  Any Python 3.11 writes the same bytecode format, and unchecked hash-based
-    pycs never look at source timestamps.
+    every boot.  Any Python 3.11 writes the same bytecode format.  The sources go (9 MiB of
+    guest RAM in an initramfs root): a traceback then names file and line without the
+    source text, and the agent logs exceptions by type and message anyway.
     """
     (root / "usr/bin/python3").unlink(missing_ok=True)
     (root / "usr/bin/python3").symlink_to("python3.11")
-    ok = compileall.compile_dir(
-        root / "usr/lib/python3.11", quiet=2, workers=0, legacy=False,
-        invalidation_mode=compileall.py_compile.PycInvalidationMode.UNCHECKED_HASH,
-    )
-    if not ok:
-        raise BuildError("compiling the guest's Python standard library failed")
+    compile_sourceless(root / "usr/lib/python3.11", "the guest's Python standard library")
+
+
+def compile_sourceless(directory: Path, what: str) -> None:
+    """Every ``.py`` below ``directory`` replaced by its legacy ``.pyc`` beside it (what
+    Python imports when no source is there)."""
+    if not compileall.compile_dir(directory, quiet=2, workers=0, legacy=True):
+        raise BuildError(f"compiling {what} failed")
+    for source in directory.rglob("*.py"):
+        if source.with_suffix(".pyc").is_file():
+            source.unlink()
 
 
 def install_agent(root: Path, agent_package: Path) -> None:
-    """Copy the TSI agent package (stdlib-only modules) into /opt/gridvm/lib."""
+    """Copy the TSI agent package (stdlib-only modules) into /opt/gridvm/lib, as sourceless
+    bytecode."""
     target = root / "opt/gridvm/lib" / agent_package.name
     shutil.copytree(agent_package, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    compileall.compile_dir(
-        target, quiet=2, legacy=False,
-        invalidation_mode=compileall.py_compile.PycInvalidationMode.UNCHECKED_HASH,
-    )
+    compile_sourceless(target, "the TSI agent")
 
 
 def install_system_files(root: Path, kernel_version: str, modules: list[str]) -> None:

@@ -74,9 +74,11 @@ def test_initramfs_image_contents_and_metadata(built_images):
     python = next(a for a in meta["idb"]["applications"] if a["name"] == "python3")
     assert python["version"].startswith("3.11.")
     files = set(listing(image.directory / "initrd.img"))
-    assert {"init", "etc/inittab", "etc/gridvm/rcS", "opt/gridvm/lib/tsi_bridge/agent/__main__.py",
+    assert {"init", "etc/inittab", "etc/gridvm/rcS", "opt/gridvm/lib/tsi_bridge/agent/__main__.pyc",
             "usr/bin/python3.11", "bin/bash"} <= files
-    assert "usr/lib/python3.11/__pycache__/socket.cpython-311.pyc" in files  # precompiled
+    # sourceless bytecode: the .pyc beside where its .py was, no source in the guest
+    assert {"usr/lib/python3.11/socket.pyc", "usr/lib/python3.11/json/__init__.pyc"} <= files
+    assert not any(f.endswith(".py") for f in files)
     assert not any(f.startswith(("usr/share/doc", "usr/lib/python3.11/test/")) for f in files)
     assert any(f.endswith("/virtio_net.ko") for f in files)
 
