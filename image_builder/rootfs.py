@@ -20,8 +20,10 @@ GUEST_MODULES = (
     "virtio_pci", "virtio_net", "virtio_blk", "virtio-rng", "virtio_console", "isofs",
     "virtio_balloon",  # free page reporting: pages the guest frees go back to the host
 )
-#: The subset the disk loader needs to find its root disk.
+#: The subset the disk loader needs to find its root disk, and for a file system of its
+#: kind (ext4 is built into the cloud kernel).
 LOADER_MODULES = ("virtio_pci", "virtio_blk")
+ROOT_FS_MODULES = {"ext4": (), "erofs": ("erofs", "overlay")}
 
 #: Parts of the Python standard library a TSI agent never uses.
 PYTHON_PRUNE = (
@@ -163,8 +165,9 @@ def install_system_files(root: Path, kernel_version: str, modules: list[str]) ->
     init.symlink_to("bin/busybox")  # busybox init: reads /etc/inittab, reaps orphans
 
 
-def build_loader(busybox: Path, modules_dir: Path, target: Path) -> None:
-    """A tiny initramfs root that mounts the disk whose serial is gridvm-root."""
+def build_loader(busybox: Path, modules_dir: Path, target: Path, root_fs: str = "ext4") -> None:
+    """A tiny initramfs root that mounts the disk whose serial is gridvm-root: ``ext4``
+    writable, or ``erofs`` read-only under a tmpfs overlay."""
     (target / "bin").mkdir(parents=True)
     shutil.copy2(busybox, target / "bin" / "busybox")
     for applet in ("sh", "mount", "umount", "insmod", "cat", "mkdir", "usleep", "switch_root",
@@ -172,9 +175,10 @@ def build_loader(busybox: Path, modules_dir: Path, target: Path) -> None:
         (target / "bin" / applet).symlink_to("busybox")
     for rel in ("proc", "sys", "dev", "newroot", "modules"):
         (target / rel).mkdir(exist_ok=True)
-    order = module_load_order(modules_dir, LOADER_MODULES)
+    order = module_load_order(modules_dir, (*LOADER_MODULES, *ROOT_FS_MODULES[root_fs]))
     for rel in order:
         shutil.copy2(modules_dir / rel, target / "modules" / Path(rel).name)
+    (target / "rootfs").write_text(root_fs + "\n")
     (target / "modules" / "order").write_text("".join(f"{Path(r).name}\n" for r in order))
     init = target / "init"
     init.write_bytes(guest_file("loader-init"))
