@@ -1,10 +1,11 @@
 """Boot benchmark: gridvm's vmm against bare QEMU, measured in the same run.
 
-    .venv/bin/python bench/boot.py [--runs 5] [--big-gib 10]
+    .venv/bin/python bench/boot.py [--runs 5] [--big-gib 10] [--kind initramfs,erofs]
 
-1. Time from ``VirtualMachineManager.boot()`` to "the agent answered" for the initramfs
-   image, against the same kernel + initramfs started by bare ``qemu-system-x86_64`` to the
-   same ready signal (median of --runs each, interleaved); the ratio's goal is <= 1.15.
+1. Time from ``VirtualMachineManager.boot()`` to "the agent answered" for the image of each
+   --kind (default initramfs), against the same kernel + initrd (+ read-only root disk)
+   started by bare ``qemu-system-x86_64`` to the same ready signal (median of --runs each,
+   interleaved, the kinds side by side); the ratio's goal is <= 1.15.
 2. Overlay creation on a 1 GiB and a --big-gib GiB base against a full copy (+ fsync).
 3. QEMU resident memory per idle guest (``IDLE_WAIT`` s after ready), the vmm domain (its
    balloon reports the pages the guest frees) against bare QEMU; goal <= 190 MiB.
@@ -91,6 +92,10 @@ async def bare_qemu_boot(reactor, spec: BootSpec, workdir: Path,
     """Seconds from starting QEMU to the agent's answer, and QEMU's RSS in MiB ``idle``
     seconds later."""
     port = ports.free_port()
+    disk = []
+    if spec.disk is not None:  # the read-only shared root of the erofs kind
+        disk = ["-drive", f"file={spec.disk.path},if=none,id=d0,format={spec.disk_format},"
+                "readonly=on", "-device", "virtio-blk-pci,drive=d0,serial=gridvm-root"]
     cmd = [
         "qemu-system-x86_64", "-machine", "pc", "-accel", "tcg,tb-size=32", "-m", "256",
         "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none",
@@ -98,7 +103,7 @@ async def bare_qemu_boot(reactor, spec: BootSpec, workdir: Path,
         "-append", spec.cmdline, "-serial", f"file:{workdir / 'bare-console.log'}",
         "-device", "virtio-rng-pci",
         "-netdev", f"user,id=n0,net=10.0.2.0/24,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:4433",
-        "-device", "virtio-net-pci,netdev=n0",
+        "-device", "virtio-net-pci,netdev=n0", *disk,
     ]
     started = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -173,11 +178,33 @@ def overlay_vs_copy(base: Path, workdir: Path) -> dict[str, float]:
             "copy_over_overlay": round(copy / overlay, 1)}
 
 
+def kind_figures(kind: str, figures: dict[str, list]) -> dict:
+    """The medians of one kind's runs, printed and as the JSON line's values."""
+    vmm_median, bare_median = statistics.median(figures["vmm"]), statistics.median(figures["bare"])
+    phases = figures["phases"]
+    result = {
+        "boot": {"vmm_median_s": round(vmm_median, 3), "bare_qemu_median_s": round(bare_median, 3),
+                 "ratio": round(vmm_median / bare_median, 3),
+                 "vmm_phases_median_s": {k: round(statistics.median(p[k] for p in phases), 3)
+                                         for k in phases[0]}},
+        "qemu_rss_mib": {"vmm_domain": round(statistics.median(figures["rss"]), 1),
+                         "bare_qemu": round(statistics.median(figures["bare_rss"]), 1)},
+        "qemu_pss_mib": {"vmm_domain": round(statistics.median(figures["pss"]), 1)},
+    }
+    print(f"{kind}: boot to ready: vmm {vmm_median:.2f} s, bare QEMU {bare_median:.2f} s, "
+          f"ratio {vmm_median / bare_median:.3f} (goal <= 1.15)")
+    print(f"{kind}: QEMU RSS per guest: vmm domain {result['qemu_rss_mib']['vmm_domain']} MiB, "
+          f"bare {result['qemu_rss_mib']['bare_qemu']} MiB, "
+          f"vmm domain PSS {result['qemu_pss_mib']['vmm_domain']} MiB (goal <= 190)")
+    return result
+
+
 async def main(reactor, args) -> None:
     ROOT.mkdir(mode=0o755, exist_ok=True)
-    image = build_image("initramfs", output_root=ROOT / "images",
-                        agent_package=args.agent and Path(args.agent))
-    spec = boot_spec(image)
+    kinds = args.kind.split(",")
+    specs = {kind: boot_spec(build_image(kind, output_root=ROOT / "images",
+                                         agent_package=args.agent and Path(args.agent)))
+             for kind in kinds}
     manager = VirtualMachineManager(Hypervisor(args.uri, reactor), ROOT / "state",
                                     reactor=reactor, prefix="gridvm-bench-",
                                     tb_cache_mib=args.tb_cache_mib)
@@ -186,34 +213,26 @@ async def main(reactor, args) -> None:
     workdir.chmod(0o755)
     results: dict = {"runs": args.runs}
     try:
-        await vmm_boot(reactor, manager, spec)  # warm the cache and libvirt
-        vmm_times, bare_times, vmm_rss, bare_rss, phases = [], [], [], [], []
-        vmm_pss = []
+        for spec in specs.values():
+            await vmm_boot(reactor, manager, spec)  # warm the cache and libvirt
+        runs: dict[str, dict[str, list]] = {kind: {"vmm": [], "bare": [], "rss": [], "pss": [],
+                                                   "bare_rss": [], "phases": []}
+                                            for kind in specs}
         for run in range(args.runs):
-            t, timing, rss, pss = await vmm_boot(reactor, manager, spec)
-            vmm_times.append(t)
-            vmm_rss.append(rss)
-            vmm_pss.append(pss)
-            phases.append(timing)
-            b, brss = await bare_qemu_boot(reactor, spec, workdir, IDLE_WAIT)
-            bare_times.append(b)
-            bare_rss.append(brss)
-            print(f"run {run + 1}: vmm {t:.2f} s  bare qemu {b:.2f} s", flush=True)
-        vmm_median, bare_median = statistics.median(vmm_times), statistics.median(bare_times)
-        results["boot"] = {
-            "vmm_median_s": round(vmm_median, 3), "bare_qemu_median_s": round(bare_median, 3),
-            "ratio": round(vmm_median / bare_median, 3),
-            "vmm_phases_median_s": {k: round(statistics.median(p[k] for p in phases), 3)
-                                    for k in phases[0]},
-        }
-        results["qemu_rss_mib"] = {"vmm_domain": round(statistics.median(vmm_rss), 1),
-                                   "bare_qemu": round(statistics.median(bare_rss), 1)}
-        results["qemu_pss_mib"] = {"vmm_domain": round(statistics.median(vmm_pss), 1)}
-        print(f"boot to ready: vmm {vmm_median:.2f} s, bare QEMU {bare_median:.2f} s, "
-              f"ratio {vmm_median / bare_median:.3f} (goal <= 1.15)")
-        print(f"QEMU RSS per guest: vmm domain {results['qemu_rss_mib']['vmm_domain']} MiB, "
-              f"bare {results['qemu_rss_mib']['bare_qemu']} MiB, "
-              f"vmm domain PSS {results['qemu_pss_mib']['vmm_domain']} MiB (goal <= 190)")
+            for kind, spec in specs.items():
+                figures = runs[kind]
+                t, timing, rss, pss = await vmm_boot(reactor, manager, spec)
+                b, brss = await bare_qemu_boot(reactor, spec, workdir, IDLE_WAIT)
+                for key, value in (("vmm", t), ("bare", b), ("rss", rss), ("pss", pss),
+                                   ("bare_rss", brss), ("phases", timing)):
+                    figures[key].append(value)
+                print(f"run {run + 1} {kind}: vmm {t:.2f} s  bare qemu {b:.2f} s", flush=True)
+        results["kinds"] = {kind: kind_figures(kind, figures) for kind, figures in runs.items()}
+        first = results["kinds"][kinds[0]]
+        results.update(boot=first["boot"], qemu_rss_mib=first["qemu_rss_mib"],
+                       qemu_pss_mib=first["qemu_pss_mib"])
+        vmm_median = first["boot"]["vmm_median_s"]
+        spec = specs[kinds[0]]
         if args.concurrent > 0:
             together = await concurrent_boots(manager, spec, args.concurrent)
             linear = args.concurrent * vmm_median
@@ -248,6 +267,9 @@ if __name__ == "__main__":
                         help="cold boots started at once (0: skip)")
     parser.add_argument("--tb-cache-mib", type=int, default=None,
                         help="the vmm domains' TCG cache (default: vmm's choice per image)")
+    parser.add_argument("--kind", default="initramfs",
+                        help="image kinds to measure side by side, comma-separated (e.g. "
+                        "initramfs,erofs; the JSON line's top-level figures are the first's)")
     parser.add_argument("--uri", default="qemu:///system")
     parser.add_argument("--agent", default=None,
                         help="agent package directory for the guest (default: tsi_bridge)")

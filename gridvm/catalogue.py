@@ -205,10 +205,11 @@ def _add_build(catalogue_commands: argparse._SubParsersAction) -> None:
         "ready for `gridvm catalogue register`. Progress goes to standard error.",
     )
     what = build.add_mutually_exclusive_group()
-    what.add_argument("--kind", choices=("initramfs", "qcow2", "cloud", "cloud-crun",
+    what.add_argument("--kind", choices=("initramfs", "qcow2", "erofs", "cloud", "cloud-crun",
                                          "container"), default=None,
-                      help="gridvm's own image: initramfs or qcow2 (the micro guest, default "
-                      "initramfs), cloud (a standard cloud image: mmdebstrap, cloud-init, "
+                      help="gridvm's own image: initramfs, qcow2 or erofs (the micro guest, "
+                      "default initramfs; erofs: a read-only root shared by every instance), "
+                      "cloud (a standard cloud image: mmdebstrap, cloud-init, "
                       "python3, its own bootloader), cloud-crun (that with crun, for CONTAINER "
                       "jobs) or container (a busybox OCI container image packed by umoci)")
     what.add_argument("--recipe", type=Path, default=None, metavar="FILE.toml",

@@ -6,6 +6,8 @@
 ``image_builder/recipes``.  ``build_image("initramfs")`` gives a cloud kernel + a zstd
 initramfs holding the whole root; ``build_image("qcow2")`` gives an ext4 root in a qcow2
 disk, booted directly through the kernel with a tiny loader initramfs;
+``build_image("erofs")`` a read-only erofs root, attached shared by every instance, that
+the loader mounts under a tmpfs overlay (the guest's RAM holds only what it reads);
 ``build_image("cloud")`` a standard cloud image (``image_builder.cloud``),
 ``build_image("cloud-crun")`` that with crun for container images; ``build_image("container")``
 a busybox OCI container image (``image_builder.oci``; no recipe).  The micro guests
@@ -35,7 +37,7 @@ __all__ = ["KINDS", "BuildError", "BuiltImage", "Recipe", "Step", "build_image",
            "build_recipe", "load_recipe"]
 
 BUILDER_VERSION = "4"
-KINDS = ("initramfs", "qcow2", "cloud", "cloud-crun", "container")
+KINDS = ("initramfs", "qcow2", "erofs", "cloud", "cloud-crun", "container")
 GUEST_PACKAGES = [
     "busybox-static", "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib",
     "libc6", "libgcc-s1", "zlib1g", "libssl3", "libexpat1", "libffi8", "bash", "libtinfo6",
@@ -45,8 +47,11 @@ KERNEL_CMDLINE = (
     "no_timer_check i8042.noaux i8042.nokbd i8042.nopnp 8250.nr_uarts=1 audit=0"
 )
 GUEST_MEMORY_MIB = 256
-MIN_MEMORY_MIB = {"initramfs": 128, "qcow2": 96}
+MIN_MEMORY_MIB = {"initramfs": 128, "qcow2": 96, "erofs": 96}
 DISK_MIB = 1024
+#: the root disk of the kinds that boot from one through the loader, and its file system
+DISK_FILES = {"qcow2": "disk.qcow2", "erofs": "root.erofs"}
+ROOT_FS = {"qcow2": "ext4", "erofs": "erofs"}
 #: What a build found (kernel release, package versions): the metadata is made from it.
 BUILD_INFO = "build.json"
 
@@ -94,8 +99,8 @@ def _guest_files() -> list[tuple[str, bytes]]:
 
 def _image_files(kind: str) -> dict[str, str]:
     files = {"kernel": "vmlinuz", "initrd": "initrd.img"}
-    if kind == "qcow2":
-        files["disk"] = "disk.qcow2"
+    if kind in DISK_FILES:
+        files["disk"] = DISK_FILES[kind]
     return files
 
 
@@ -243,9 +248,12 @@ def _assemble(recipe: Recipe, work: Path, packages: list[debian.Package], debs: 
         pack.initramfs(root, files["initrd"])
     else:
         loader = work / "loader"
-        rootfs.build_loader(busybox, modules_dir, loader)
+        rootfs.build_loader(busybox, modules_dir, loader, ROOT_FS[kind])
         pack.initramfs(loader, files["initrd"])
-        pack.qcow2_disk(root, files["disk"], DISK_MIB)
+        if kind == "erofs":
+            pack.erofs_image(root, files["disk"])
+        else:
+            pack.qcow2_disk(root, files["disk"], DISK_MIB)
     (out / BUILD_INFO).write_text(json.dumps(
         {"kernel": kernel_version, "packages": [[p.name, p.version] for p in packages]},
         indent=2) + "\n")

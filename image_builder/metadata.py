@@ -13,6 +13,8 @@ from image_repo import schema
 from image_repo.errors import BadRequest
 
 #: Metadata keys a recipe's ``[metadata]`` may not set: the build computes them.
+#: the origin.content_type of gridvm's micro guest of each kind (erofs: a raw file system)
+CONTENT_TYPES = {"initramfs": "kernel+initramfs", "qcow2": "qcow2", "erofs": "raw"}
 COMPUTED_KEYS = (("schema_version",), ("general", "name"), ("origin", "content"),
                  ("origin", "os_hash_value"), ("origin", "size"))
 #: A stand-in for a file's sha512 while a recipe is checked before its build.
@@ -57,6 +59,8 @@ def builder_metadata(*, name: str, kind: str, content: list[dict[str, Any]], cmd
     boot: dict[str, Any] = {"kernel": files["kernel"], "cmdline": cmdline}
     if "initrd" in files:
         boot["initrd"] = files["initrd"]
+    if kind == "erofs":
+        boot["readonly_disk"] = True
     doc = {
         "schema_version": 1,
         "general": {
@@ -72,7 +76,7 @@ def builder_metadata(*, name: str, kind: str, content: list[dict[str, Any]], cmd
             "runtime_implementation": "qemu",
             "management_layer": "libvirt",
             "image_type": "declarative",
-            "content_type": "qcow2" if kind == "qcow2" else "kernel+initramfs",
+            "content_type": CONTENT_TYPES[kind],
             "content": content,
             "architecture": "x86_64",
             "hypervisor_type": "qemu",
@@ -153,6 +157,7 @@ def placeholder_content(kind: str) -> list[dict[str, Any]]:
     """Content refs with the right names and roles for ``kind`` (sha512 and size unknown)."""
     roles = {"initramfs": {"kernel": "vmlinuz", "initrd": "initrd.img"},
              "qcow2": {"kernel": "vmlinuz", "initrd": "initrd.img", "disk": "disk.qcow2"},
+             "erofs": {"kernel": "vmlinuz", "initrd": "initrd.img", "disk": "root.erofs"},
              "cloud": {"disk": "disk.qcow2"}}[kind]
     return [{"role": role, "file": file, "sha512": _PLACEHOLDER_SHA512, "size": 0}
             for role, file in roles.items()]

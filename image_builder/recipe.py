@@ -147,7 +147,7 @@ class Recipe:
     name: str = spec(pattern=NAME_PATTERN, hint=NAME_HINT, doc="image name (general.name)")
     version: str = spec(pattern=r"[0-9A-Za-z][0-9A-Za-z.+~_-]{0,63}",
                         hint="a version like 1.0", doc="the creator's version of the recipe")
-    kind: Literal["initramfs", "qcow2", "cloud"] = spec(doc="image kind")
+    kind: Literal["initramfs", "qcow2", "erofs", "cloud"] = spec(doc="image kind")
     suite: Literal["bookworm"] = spec("bookworm", doc="Debian suite (the build host's)")
     packages: list[str] = spec(default_factory=list, check=_packages_problem,
                                doc="extra Debian packages (with their dependencies)")

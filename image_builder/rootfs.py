@@ -20,8 +20,10 @@ GUEST_MODULES = (
     "virtio_pci", "virtio_net", "virtio_blk", "virtio-rng", "virtio_console", "isofs",
     "virtio_balloon",  # free page reporting: pages the guest frees go back to the host
 )
-#: The subset the disk loader needs to find its root disk.
+#: The subset the disk loader needs to find its root disk, and for a file system of its
+#: kind (ext4 is built into the cloud kernel).
 LOADER_MODULES = ("virtio_pci", "virtio_blk")
+ROOT_FS_MODULES = {"ext4": (), "erofs": ("erofs", "overlay")}
 
 #: Parts of the Python standard library a TSI agent never uses.
 PYTHON_PRUNE = (
@@ -29,6 +31,9 @@ PYTHON_PRUNE = (
     "unittest/test", "distutils/tests", "ctypes/test", "sqlite3/test",
     "config-3.11-x86_64-linux-gnu",
 )
+#: Debian's sitecustomize: it installs apport's exception hook, and there is no apport in the
+#: guest (its stdlib link points at /etc: compiled on the build host, it would be the host's).
+PYTHON_PRUNE_FILES = ("usr/lib/python3.11/sitecustomize.py", "etc/python3.11/sitecustomize.py")
 PRUNE_DIRS = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale",
               "usr/share/lintian", "usr/share/bash-completion", "usr/share/menu")
 #: glibc's iconv modules for legacy character sets (8 MiB of guest RAM in an initramfs):
@@ -95,6 +100,8 @@ def prune(root: Path, *, keep_charsets: bool = False) -> None:
     stdlib = root / "usr/lib/python3.11"
     for rel in PYTHON_PRUNE:
         shutil.rmtree(stdlib / rel, ignore_errors=True)
+    for rel in PYTHON_PRUNE_FILES:
+        (root / rel).unlink(missing_ok=True)
     for codec in (stdlib / "lib-dynload").glob("_codecs_*"):  # CJK codecs
         codec.unlink()
     for cache in root.rglob("__pycache__"):
@@ -102,30 +109,34 @@ def prune(root: Path, *, keep_charsets: bool = False) -> None:
 
 
 def install_python(root: Path) -> None:
-    """``python3`` on PATH and the standard library compiled ahead of time.
+    """``python3`` on PATH and the standard library as sourceless bytecode.
 
     Debian ships no bytecode; compiling in the guest would cost seconds of emulated time on
-    every boot.  Any Python 3.11 writes the same bytecode format, and unchecked hash-based
-    pycs never look at source timestamps.
+    every boot.  Any Python 3.11 writes the same bytecode format.  The sources go (9 MiB of
+    guest RAM in an initramfs root): a traceback then names file and line without the
+    source text, and the agent logs exceptions by type and message anyway.
     """
     (root / "usr/bin/python3").unlink(missing_ok=True)
     (root / "usr/bin/python3").symlink_to("python3.11")
-    ok = compileall.compile_dir(
-        root / "usr/lib/python3.11", quiet=2, workers=0, legacy=False,
-        invalidation_mode=compileall.py_compile.PycInvalidationMode.UNCHECKED_HASH,
-    )
-    if not ok:
-        raise BuildError("compiling the guest's Python standard library failed")
+    compile_sourceless(root / "usr/lib/python3.11", "the guest's Python standard library")
+
+
+def compile_sourceless(directory: Path, what: str) -> None:
+    """Every ``.py`` below ``directory`` replaced by its legacy ``.pyc`` beside it (what
+    Python imports when no source is there)."""
+    if not compileall.compile_dir(directory, quiet=2, workers=0, legacy=True):
+        raise BuildError(f"compiling {what} failed")
+    for source in directory.rglob("*.py"):
+        if source.with_suffix(".pyc").is_file():
+            source.unlink()
 
 
 def install_agent(root: Path, agent_package: Path) -> None:
-    """Copy the TSI agent package (stdlib-only modules) into /opt/gridvm/lib."""
+    """Copy the TSI agent package (stdlib-only modules) into /opt/gridvm/lib, as sourceless
+    bytecode."""
     target = root / "opt/gridvm/lib" / agent_package.name
     shutil.copytree(agent_package, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    compileall.compile_dir(
-        target, quiet=2, legacy=False,
-        invalidation_mode=compileall.py_compile.PycInvalidationMode.UNCHECKED_HASH,
-    )
+    compile_sourceless(target, "the TSI agent")
 
 
 def install_system_files(root: Path, kernel_version: str, modules: list[str]) -> None:
@@ -154,8 +165,9 @@ def install_system_files(root: Path, kernel_version: str, modules: list[str]) ->
     init.symlink_to("bin/busybox")  # busybox init: reads /etc/inittab, reaps orphans
 
 
-def build_loader(busybox: Path, modules_dir: Path, target: Path) -> None:
-    """A tiny initramfs root that mounts the disk whose serial is gridvm-root."""
+def build_loader(busybox: Path, modules_dir: Path, target: Path, root_fs: str = "ext4") -> None:
+    """A tiny initramfs root that mounts the disk whose serial is gridvm-root: ``ext4``
+    writable, or ``erofs`` read-only under a tmpfs overlay."""
     (target / "bin").mkdir(parents=True)
     shutil.copy2(busybox, target / "bin" / "busybox")
     for applet in ("sh", "mount", "umount", "insmod", "cat", "mkdir", "usleep", "switch_root",
@@ -163,9 +175,10 @@ def build_loader(busybox: Path, modules_dir: Path, target: Path) -> None:
         (target / "bin" / applet).symlink_to("busybox")
     for rel in ("proc", "sys", "dev", "newroot", "modules"):
         (target / rel).mkdir(exist_ok=True)
-    order = module_load_order(modules_dir, LOADER_MODULES)
+    order = module_load_order(modules_dir, (*LOADER_MODULES, *ROOT_FS_MODULES[root_fs]))
     for rel in order:
         shutil.copy2(modules_dir / rel, target / "modules" / Path(rel).name)
+    (target / "rootfs").write_text(root_fs + "\n")
     (target / "modules" / "order").write_text("".join(f"{Path(r).name}\n" for r in order))
     init = target / "init"
     init.write_bytes(guest_file("loader-init"))

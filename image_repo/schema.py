@@ -188,6 +188,9 @@ class Boot:
     kernel: str | None = spec(None, doc="content file with role kernel (Glance kernel_id)")
     initrd: str | None = spec(None, doc="content file with role initrd (Glance ramdisk_id)")
     cmdline: str | None = spec(None, doc="kernel command line (Glance os_command_line)")
+    readonly_disk: bool | None = spec(
+        None, doc="the disk is attached read-only and shared by every instance (no overlay "
+        "per instance): the guest keeps its writes in memory, e.g. a tmpfs overlay")
 
 
 @document
@@ -242,6 +245,10 @@ class Origin:
                     raise BadRequest(f"content type {self.content_type!r} needs a content file "
                                      f"with role {role!r}", join(path, "content"))
         self._check_boot_mode(path, roles)
+        if self.boot is not None and self.boot.readonly_disk and self.content \
+                and "disk" not in roles:
+            raise BadRequest("a read-only disk needs a content file with role 'disk'",
+                             join(join(path, "boot"), "readonly_disk"))
         if self.backing_image is not None and self.content_type != "qcow2":
             raise BadRequest(f"a layered image is qcow2, not {self.content_type!r}",
                              join(path, "backing_image"))

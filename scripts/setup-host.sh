@@ -26,7 +26,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 PACKAGES=(
     qemu-system-x86 qemu-utils                                # the hypervisor
     libvirt-daemon-system libvirt-clients libvirt-dev pkg-config  # libvirt + libvirt-python build
-    cpio zstd e2fsprogs                                       # guest image builder
+    cpio zstd e2fsprogs erofs-utils                           # guest image builder
     mmdebstrap fdisk dosfstools mtools syslinux syslinux-common  # cloud images (own bootloader)
     umoci                                                     # OCI images (container tests)
     socat                                                     # guest -> host TSI callback relay

@@ -31,6 +31,7 @@ def boot_spec(metadata: ImageMetadata, paths: Mapping[str, Path],
         cmdline=(origin.boot.cmdline if origin.boot else None) or "",
         arch=origin.architecture or "x86_64",
         disk_format="qcow2" if origin.content_type == "qcow2" else "raw",
+        disk_readonly=bool(origin.boot and origin.boot.readonly_disk),
         backing=tuple(ImageFile(member.path, member.sha512) for member in backing),
     )
 

@@ -35,6 +35,13 @@ def built_images() -> dict:
             for kind in ("initramfs", "qcow2")}
 
 
+@pytest.fixture(scope="session")
+def erofs_image():
+    """gridvm's micro guest on a read-only shared erofs root (not the tests' default)."""
+    TEST_ROOT.mkdir(mode=0o755, exist_ok=True)
+    return build_image("erofs", output_root=TEST_ROOT / "images")
+
+
 @pytest_twisted.async_yield_fixture
 async def vmm():
     """A VM manager on qemu:///system with its own domain prefix and state directory."""

@@ -113,6 +113,8 @@ class DiskConfig(ConfigObject):
     serial: str | None = None
     readonly: bool = False
     cache: str | None = None
+    #: several domains attach the same file (read-only: no lock, no label restored)
+    shareable: bool = False
 
     def format_dom(self) -> etree._Element:
         disk = etree.Element("disk", type="file", device=self.device)
@@ -125,6 +127,8 @@ class DiskConfig(ConfigObject):
             _text(disk, "serial", self.serial)
         if self.readonly:
             etree.SubElement(disk, "readonly")
+        if self.shareable:
+            etree.SubElement(disk, "shareable")
         return disk
 
     def parse_dom(self, element: etree._Element) -> None:
@@ -141,6 +145,7 @@ class DiskConfig(ConfigObject):
         serial = element.find("serial")
         self.serial = serial.text if serial is not None else None
         self.readonly = element.find("readonly") is not None
+        self.shareable = element.find("shareable") is not None
 
 
 @dataclass(eq=True)

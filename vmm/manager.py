@@ -93,10 +93,15 @@ class BootSpec:
     arch: str = "x86_64"
     #: the bases below a layered qcow2 ``disk``, lowest first (each verified and cached once)
     backing: tuple[ImageFile, ...] = ()
+    #: the ``disk`` is attached read-only and shared (no overlay per instance)
+    disk_readonly: bool = False
 
     def __post_init__(self) -> None:
         if self.kernel is None and self.disk is None:
             raise VMMError("an image without a kernel must have a disk to boot from",
+                           reason=Reason.BAD_REQUEST)
+        if self.disk_readonly and (self.disk is None or self.backing):
+            raise VMMError("a read-only shared disk is one disk without layers below it",
                            reason=Reason.BAD_REQUEST)
 
 
@@ -375,11 +380,12 @@ class VirtualMachineManager(service.Service):
                                                 for f in (*boot.backing, boot.disk)])
             else:
                 base = self.cache.ensure(boot.disk.path, boot.disk.sha512)
-            overlay = create_overlay(base, directory / "overlay.qcow2", boot.disk_format)
+            overlay = base if boot.disk_readonly else create_overlay(
+                base, directory / "overlay.qcow2", boot.disk_format)
         if spec.context_files:
             medium = context.build_medium(spec.context_files, directory / "context.iso")
-        return Staged(_disks(overlay, medium), kernel and str(kernel), initrd and str(initrd),
-                      str(directory / "console.log"))
+        return Staged(_disks(overlay, medium, boot), kernel and str(kernel),
+                      initrd and str(initrd), str(directory / "console.log"))
 
     def _stage_volumes(self, conn: libvirt.virConnect, pool: StoragePool, spec: InstanceSpec,
                        name: str, directory: Path) -> Staged:
@@ -398,11 +404,12 @@ class VirtualMachineManager(service.Service):
                                       base, directory)
             else:
                 base = pool.base(conn, boot.disk.path, boot.disk.sha512)
-            overlay = pool.overlay(conn, name, base, boot.disk_format)
+            overlay = base if boot.disk_readonly else pool.overlay(conn, name, base,
+                                                                   boot.disk_format)
         if spec.context_files:
             local = context.build_medium(spec.context_files, directory / "context.iso")
             medium = pool.upload(conn, name, "-context.iso", local)
-        return Staged(_disks(overlay, medium), kernel, initrd, pool.console(conn, name))
+        return Staged(_disks(overlay, medium, boot), kernel, initrd, pool.console(conn, name))
 
     def domain_config(self, spec: InstanceSpec, name: str, directory: Path,
                       disks: list[DiskConfig], kernel: Path | str | None,
@@ -454,7 +461,7 @@ class VirtualMachineManager(service.Service):
         placeholder = Path("/instance")
         boot = spec.boot
         staged = Staged(_disks(placeholder / "overlay.qcow2" if boot.disk else None,
-                               placeholder / "context.iso"),
+                               placeholder / "context.iso", boot),
                         "kernel" if boot.kernel else None, "initrd" if boot.initrd else None,
                         str(placeholder / "console.log"))
         config = self.snapshot_domain_config(replace(spec, callback_port=None), "instance",
@@ -684,12 +691,18 @@ class VirtualMachineManager(service.Service):
         return removed
 
 
-def _disks(overlay: Path | str | None, medium: Path | str | None) -> list[DiskConfig]:
-    """The root disk (an overlay) and the contextualization medium, in this order."""
+def _disks(root: Path | str | None, medium: Path | str | None,
+           boot: BootSpec | None = None) -> list[DiskConfig]:
+    """The root disk (the instance's overlay, or the image's read-only shared disk when
+    ``boot`` says so) and the contextualization medium, in this order."""
     disks: list[DiskConfig] = []
     targets = iter(("vda", "vdb", "vdc"))
-    if overlay is not None:
-        disks.append(DiskConfig(source=str(overlay), target=next(targets),
+    if root is not None and boot is not None and boot.disk_readonly:
+        disks.append(DiskConfig(source=str(root), target=next(targets),
+                                driver_type=boot.disk_format, serial=ROOT_DISK_SERIAL,
+                                readonly=True, shareable=True))
+    elif root is not None:
+        disks.append(DiskConfig(source=str(root), target=next(targets),
                                 serial=ROOT_DISK_SERIAL, cache="unsafe"))
     if medium is not None:
         disks.append(DiskConfig(source=str(medium), target=next(targets), driver_type="raw",

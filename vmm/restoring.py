@@ -311,24 +311,27 @@ class SnapshotRestorer:
 
     def _stage(self, spec: InstanceSpec, snapshot: Snapshot, directory: Path) -> Staged:
         """Blocking: the cached kernel and initrd, the instance's own copies of the
-        snapshot-time overlay and of the template medium."""
+        snapshot-time overlay (none for a read-only shared disk) and of the template
+        medium."""
         from vmm.manager import Staged, _disks
 
         boot, cache = spec.boot, self.manager.cache
         kernel = cache.ensure(boot.kernel.path, boot.kernel.sha512) if boot.kernel else None
         initrd = cache.ensure(boot.initrd.path, boot.initrd.sha512) if boot.initrd else None
+        root = None
         if boot.disk is not None and boot.backing:  # the overlay's backing chain
             cache.ensure_chain([(f.path, f.sha512) for f in (*boot.backing, boot.disk)])
         elif boot.disk is not None:
-            cache.ensure(boot.disk.path, boot.disk.sha512)
-        overlay = None
-        if snapshot.disk is not None:
-            overlay = directory / "overlay.qcow2"
-            copy_sparse(snapshot.disk, overlay)
+            base = cache.ensure(boot.disk.path, boot.disk.sha512)
+            if boot.disk_readonly:  # the image's shared disk itself: nothing to copy
+                root = base
+        if root is None and snapshot.disk is not None:
+            root = directory / "overlay.qcow2"
+            copy_sparse(snapshot.disk, root)
         medium = directory / "context.iso"
         shutil.copyfile(snapshot.medium, medium)
         medium.chmod(0o600)
-        return Staged(_disks(overlay, medium), kernel and str(kernel), initrd and str(initrd),
+        return Staged(_disks(root, medium, boot), kernel and str(kernel), initrd and str(initrd),
                       str(directory / "console.log"))
 
     def _restore_domain(self, snapshot: Snapshot, config, directory: Path) -> None:

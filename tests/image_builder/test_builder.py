@@ -74,9 +74,11 @@ def test_initramfs_image_contents_and_metadata(built_images):
     python = next(a for a in meta["idb"]["applications"] if a["name"] == "python3")
     assert python["version"].startswith("3.11.")
     files = set(listing(image.directory / "initrd.img"))
-    assert {"init", "etc/inittab", "etc/gridvm/rcS", "opt/gridvm/lib/tsi_bridge/agent/__main__.py",
+    assert {"init", "etc/inittab", "etc/gridvm/rcS", "opt/gridvm/lib/tsi_bridge/agent/__main__.pyc",
             "usr/bin/python3.11", "bin/bash"} <= files
-    assert "usr/lib/python3.11/__pycache__/socket.cpython-311.pyc" in files  # precompiled
+    # sourceless bytecode: the .pyc beside where its .py was, no source in the guest
+    assert {"usr/lib/python3.11/socket.pyc", "usr/lib/python3.11/json/__init__.pyc"} <= files
+    assert not any(f.endswith(".py") for f in files)
     assert not any(f.startswith(("usr/share/doc", "usr/lib/python3.11/test/")) for f in files)
     assert any(f.endswith("/virtio_net.ko") for f in files)
 
@@ -133,3 +135,32 @@ def test_built_image_registers_as_it_is(built_images, tmp_path, kind):
     registered = json.loads(result.stdout)
     assert registered["general"]["name"] == f"gridvm-debian12-{kind}"
     assert registered["general"]["version"] == 1
+
+
+def test_erofs_image_is_a_read_only_root_with_the_agent_and_an_overlay_loader(
+        erofs_image, tmp_path):
+    image = erofs_image
+    meta = image.metadata
+    assert meta["origin"]["content_type"] == "raw"
+    assert meta["origin"]["boot"]["readonly_disk"] is True
+    assert {r["role"]: r["file"] for r in meta["origin"]["content"]} == {
+        "kernel": "vmlinuz", "initrd": "initrd.img", "disk": "root.erofs"}
+    root = tmp_path / "root"
+    subprocess.run(["fsck.erofs", f"--extract={root}", str(image.directory / "root.erofs")],
+                   check=True, capture_output=True)
+    assert (root / "opt/gridvm/lib/tsi_bridge/agent/__main__.pyc").is_file()
+    assert (root / "usr/lib/python3.11/socket.pyc").is_file()
+    assert not list(root.rglob("*.py"))  # sourceless bytecode, as in the initramfs
+    assert (root / "etc/gridvm/rcS").is_file() and (root / "usr/bin/python3.11").is_file()
+    assert (root / "init").is_symlink() and (root / "sbin/init").exists()
+    loader = set(listing(image.directory / "initrd.img"))
+    assert {"init", "rootfs", "modules/order", "modules/virtio_blk.ko", "modules/erofs.ko",
+            "modules/overlay.ko"} <= loader
+    assert not any(f.startswith("usr/") for f in loader)  # the root is on the disk only
+    files = tmp_path / "loader"
+    files.mkdir()
+    subprocess.run(f"zstd -dc {image.directory / 'initrd.img'} | cpio -id --quiet init rootfs",
+                   shell=True, check=True, cwd=files)
+    assert (files / "rootfs").read_text() == "erofs\n"
+    init = (files / "init").read_text()
+    assert "mount -t erofs -o ro" in init and "mount -t overlay" in init

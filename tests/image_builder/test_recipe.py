@@ -85,7 +85,7 @@ def test_unknown_keys_are_errors_naming_their_dotted_path(tmp_path, text, messag
     ('[metadata.origin.virtual_hardware]\nmemory_mib = 64\n',
      "metadata.origin.virtual_hardware.memory_mib: 64 is below minimal_hardware.memory_mib"),
     ("metadata = 3\n", "metadata: expected a table"),
-    ('kind = "floppy"\n', "kind: expected one of 'initramfs', 'qcow2', 'cloud'"),
+    ('kind = "floppy"\n', "kind: expected one of 'initramfs', 'qcow2', 'erofs', 'cloud'"),
     ('suite = "sid"\n', "suite: expected one of 'bookworm'"),
     ("name = \n", "r.toml: not valid TOML: "),
 ])

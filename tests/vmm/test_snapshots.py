@@ -132,3 +132,24 @@ async def test_a_qcow2_instance_is_restored_with_its_own_copy_of_the_disk(
         await guest.client.close()
         await vmm.destroy(instance.instance_id)
     assert digest(snapshot.disk) == disk_before  # the instance wrote to its own copy
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_erofs_instance_is_restored_on_the_shared_disk_without_a_copy(
+        restoring_vmm, erofs_image):
+    ca = CertificateAuthority.create()
+    guest = Guest(erofs_image, ca, ca.issue_server())
+    snapshot = await snapshot_of(restoring_vmm, guest.spec)
+    assert snapshot.disk is None  # a read-only root: nothing of the instance's to keep
+    vmm = restoring_vmm
+    instance = await vmm.boot(guest.spec)
+    try:
+        assert instance.started_by == "restored"
+        assert not (instance.directory / "overlay.qcow2").exists()
+        written = await guest.client.execute_script(
+            "echo restored > /home/gridvm/mark && cat /home/gridvm/mark && "
+            "grep -c ' / overlay ' /proc/mounts")
+        assert written.split() == ["restored", "1"]
+    finally:
+        await guest.client.close()
+        await vmm.destroy(instance.instance_id)
