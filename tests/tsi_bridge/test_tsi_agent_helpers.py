@@ -162,3 +162,15 @@ def test_a_bad_request_is_refused_and_the_launcher_keeps_its_jobs(launchers, nob
     with pytest.raises(identity.RequestFailed, match="Error"):
         launchers.start(nobody, bad)
     assert sleeper.wait() == 0 and not sleeper.orphaned  # still watched by its launcher
+
+
+def test_resolved_users_are_kept_until_the_user_database_changes(monkeypatch, tmp_path):
+    passwd = tmp_path / "passwd"
+    passwd.write_text("one\n")
+    monkeypatch.setattr(identity, "USER_DATABASES", (str(passwd),))
+    resolver = identity.IdentityResolver(True, "nobody", None)
+    first = resolver.resolve(None)
+    assert first.user == "nobody" and first.uid == pwd.getpwnam("nobody").pw_uid
+    assert resolver.resolve(None) is first  # no second read of the user database
+    passwd.write_text("one\ntwo\n")  # a user added or changed: resolved again
+    assert resolver.resolve(None) is not first
