@@ -10,6 +10,7 @@ the VM) → SUCCESSFUL, or FAILED with a reason: ``NONZERO_EXIT``, ``RUNTIME_EXC
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -304,6 +305,8 @@ class JobRunner:
         self.reactor = reactor
         self.poll_interval = poll_interval
         self._listing_waiters: dict[str, list[defer.Deferred]] = {}
+        #: orders the start of each job's monitoring and the sending of each listing request
+        self._sequence = itertools.count()
         self.exit_code_grace = exit_code_grace
         self.transient_limit = transient_limit
         self.transfers = TransferPolicy()  #: where Exports may go (the factory sets it)
@@ -527,10 +530,14 @@ class JobRunner:
         if job.state is J.QUEUED:
             job.lifecycle.advance(J.RUNNING)
         delay = FIRST_POLL
+        # A listing tells that the job ended only if it was asked for after the job was
+        # submitted: one shared request sent earlier may be answered before the submit
+        # reached the TSI (another connection) and lacks the job while it still runs.
+        since = next(self._sequence)
         while not job.state.terminal and not target.detached:
-            listing, pushed = await self._retrying(job, target, "status",
-                                                   lambda: self._status_listing(target))
-            if job.bssid not in listing:
+            listing, pushed, asked = await self._retrying(
+                job, target, "status", lambda: self._status_listing(target))
+            if job.bssid not in listing and asked > since:
                 break
             if not pushed:  # polled: pause before the next listing
                 await task.deferLater(self.reactor, delay, lambda: None)
@@ -543,7 +550,8 @@ class JobRunner:
         job.lifecycle.advance(J.STAGINGOUT)
 
     def _status_listing(self, target: TargetSystem) -> defer.Deferred:
-        """(the target's status listing, whether it was pushed).  gridvm's agent answers
+        """(the target's status listing, whether it was pushed, the ``_sequence`` number of
+        the moment it was asked for).  gridvm's agent answers
         once one of its jobs has ended (or after a poll interval, so that an abort or the
         Runtime limit is acted on); a TSI that only answers GETSTATUSLISTING is polled.
         Jobs that ask while a request is on its way share its answer instead of sending
@@ -561,11 +569,14 @@ class JobRunner:
 
             tsi = target.tsi
             assert tsi is not None
+            asked = next(self._sequence)
 
             def pushed_or_polled(listing):
                 if listing is not None:
-                    return listing, True
-                return tsi.get_status_listing().addCallback(lambda polled: (polled, False))
+                    return listing, True, asked
+                polled = next(self._sequence)
+                return tsi.get_status_listing().addCallback(
+                    lambda result: (result, False, polled))
 
             tsi.wait_status(self.poll_interval).addCallback(pushed_or_polled).addBoth(fan_out)
         return waiter
