@@ -53,6 +53,9 @@ class DirectoryArchive:
     files: int
     bytes: int
     problems: list[tuple[str, str, str]]
+    #: the DF figures (as ``remove_tree``'s) once the agent removed the directory after the
+    #: stream (``then_remove``); None when it is still there
+    removed: dict[str, int] | None = None
 
 
 def _deferred(method):
@@ -491,17 +494,19 @@ class TSIClient:
         return total
 
     @_deferred
-    async def get_directory(self, path: str, local_path: str,
-                            timeout: float = 3600.0) -> DirectoryArchive:
+    async def get_directory(self, path: str, local_path: str, timeout: float = 3600.0,
+                            then_remove: bool = False) -> DirectoryArchive:
         """The remote directory as one tar stream into ``local_path`` (our agent only:
         TSICommandFailed from a TSI without GRIDVM_GETDIRECTORY, see ``streams``).  No
-        frame may take longer than ``request_timeout``, the whole stream ``timeout``."""
+        frame may take longer than ``request_timeout``, the whole stream ``timeout``.
+        ``then_remove``: the agent removes the directory once the stream is complete (see
+        ``DirectoryArchive.removed``: an agent may not have)."""
         handle = await threads.deferToThread(open, local_path, "wb")
 
         async def write(piece: bytes) -> None:
             await threads.deferToThread(handle.write, piece)
 
-        message = self._message(protocol.get_directory_body(path))
+        message = self._message(protocol.get_directory_body(path, then_remove))
         try:
             payload = await self._with_worker(
                 lambda w: w.get_stream(message, write, self.request_timeout, timeout))
@@ -514,9 +519,10 @@ class TSIClient:
         self.streams = True
         try:
             entries, files, size = protocol.parse_report(payload)
+            removed = protocol.parse_removed(payload) if then_remove else None
         except protocol.ProtocolError as err:
             raise TSIError(f"{path}: {err}") from None
-        return DirectoryArchive(files, size, entries)
+        return DirectoryArchive(files, size, entries, removed)
 
     # ------------------------------------------------------------------ jobs, end to end
 

@@ -301,9 +301,15 @@ class Worker:
     def get_directory(self, message: str) -> None:
         """GRIDVM_GETDIRECTORY: the directory as a tar stream (``archive``), written by a
         child with the user's permissions and relayed here in frames; a child silent for
-        ``timeouts.transfer`` is killed and the request fails (the stream stays framed)."""
+        ``timeouts.transfer`` is killed and the request fails (the stream stays framed).
+        With ``#TSI_GRIDVM_THEN_REMOVE true`` a complete stream is followed by the removal
+        of the directory, as GRIDVM_REMOVE, the report then ending with its
+        ``REMOVED <total> <free>`` (one exchange less per job)."""
         runas = self._runas(message)
         path = self._path(runas, protocol.get_param(message, "FILE"))
+        then_remove = protocol.get_param(message, "GRIDVM_THEN_REMOVE") == "true"
+        if then_remove:
+            self._removable(path)
         tar_read, tar_write = os.pipe()
         report_read, report_write = os.pipe()
         try:  # the writer has its own copies: its pipes close when it is done
@@ -339,7 +345,13 @@ class Worker:
             omitted = len(entries) - MAX_REPORT
             entries = [*entries[:MAX_REPORT], protocol.format_report_line(
                 "OMITTED", b"", f"{omitted} more entries")]
-        self.reply(protocol.ok_reply("\n".join([*entries, lines[-1]])))
+        tail = [lines[-1]]
+        if then_remove:
+            try:  # the stream is complete: what the client does next is remove it
+                tail.append(protocol.format_removed(*files.remove_tree(runas, path)))
+            except (OSError, RequestFailed) as err:  # no REMOVED line: the client removes
+                log.warning(f"{self.name}: {path} streamed but not removed: {err}")
+        self.reply(protocol.ok_reply("\n".join([*entries, *tail])))
 
     def _relay(self, tar_read: int, report_read: int, report: bytearray) -> str | None:
         """Frames from ``tar_read`` to the data channel, ``report_read`` into ``report``,
@@ -387,10 +399,13 @@ class Worker:
     def remove(self, message: str) -> None:
         runas = self._runas(message)
         path = self._path(runas, protocol.get_param(message, "FILE"))
-        if os.path.realpath(path) in ("/", os.path.realpath(self.config.workdir_root)):
-            raise RequestFailed(f"{path}: refusing to remove the root of the working area")
+        self._removable(path)
         total, free = files.remove_tree(runas, path)
         self.reply(protocol.ok_reply(protocol.format_df(total, free)))
+
+    def _removable(self, path: str) -> None:
+        if os.path.realpath(path) in ("/", os.path.realpath(self.config.workdir_root)):
+            raise RequestFailed(f"{path}: refusing to remove the root of the working area")
 
     def wait_status(self, message: str) -> None:
         """GRIDVM_WAITSTATUS: the status listing once a job has ended since the client's
