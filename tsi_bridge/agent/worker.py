@@ -42,6 +42,13 @@ def open_regular(runas: RunAs, path: str) -> int:
     return fd
 
 
+def _timeout(sock: socket.socket, seconds: float) -> None:
+    """``sock.settimeout(seconds)`` unless it is set so: each call is an ioctl with the GIL
+    released, a thread switch among busy workers (a dozen per job before)."""
+    if sock.gettimeout() != seconds:
+        sock.settimeout(seconds)
+
+
 class ChannelBroken(Exception):
     """The connection is unusable (EOF, timeout, desynchronised): end the worker."""
 
@@ -58,21 +65,25 @@ class Worker:
     def _read_message(self) -> bytes | None:
         timeouts = self.config.timeouts
         deadline = None
+        idle_until = time.monotonic() + timeouts["idle"]
         while not self.queued:
+            now = time.monotonic()
             if self.splitter.pending:
-                deadline = deadline or time.monotonic() + timeouts["request"]
-                wait = deadline - time.monotonic()
+                deadline = deadline or now + timeouts["request"]
+                wait = deadline - now
                 if wait <= 0:
                     raise ChannelBroken(f"request incomplete after {timeouts['request']:g} s")
             else:
-                wait = timeouts["idle"]
-            self.command.settimeout(wait)
+                wait = idle_until - now
+                if wait <= 0:
+                    raise ChannelBroken(f"idle for {timeouts['idle']:g} s")
+            # waits of at most a transfer timeout, the one replies are sent with: the
+            # socket's timeout then stays as it is (see ``_timeout``)
+            _timeout(self.command, min(wait, timeouts["transfer"]))
             try:
                 data = self.command.recv(65536)
             except TimeoutError:
-                if self.splitter.pending:
-                    continue
-                raise ChannelBroken(f"idle for {timeouts['idle']:g} s") from None
+                continue
             except OSError as err:
                 raise ChannelBroken(f"command channel: {err}") from err
             if not data:
@@ -87,7 +98,7 @@ class Worker:
         return self.queued.pop(0)
 
     def _send(self, sock: socket.socket, data: bytes) -> None:
-        sock.settimeout(self.config.timeouts["transfer"])
+        _timeout(sock, self.config.timeouts["transfer"])
         try:
             sock.sendall(data)
         except OSError as err:
@@ -150,7 +161,7 @@ class Worker:
             raise RequestFailed(f"No #{what} given")
         path = os.path.join(self.config.workdir_root, runas.substitute(raw))
         if self.config.confine_paths:
-            root = os.path.realpath(self.config.workdir_root)
+            root = self.agent.workdir_real
             real = os.path.realpath(path)
             if real != root and not real.startswith(root + os.sep):
                 raise RequestFailed(f"{raw} is outside the working directory root {root}")
@@ -265,7 +276,7 @@ class Worker:
         try:
             self.reply(protocol.ok_reply())
             remaining = length
-            self.data.settimeout(self.config.timeouts["transfer"])
+            _timeout(self.data, self.config.timeouts["transfer"])
             buffer = bytearray(min(max(length, 1), PIECE))
             view = memoryview(buffer)
             while remaining > 0:
@@ -404,7 +415,7 @@ class Worker:
         self.reply(protocol.ok_reply(protocol.format_df(total, free)))
 
     def _removable(self, path: str) -> None:
-        if os.path.realpath(path) in ("/", os.path.realpath(self.config.workdir_root)):
+        if os.path.realpath(path) in ("/", self.agent.workdir_real):
             raise RequestFailed(f"{path}: refusing to remove the root of the working area")
 
     def wait_status(self, message: str) -> None:
