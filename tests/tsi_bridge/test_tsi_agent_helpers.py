@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
 import signal
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -174,3 +176,22 @@ def test_resolved_users_are_kept_until_the_user_database_changes(monkeypatch, tm
     assert resolver.resolve(None) is first  # no second read of the user database
     passwd.write_text("one\ntwo\n")  # a user added or changed: resolved again
     assert resolver.resolve(None) is not first
+
+
+def test_a_stopped_helper_fails_the_call_after_the_call_timeout(monkeypatch, nobody):
+    from tsi_bridge.agent import helpers as helpers_module
+
+    monkeypatch.setattr(helpers_module, "CALL_TIMEOUT", 1)
+    pool = HelperPool(per_user=1)
+    pid = pool.call(nobody, os.getpid, ())["ok"]
+    try:
+        os.kill(pid, signal.SIGSTOP)  # the user may stop their own helper
+        started = time.monotonic()
+        with pytest.raises(HelperUnavailable):
+            pool.call(nobody, os.getpid, ())
+        assert time.monotonic() - started < 10
+        assert pool.call(nobody, os.getpid, ())["ok"] != pid  # a fresh helper serves
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+        pool.close()
