@@ -139,9 +139,10 @@ async def exchange_breakdown(reactor, target) -> dict[str, float]:
                                    5):
             pass
         local = Path(tempfile.mkdtemp(dir=ROOT)) / "out.tar"
-        await timed("GRIDVM_GETDIRECTORY", tsi.get_directory, workdir, str(local))
+        # stage-out and removal in one exchange, as the job runner sends them
+        await timed("GRIDVM_GETDIRECTORY (then remove)", tsi.get_directory, workdir,
+                    str(local), then_remove=True)
         shutil.rmtree(local.parent)
-        await timed("GRIDVM_REMOVE", tsi.remove_tree, workdir)
     return {name: round(statistics.median(values), 1) for name, values in times.items()}
 
 

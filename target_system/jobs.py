@@ -10,6 +10,7 @@ the VM) → SUCCESSFUL, or FAILED with a reason: ``NONZERO_EXIT``, ``RUNTIME_EXC
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -304,6 +305,8 @@ class JobRunner:
         self.reactor = reactor
         self.poll_interval = poll_interval
         self._listing_waiters: dict[str, list[defer.Deferred]] = {}
+        #: orders the start of each job's monitoring and the sending of each listing request
+        self._sequence = itertools.count()
         self.exit_code_grace = exit_code_grace
         self.transient_limit = transient_limit
         self.transfers = TransferPolicy()  #: where Exports may go (the factory sets it)
@@ -370,10 +373,12 @@ class JobRunner:
 
     async def _wind_up(self, job: Job, target: TargetSystem, listener) -> None:
         """Keep the job's files, free its slot, settle its final state."""
+        space = None  # the guest's free space once the stage-out removed the directory
         if target.usable and job.workdir and job.state in (J.STAGINGOUT, J.FAILED):
-            await self._stage_out(job, target)
+            space = await self._stage_out(job, target)
         if target.usable and job.workdir:  # housekeeping before the instance is reused
-            space = await self._remove_workdir(job, target) if job.kept else None
+            if space is None and job.kept:
+                space = await self._remove_workdir(job, target)
             await self._check_room(job, target, space)
         target.listeners.remove(listener)
         target.release(job.job_id)
@@ -527,10 +532,14 @@ class JobRunner:
         if job.state is J.QUEUED:
             job.lifecycle.advance(J.RUNNING)
         delay = FIRST_POLL
+        # A listing tells that the job ended only if it was asked for after the job was
+        # submitted: one shared request sent earlier may be answered before the submit
+        # reached the TSI (another connection) and lacks the job while it still runs.
+        since = next(self._sequence)
         while not job.state.terminal and not target.detached:
-            listing, pushed = await self._retrying(job, target, "status",
-                                                   lambda: self._status_listing(target))
-            if job.bssid not in listing:
+            listing, pushed, asked = await self._retrying(
+                job, target, "status", lambda: self._status_listing(target))
+            if job.bssid not in listing and asked > since:
                 break
             if not pushed:  # polled: pause before the next listing
                 await task.deferLater(self.reactor, delay, lambda: None)
@@ -543,7 +552,8 @@ class JobRunner:
         job.lifecycle.advance(J.STAGINGOUT)
 
     def _status_listing(self, target: TargetSystem) -> defer.Deferred:
-        """(the target's status listing, whether it was pushed).  gridvm's agent answers
+        """(the target's status listing, whether it was pushed, the ``_sequence`` number of
+        the moment it was asked for).  gridvm's agent answers
         once one of its jobs has ended (or after a poll interval, so that an abort or the
         Runtime limit is acted on); a TSI that only answers GETSTATUSLISTING is polled.
         Jobs that ask while a request is on its way share its answer instead of sending
@@ -561,11 +571,14 @@ class JobRunner:
 
             tsi = target.tsi
             assert tsi is not None
+            asked = next(self._sequence)
 
             def pushed_or_polled(listing):
                 if listing is not None:
-                    return listing, True
-                return tsi.get_status_listing().addCallback(lambda polled: (polled, False))
+                    return listing, True, asked
+                polled = next(self._sequence)
+                return tsi.get_status_listing().addCallback(
+                    lambda result: (result, False, polled))
 
             tsi.wait_status(self.poll_interval).addCallback(pushed_or_polled).addBoth(fan_out)
         return waiter
@@ -578,9 +591,11 @@ class JobRunner:
         except TSIError as err:
             log.info("abort of %s: %s", job.bssid, err)  # finished meanwhile: fine
 
-    async def _stage_out(self, job: Job, target: TargetSystem) -> None:
+    async def _stage_out(self, job: Job, target: TargetSystem) -> dict[str, int] | None:
         """The job directory into site storage (``stageout``), the exit code, Exports;
-        ``job.kept`` once its files are there (the wind-up then removes it from the guest)."""
+        ``job.kept`` once its files are there.  Our agent removes the directory from the
+        guest in the stage-out's exchange (then the guest's free space is returned);
+        otherwise the wind-up removes it once it is kept."""
         assert job.workdir
         workdir = job.workdir
 
@@ -589,9 +604,9 @@ class JobRunner:
             assert tsi is not None
             if job.state is J.STAGINGOUT:  # not an earlier run's (a restarted job)
                 await threads.deferToThread(_unlink, job.storage / EXIT_CODE_FILE)
-            result = await stage_out(tsi, workdir, job.storage)
+            result = await stage_out(tsi, workdir, job.storage, then_remove=True)
             if job.state is J.STAGINGOUT:
-                await self._read_exit_code(job, tsi, workdir)
+                await self._read_exit_code(job, tsi, workdir, result.removed)
             return result
 
         try:
@@ -601,7 +616,7 @@ class JobRunner:
                 job.fail(Reason.STAGING_FAILED, f"staging out: {err}")
             else:
                 job.note(f"could not keep the job's files: {err}")
-            return
+            return None
         job.note(f"copied {result.files} file(s) ({result.bytes} bytes) to site storage"
                  + (f"; {len(result.notes)} not copied" if result.notes else ""))
         for line in result.notes[:MAX_NOTES]:
@@ -611,10 +626,13 @@ class JobRunner:
         if job.state is J.STAGINGOUT:
             await self._export(job)
         job.kept = True  # from now on its files are served from site storage
+        return result.removed
 
-    async def _read_exit_code(self, job: Job, tsi, workdir: str) -> None:
+    async def _read_exit_code(self, job: Job, tsi, workdir: str,
+                              removed: dict[str, int] | None = None) -> None:
         """The exit code from its file — the copy just kept in site storage, else the
-        guest's (waiting ``exit_code_grace`` for it to appear); our agent's record says
+        guest's (waiting ``exit_code_grace`` for it to appear, unless the stage-out removed
+        the directory: ``removed``, the guest's free space then); our agent's record says
         when the file could not be written (the disk full), a DF when the file never came."""
         kept = await threads.deferToThread(kept_exit_code, job.storage)
         if kept == 0:  # nothing more to learn: one exchange and a file read saved
@@ -627,13 +645,15 @@ class JobRunner:
                                 f"{details['exit_code_error']} (its script ended with "
                                 f"status {details.get('exit_code')})")
             return
-        job.exit_code = kept if kept is not None else await tsi.exit_code(
-            workdir, grace=self.exit_code_grace)
+        if kept is not None or removed is not None:
+            job.exit_code = kept
+        else:
+            job.exit_code = await tsi.exit_code(workdir, grace=self.exit_code_grace)
         if job.exit_code and details:
             job.ended_by = details.get("reason")
         if job.exit_code is None:
             with contextlib.suppress(TSIError):
-                space = await tsi.df(workdir)
+                space = removed or await tsi.df(workdir)
                 if space["TOTAL"] > 0 and space["FREE"] < self.min_free_space:
                     job.exit_problem = (f"the job left no exit code: the disk of its "
                                         f"instance is full ({space['FREE']} bytes free)")

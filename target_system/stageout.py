@@ -4,7 +4,8 @@
   links that stay inside; the agent skips and reports the rest) into a temporary file beside
   the storage directory, extracted member by member with tarfile's ``data`` filter (no
   absolute names, no ``..``, no links out, no devices, no set-id bits); a member the filter
-  refuses is noted and the others are kept.
+  refuses is noted and the others are kept.  Asked to (``then_remove``), the agent removes
+  the directory in the same exchange once the stream is complete.
 * With a TSI that does not know that command (the official UNICORE TSI), file by file: LS,
   then GETFILECHUNK per regular file, several at once on idle workers; entries that are not
   regular files are skipped, a file that fails is noted.
@@ -40,25 +41,32 @@ class StageOutResult:
     bytes: int = 0
     notes: list[str] = field(default_factory=list)
     streamed: bool = False
+    #: the guest's free space (DF figures) once the agent removed the directory after
+    #: streaming it (``then_remove``); None when the directory is still there
+    removed: dict[str, int] | None = None
 
 
-async def stage_out(tsi, workdir: str, storage: Path) -> StageOutResult:
-    """Copy ``workdir`` (in the guest) into ``storage``; streamed when the TSI can."""
+async def stage_out(tsi, workdir: str, storage: Path, then_remove: bool = False
+                    ) -> StageOutResult:
+    """Copy ``workdir`` (in the guest) into ``storage``; streamed when the TSI can, and
+    then removed from the guest in the same exchange if ``then_remove`` (see
+    ``StageOutResult.removed``: only when streamed)."""
     storage.mkdir(parents=True, exist_ok=True)
     if tsi.streams is not False:
         try:
-            return await _streamed(tsi, workdir, storage)
+            return await _streamed(tsi, workdir, storage, then_remove)
         except TSICommandFailed:
             if tsi.streams is not False:  # our agent failed it: a real failure
                 raise
     return await _file_by_file(tsi, workdir, storage)
 
 
-async def _streamed(tsi, workdir: str, storage: Path) -> StageOutResult:
+async def _streamed(tsi, workdir: str, storage: Path, then_remove: bool) -> StageOutResult:
     archive = storage.with_name(f".{storage.name}.stageout.tar")
     try:
-        received = await tsi.get_directory(workdir, str(archive))
+        received = await tsi.get_directory(workdir, str(archive), then_remove=then_remove)
         result = await threads.deferToThread(extract_archive, archive, storage)
+        result.removed = received.removed
     finally:
         await threads.deferToThread(_remove, archive)
     result.notes[:0] = [f"not copied: {name} ({detail})" if kind == "SKIPPED"

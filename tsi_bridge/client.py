@@ -53,6 +53,9 @@ class DirectoryArchive:
     files: int
     bytes: int
     problems: list[tuple[str, str, str]]
+    #: the DF figures (as ``remove_tree``'s) once the agent removed the directory after the
+    #: stream (``then_remove``); None when it is still there
+    removed: dict[str, int] | None = None
 
 
 def _deferred(method):
@@ -131,14 +134,19 @@ class TSIClient:
             self._serial += 1
             return TSIWorker(self.reactor, command, data, f"{self.name}#{self._serial}")
 
-    async def _acquire(self) -> TSIWorker:
+    async def _acquire(self, first: bool = False) -> TSIWorker:
+        """An idle worker, a new one, or the next one freed (``first``: before the requests
+        already waiting, as a health check's PING behind a queue of jobs)."""
         while self._idle:
             worker = self._idle.pop()
             if worker.broken is None:
                 return worker
         if self._count >= self.pool_size:
             waiter: defer.Deferred = defer.Deferred()
-            self._waiters.append(waiter)
+            if first:
+                self._waiters.appendleft(waiter)
+            else:
+                self._waiters.append(waiter)
             waiter.addTimeout(self.request_timeout, self.reactor)
             try:
                 worker = await waiter
@@ -182,8 +190,8 @@ class TSIClient:
         else:
             self._idle.append(worker)
 
-    async def _with_worker(self, use):
-        worker = await self._acquire()
+    async def _with_worker(self, use, first: bool = False):
+        worker = await self._acquire(first)
         try:
             return await use(worker)
         finally:
@@ -210,10 +218,11 @@ class TSIClient:
     def _message(self, body: str) -> bytes:
         return protocol.build_request(body, self.user, self.groups)
 
-    async def _request(self, body: str, what: str, timeout: float | None = None):
+    async def _request(self, body: str, what: str, timeout: float | None = None,
+                       first: bool = False):
         message = self._message(body)
         return await self._with_worker(
-            lambda w: w.request(message, what, timeout or self.request_timeout))
+            lambda w: w.request(message, what, timeout or self.request_timeout), first)
 
     async def _extension(self, name: str, body: str, timeout: float | None = None):
         """The reply to one of our extensions, or None once the TSI does not know it (then
@@ -232,8 +241,9 @@ class TSIClient:
 
     @_deferred
     async def ping(self) -> str:
-        """The TSI's version string."""
-        return (await self._request(protocol.ping_body(), "PING")).payload.strip()
+        """The TSI's version string; the PING takes the next free worker before requests
+        already waiting (it tells whether the TSI answers, not how long its queue is)."""
+        return (await self._request(protocol.ping_body(), "PING", first=True)).payload.strip()
 
     @_deferred
     async def execute_script(self, script: str, discard_output: bool = False,
@@ -491,17 +501,19 @@ class TSIClient:
         return total
 
     @_deferred
-    async def get_directory(self, path: str, local_path: str,
-                            timeout: float = 3600.0) -> DirectoryArchive:
+    async def get_directory(self, path: str, local_path: str, timeout: float = 3600.0,
+                            then_remove: bool = False) -> DirectoryArchive:
         """The remote directory as one tar stream into ``local_path`` (our agent only:
         TSICommandFailed from a TSI without GRIDVM_GETDIRECTORY, see ``streams``).  No
-        frame may take longer than ``request_timeout``, the whole stream ``timeout``."""
+        frame may take longer than ``request_timeout``, the whole stream ``timeout``.
+        ``then_remove``: the agent removes the directory once the stream is complete (see
+        ``DirectoryArchive.removed``: an agent may not have)."""
         handle = await threads.deferToThread(open, local_path, "wb")
 
         async def write(piece: bytes) -> None:
             await threads.deferToThread(handle.write, piece)
 
-        message = self._message(protocol.get_directory_body(path))
+        message = self._message(protocol.get_directory_body(path, then_remove))
         try:
             payload = await self._with_worker(
                 lambda w: w.get_stream(message, write, self.request_timeout, timeout))
@@ -514,9 +526,10 @@ class TSIClient:
         self.streams = True
         try:
             entries, files, size = protocol.parse_report(payload)
+            removed = protocol.parse_removed(payload) if then_remove else None
         except protocol.ProtocolError as err:
             raise TSIError(f"{path}: {err}") from None
-        return DirectoryArchive(files, size, entries)
+        return DirectoryArchive(files, size, entries, removed)
 
     # ------------------------------------------------------------------ jobs, end to end
 

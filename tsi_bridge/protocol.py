@@ -257,14 +257,17 @@ def user_info_body() -> str:
     return "#TSI_GET_USER_INFO\n"
 
 
-def get_directory_body(path: str) -> str:
+def get_directory_body(path: str, then_remove: bool = False) -> str:
     """GRIDVM_GETDIRECTORY (our agent only): the directory ``path`` as one tar stream.
 
     The reply is ``TSI_OK\\nTSI_STREAM``, then frames on the data channel (see
     ``FRAME``) ending with an empty one, then a second reply on the command channel:
     ``TSI_OK`` with the report (``format_report_line`` lines, then ``TOTAL <files>
-    <bytes>``), or ``TSI_FAILED``."""
-    return "#TSI_GRIDVM_GETDIRECTORY\n" + _param("FILE", path)
+    <bytes>``, then, when ``then_remove`` asked for it and the directory was removed after
+    a complete stream, ``format_removed``), or ``TSI_FAILED``.  An agent from before
+    ``then_remove`` ignores it (no ``REMOVED`` line)."""
+    body = "#TSI_GRIDVM_GETDIRECTORY\n" + _param("FILE", path)
+    return body + _param("GRIDVM_THEN_REMOVE", "true") if then_remove else body
 
 
 def path_body(command: str, path: str) -> str:
@@ -479,11 +482,19 @@ def format_report_line(kind: str, name: bytes, detail: str) -> str:
     return f"{kind}\t{escape_name(name)}\t{detail}"
 
 
+def format_removed(total: int, free: int) -> str:
+    """The last report line of a stream whose directory was removed after it: the total
+    and free bytes of its parent's file system, as GRIDVM_REMOVE answers them."""
+    return f"REMOVED {total} {free}"
+
+
 def parse_report(payload: str) -> tuple[list[tuple[str, str, str]], int, int]:
     """``([(kind, escaped name, detail)], files, bytes)`` from a stream's final reply."""
     entries: list[tuple[str, str, str]] = []
     files = size = -1
     for line in payload.split("\n"):
+        if line.startswith("REMOVED "):
+            continue  # parse_removed
         if line.startswith("TOTAL "):
             try:
                 files, size = (int(x) for x in line.split()[1:3])
@@ -578,6 +589,19 @@ def parse_ls(payload: str) -> list[FileInfo]:
             entries.append(FileInfo(path, flags[0] == "D", flags[1] == "R", flags[2] == "W",
                                     flags[3] == "X", flags[4] == "O", int(size), int(mtime)))
     return entries
+
+
+def parse_removed(payload: str) -> dict[str, int] | None:
+    """The DF figures (as ``parse_df``) of a stream's ``REMOVED`` line; None without one
+    (the directory is still there)."""
+    for line in reversed(payload.split("\n")):
+        fields = line.split()
+        if len(fields) == 3 and fields[0] == "REMOVED":
+            try:
+                return {"TOTAL": int(fields[1]), "FREE": int(fields[2]), "USER": -1}
+            except ValueError as err:
+                raise ProtocolError(f"bad removal line {line!r}") from err
+    return None
 
 
 def format_df(total: int, free: int, user: int = -1) -> str:

@@ -3,13 +3,16 @@ one GETSTATUSLISTING (a TSI without pushed status) or one GRIDVM_WAITSTATUS, whi
 when a job ends, and a failure reaches every poller."""
 
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 
-from target_system.jobs import JobRunner
+from target_system.jobdesc import parse_job
+from target_system.jobs import Job, JobRunner
+from target_system.lifecycle import JobState
 from tests.support.local_agent import AgentProcess
 from tsi_bridge.client import TSIClient
 from tsi_bridge.errors import TSIError
@@ -35,7 +38,7 @@ async def test_concurrent_polls_of_one_target_share_one_request(agent):
         bssid = await client.submit("sleep 5\n", uspace_dir=str(agent.workdir), runtime=30)
         listings = await defer.gatherResults([runner._status_listing(target) for _ in range(5)])
         assert len(sent) == 1
-        assert all(bssid in listing and not pushed for listing, pushed in listings)
+        assert all(bssid in listing and not pushed for listing, pushed, _ in listings)
         await runner._status_listing(target)  # the next round asks again
         assert len(sent) == 2
         await client.abort_job(bssid)
@@ -53,12 +56,12 @@ async def test_concurrent_waits_share_one_request_answered_when_a_job_ends(agent
     runner = JobRunner(reactor, poll_interval=20.0)
     try:
         bssid = await client.submit("sleep 0.5\n", uspace_dir=str(agent.workdir))
-        listing, pushed = await runner._status_listing(target)  # the first answers at once
+        listing, pushed, _ = await runner._status_listing(target)  # the first answers at once
         assert pushed and bssid in listing
         started = time.monotonic()
         answers = await defer.gatherResults([runner._status_listing(target) for _ in range(5)])
         assert time.monotonic() - started < 10  # at the job's end, not after the 20 s
-        assert len(sent) == 2 and all(bssid not in listing for listing, _ in answers)
+        assert len(sent) == 2 and all(bssid not in listing for listing, _, _ in answers)
     finally:
         await client.close()
 
@@ -75,3 +78,37 @@ async def test_a_failed_listing_fails_every_poller(agent):
     assert all(isinstance(f.value, TSIError) for _, f in results)
     assert runner._listing_waiters == {}
     await client.close()
+
+
+class HeldTSI:
+    """A TSI whose GRIDVM_WAITSTATUS answers come when the test gives them."""
+
+    def __init__(self) -> None:
+        self.asked: list[defer.Deferred] = []
+
+    def track(self, bssid: str) -> None:
+        pass
+
+    def wait_status(self, seconds: float) -> defer.Deferred:
+        self.asked.append(defer.Deferred())
+        return self.asked[-1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_listing_asked_for_before_the_submit_does_not_end_the_job(tmp_path: Path):
+    """The shared request may be answered before the job's submit reached the TSI (on
+    another connection): its listing lacks the job although it runs."""
+    tsi = HeldTSI()
+    target = SimpleNamespace(instance_id="i-4", tsi=tsi, usable=True, detached=False)
+    runner = JobRunner(reactor)
+    job = Job("alice", parse_job({"Executable": "true"}), reactor, tmp_path)
+    job.lifecycle.advance(JobState.STAGINGIN)
+    job.lifecycle.advance(JobState.QUEUED)
+    job.bssid = "2"
+    runner._status_listing(target)  # another job's request, in flight
+    monitored = defer.Deferred.fromCoroutine(runner._monitor(job, target))
+    tsi.asked[0].callback({"1": "RUNNING"})  # computed before job 2 was submitted
+    assert job.state is JobState.RUNNING and len(tsi.asked) == 2  # asked again
+    tsi.asked[1].callback({})  # asked after the submit: job 2 ended
+    await monitored
+    assert job.state is JobState.STAGINGOUT

@@ -124,6 +124,42 @@ async def test_directory_stream_keeps_regular_files_and_reports_the_rest(job_age
         await client.close()
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_complete_stream_then_removes_its_directory_in_the_same_exchange(
+        job_agent, tmp_path):
+    agent, jobs = job_agent
+    job = jobs / "job-2"
+    (job / "sub").mkdir(parents=True)
+    (job / "sub" / "out").write_bytes(b"result\n")
+    subprocess.run(["chown", "-R", "nobody:", str(job)], check=False)
+    client = TSIClient(reactor, "127.0.0.1", agent.port, request_timeout=20)
+    try:
+        kept = await stage_out(client, str(job), tmp_path / "storage", then_remove=True)
+        assert (tmp_path / "storage" / "sub" / "out").read_bytes() == b"result\n"
+        assert not job.exists()  # no GRIDVM_REMOVE sent: the stream's exchange did it
+        space = kept.removed
+        assert space is not None and space["TOTAL"] > 0 and 0 <= space["FREE"] <= space["TOTAL"]
+        # a stream that fails removes nothing; the root of the job directories never
+        (jobs / "file").write_bytes(b"x")
+        with pytest.raises(TSICommandFailed, match="Not a directory"):
+            await client.get_directory(str(jobs / "file"), str(tmp_path / "a.tar"),
+                                       then_remove=True)
+        assert (jobs / "file").exists()
+        with pytest.raises(TSICommandFailed, match="root of the working area"):
+            await client.get_directory(str(jobs), str(tmp_path / "a.tar"), then_remove=True)
+        assert jobs.is_dir()
+    finally:
+        await client.close()
+
+
+def test_an_agent_that_did_not_remove_leaves_the_report_as_it_was():
+    report = "SKIPPED\tpipe\tspecial file (FIFO)\nTOTAL 2 10"
+    assert protocol.parse_removed(report) is None  # an agent from before then_remove
+    removed = report + "\n" + protocol.format_removed(1000, 600)
+    assert protocol.parse_report(removed) == protocol.parse_report(report)
+    assert protocol.parse_removed(removed) == {"TOTAL": 1000, "FREE": 600, "USER": -1}
+
+
 def raw_request(body: str) -> bytes:
     """A request framed like UNICORE/X's, without our client's refusals."""
     return (f"{body}\n#TSI_IDENTITY nobody NONE\n\n{protocol.ENDOFMESSAGE}\n").encode()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
 import signal
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -162,3 +164,34 @@ def test_a_bad_request_is_refused_and_the_launcher_keeps_its_jobs(launchers, nob
     with pytest.raises(identity.RequestFailed, match="Error"):
         launchers.start(nobody, bad)
     assert sleeper.wait() == 0 and not sleeper.orphaned  # still watched by its launcher
+
+
+def test_resolved_users_are_kept_until_the_user_database_changes(monkeypatch, tmp_path):
+    passwd = tmp_path / "passwd"
+    passwd.write_text("one\n")
+    monkeypatch.setattr(identity, "USER_DATABASES", (str(passwd),))
+    resolver = identity.IdentityResolver(True, "nobody", None)
+    first = resolver.resolve(None)
+    assert first.user == "nobody" and first.uid == pwd.getpwnam("nobody").pw_uid
+    assert resolver.resolve(None) is first  # no second read of the user database
+    passwd.write_text("one\ntwo\n")  # a user added or changed: resolved again
+    assert resolver.resolve(None) is not first
+
+
+def test_a_stopped_helper_fails_the_call_after_the_call_timeout(monkeypatch, nobody):
+    from tsi_bridge.agent import helpers as helpers_module
+
+    monkeypatch.setattr(helpers_module, "CALL_TIMEOUT", 1)
+    pool = HelperPool(per_user=1)
+    pid = pool.call(nobody, os.getpid, ())["ok"]
+    try:
+        os.kill(pid, signal.SIGSTOP)  # the user may stop their own helper
+        started = time.monotonic()
+        with pytest.raises(HelperUnavailable):
+            pool.call(nobody, os.getpid, ())
+        assert time.monotonic() - started < 10
+        assert pool.call(nobody, os.getpid, ())["ok"] != pid  # a fresh helper serves
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+        pool.close()

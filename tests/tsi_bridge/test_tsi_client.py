@@ -142,6 +142,22 @@ async def test_pool_serves_concurrent_requests_with_bounded_workers(endpoint):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_ping_behind_a_queue_of_requests_takes_the_next_free_worker(endpoint):
+    client = client_for(endpoint, pool_size=2)
+    order: list[str] = []
+    try:
+        await client.ping()
+        queued = [client.execute_script(f"sleep 0.3; echo {n}").addCallback(
+            lambda out: order.append(out.strip())) for n in range(6)]
+        await client.ping().addCallback(lambda _: order.append("ping"))
+        await defer.gatherResults(queued)
+        # two scripts had the workers; the ping came with the first one freed
+        assert order.index("ping") <= 2, order
+    finally:
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_channels_find_their_tcp_socket_for_quick_acks(endpoint):
     """Plain and under TLS, both channels of a worker reach the TCP socket they set
     TCP_QUICKACK on (the official TSI's split replies otherwise wait ~40 ms each)."""

@@ -56,13 +56,12 @@ def _receive_exactly(sock: socket.socket, length: int) -> bytes | None:
 
 
 def _send(sock: socket.socket, value: object, fds: list[int] = ()) -> None:
+    """One message (and ``fds``) in one system call when the socket takes it whole."""
     body = json.dumps(value).encode()
-    header = LENGTH.pack(len(body))
-    if fds:
-        socket.send_fds(sock, [header], list(fds))
-    else:
-        sock.sendall(header)
-    sock.sendall(body)
+    message = LENGTH.pack(len(body)) + body
+    sent = socket.send_fds(sock, [message], list(fds)) if fds else sock.send(message)
+    if sent < len(message):
+        sock.sendall(message[sent:])
 
 
 def _receive(sock: socket.socket) -> tuple[object, list[int]] | None:
@@ -142,7 +141,12 @@ class Helper:
 
     def __init__(self, runas: RunAs) -> None:
         pid, ours = fork_as(runas, _serve)
-        ours.settimeout(CALL_TIMEOUT)
+        # the kernel's timeouts, not Python's: a socket with a Python timeout polls before
+        # every send and receive (another system call with the GIL released); a stalled
+        # helper still fails the call, with EAGAIN after CALL_TIMEOUT
+        limit = struct.pack("ll", int(CALL_TIMEOUT), 0)
+        for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
+            ours.setsockopt(socket.SOL_SOCKET, option, limit)
         self.pid, self.sock = pid, ours
 
     def request(self, request: dict, fds: list[int] = ()) -> tuple[dict, list[int]]:

@@ -58,6 +58,8 @@ class Agent:
             self.tls = AgentTLS(**config.tls, allowed_dns=config.allowed_dns)
         os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
         self._prepare_workdir_root()
+        #: the root's real path, resolved once (``os.path.realpath`` is an lstat per part)
+        self.workdir_real = os.path.realpath(config.workdir_root)
         #: long-lived per-user processes for file work as the user (no fork per request)
         self.helpers = HelperPool() if self.identities.privileged and config.user_helpers \
             else None

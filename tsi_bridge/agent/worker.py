@@ -42,6 +42,13 @@ def open_regular(runas: RunAs, path: str) -> int:
     return fd
 
 
+def _timeout(sock: socket.socket, seconds: float) -> None:
+    """``sock.settimeout(seconds)`` unless it is set so: each call is an ioctl with the GIL
+    released, a thread switch among busy workers (a dozen per job before)."""
+    if sock.gettimeout() != seconds:
+        sock.settimeout(seconds)
+
+
 class ChannelBroken(Exception):
     """The connection is unusable (EOF, timeout, desynchronised): end the worker."""
 
@@ -58,21 +65,25 @@ class Worker:
     def _read_message(self) -> bytes | None:
         timeouts = self.config.timeouts
         deadline = None
+        idle_until = time.monotonic() + timeouts["idle"]
         while not self.queued:
+            now = time.monotonic()
             if self.splitter.pending:
-                deadline = deadline or time.monotonic() + timeouts["request"]
-                wait = deadline - time.monotonic()
+                deadline = deadline or now + timeouts["request"]
+                wait = deadline - now
                 if wait <= 0:
                     raise ChannelBroken(f"request incomplete after {timeouts['request']:g} s")
             else:
-                wait = timeouts["idle"]
-            self.command.settimeout(wait)
+                wait = idle_until - now
+                if wait <= 0:
+                    raise ChannelBroken(f"idle for {timeouts['idle']:g} s")
+            # waits of at most a transfer timeout, the one replies are sent with: the
+            # socket's timeout then stays as it is (see ``_timeout``)
+            _timeout(self.command, min(wait, timeouts["transfer"]))
             try:
                 data = self.command.recv(65536)
             except TimeoutError:
-                if self.splitter.pending:
-                    continue
-                raise ChannelBroken(f"idle for {timeouts['idle']:g} s") from None
+                continue
             except OSError as err:
                 raise ChannelBroken(f"command channel: {err}") from err
             if not data:
@@ -87,7 +98,7 @@ class Worker:
         return self.queued.pop(0)
 
     def _send(self, sock: socket.socket, data: bytes) -> None:
-        sock.settimeout(self.config.timeouts["transfer"])
+        _timeout(sock, self.config.timeouts["transfer"])
         try:
             sock.sendall(data)
         except OSError as err:
@@ -150,7 +161,7 @@ class Worker:
             raise RequestFailed(f"No #{what} given")
         path = os.path.join(self.config.workdir_root, runas.substitute(raw))
         if self.config.confine_paths:
-            root = os.path.realpath(self.config.workdir_root)
+            root = self.agent.workdir_real
             real = os.path.realpath(path)
             if real != root and not real.startswith(root + os.sep):
                 raise RequestFailed(f"{raw} is outside the working directory root {root}")
@@ -265,7 +276,7 @@ class Worker:
         try:
             self.reply(protocol.ok_reply())
             remaining = length
-            self.data.settimeout(self.config.timeouts["transfer"])
+            _timeout(self.data, self.config.timeouts["transfer"])
             buffer = bytearray(min(max(length, 1), PIECE))
             view = memoryview(buffer)
             while remaining > 0:
@@ -301,9 +312,15 @@ class Worker:
     def get_directory(self, message: str) -> None:
         """GRIDVM_GETDIRECTORY: the directory as a tar stream (``archive``), written by a
         child with the user's permissions and relayed here in frames; a child silent for
-        ``timeouts.transfer`` is killed and the request fails (the stream stays framed)."""
+        ``timeouts.transfer`` is killed and the request fails (the stream stays framed).
+        With ``#TSI_GRIDVM_THEN_REMOVE true`` a complete stream is followed by the removal
+        of the directory, as GRIDVM_REMOVE, the report then ending with its
+        ``REMOVED <total> <free>`` (one exchange less per job)."""
         runas = self._runas(message)
         path = self._path(runas, protocol.get_param(message, "FILE"))
+        then_remove = protocol.get_param(message, "GRIDVM_THEN_REMOVE") == "true"
+        if then_remove:
+            self._removable(path)
         tar_read, tar_write = os.pipe()
         report_read, report_write = os.pipe()
         try:  # the writer has its own copies: its pipes close when it is done
@@ -339,7 +356,13 @@ class Worker:
             omitted = len(entries) - MAX_REPORT
             entries = [*entries[:MAX_REPORT], protocol.format_report_line(
                 "OMITTED", b"", f"{omitted} more entries")]
-        self.reply(protocol.ok_reply("\n".join([*entries, lines[-1]])))
+        tail = [lines[-1]]
+        if then_remove:
+            try:  # the stream is complete: what the client does next is remove it
+                tail.append(protocol.format_removed(*files.remove_tree(runas, path)))
+            except (OSError, RequestFailed) as err:  # no REMOVED line: the client removes
+                log.warning(f"{self.name}: {path} streamed but not removed: {err}")
+        self.reply(protocol.ok_reply("\n".join([*entries, *tail])))
 
     def _relay(self, tar_read: int, report_read: int, report: bytearray) -> str | None:
         """Frames from ``tar_read`` to the data channel, ``report_read`` into ``report``,
@@ -387,10 +410,13 @@ class Worker:
     def remove(self, message: str) -> None:
         runas = self._runas(message)
         path = self._path(runas, protocol.get_param(message, "FILE"))
-        if os.path.realpath(path) in ("/", os.path.realpath(self.config.workdir_root)):
-            raise RequestFailed(f"{path}: refusing to remove the root of the working area")
+        self._removable(path)
         total, free = files.remove_tree(runas, path)
         self.reply(protocol.ok_reply(protocol.format_df(total, free)))
+
+    def _removable(self, path: str) -> None:
+        if os.path.realpath(path) in ("/", self.agent.workdir_real):
+            raise RequestFailed(f"{path}: refusing to remove the root of the working area")
 
     def wait_status(self, message: str) -> None:
         """GRIDVM_WAITSTATUS: the status listing once a job has ended since the client's
