@@ -175,11 +175,13 @@ def test_the_identity_goes_over_the_channel_and_is_acknowledged(tmp_path, monkey
     server.listen(1)
     root = tmp_path / "identity"
     result = {}
+    steps = awaiting.Steps()
 
     def guest() -> None:
         conn, _ = server.accept()
         result["conf"], ack = awaiting.identity_from(
-            conn.fileno(), str(root), settle=0, announce=lambda line: result.update(line=line))
+            conn.fileno(), str(root), settle=0, announce=lambda line: result.update(line=line),
+            steps=steps)
         awaiting.acknowledge(conn.detach(), ack)  # once the agent listens
 
     thread = threading.Thread(target=guest)
@@ -194,6 +196,9 @@ def test_the_identity_goes_over_the_channel_and_is_acknowledged(tmp_path, monkey
     assert (root / "tsi/agent.key").read_bytes() == b"K"
     assert (root / "tsi/agent.key").stat().st_mode & 0o777 == 0o600
     assert root.stat().st_mode & 0o777 == 0o700
+    # timed from the identity's arrival, for the agent's log line once it acked
+    assert [step for step, _seconds in steps.seconds] == ["parse", "clock", "reseed", "files"]
+    assert str(steps).startswith("parse ") and str(steps).endswith(" ms")
 
 
 def test_no_ack_within_the_deadline_fails_the_injection(tmp_path):

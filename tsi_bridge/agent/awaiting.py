@@ -141,17 +141,45 @@ def acknowledge(fd: int, ack: bytes) -> None:
         os.close(fd)
 
 
+class Steps:
+    """Seconds each step of taking an identity took (the agent logs them once it acked)."""
+
+    def __init__(self) -> None:
+        self.seconds: list[tuple[str, float]] = []
+        self.start()
+
+    def start(self) -> None:
+        self.seconds.clear()
+        self._mark = time.monotonic()
+
+    def done(self, step: str) -> None:
+        now = time.monotonic()
+        self.seconds.append((step, now - self._mark))
+        self._mark = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{step} {seconds * 1000:.0f} ms" for step, seconds in self.seconds)
+
+
 def identity_from(fd: int, root: str = IDENTITY_ROOT, settle: float = SETTLE_SECONDS,
-                  announce=print) -> tuple[str, bytes]:
+                  announce=print, steps: Steps | None = None) -> tuple[str, bytes]:
     """Wait on the open port ``fd`` for the identity and apply it; returns the agent.conf
-    path and the ack line to :func:`acknowledge` once the agent listens."""
+    path and the ack line to :func:`acknowledge` once the agent listens.  ``steps``
+    records the time of each step from the identity's arrival."""
+    steps = steps or Steps()
     quiesce(settle)
     announce(QUIESCENT_LINE)
     sys.stdout.flush()
-    identity = parse_identity(read_line(fd))
+    line = read_line(fd)
+    steps.start()  # a restored guest's time starts here
+    identity = parse_identity(line)
+    steps.done("parse")
     step_clock(identity["time"])
+    steps.done("clock")
     reseed(identity["seed"])
+    steps.done("reseed")
     set_hostname(identity["hostname"])
     write_files(identity["files"], root)
+    steps.done("files")
     draw = f"{random.getrandbits(64):016x}"
     return os.path.join(root, CONFIG), f"ok {identity['instance_id']} {draw}\n".encode()
