@@ -4,6 +4,8 @@ and the identity line between host and guest."""
 import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -261,3 +263,13 @@ async def test_stopping_destroys_the_template_of_a_build_under_way(restorer):
         destroying(domain, **options))
     await vmm.stopService()
     assert destroyed == [name] and left == [] and not vmm.hypervisor.connected
+
+
+def test_the_template_pays_the_first_identity_s_one_time_costs_before_its_snapshot():
+    """What the agent imports only once it has TLS is imported before the snapshot (the
+    guest's translation of it would otherwise be on every restore's critical path)."""
+    code = ("import sys; from tsi_bridge.agent import awaiting; awaiting.warm_up(('root',)); "
+            "print(sorted({'hashlib', 'tsi_bridge.agent.tls'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[2]).stdout
+    assert out.strip() == "['hashlib', 'tsi_bridge.agent.tls']"

@@ -119,6 +119,7 @@ def await_identity(port: str) -> tuple[str, int, bytes, object]:
     from tsi_bridge.agent import awaiting, server  # noqa: F401 - imported before the snapshot
 
     try:
+        awaiting.warm_up()
         fd = awaiting.open_port(port)
         steps = awaiting.Steps()
         config_file, ack = awaiting.identity_from(fd, steps=steps)
