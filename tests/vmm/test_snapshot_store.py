@@ -4,6 +4,8 @@ and the identity line between host and guest."""
 import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -175,11 +177,13 @@ def test_the_identity_goes_over_the_channel_and_is_acknowledged(tmp_path, monkey
     server.listen(1)
     root = tmp_path / "identity"
     result = {}
+    steps = awaiting.Steps()
 
     def guest() -> None:
         conn, _ = server.accept()
         result["conf"], ack = awaiting.identity_from(
-            conn.fileno(), str(root), settle=0, announce=lambda line: result.update(line=line))
+            conn.fileno(), str(root), settle=0, announce=lambda line: result.update(line=line),
+            steps=steps)
         awaiting.acknowledge(conn.detach(), ack)  # once the agent listens
 
     thread = threading.Thread(target=guest)
@@ -194,6 +198,9 @@ def test_the_identity_goes_over_the_channel_and_is_acknowledged(tmp_path, monkey
     assert (root / "tsi/agent.key").read_bytes() == b"K"
     assert (root / "tsi/agent.key").stat().st_mode & 0o777 == 0o600
     assert root.stat().st_mode & 0o777 == 0o700
+    # timed from the identity's arrival, for the agent's log line once it acked
+    assert [step for step, _seconds in steps.seconds] == ["parse", "clock", "reseed", "files"]
+    assert str(steps).startswith("parse ") and str(steps).endswith(" ms")
 
 
 def test_no_ack_within_the_deadline_fails_the_injection(tmp_path):
@@ -256,3 +263,13 @@ async def test_stopping_destroys_the_template_of_a_build_under_way(restorer):
         destroying(domain, **options))
     await vmm.stopService()
     assert destroyed == [name] and left == [] and not vmm.hypervisor.connected
+
+
+def test_the_template_pays_the_first_identity_s_one_time_costs_before_its_snapshot():
+    """What the agent imports only once it has TLS is imported before the snapshot (the
+    guest's translation of it would otherwise be on every restore's critical path)."""
+    code = ("import sys; from tsi_bridge.agent import awaiting; awaiting.warm_up(('root',)); "
+            "print(sorted({'hashlib', 'tsi_bridge.agent.tls'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[2]).stdout
+    assert out.strip() == "['hashlib', 'tsi_bridge.agent.tls']"

@@ -75,10 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config_file, overrides = parse(sys.argv[1:] if argv is None else argv)
         port = overrides.pop(AWAIT, None)
-        awaited = None
+        awaited = steps = None
         if port is not None:
-            config_file, *awaited = await_identity(str(port))
+            config_file, *awaited, steps = await_identity(str(port))
         config = Config.load(config_file, overrides)
+        if steps is not None:
+            steps.done("config")
     except ConfigError as err:
         print(f"gridvm-tsi: configuration error: {err}", file=sys.stderr)
         return 2
@@ -87,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         agent = Agent(config)
+        if steps is not None:
+            steps.done("agent")
         agent.bind()
     except OSError as err:
         print(f"gridvm-tsi: cannot start: {err}", file=sys.stderr)
@@ -98,23 +102,28 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    if awaited:  # a restored instance: the host waits for this before it probes
+    if awaited:  # a restored instance: the host waits for this before it connects
         from tsi_bridge.agent.awaiting import acknowledge
 
         acknowledge(*awaited)
+        steps.done("bind and ack")
+        log.info(f"identity taken: {steps}")
     agent.serve_forever()
     return 0
 
 
-def await_identity(port: str) -> tuple[str, int, bytes]:
+def await_identity(port: str) -> tuple[str, int, bytes, object]:
     """Import all the agent needs, then wait for a restored instance's identity; returns
-    its agent.conf, the open port and the ack to send on it once the agent listens."""
+    its agent.conf, the open port, the ack to send on it once the agent listens and the
+    ``awaiting.Steps`` timed so far."""
     from tsi_bridge.agent import awaiting, server  # noqa: F401 - imported before the snapshot
 
     try:
+        awaiting.warm_up()
         fd = awaiting.open_port(port)
-        config_file, ack = awaiting.identity_from(fd)
-        return config_file, fd, ack
+        steps = awaiting.Steps()
+        config_file, ack = awaiting.identity_from(fd, steps=steps)
+        return config_file, fd, ack, steps
     except (OSError, awaiting.IdentityError) as err:
         print(f"gridvm-tsi: no identity: {err}", file=sys.stderr)
         raise SystemExit(1) from None
