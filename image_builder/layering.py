@@ -294,28 +294,26 @@ def _ancestors(path: str) -> list[str]:
 
 
 def _script(entries: list[Entry], existing: dict[str, int]) -> str:
-    """debugfs commands writing ``entries`` over what the base holds (``existing``)."""
+    """debugfs commands writing ``entries``, in order, over what the base holds
+    (``existing``); a later entry at the same path replaces an earlier one."""
     lines: list[str] = []
     types = {"dir": stat.S_IFDIR, "file": stat.S_IFREG, "symlink": stat.S_IFLNK}
-    made: set[str] = set()
+    present = dict(existing)
     for entry in entries:
         for parent in _ancestors(entry.path)[1:]:
-            there = existing.get(parent)
-            if parent not in made and there is None:
+            there = present.get(parent)
+            if there is None:
                 lines += [f"mkdir {_quoted(parent)}",
                           f"set_inode_field {_quoted(parent)} mode 040755"]
-                made.add(parent)
-            elif there is not None and not stat.S_ISDIR(there):
+                present[parent] = stat.S_IFDIR | 0o755
+            elif not stat.S_ISDIR(there):
                 raise BuildError(f"{parent} is not a directory in the base")
-        path = _quoted(entry.path)
-        there = existing.get(entry.path)
-        if entry.kind == "dir" and entry.path in made:
-            continue
+        path, there = _quoted(entry.path), present.get(entry.path)
         if there is not None and stat.S_ISDIR(there):
             if entry.kind != "dir":
                 raise _bad(f"files: {entry.path} is a directory in the base")
             if (entry.uid, entry.gid) == (0, 0):
-                continue  # the base's directory stays as it is
+                continue  # a directory there already stays as it is
         elif there is not None:
             if entry.kind == "dir":
                 raise BuildError(f"{entry.path} is not a directory in the base")
@@ -326,7 +324,7 @@ def _script(entries: list[Entry], existing: dict[str, int]) -> str:
             lines.append(f"write {_quoted(str(entry.source))} {path}")
         elif entry.kind == "symlink":
             lines.append(f"symlink {path} {_quoted(entry.target or '')}")
-        made.add(entry.path)
+        present[entry.path] = types[entry.kind] | entry.mode
         lines += [f"set_inode_field {path} mode 0{types[entry.kind] | entry.mode:o}",
                   f"set_inode_field {path} uid {entry.uid}",
                   f"set_inode_field {path} gid {entry.gid}"]

@@ -152,3 +152,25 @@ def test_a_layer_is_small_and_holds_the_recipe_with_owners_and_modes(built_image
                       "--output", str(TEST_ROOT / "images"), "--json")
     assert json.loads(again.stdout)["cached"] and json.loads(again.stdout)["key"] == (
         summary["key"])
+
+
+def test_files_replace_the_base_and_package_files_and_no_build_json_means_guest_packages(
+        built_images, tmp_path):
+    base = built_images["qcow2"]
+    copy = tmp_path / "base"
+    shutil.copytree(base.directory, copy)
+    (copy / "build.json").unlink()  # a base not built by gridvm: closure against the guest's
+    (tmp_path / "hostname").write_text("vo-node\n")
+    (tmp_path / "jq").write_text("#!/bin/sh\necho not jq\n")
+    (tmp_path / "r.toml").write_text(
+        HEAD + 'kind = "qcow2"\nbase = "gridvm-debian12-qcow2:1"\npackages = ["jq"]\n'
+        '[[files]]\nsource = "hostname"\npath = "/etc/hostname"\n'
+        '[[files]]\nsource = "jq"\npath = "/usr/bin/jq"\nmode = 0o700\nowner = "gridvm"\n')
+    built = build_recipe(load_recipe(tmp_path / "r.toml"), output_root=tmp_path / "out",
+                         base_disk=copy / "disk.qcow2")
+    raw = flattened(built.files[0], copy / "disk.qcow2", tmp_path)
+    subprocess.run(["e2fsck", "-f", "-n", str(raw)], check=True, capture_output=True)
+    assert debugfs(raw, "cat /etc/hostname") == "vo-node\n"
+    assert debugfs(raw, "cat /usr/bin/jq") == "#!/bin/sh\necho not jq\n"
+    assert "/100700/1000/1000/jq/" in debugfs(raw, "ls -p /usr/bin")
+    assert "libjq.so.1" in debugfs(raw, "ls /usr/lib/x86_64-linux-gnu")
