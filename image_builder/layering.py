@@ -25,7 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from image_builder import debian, metadata, rootfs
 from image_builder.customize import _ids, _primary_group
@@ -58,7 +58,7 @@ class Entry:
     """One inode the layer writes: a directory, a file (from ``source``) or a symlink."""
 
     path: str
-    kind: str  # "dir", "file" or "symlink"
+    kind: Literal["dir", "file", "symlink"]
     mode: int  # permission bits
     uid: int = 0
     gid: int = 0
@@ -122,15 +122,14 @@ def _read_json(path: Path) -> Any:
 
 def _superblock(disk: Path) -> bytes:
     """The first 2 KiB of the disk's content (where ext4 keeps its magic number)."""
-    out = disk.with_name(f".superblock-{os.getpid()}")
-    try:
-        run_tool(["qemu-img", "dd", "-f", "qcow2", "-O", "raw", "bs=2048", "count=1",
-                  f"if={disk}", f"of={out}"], timeout=60)
+    with tempfile.TemporaryDirectory(prefix="gridvm-superblock-") as tmp:
+        out = Path(tmp) / "head"
+        try:
+            run_tool(["qemu-img", "dd", "-f", "qcow2", "-O", "raw", "bs=2048", "count=1",
+                      f"if={disk}", f"of={out}"], timeout=60)
+        except BuildError:
+            return b""
         return out.read_bytes()
-    except BuildError:
-        return b""
-    finally:
-        out.unlink(missing_ok=True)
 
 
 def build_layer(recipe: Recipe, base_disk: Path | None, *, output_root: Path,
