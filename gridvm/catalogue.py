@@ -215,6 +215,10 @@ def _add_build(catalogue_commands: argparse._SubParsersAction) -> None:
     what.add_argument("--recipe", type=Path, default=None, metavar="FILE.toml",
                       help="build the image this recipe describes (name, kind, packages, "
                       "files, users, applications, metadata)")
+    build.add_argument("--base-disk", type=Path, default=None, metavar="PATH",
+                       help="the disk of the registered image a recipe's base key names "
+                       "(its build directory, with metadata.json): the recipe is built as a "
+                       "layer on it")
     build.add_argument("--output", type=Path, default=None, help="image directory "
                        "(default: the build cache under $GRIDVM_HOME/images)")
     build.add_argument("--force", action="store_true", help="rebuild even if cached")
@@ -374,7 +378,9 @@ def _build(args: argparse.Namespace) -> int:
     try:
         if args.recipe is not None:
             built = build_recipe(load_recipe(args.recipe), output_root=args.output,
-                                 force=args.force, progress=report)
+                                 force=args.force, progress=report, base_disk=args.base_disk)
+        elif args.base_disk is not None:
+            raise BuildError("--base-disk: only with --recipe", bad_input=True)
         else:
             built = build_image(args.kind or "initramfs", output_root=args.output,
                                 force=args.force, progress=report)

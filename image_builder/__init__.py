@@ -119,15 +119,23 @@ def build_image(kind: str = "initramfs", *, output_root: Path | None = None,
 
 
 def build_recipe(recipe: Recipe, *, output_root: Path | None = None, force: bool = False,
-                 agent_package: Path | None = None, progress: Progress = silent
-                 ) -> BuiltImage:
+                 agent_package: Path | None = None, progress: Progress = silent,
+                 base_disk: Path | None = None) -> BuiltImage:
     """Build what ``recipe`` asks for below ``output_root`` (default
-    ``$GRIDVM_HOME/images``) unless an image of the same inputs is there already."""
+    ``$GRIDVM_HOME/images``) unless an image of the same inputs is there already; a recipe
+    with a ``base`` is a layer on ``base_disk`` (``image_builder.layering``)."""
+    if base_disk is not None and recipe.base is None:
+        raise BuildError(f"--base-disk: recipe {recipe.name} has no base key", bad_input=True)
     if output_root is None:
         from base.paths import gridvm_home
 
         output_root = gridvm_home() / "images"
     output_root = Path(output_root)
+    if recipe.base is not None:
+        from image_builder.layering import build_layer
+
+        return build_layer(recipe, base_disk, output_root=output_root, force=force,
+                           progress=progress)
     if recipe.kind == "cloud":
         return _build_cloud(recipe, output_root, force, progress)
     kind = recipe.kind
@@ -270,10 +278,4 @@ def _write_metadata(directory: Path, recipe: Recipe) -> None:
     doc = metadata.apply_recipe(
         _micro_metadata(recipe.kind, metadata.content_refs(files), packages, info["kernel"]),
         recipe, packages)
-    text = json.dumps(doc, indent=2) + "\n"
-    path = directory / "metadata.json"
-    if path.exists() and path.read_text() == text:
-        return
-    partial = path.with_name(f".metadata-{os.getpid()}.json")
-    partial.write_text(text)
-    partial.replace(path)
+    metadata.write(directory, doc)

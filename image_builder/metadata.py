@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,18 @@ def sha512_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def write(directory: Path, doc: dict[str, Any]) -> None:
+    """``directory/metadata.json`` holding ``doc``, replaced atomically and only when it
+    changes."""
+    text = json.dumps(doc, indent=2) + "\n"
+    path = directory / "metadata.json"
+    if path.exists() and path.read_text() == text:
+        return
+    partial = path.with_name(f".metadata-{os.getpid()}.json")
+    partial.write_text(text)
+    partial.replace(path)
 
 
 def upstream_version(debian_version: str) -> str:

@@ -6,8 +6,9 @@ users, IDB applications and any metadata field.  Every unknown key is an error n
 dotted path (``files[1].mode``); counts, sizes and lengths are bounded; file sources must
 lie inside the recipe's directory.  Errors are :class:`BuildError` with ``bad_input``.
 
-A ``base`` key (an image to build on) and TSI settings beyond the metadata's ``tsi`` group
-are not part of this format yet: they are unknown keys today.
+A ``qcow2`` recipe may name the registered image it builds on, ``base = "NAME:VERSION"``: it
+is then built as a layer on that image's disk (``image_builder.layering``).  TSI settings
+beyond the metadata's ``tsi`` group are not part of this format yet.
 """
 
 from __future__ import annotations
@@ -149,6 +150,10 @@ class Recipe:
                         hint="a version like 1.0", doc="the creator's version of the recipe")
     kind: Literal["initramfs", "qcow2", "erofs", "cloud"] = spec(doc="image kind")
     suite: Literal["bookworm"] = spec("bookworm", doc="Debian suite (the build host's)")
+    base: str | None = spec(None, pattern=rf"{NAME_PATTERN}:[0-9]{{1,9}}",
+                            hint="a registered image as NAME:VERSION, e.g. gridvm-debian12-qcow2:1",
+                            doc="the registered qcow2 image this one is a layer on "
+                            "(origin.backing_image)")
     packages: list[str] = spec(default_factory=list, check=_packages_problem,
                                doc="extra Debian packages (with their dependencies)")
     files: list[RecipeFile] = spec(default_factory=list, check=_at_most(MAX_FILES, "files"),
@@ -162,6 +167,9 @@ class Recipe:
     directory: Path = field(default=Path("."), init=False)
 
     def check(self, path: str) -> None:
+        if self.base is not None and self.kind != "qcow2":
+            raise BadRequest(f"a layer on a base image is of kind qcow2, not {self.kind}",
+                             join(path, "base"))
         users, groups = dict(BASE_USERS), dict(BASE_GROUPS)
         if self.kind == "cloud":  # cloud-init makes the job user gridvm at boot
             del users["gridvm"], groups["gridvm"]

@@ -53,7 +53,7 @@ def test_the_example_recipe_reads_into_typed_values():
     ('[metadata.general]\ntitel = "x"\n',
      "metadata.general.titel: unknown key (did you mean 'title'?)"),
     ('[metadata.tsi]\nprot = 1\n', "metadata.tsi.prot: unknown key"),
-    ('base = "debian12"\n', "base: unknown key"),
+    ('bases = "debian12:1"\n', "bases: unknown key (did you mean 'base'?)"),
     ('directory = "/"\n', "directory: unknown key"),
 ])
 def test_unknown_keys_are_errors_naming_their_dotted_path(tmp_path, text, message):
