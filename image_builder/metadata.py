@@ -2,33 +2,25 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 from pathlib import Path
 from typing import Any
 
+from base.files import sha512_file
 from image_builder.debian import Package
 from image_builder.recipe import Recipe
 from image_repo import schema
 from image_repo.errors import BadRequest
 
-#: Metadata keys a recipe's ``[metadata]`` may not set: the build computes them.
 #: the origin.content_type of gridvm's micro guest of each kind (erofs: a raw file system)
 CONTENT_TYPES = {"initramfs": "kernel+initramfs", "qcow2": "qcow2", "erofs": "raw"}
+#: Metadata keys a recipe's ``[metadata]`` may not set: the build computes them.
 COMPUTED_KEYS = (("schema_version",), ("general", "name"), ("origin", "content"),
                  ("origin", "os_hash_value"), ("origin", "size"))
 #: A stand-in for a file's sha512 while a recipe is checked before its build.
 _PLACEHOLDER_SHA512 = "0" * 128
-
-
-def sha512_file(path: Path) -> str:
-    digest = hashlib.sha512()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write(directory: Path, doc: dict[str, Any]) -> None:

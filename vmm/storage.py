@@ -24,6 +24,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from base.files import sha512_file
 from vmm.errors import HypervisorError, ImageChecksumMismatch, ImageUnavailable
 
 _SHA512 = re.compile(r"^[0-9a-f]{128}$")
@@ -107,7 +108,7 @@ class BaseImageCache:
         stamp = _stamp_path(target)
         if stamp.is_file() and stamp.read_text() == _fingerprint(target):
             return
-        actual = file_sha512(target)
+        actual = sha512_file(target)
         if actual != sha512:
             self.remove(sha512)
             raise ImageChecksumMismatch(f"the cached copy of {sha512[:16]}… changed after it "
@@ -157,11 +158,3 @@ def name_backing(layer: Path, backing_name: str) -> Path:
     _qemu_img(["rebase", "-q", "-u", "-f", "qcow2", "-b", backing_name, "-F", "qcow2",
                str(layer)], f"cannot name the backing file of {layer.name}")
     return layer
-
-
-def file_sha512(path: Path) -> str:
-    digest = hashlib.sha512()
-    with open(path, "rb") as reader:
-        for block in iter(lambda: reader.read(4 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -25,8 +25,9 @@ from xml.sax.saxutils import escape
 
 import libvirt
 
+from base.files import sha512_file
 from vmm.errors import HypervisorError, ImageChecksumMismatch, ImageUnavailable
-from vmm.storage import file_sha512, name_backing
+from vmm.storage import name_backing
 
 BASE_PREFIX = "base-"
 VERIFIED = ".verified"  #: an empty volume beside a base: it arrived whole and checked
@@ -81,7 +82,7 @@ class StoragePool:
         try:
             shutil.copyfile(source, renamed)
             name_backing(renamed, PurePosixPath(lower).name)
-            return self._place(conn, pool, name, renamed, file_sha512(renamed))
+            return self._place(conn, pool, name, renamed, sha512_file(renamed))
         except OSError as err:
             raise ImageUnavailable(f"cannot prepare the layer {source.name}: "
                                    f"{err.strerror or err}") from err
